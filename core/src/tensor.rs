@@ -1,0 +1,234 @@
+//! Typed tensors: a name, a V2 datatype, a shape and row-major data.
+
+use crate::{CoreError, DataType};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::Serialize;
+
+/// Row-major tensor elements, one vector variant per datatype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    /// `BOOL`
+    Bool(Vec<bool>),
+    /// `UINT8`
+    Uint8(Vec<u8>),
+    /// `INT8`
+    Int8(Vec<i8>),
+    /// `INT16`
+    Int16(Vec<i16>),
+    /// `INT32`
+    Int32(Vec<i32>),
+    /// `INT64`
+    Int64(Vec<i64>),
+    /// `FP32`
+    Fp32(Vec<f32>),
+    /// `FP64`
+    Fp64(Vec<f64>),
+}
+
+/// Applies `$body` to the vector inside any [`TensorData`] variant, bound as `$v`.
+macro_rules! for_each_variant {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            TensorData::Bool($v) => $body,
+            TensorData::Uint8($v) => $body,
+            TensorData::Int8($v) => $body,
+            TensorData::Int16($v) => $body,
+            TensorData::Int32($v) => $body,
+            TensorData::Int64($v) => $body,
+            TensorData::Fp32($v) => $body,
+            TensorData::Fp64($v) => $body,
+        }
+    };
+}
+
+impl TensorData {
+    /// The datatype of the elements.
+    pub fn datatype(&self) -> DataType {
+        match self {
+            TensorData::Bool(_) => DataType::Bool,
+            TensorData::Uint8(_) => DataType::Uint8,
+            TensorData::Int8(_) => DataType::Int8,
+            TensorData::Int16(_) => DataType::Int16,
+            TensorData::Int32(_) => DataType::Int32,
+            TensorData::Int64(_) => DataType::Int64,
+            TensorData::Fp32(_) => DataType::Fp32,
+            TensorData::Fp64(_) => DataType::Fp64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        for_each_variant!(self, v => v.len())
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the elements as little-endian bytes (BOOL as one byte, 0 or 1): the canonical
+    /// encoding used by hashes and by the binary tensor wire format.
+    pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len() * self.datatype().size_bytes());
+        match self {
+            TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
+            TensorData::Uint8(v) => out.extend_from_slice(v),
+            TensorData::Int8(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::Int16(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::Int32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::Int64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::Fp32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::Fp64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+        }
+    }
+
+    /// The elements as little-endian bytes.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_le_bytes(&mut out);
+        out
+    }
+
+    /// Index of the first NaN or infinite element, if any (always `None` for integer types).
+    pub fn first_non_finite(&self) -> Option<usize> {
+        match self {
+            TensorData::Fp32(v) => v.iter().position(|x| !x.is_finite()),
+            TensorData::Fp64(v) => v.iter().position(|x| !x.is_finite()),
+            _ => None,
+        }
+    }
+}
+
+/// The V2 JSON spelling of a non-finite float: JSON has no number for it, so it travels as
+/// one of the strings `"NaN"`, `"Infinity"`, `"-Infinity"` (accepted on input too).
+fn non_finite_name(nan: bool, negative: bool) -> &'static str {
+    match (nan, negative) {
+        (true, _) => "NaN",
+        (false, true) => "-Infinity",
+        (false, false) => "Infinity",
+    }
+}
+
+/// Serialises as a flat JSON array in row-major order; floats as the shortest decimal that
+/// parses back to the same bits.
+impl Serialize for TensorData {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        match self {
+            TensorData::Fp32(v) => {
+                for x in v {
+                    if x.is_finite() {
+                        seq.serialize_element(x)?;
+                    } else {
+                        seq.serialize_element(non_finite_name(x.is_nan(), *x < 0.0))?;
+                    }
+                }
+            }
+            TensorData::Fp64(v) => {
+                for x in v {
+                    if x.is_finite() {
+                        seq.serialize_element(x)?;
+                    } else {
+                        seq.serialize_element(non_finite_name(x.is_nan(), *x < 0.0))?;
+                    }
+                }
+            }
+            other => for_each_variant!(other, v => for x in v { seq.serialize_element(x)?; }),
+        }
+        seq.end()
+    }
+}
+
+/// A named tensor with a concrete shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Tensor name, as in the model signature.
+    pub name: String,
+    /// Concrete shape; the product equals `data.len()`.
+    pub shape: Vec<usize>,
+    /// Row-major elements.
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that the shape's element count matches the data.
+    /// `field` names the tensor in errors (e.g. `inputs[0]`).
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: TensorData, field: &str) -> Result<Self, CoreError> {
+        let expected = element_count(&shape, field)?;
+        if expected != data.len() {
+            return Err(CoreError::ElementCount {
+                field: format!("{field}.data"),
+                shape: shape.iter().map(|&d| d as i64).collect(),
+                expected,
+                actual: data.len(),
+            });
+        }
+        Ok(Self {
+            name: name.into(),
+            shape,
+            data,
+        })
+    }
+
+    /// The datatype of the elements.
+    pub fn datatype(&self) -> DataType {
+        self.data.datatype()
+    }
+}
+
+/// Converts a V2 shape (signed) to a concrete one, rejecting negative dimensions.
+pub fn concrete_shape(shape: &[i64], field: &str) -> Result<Vec<usize>, CoreError> {
+    shape
+        .iter()
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| CoreError::InvalidShape {
+                field: format!("{field}.shape"),
+                shape: shape.to_vec(),
+                message: "dimensions must be non-negative".into(),
+            })
+        })
+        .collect()
+}
+
+/// Product of the dimensions, rejecting overflow.
+pub fn element_count(shape: &[usize], field: &str) -> Result<usize, CoreError> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| CoreError::InvalidShape {
+            field: format!("{field}.shape"),
+            shape: shape.iter().map(|&d| d as i64).collect(),
+            message: "element count overflows".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn le_bytes_are_little_endian() {
+        assert_eq!(
+            TensorData::Int32(vec![1, -1]).to_le_bytes(),
+            vec![1, 0, 0, 0, 255, 255, 255, 255]
+        );
+        assert_eq!(TensorData::Bool(vec![true, false]).to_le_bytes(), vec![1, 0]);
+        assert_eq!(TensorData::Fp32(vec![1.0]).to_le_bytes(), 1.0f32.to_le_bytes().to_vec());
+    }
+
+    #[test]
+    fn element_count_checked() {
+        let err = Tensor::new("x", vec![2, 3], TensorData::Fp32(vec![0.0; 5]), "inputs[0]").unwrap_err();
+        assert!(err.to_string().contains("inputs[0].data"), "{err}");
+        assert!(Tensor::new("x", vec![2, 3], TensorData::Fp32(vec![0.0; 6]), "inputs[0]").is_ok());
+        assert!(concrete_shape(&[-1, 3], "inputs[0]").is_err());
+    }
+
+    #[test]
+    fn floats_serialise_shortest_and_non_finite_as_strings() {
+        let j = serde_json::to_string(&TensorData::Fp32(vec![0.1, f32::NAN, f32::NEG_INFINITY, 1.0])).unwrap();
+        assert_eq!(j, r#"[0.1,"NaN","-Infinity",1.0]"#);
+        let j = serde_json::to_string(&TensorData::Int64(vec![1, -2])).unwrap();
+        assert_eq!(j, "[1,-2]");
+    }
+}

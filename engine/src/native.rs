@@ -1,0 +1,242 @@
+//! Native feed-forward networks on candle tensors.
+//!
+//! Weights come from the version's verified safetensors bytes as candle tensors; activations
+//! are candle's element-wise CPU kernels. The affine map `x · W + b` uses
+//! [`fixed_order_matmul`] instead of candle's `matmul`: candle's GEMM picks blockings and
+//! vector paths by problem size, so a row's bits can differ between batch 1 and batch 2+
+//! (measured; see DESIGN.md). Here each output element is reduced in one fixed order that
+//! does not depend on the batch size, the row's position, or the number of threads.
+
+use crate::{Engine, EngineError, RuntimeInfo};
+use candle_core::{DType, Device, Tensor as CTensor};
+use invariant_core::{Tensor, TensorData};
+use invariant_registry::{Activation, VerifiedVersion};
+
+/// One layer: weight `[in, out]` row-major, bias `[out]`, activation.
+#[derive(Debug)]
+struct Layer {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+    activation: Activation,
+}
+
+/// A feed-forward network described by a manifest's `[native]` section.
+#[derive(Debug)]
+pub struct NativeEngine {
+    layers: Vec<Layer>,
+    input_size: usize,
+    output_name: String,
+    threads: usize,
+}
+
+fn load_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Load(e.to_string())
+}
+
+fn run_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Runtime(e.to_string())
+}
+
+/// `out[r][j] = (((x[r][0]·w[0][j] + x[r][1]·w[1][j]) + …) + x[r][k-1]·w[k-1][j]) + b[j]`,
+/// evaluated in f32 in exactly that order for every element. `x` is `[rows, k]`, `w` is
+/// `[k, n]`, both row-major. Rows are computed independently (split across up to `threads`
+/// scoped threads), so a row's result is the same in any batch at any position; the inner
+/// loop runs over `j`, which vectorises without reordering any element's sum.
+pub fn fixed_order_matmul(x: &[f32], w: &[f32], b: &[f32], k: usize, n: usize, threads: usize) -> Vec<f32> {
+    let rows = if k == 0 { 0 } else { x.len() / k };
+    let mut out = vec![0f32; rows * n];
+    let compute = |xs: &[f32], ys: &mut [f32]| {
+        for (xr, yr) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
+            for (kk, &xv) in xr.iter().enumerate() {
+                let wr = &w[kk * n..(kk + 1) * n];
+                for (acc, &wv) in yr.iter_mut().zip(wr) {
+                    *acc += xv * wv;
+                }
+            }
+            for (acc, &bv) in yr.iter_mut().zip(b) {
+                *acc += bv;
+            }
+        }
+    };
+    let threads = threads.max(1).min(rows.max(1));
+    if threads == 1 {
+        compute(x, &mut out);
+    } else {
+        let per = rows.div_ceil(threads);
+        std::thread::scope(|s| {
+            for (xs, ys) in x.chunks(per * k).zip(out.chunks_mut(per * n)) {
+                s.spawn(move || compute(xs, ys));
+            }
+        });
+    }
+    out
+}
+
+fn activate(t: CTensor, activation: Activation) -> candle_core::Result<CTensor> {
+    match activation {
+        Activation::Relu => t.relu(),
+        Activation::Sigmoid => (t.neg()?.exp()? + 1.0)?.recip(),
+        Activation::Tanh => t.tanh(),
+        Activation::Identity => Ok(t),
+    }
+}
+
+impl NativeEngine {
+    /// Builds the network from a verified version: reads `layers.<i>.weight` and
+    /// `layers.<i>.bias` from the safetensors artifact and checks their shapes against the
+    /// manifest.
+    pub fn load(version: &VerifiedVersion) -> Result<Self, EngineError> {
+        let manifest = &version.manifest;
+        let native = manifest
+            .native
+            .as_ref()
+            .ok_or_else(|| load_err("manifest has no [native] section"))?;
+        let bytes = version
+            .artifact(&native.weights)
+            .ok_or_else(|| load_err(format!("weights '{}' not among the verified artifacts", native.weights)))?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|e| load_err(format!("{}: {e}", native.weights)))?;
+        let mut layers = Vec::with_capacity(native.layers.len());
+        let mut inputs = native.input_size;
+        for (i, spec) in native.layers.iter().enumerate() {
+            let fetch = |suffix: &str, shape: &[usize]| -> Result<Vec<f32>, EngineError> {
+                let name = format!("layers.{i}.{suffix}");
+                let t = tensors
+                    .get(&name)
+                    .ok_or_else(|| load_err(format!("{}: tensor '{name}' missing", native.weights)))?;
+                if t.dtype() != DType::F32 || t.dims() != shape {
+                    return Err(load_err(format!(
+                        "{}: tensor '{name}' is {:?} {:?}, manifest implies F32 {shape:?}",
+                        native.weights,
+                        t.dtype(),
+                        t.dims()
+                    )));
+                }
+                t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(load_err)
+            };
+            let weight = fetch("weight", &[inputs, spec.size])?;
+            let bias = fetch("bias", &[spec.size])?;
+            layers.push(Layer {
+                weight,
+                bias,
+                inputs,
+                outputs: spec.size,
+                activation: spec.activation,
+            });
+            inputs = spec.size;
+        }
+        let expected = 2 * native.layers.len();
+        if tensors.len() != expected {
+            let mut extra: Vec<_> = tensors.keys().filter(|k| !k.starts_with("layers.")).cloned().collect();
+            extra.sort();
+            return Err(load_err(format!(
+                "{}: holds {} tensors, the manifest's {} layers need {expected} (unexpected: {extra:?})",
+                native.weights,
+                tensors.len(),
+                native.layers.len()
+            )));
+        }
+        Ok(Self {
+            layers,
+            input_size: native.input_size,
+            output_name: manifest.outputs[0].name.clone(),
+            threads: manifest.inference.threads,
+        })
+    }
+
+    /// Runs the network on `rows × input_size` features with the given thread count; used by
+    /// [`Engine::run`] and by the thread-invariance checks.
+    pub fn forward(&self, features: &[f32], threads: usize) -> Result<Vec<f32>, EngineError> {
+        let rows = features.len() / self.input_size.max(1);
+        let mut x = CTensor::from_slice(features, (rows, self.input_size), &Device::Cpu).map_err(run_err)?;
+        for layer in &self.layers {
+            let flat = x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(run_err)?;
+            let y = fixed_order_matmul(&flat, &layer.weight, &layer.bias, layer.inputs, layer.outputs, threads);
+            let y = CTensor::from_vec(y, (rows, layer.outputs), &Device::Cpu).map_err(run_err)?;
+            x = activate(y, layer.activation).map_err(run_err)?;
+        }
+        x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(run_err)
+    }
+}
+
+impl Engine for NativeEngine {
+    fn runtime(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            name: "candle",
+            version: "0.11".into(),
+        }
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        let [input] = inputs else {
+            return Err(run_err(format!("native networks take one input, got {}", inputs.len())));
+        };
+        let TensorData::Fp32(features) = &input.data else {
+            return Err(run_err("native networks take FP32 input"));
+        };
+        let rows = input.shape.first().copied().unwrap_or(0);
+        let out = self.forward(features, self.threads)?;
+        let width = self.layers.last().map(|l| l.outputs).unwrap_or(0);
+        Tensor::new(
+            self.output_name.clone(),
+            vec![rows, width],
+            TensorData::Fp32(out),
+            "output",
+        )
+        .map(|t| vec![t])
+        .map_err(run_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fixed_order_matmul_matches_the_sequential_definition() {
+        let (k, n) = (5, 3);
+        let x = pseudo_random(2 * k, 1);
+        let w = pseudo_random(k * n, 2);
+        let b = pseudo_random(n, 3);
+        let out = fixed_order_matmul(&x, &w, &b, k, n, 1);
+        for r in 0..2 {
+            for j in 0..n {
+                let mut acc = 0f32;
+                for kk in 0..k {
+                    acc += x[r * k + kk] * w[kk * n + j];
+                }
+                acc += b[j];
+                assert_eq!(out[r * n + j].to_bits(), acc.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn rows_are_batch_position_and_thread_invariant() {
+        let (k, n) = (37, 19);
+        let batch = 300;
+        let x = pseudo_random(batch * k, 7);
+        let w = pseudo_random(k * n, 8);
+        let b = pseudo_random(n, 9);
+        let full = fixed_order_matmul(&x, &w, &b, k, n, 1);
+        let threaded = fixed_order_matmul(&x, &w, &b, k, n, 4);
+        assert_eq!(full, threaded);
+        for r in [0, 1, 150, 299] {
+            let alone = fixed_order_matmul(&x[r * k..(r + 1) * k], &w, &b, k, n, 1);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&alone), bits(&full[r * n..(r + 1) * n]), "row {r}");
+        }
+    }
+}

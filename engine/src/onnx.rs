@@ -1,0 +1,262 @@
+//! ONNX models through ONNX Runtime (`ort` 2.x, shared library loaded at run time).
+//!
+//! The library is the one from the `onnxruntime` wheel that setup installs into the project
+//! (`.deps/onnxruntime/`); [`init_runtime`] loads it once per process. Each version keeps a
+//! small pool of sessions (an `ort` session runs one request at a time); every session is
+//! built with the manifest's intra-op thread count, one inter-op thread, sequential execution
+//! and deterministic compute.
+
+use crate::{Engine, EngineError, EngineOptions, RuntimeInfo};
+use invariant_core::{DataType, Tensor, TensorData};
+use invariant_registry::{TensorSpec, VerifiedVersion};
+use ort::session::Session;
+use ort::value::{DynValue, TensorElementType, ValueType};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// The loaded ONNX Runtime: its environment and version.
+#[derive(Clone)]
+pub struct OnnxRuntime {
+    environment: ort::environment::Environment,
+    version: String,
+}
+
+impl std::fmt::Debug for OnnxRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxRuntime").field("version", &self.version).finish()
+    }
+}
+
+impl OnnxRuntime {
+    /// The runtime's version, e.g. `1.31.1`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+static RUNTIME: OnceLock<Result<OnnxRuntime, String>> = OnceLock::new();
+
+/// Loads the ONNX Runtime shared library at `dylib` (once per process; later calls return the
+/// first result whatever path they pass).
+pub fn init_runtime(dylib: &Path) -> Result<OnnxRuntime, EngineError> {
+    RUNTIME
+        .get_or_init(|| {
+            let builder =
+                ort::init_from(dylib).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", dylib.display()))?;
+            let environment = builder
+                .with_name("invariant")
+                .build()
+                .map_err(|e| format!("ONNX Runtime environment: {e}"))?;
+            let version = runtime_version(ort::info());
+            Ok(OnnxRuntime { environment, version })
+        })
+        .clone()
+        .map_err(EngineError::Load)
+}
+
+/// The runtime loaded by [`init_runtime`], if it succeeded.
+pub fn runtime() -> Option<OnnxRuntime> {
+    RUNTIME.get().and_then(|r| r.as_ref().ok()).cloned()
+}
+
+/// Extracts `1.31.1` from a build-info string holding `git-branch=rel-1.31.1`.
+fn runtime_version(info: &str) -> String {
+    info.split([',', ' '])
+        .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| info.to_string())
+}
+
+fn element_type(d: DataType) -> TensorElementType {
+    match d {
+        DataType::Bool => TensorElementType::Bool,
+        DataType::Uint8 => TensorElementType::Uint8,
+        DataType::Int8 => TensorElementType::Int8,
+        DataType::Int16 => TensorElementType::Int16,
+        DataType::Int32 => TensorElementType::Int32,
+        DataType::Int64 => TensorElementType::Int64,
+        DataType::Fp32 => TensorElementType::Float32,
+        DataType::Fp64 => TensorElementType::Float64,
+    }
+}
+
+/// An ONNX model version with its pool of sessions.
+pub struct OnnxEngine {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    outputs: Vec<TensorSpec>,
+    version: String,
+}
+
+fn load_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Load(e.to_string())
+}
+
+fn run_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Runtime(e.to_string())
+}
+
+/// Checks that the graph declares every manifest tensor with the same element type.
+fn check_graph(
+    kind: &str,
+    graph: &[ort::value::Outlet],
+    specs: &[TensorSpec],
+    exhaustive: bool,
+) -> Result<(), EngineError> {
+    for spec in specs {
+        let Some(outlet) = graph.iter().find(|o| o.name() == spec.name) else {
+            let names: Vec<_> = graph.iter().map(|o| o.name().to_string()).collect();
+            return Err(load_err(format!(
+                "graph has no {kind} '{}' (graph {kind}s: {names:?})",
+                spec.name
+            )));
+        };
+        match outlet.dtype() {
+            ValueType::Tensor { ty, .. } if *ty == element_type(spec.datatype) => {}
+            other => {
+                return Err(load_err(format!(
+                    "graph {kind} '{}' is {other:?}, manifest declares {}",
+                    spec.name, spec.datatype
+                )))
+            }
+        }
+    }
+    if exhaustive {
+        if let Some(extra) = graph.iter().find(|o| !specs.iter().any(|s| s.name == o.name())) {
+            return Err(load_err(format!(
+                "graph {kind} '{}' is not in the manifest",
+                extra.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl OnnxEngine {
+    /// Creates `options.instances` sessions from the verified `.onnx` bytes and checks the
+    /// graph's inputs and outputs against the manifest.
+    pub fn load(version: &VerifiedVersion, options: &EngineOptions) -> Result<Self, EngineError> {
+        let rt =
+            runtime().ok_or_else(|| load_err("ONNX Runtime is not loaded (see onnxruntime_lib in invariant.toml)"))?;
+        let manifest = &version.manifest;
+        let onnx = manifest
+            .onnx
+            .as_ref()
+            .ok_or_else(|| load_err("manifest has no [onnx] section"))?;
+        let bytes = version
+            .artifact(&onnx.model)
+            .ok_or_else(|| load_err(format!("model '{}' not among the verified artifacts", onnx.model)))?;
+        let mut sessions = Vec::new();
+        for _ in 0..options.instances.max(1) {
+            let session = Session::builder(&rt.environment)
+                .and_then(|b| Ok(b.with_intra_threads(manifest.inference.threads)?))
+                .and_then(|b| Ok(b.with_inter_threads(1)?))
+                .and_then(|b| Ok(b.with_parallel_execution(false)?))
+                .and_then(|b| Ok(b.with_deterministic_compute(true)?))
+                .and_then(|mut b| b.commit_from_memory(bytes))
+                .map_err(|e| load_err(format!("{}: {e}", onnx.model)))?;
+            check_graph("input", session.inputs(), &manifest.inputs, true)?;
+            check_graph("output", session.outputs(), &manifest.outputs, false)?;
+            sessions.push(Mutex::new(session));
+        }
+        Ok(Self {
+            sessions,
+            next: AtomicUsize::new(0),
+            outputs: manifest.outputs.clone(),
+            version: rt.version,
+        })
+    }
+
+    fn value_of(t: &Tensor) -> Result<DynValue, EngineError> {
+        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let v = match &t.data {
+            TensorData::Bool(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
+            TensorData::Uint8(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
+            TensorData::Int8(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
+            TensorData::Int16(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
+            TensorData::Int32(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
+            TensorData::Int64(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
+            TensorData::Fp32(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
+            TensorData::Fp64(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
+        };
+        v.map_err(run_err)
+    }
+
+    fn tensor_of(spec: &TensorSpec, value: &DynValue) -> Result<Tensor, EngineError> {
+        fn extract<T: ort::value::PrimitiveTensorElementType + Clone>(
+            value: &DynValue,
+        ) -> Result<(Vec<usize>, Vec<T>), EngineError> {
+            let (shape, data) = value.try_extract_tensor::<T>().map_err(run_err)?;
+            let shape = shape
+                .iter()
+                .map(|&d| usize::try_from(d).map_err(run_err))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((shape, data.to_vec()))
+        }
+        let (shape, data) = match spec.datatype {
+            DataType::Bool => extract::<bool>(value).map(|(s, d)| (s, TensorData::Bool(d)))?,
+            DataType::Uint8 => extract::<u8>(value).map(|(s, d)| (s, TensorData::Uint8(d)))?,
+            DataType::Int8 => extract::<i8>(value).map(|(s, d)| (s, TensorData::Int8(d)))?,
+            DataType::Int16 => extract::<i16>(value).map(|(s, d)| (s, TensorData::Int16(d)))?,
+            DataType::Int32 => extract::<i32>(value).map(|(s, d)| (s, TensorData::Int32(d)))?,
+            DataType::Int64 => extract::<i64>(value).map(|(s, d)| (s, TensorData::Int64(d)))?,
+            DataType::Fp32 => extract::<f32>(value).map(|(s, d)| (s, TensorData::Fp32(d)))?,
+            DataType::Fp64 => extract::<f64>(value).map(|(s, d)| (s, TensorData::Fp64(d)))?,
+        };
+        Tensor::new(spec.name.clone(), shape, data, &spec.name).map_err(run_err)
+    }
+
+    /// Takes a free session, or waits for the next one in turn.
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Ok(guard) = self.sessions[(start + i) % n].try_lock() {
+                return guard;
+            }
+        }
+        // A session that panicked mid-run holds no Rust invariants of ours; keep using it.
+        self.sessions[start]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Engine for OnnxEngine {
+    fn runtime(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            name: "onnxruntime",
+            version: self.version.clone(),
+        }
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        let values = inputs
+            .iter()
+            .map(|t| Ok((t.name.clone(), Self::value_of(t)?)))
+            .collect::<Result<Vec<(String, DynValue)>, EngineError>>()?;
+        let mut session = self.session();
+        let outputs = session.run(values).map_err(run_err)?;
+        self.outputs
+            .iter()
+            .map(|spec| {
+                let value = outputs
+                    .get(&spec.name)
+                    .ok_or_else(|| run_err(format!("graph did not produce output '{}'", spec.name)))?;
+                Self::tensor_of(spec, value)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_from_build_info() {
+        assert_eq!(
+            super::runtime_version("ORT Build Info: git-branch=rel-1.31.1, git-commit-id=abc, build type=Release"),
+            "1.31.1"
+        );
+    }
+}

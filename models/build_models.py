@@ -1,0 +1,786 @@
+#!/usr/bin/env python3
+"""Build Invariant's example model zoo, deterministically.
+
+Generates synthetic marketplace data with fixed seeds, trains the example models,
+exports them (safetensors for native networks, ONNX otherwise), writes every
+version's manifest.toml with the sha256 and blake3 of each artifact, and verifies:
+
+  * native networks: the exported float32 network (scaler folded into layer 0)
+    reproduces scikit-learn's predict_proba to ~1e-5;
+  * ONNX models: the file passes onnx.checker, loads in onnxruntime and exposes the
+    declared input/output names, datatypes and shapes.
+
+Finally it prints, for every model version, the outputs for one fixed example row.
+
+Run it through `bash models/build.sh` (pinned library versions, single-threaded
+BLAS). Running it twice produces byte-identical artifacts.
+
+Layout written (see docs/model-repository.md):
+  models/trust-scorer/{1.1.0,1.2.0}/        native
+  models/risk-assessor/{1.0.0,1.1.0}/       onnx
+  models/price-advisor/1.0.0/               onnx
+  tests/fixtures/models/dtype-echo/1.0.0/   onnx test fixture (not a shipped model)
+"""
+
+import os
+
+# Single-threaded numeric libraries: training and export must not depend on the
+# number of cores (BLAS reductions may split differently across threads).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+             "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import hashlib
+import shutil
+import sys
+import tomllib
+import warnings
+from pathlib import Path
+
+import blake3
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from safetensors.numpy import save_file
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+FIXTURES = ROOT / "tests" / "fixtures" / "models"
+
+ONNX_OPSET = {"": 17, "ai.onnx.ml": 3}
+ONNX_IR_VERSION = 8  # IR version matching opset 17; loads in onnxruntime >= 1.13
+PRODUCER_NAME = "invariant-model-zoo"
+PRODUCER_VERSION = "1"
+
+MAX_BATCH_SIZE = 256
+THREADS = 1
+DEVICE = "auto"
+
+warnings.filterwarnings("ignore", category=ConvergenceWarning)
+
+
+# --------------------------------------------------------------------------------------
+# Hashing and the manifest writer
+# --------------------------------------------------------------------------------------
+
+def file_hashes(path: Path) -> tuple[str, str]:
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), blake3.blake3(data).hexdigest()
+
+
+def toml_str(s: str) -> str:
+    """A TOML basic string."""
+    out = []
+    for ch in s:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append("\\u%04X" % ord(ch))
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def toml_multiline(s: str) -> str:
+    """A TOML multi-line basic string (escapes backslashes and quotes)."""
+    body = s.strip("\n").replace("\\", "\\\\").replace('"', '\\"')
+    return '"""\n' + body + '"""'
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return toml_str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"unsupported TOML value {v!r}")
+
+
+def write_manifest(version_dir: Path, *, name: str, version: str, fmt: str,
+                   description: str, artifacts: list[str], inputs: list[dict],
+                   outputs: list[dict], seed: int, onnx_model: str | None = None,
+                   native: dict | None = None) -> Path:
+    """Write manifest.toml in the format of docs/model-repository.md."""
+    assert version_dir.name == version and version_dir.parent.name == name
+    assert fmt in ("onnx", "native")
+    lines = [
+        f"name = {toml_str(name)}",
+        f"version = {toml_str(version)}",
+        f"format = {toml_str(fmt)}",
+        f"description = {toml_multiline(description)}",
+    ]
+    for rel in artifacts:
+        sha256, b3 = file_hashes(version_dir / rel)
+        lines += ["", "[[artifacts]]",
+                  f"path = {toml_str(rel)}",
+                  f"sha256 = {toml_str(sha256)}",
+                  f"blake3 = {toml_str(b3)}"]
+    for spec in inputs:
+        lines += ["", "[[inputs]]",
+                  f"name = {toml_str(spec['name'])}",
+                  f"datatype = {toml_str(spec['datatype'])}",
+                  f"shape = {toml_value(spec['shape'])}",
+                  f"allow_non_finite = {toml_value(spec.get('allow_non_finite', False))}"]
+        if spec.get("columns"):
+            lines.append(f"columns = {toml_value(spec['columns'])}")
+    for spec in outputs:
+        lines += ["", "[[outputs]]",
+                  f"name = {toml_str(spec['name'])}",
+                  f"datatype = {toml_str(spec['datatype'])}",
+                  f"shape = {toml_value(spec['shape'])}"]
+    lines += ["", "[inference]",
+              f"max_batch_size = {MAX_BATCH_SIZE}",
+              f"threads = {THREADS}",
+              f"seed = {seed}",
+              f"device = {toml_str(DEVICE)}"]
+    if fmt == "onnx":
+        assert onnx_model in artifacts
+        lines += ["", "[onnx]", f"model = {toml_str(onnx_model)}"]
+    else:
+        assert native is not None and native["weights"] in artifacts
+        lines += ["", "[native]",
+                  f"weights = {toml_str(native['weights'])}",
+                  f"input_size = {native['input_size']}",
+                  "layers = ["]
+        for layer in native["layers"]:
+            lines.append(f"  {{ size = {layer['size']}, activation = "
+                         f"{toml_str(layer['activation'])} }},")
+        lines.append("]")
+    text = "\n".join(lines) + "\n"
+
+    path = version_dir / "manifest.toml"
+    path.write_text(text, encoding="utf-8")
+
+    # Read it back: it must parse and say what we meant.
+    parsed = tomllib.loads(text)
+    assert parsed["name"] == name and parsed["version"] == version
+    assert parsed["format"] == fmt
+    assert [a["path"] for a in parsed["artifacts"]] == artifacts
+    assert sorted(p.name for p in version_dir.iterdir()) == sorted(artifacts + ["manifest.toml"])
+    for a in parsed["artifacts"]:
+        sha256, b3 = file_hashes(version_dir / a["path"])
+        assert a["sha256"] == sha256 and a["blake3"] == b3
+    assert [i["name"] for i in parsed["inputs"]] == [i["name"] for i in inputs]
+    assert [o["name"] for o in parsed["outputs"]] == [o["name"] for o in outputs]
+    return path
+
+
+def fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def features_input(columns: list[str]) -> dict:
+    return {"name": "features", "datatype": "FP32", "shape": [-1, len(columns)],
+            "allow_non_finite": False, "columns": columns}
+
+
+def changes_block(changes: str) -> str:
+    return f"\n{changes}\n" if changes else ""
+
+
+def opset_text(model: onnx.ModelProto) -> str:
+    names = {"": "opset", "ai.onnx.ml": "ai.onnx.ml opset"}
+    ops = sorted((o.domain, o.version) for o in model.opset_import)
+    return ", ".join(f"{names.get(d, d + ' opset')} {v}" for d, v in ops)
+
+
+def column_doc(columns: list[tuple[str, str]]) -> str:
+    width = max(len(c) for c, _ in columns)
+    return "\n".join(f"  {i}. {c.ljust(width)}  {d}" for i, (c, d) in enumerate(columns))
+
+
+# --------------------------------------------------------------------------------------
+# ONNX helpers
+# --------------------------------------------------------------------------------------
+
+def rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
+    if old == new:
+        return
+    g = model.graph
+    for node in g.node:
+        node.input[:] = [new if x == old else x for x in node.input]
+        node.output[:] = [new if x == old else x for x in node.output]
+    for out in g.output:
+        if out.name == old:
+            out.name = new
+    for vi in g.value_info:
+        if vi.name == old:
+            vi.name = new
+
+
+def finalize_onnx(model: onnx.ModelProto, graph_name: str, doc: str) -> onnx.ModelProto:
+    """Pin every free-text / provenance field so the bytes depend only on the model."""
+    model.ir_version = ONNX_IR_VERSION
+    model.producer_name = PRODUCER_NAME
+    model.producer_version = PRODUCER_VERSION
+    model.domain = "ai.invariant.zoo"
+    model.model_version = 1
+    model.doc_string = doc
+    model.graph.name = graph_name
+    model.graph.doc_string = ""
+    del model.metadata_props[:]
+    # Name the (free) batch dimension of every graph input and output.
+    for vi in list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) > 0 and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+    for node in model.graph.node:
+        node.doc_string = ""
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    path.write_bytes(model.SerializeToString(deterministic=True))
+
+
+def ort_session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+ORT_TYPES = {
+    "BOOL": "tensor(bool)", "INT32": "tensor(int32)", "INT64": "tensor(int64)",
+    "FP32": "tensor(float)", "FP64": "tensor(double)",
+}
+NP_TYPES = {
+    "BOOL": np.bool_, "INT32": np.int32, "INT64": np.int64,
+    "FP32": np.float32, "FP64": np.float64,
+}
+
+
+def verify_onnx_version(version_dir: Path, example: dict[str, np.ndarray]) -> dict:
+    """Load the manifest's ONNX model in onnxruntime, check the signature, run `example`."""
+    manifest = tomllib.loads((version_dir / "manifest.toml").read_text(encoding="utf-8"))
+    path = version_dir / manifest["onnx"]["model"]
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    sess = ort_session(path)
+
+    def check(kind, got, want):
+        assert [g.name for g in got] == [w["name"] for w in want], \
+            f"{version_dir}: {kind} names {[g.name for g in got]} != {[w['name'] for w in want]}"
+        for g, w in zip(got, want):
+            assert g.type == ORT_TYPES[w["datatype"]], f"{version_dir}: {g.name} type {g.type}"
+            assert len(g.shape) == len(w["shape"]), f"{version_dir}: {g.name} rank {g.shape}"
+            for gd, wd in zip(g.shape, w["shape"]):
+                if wd == -1:
+                    assert not isinstance(gd, int) or gd is None, f"{g.name}: dim {gd}"
+                else:
+                    assert gd == wd, f"{version_dir}: {g.name} shape {g.shape} vs {w['shape']}"
+
+    check("input", sess.get_inputs(), manifest["inputs"])
+    check("output", sess.get_outputs(), manifest["outputs"])
+
+    # Run the example alone and inside a batch of 3; check the actual output shapes.
+    results = sess.run(None, example)
+    for batch in (1, 3):
+        feed = {k: np.repeat(v, batch, axis=0) for k, v in example.items()}
+        outs = sess.run(None, feed)
+        for o, spec in zip(outs, manifest["outputs"]):
+            want = [batch if d == -1 else d for d in spec["shape"]]
+            assert list(o.shape) == want, f"{version_dir}: {spec['name']} shape {o.shape} != {want}"
+            assert o.dtype == NP_TYPES[spec["datatype"]], f"{spec['name']} dtype {o.dtype}"
+    return {spec["name"]: r for spec, r in zip(manifest["outputs"], results)}
+
+
+# --------------------------------------------------------------------------------------
+# trust-scorer: native feed-forward network
+# --------------------------------------------------------------------------------------
+
+TRUST_COLUMNS = [
+    ("account_age_days", "days since the account was created, 0 to 3650"),
+    ("completed_orders", "orders completed over the account's lifetime, 0 to 5000"),
+    ("dispute_rate", "fraction of orders that ended in a dispute, 0.0 to 1.0"),
+    ("avg_rating", "mean counterparty rating in stars, 1.0 to 5.0"),
+    ("response_time_hours", "median time to answer a message, hours, 0 to 72"),
+    ("kyc_level", "identity verification level, integer 0 (none) to 3 (full)"),
+    ("cancellations_90d", "orders cancelled by the account in the last 90 days, 0 to 50"),
+    ("chargebacks_365d", "card chargebacks against the account in the last 365 days, 0 to 20"),
+]
+TRUST_EXAMPLE = np.array([[420.0, 57.0, 0.02, 4.6, 3.5, 2.0, 1.0, 0.0]], dtype=np.float32)
+
+
+def trust_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    age = np.clip(rng.exponential(500.0, n), 0, 3650).round()
+    orders = np.clip(rng.lognormal(2.5, 1.5, n) * (0.2 + age / 1000.0), 0, 5000).round()
+    dispute = np.clip(rng.beta(1.0, 30.0, n), 0, 1)
+    rating = np.clip(rng.normal(4.4, 0.5, n) - 4.0 * dispute, 1.0, 5.0).round(1)
+    response = np.clip(rng.lognormal(1.0, 1.0, n), 0, 72).round(1)
+    kyc = rng.choice(4, size=n, p=[0.2, 0.3, 0.3, 0.2]).astype(np.float64)
+    cancel = np.clip(rng.poisson(0.5 + 2.0 * dispute * 10.0, n), 0, 50).astype(np.float64)
+    charge = np.clip(rng.poisson(0.1 + 3.0 * dispute, n), 0, 20).astype(np.float64)
+    X = np.column_stack([age, orders, dispute, rating, response, kyc, cancel, charge])
+    X = X.astype(np.float32)  # the server receives FP32; train on exactly those values
+
+    # Ground-truth trust probability: a fixed formula plus noise.
+    logit = (-1.0
+             + 0.45 * np.log1p(age / 30.0)
+             + 0.35 * np.log1p(orders)
+             - 18.0 * dispute
+             + 1.4 * (rating - 4.0)
+             - 0.35 * np.log1p(response)
+             + 0.55 * kyc
+             - 0.25 * cancel
+             - 1.1 * charge
+             + rng.normal(0.0, 0.5, n))
+    p = 1.0 / (1.0 + np.exp(-logit))
+    y = (rng.random(n) < p).astype(np.int64)
+    return X, y
+
+
+def fold_mlp(scaler: StandardScaler, mlp: MLPClassifier) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The MLP's layers with the scaler folded into layer 0, as (W [in,out], b [out])."""
+    mean = scaler.mean_.astype(np.float64)
+    scale = scaler.scale_.astype(np.float64)
+    layers = [(np.asarray(w, np.float64), np.asarray(b, np.float64))
+              for w, b in zip(mlp.coefs_, mlp.intercepts_)]
+    w0, b0 = layers[0]
+    # ((x - mean) / scale) @ W + b == x @ (W / scale[:, None]) + (b - (mean / scale) @ W)
+    layers[0] = (w0 / scale[:, None], b0 - (mean / scale) @ w0)
+    return [(w.astype(np.float32), b.astype(np.float32)) for w, b in layers]
+
+
+def native_forward(layers, activations, x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    for (w, b), act in zip(layers, activations):
+        x = x @ w + b
+        if act == "relu":
+            x = np.maximum(x, np.float32(0))
+        elif act == "sigmoid":
+            x = (np.float32(1) / (np.float32(1) + np.exp(-x))).astype(np.float32)
+        elif act == "tanh":
+            x = np.tanh(x)
+        x = x.astype(np.float32)
+    return x
+
+
+def native_forward_sequential(layers, activations, row: np.ndarray) -> np.ndarray:
+    """One row with the server's documented reduction order:
+    ((x0*w0 + x1*w1) + x2*w2) + ... in f32, then + b."""
+    x = row.astype(np.float32)
+    for (w, b), act in zip(layers, activations):
+        y = np.empty(w.shape[1], np.float32)
+        for j in range(w.shape[1]):
+            acc = np.float32(x[0] * w[0, j])
+            for i in range(1, w.shape[0]):
+                acc = np.float32(acc + np.float32(x[i] * w[i, j]))
+            y[j] = np.float32(acc + b[j])
+        if act == "relu":
+            y = np.maximum(y, np.float32(0))
+        elif act == "sigmoid":
+            y = (np.float32(1) / (np.float32(1) + np.exp(-y))).astype(np.float32)
+        elif act == "tanh":
+            y = np.tanh(y).astype(np.float32)
+        x = y
+    return x
+
+
+def build_trust_scorer(version: str, *, hidden: tuple[int, ...], n: int, seed: int,
+                       changes: str) -> dict:
+    X, y = trust_data(n, seed)
+    scaler = StandardScaler().fit(X.astype(np.float64))
+    mlp = MLPClassifier(hidden_layer_sizes=hidden, activation="relu", solver="adam",
+                        alpha=1e-4, learning_rate_init=1e-3, max_iter=400,
+                        random_state=seed)
+    mlp.fit(scaler.transform(X.astype(np.float64)), y)
+    assert mlp.out_activation_ == "logistic" and mlp.coefs_[-1].shape[1] == 1
+
+    layers = fold_mlp(scaler, mlp)
+    activations = ["relu"] * len(hidden) + ["sigmoid"]
+
+    # The float32 folded network must reproduce scikit-learn's probabilities.
+    Xv, _ = trust_data(4096, seed + 1000)
+    ref = mlp.predict_proba(scaler.transform(Xv.astype(np.float64)))[:, 1]
+    got = native_forward(layers, activations, Xv)[:, 0]
+    err = float(np.max(np.abs(got.astype(np.float64) - ref)))
+    assert err < 1e-5, f"trust-scorer {version}: folded network differs by {err}"
+    seq = native_forward_sequential(layers, activations, TRUST_EXAMPLE[0])
+    ref_ex = mlp.predict_proba(scaler.transform(TRUST_EXAMPLE.astype(np.float64)))[0, 1]
+    assert abs(float(seq[0]) - ref_ex) < 1e-5
+    acc = float(np.mean((ref > 0.5) == (trust_data(4096, seed + 1000)[1] == 1)))
+
+    vdir = fresh_dir(MODELS / "trust-scorer" / version)
+    tensors = {}
+    for i, (w, b) in enumerate(layers):
+        tensors[f"layers.{i}.weight"] = np.ascontiguousarray(w, dtype=np.float32)
+        tensors[f"layers.{i}.bias"] = np.ascontiguousarray(b, dtype=np.float32)
+    save_file(tensors, str(vdir / "model.safetensors"))
+
+    sizes = list(hidden) + [1]
+    description = f"""
+Trust scorer {version}: the probability (0 to 1) that a marketplace account is
+trustworthy, i.e. completes its next orders without dispute, fraud or chargeback.
+Native feed-forward network {8}-{'-'.join(str(s) for s in sizes)} (ReLU hidden layers,
+sigmoid output), a scikit-learn MLPClassifier trained on {n} synthetic accounts
+(seed {seed}), with the input standardization folded into the first layer, so the
+network takes the raw values below.
+{changes_block(changes)}
+Input `features`, FP32 [batch, 8], raw (unscaled) values:
+{column_doc(TRUST_COLUMNS)}
+Output `trust_score`, FP32 [batch, 1]: trust probability; higher is more trustworthy.
+"""
+    write_manifest(
+        vdir, name="trust-scorer", version=version, fmt="native",
+        description=description, artifacts=["model.safetensors"],
+        inputs=[features_input([c for c, _ in TRUST_COLUMNS])],
+        outputs=[{"name": "trust_score", "datatype": "FP32", "shape": [-1, 1]}],
+        seed=seed,
+        native={"weights": "model.safetensors", "input_size": 8,
+                "layers": [{"size": s, "activation": a} for s, a in zip(sizes, activations)]},
+    )
+    return {"model": "trust-scorer", "version": version, "dir": vdir,
+            "example": {"features": TRUST_EXAMPLE},
+            "outputs": {"trust_score": seq.reshape(1, 1)},
+            "sklearn": {"trust_score": np.array([[ref_ex]])},
+            "note": f"max |folded f32 - sklearn| = {err:.2e} on 4096 rows, "
+                    f"holdout accuracy {acc:.3f}"}
+
+
+# --------------------------------------------------------------------------------------
+# risk-assessor: gradient boosting -> ONNX
+# --------------------------------------------------------------------------------------
+
+RISK_COLUMNS = [
+    ("amount_usd", "transaction amount in US dollars, 0.5 to 20000"),
+    ("amount_zscore", "amount relative to the account's own history, standard deviations, -3 to 10"),
+    ("account_age_days", "days since the paying account was created, 0 to 3650"),
+    ("txn_count_24h", "transactions by the account in the last 24 hours, 0 to 50"),
+    ("distinct_cards_7d", "distinct payment cards used by the account in the last 7 days, 1 to 10"),
+    ("ip_country_mismatch", "1 if the IP's country differs from the card's country, else 0"),
+    ("device_age_days", "days since the device was first seen on the account, 0 to 1000"),
+    ("hour_of_day", "local hour of the transaction, 0 to 23"),
+    ("merchant_risk", "merchant's historical fraud score, 0.0 (safe) to 1.0 (risky)"),
+    ("velocity_1h", "transactions by the account in the last hour, 0 to 20"),
+]
+RISK_EXAMPLE = np.array([[249.99, 1.8, 35.0, 6.0, 2.0, 1.0, 3.0, 2.0, 0.35, 3.0]],
+                        dtype=np.float32)
+
+
+def risk_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    amount = np.clip(rng.lognormal(3.8, 1.2, n), 0.5, 20000).round(2)
+    zscore = np.clip(rng.normal(0.0, 1.0, n) + rng.exponential(0.3, n), -3, 10).round(2)
+    age = np.clip(rng.exponential(600.0, n), 0, 3650).round()
+    txn24 = np.clip(rng.poisson(2.0, n), 0, 50).astype(np.float64)
+    cards = np.clip(1 + rng.poisson(0.3, n), 1, 10).astype(np.float64)
+    mismatch = (rng.random(n) < 0.08).astype(np.float64)
+    device = np.clip(rng.exponential(200.0, n), 0, 1000).round()
+    hour = rng.integers(0, 24, n).astype(np.float64)
+    merchant = np.clip(rng.beta(1.5, 8.0, n), 0, 1).round(3)
+    velocity = np.clip(rng.poisson(0.4, n), 0, 20).astype(np.float64)
+    X = np.column_stack([amount, zscore, age, txn24, cards, mismatch, device, hour,
+                         merchant, velocity]).astype(np.float32)
+
+    night = ((hour <= 5) | (hour >= 23)).astype(np.float64)
+    logit = (-3.4
+             + 0.35 * np.log1p(amount / 100.0)
+             + 0.45 * np.clip(zscore, 0, None)
+             - 0.4 * np.log1p(age / 30.0)
+             + 0.08 * txn24
+             + 0.7 * (cards - 1)
+             + 1.5 * mismatch
+             - 0.35 * np.log1p(device)
+             + 0.6 * night
+             + 3.0 * merchant
+             + 0.5 * velocity
+             + rng.normal(0.0, 0.5, n))
+    p = 1.0 / (1.0 + np.exp(-logit))
+    y = (rng.random(n) < p).astype(np.int64)
+    return X, y
+
+
+def build_risk_assessor(version: str, *, n_estimators: int, n: int, seed: int,
+                        changes: str) -> dict:
+    X, y = risk_data(n, seed)
+    gbc = GradientBoostingClassifier(n_estimators=n_estimators, max_depth=3,
+                                     learning_rate=0.1, random_state=seed)
+    gbc.fit(X, y)
+    Xv, yv = risk_data(4096, seed + 1000)
+    acc = float(gbc.score(Xv, yv))
+
+    onx = convert_sklearn(
+        gbc, name=f"risk_assessor_{version.replace('.', '_')}",
+        initial_types=[("features", FloatTensorType([None, 10]))],
+        options={id(gbc): {"zipmap": False}},
+        target_opset=ONNX_OPSET,
+    )
+    outs = [o.name for o in onx.graph.output]
+    assert outs == ["label", "probabilities"], outs
+    rename_output(onx, outs[0], "label")
+    rename_output(onx, outs[1], "probabilities")
+    finalize_onnx(onx, f"risk_assessor_{version.replace('.', '_')}",
+                  f"Invariant model zoo: risk-assessor {version}")
+
+    vdir = fresh_dir(MODELS / "risk-assessor" / version)
+    save_onnx(onx, vdir / "model.onnx")
+
+    # onnxruntime must agree with scikit-learn.
+    sess = ort_session(vdir / "model.onnx")
+    lab, prob = sess.run(None, {"features": Xv})
+    assert np.array_equal(lab, gbc.predict(Xv)), "risk-assessor: label mismatch"
+    perr = float(np.max(np.abs(prob - gbc.predict_proba(Xv))))
+    assert perr < 1e-4, f"risk-assessor: probabilities differ by {perr}"
+
+    description = f"""
+Risk assessor {version}: the probability that a payment transaction is fraudulent.
+scikit-learn GradientBoostingClassifier ({n_estimators} trees, max depth 3) trained on {n}
+synthetic transactions (seed {seed}, about {100 * y.mean():.1f}% fraud), exported to ONNX
+({opset_text(onx)}).
+{changes_block(changes)}
+Input `features`, FP32 [batch, 10]:
+{column_doc(RISK_COLUMNS)}
+Outputs:
+  label          INT64 [batch]: 1 = fraud, 0 = legitimate (probability of fraud > 0.5)
+  probabilities  FP32 [batch, 2]: [P(legitimate), P(fraud)]
+"""
+    write_manifest(
+        vdir, name="risk-assessor", version=version, fmt="onnx",
+        description=description, artifacts=["model.onnx"],
+        inputs=[features_input([c for c, _ in RISK_COLUMNS])],
+        outputs=[{"name": "label", "datatype": "INT64", "shape": [-1]},
+                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+        seed=seed, onnx_model="model.onnx",
+    )
+    return {"model": "risk-assessor", "version": version, "dir": vdir,
+            "example": {"features": RISK_EXAMPLE},
+            "sklearn": {"label": gbc.predict(RISK_EXAMPLE),
+                        "probabilities": gbc.predict_proba(RISK_EXAMPLE)},
+            "note": f"max |onnx - sklearn| = {perr:.2e} on 4096 rows, holdout accuracy {acc:.3f}"}
+
+
+# --------------------------------------------------------------------------------------
+# price-advisor: StandardScaler + MLPRegressor -> ONNX
+# --------------------------------------------------------------------------------------
+
+PRICE_COLUMNS = [
+    ("active_riders", "riders requesting or browsing in the zone now, 0 to 5000"),
+    ("available_drivers", "idle drivers in the zone now, 1 to 3000"),
+    ("demand_supply_ratio", "active_riders / available_drivers, 0.0 to 10.0"),
+    ("hour_of_day", "local hour, 0 to 23"),
+    ("is_weekend", "1 on Saturday and Sunday, else 0"),
+    ("rain_mm", "rainfall in the last hour, millimetres, 0 to 50"),
+]
+PRICE_EXAMPLE = np.array([[1800.0, 600.0, 3.0, 18.0, 0.0, 4.5]], dtype=np.float32)
+
+
+def price_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    drivers = np.clip(rng.lognormal(5.5, 0.9, n), 1, 3000).round()
+    ratio_true = np.clip(rng.lognormal(0.0, 0.6, n), 0.0, 10.0)
+    riders = np.clip(drivers * ratio_true, 0, 5000).round()
+    ratio = np.clip(riders / drivers, 0.0, 10.0).round(3)
+    hour = rng.integers(0, 24, n).astype(np.float64)
+    weekend = (rng.random(n) < 2.0 / 7.0).astype(np.float64)
+    rain = np.where(rng.random(n) < 0.2, np.clip(rng.exponential(4.0, n), 0, 50), 0.0).round(1)
+    X = np.column_stack([riders, drivers, ratio, hour, weekend, rain]).astype(np.float32)
+
+    rush = np.exp(-0.5 * ((hour - 8.5) / 1.2) ** 2) + np.exp(-0.5 * ((hour - 18.0) / 1.5) ** 2)
+    late_weekend = weekend * ((hour >= 22) | (hour <= 2)).astype(np.float64)
+    surge = (1.0
+             + 0.45 * np.clip(ratio - 0.8, 0, None)
+             + 0.25 * rush * (1.0 - weekend)
+             + 0.3 * late_weekend
+             + 0.5 * (1.0 - np.exp(-rain / 5.0))
+             + rng.normal(0.0, 0.05, n))
+    y = np.clip(surge, 1.0, 3.0)
+    return X, y
+
+
+def build_price_advisor(version: str, *, n: int, seed: int) -> dict:
+    X, y = price_data(n, seed)
+    pipe = Pipeline([
+        ("scaler", StandardScaler()),
+        ("mlp", MLPRegressor(hidden_layer_sizes=(32, 16), activation="relu", solver="adam",
+                             alpha=1e-4, learning_rate_init=1e-3, max_iter=400,
+                             random_state=seed)),
+    ])
+    pipe.fit(X, y)
+    Xv, yv = price_data(4096, seed + 1000)
+    mae = float(np.mean(np.abs(pipe.predict(Xv) - yv)))
+
+    name = f"price_advisor_{version.replace('.', '_')}"
+    onx = convert_sklearn(
+        pipe, name=name,
+        initial_types=[("features", FloatTensorType([None, 6]))],
+        target_opset=ONNX_OPSET,
+    )
+    assert len(onx.graph.output) == 1
+    rename_output(onx, onx.graph.output[0].name, "surge_multiplier")
+
+    # Make the output [N, 1] in the graph whatever the converter emitted.
+    out = onx.graph.output[0]
+    dims = out.type.tensor_type.shape.dim
+    if not (len(dims) == 2 and dims[1].dim_value == 1):
+        g = onx.graph
+        for node in g.node:
+            node.output[:] = ["surge_raw" if x == "surge_multiplier" else x for x in node.output]
+            node.input[:] = ["surge_raw" if x == "surge_multiplier" else x for x in node.input]
+        g.initializer.append(helper.make_tensor("surge_shape", TensorProto.INT64, [2], [-1, 1]))
+        g.node.append(helper.make_node("Reshape", ["surge_raw", "surge_shape"],
+                                       ["surge_multiplier"], name="surge_reshape"))
+        del g.output[:]
+        g.output.append(helper.make_tensor_value_info("surge_multiplier", TensorProto.FLOAT,
+                                                      [None, 1]))
+    finalize_onnx(onx, name, f"Invariant model zoo: price-advisor {version}")
+
+    vdir = fresh_dir(MODELS / "price-advisor" / version)
+    save_onnx(onx, vdir / "model.onnx")
+
+    sess = ort_session(vdir / "model.onnx")
+    (got,) = sess.run(None, {"features": Xv})
+    assert got.shape == (len(Xv), 1), got.shape
+    err = float(np.max(np.abs(got[:, 0] - pipe.predict(Xv))))
+    assert err < 1e-4, f"price-advisor: onnx differs from sklearn by {err}"
+
+    description = f"""
+Price advisor {version}: the surge price multiplier (about 1.0 to 3.0) for a ride-hailing
+zone right now. scikit-learn Pipeline(StandardScaler, MLPRegressor 32-16 ReLU) trained on
+{n} synthetic zone snapshots (seed {seed}), exported to ONNX ({opset_text(onx)}). The model does
+not clamp its output; callers should clamp to [1.0, 3.0].
+
+Input `features`, FP32 [batch, 6]:
+{column_doc(PRICE_COLUMNS)}
+Output `surge_multiplier`, FP32 [batch, 1]: multiply the base fare by this.
+"""
+    write_manifest(
+        vdir, name="price-advisor", version=version, fmt="onnx",
+        description=description, artifacts=["model.onnx"],
+        inputs=[features_input([c for c, _ in PRICE_COLUMNS])],
+        outputs=[{"name": "surge_multiplier", "datatype": "FP32", "shape": [-1, 1]}],
+        seed=seed, onnx_model="model.onnx",
+    )
+    return {"model": "price-advisor", "version": version, "dir": vdir,
+            "example": {"features": PRICE_EXAMPLE},
+            "sklearn": {"surge_multiplier": pipe.predict(PRICE_EXAMPLE).reshape(-1, 1)},
+            "note": f"max |onnx - sklearn| = {err:.2e} on 4096 rows, holdout MAE {mae:.3f}"}
+
+
+# --------------------------------------------------------------------------------------
+# dtype-echo: hand-built ONNX test fixture
+# --------------------------------------------------------------------------------------
+
+ECHO_TENSORS = [
+    ("b", TensorProto.BOOL, "BOOL"),
+    ("i32", TensorProto.INT32, "INT32"),
+    ("i64", TensorProto.INT64, "INT64"),
+    ("f32", TensorProto.FLOAT, "FP32"),
+    ("f64", TensorProto.DOUBLE, "FP64"),
+]
+
+
+def build_dtype_echo() -> dict:
+    version = "1.0.0"
+    inputs = [helper.make_tensor_value_info(n, t, [None, 2]) for n, t, _ in ECHO_TENSORS]
+    outputs = [helper.make_tensor_value_info(f"{n}_out", t, [None, 2]) for n, t, _ in ECHO_TENSORS]
+    nodes = [helper.make_node("Identity", [n], [f"{n}_out"], name=f"echo_{n}")
+             for n, _, _ in ECHO_TENSORS]
+    graph = helper.make_graph(nodes, "dtype_echo", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    finalize_onnx(model, "dtype_echo", "Invariant test fixture: dtype-echo 1.0.0")
+
+    vdir = fresh_dir(FIXTURES / "dtype-echo" / version)
+    save_onnx(model, vdir / "model.onnx")
+    description = """
+TEST FIXTURE, not a shipped model. Echoes every input unchanged (ONNX Identity) so
+tests can check the request/response encoding of each V2 datatype.
+Inputs, each [batch, 2]: b BOOL, i32 INT32, i64 INT64, f32 FP32, f64 FP64.
+Outputs b_out, i32_out, i64_out, f32_out, f64_out: the matching input, same datatype
+and shape. Only f64 allows NaN and +/-Inf (allow_non_finite = true); a non-finite
+value in f32 is refused.
+"""
+    write_manifest(
+        vdir, name="dtype-echo", version=version, fmt="onnx",
+        description=description, artifacts=["model.onnx"],
+        inputs=[{"name": n, "datatype": d, "shape": [-1, 2], "allow_non_finite": n == "f64"}
+                for n, _, d in ECHO_TENSORS],
+        outputs=[{"name": f"{n}_out", "datatype": d, "shape": [-1, 2]} for n, _, d in ECHO_TENSORS],
+        seed=0, onnx_model="model.onnx",
+    )
+    example = {
+        "b": np.array([[True, False]]),
+        "i32": np.array([[-2147483648, 2147483647]], dtype=np.int32),
+        "i64": np.array([[-9223372036854775808, 9223372036854775807]], dtype=np.int64),
+        "f32": np.array([[1.5, -0.0]], dtype=np.float32),
+        "f64": np.array([[np.nan, -np.inf]], dtype=np.float64),
+    }
+    return {"model": "dtype-echo", "version": version, "dir": vdir, "example": example,
+            "note": "test fixture"}
+
+
+# --------------------------------------------------------------------------------------
+
+def fmt_array(a: np.ndarray) -> str:
+    with np.printoptions(precision=9, floatmode="maxprec", suppress=False):
+        return f"{a.dtype} {list(a.shape)} {np.array2string(a, separator=', ')}"
+
+
+def main() -> int:
+    print(f"python {sys.version.split()[0]}; numpy {np.__version__}; onnx {onnx.__version__}; "
+          f"onnxruntime {ort.__version__}")
+    built = [
+        build_trust_scorer("1.1.0", hidden=(32, 16), n=8000, seed=1101, changes=""),
+        build_trust_scorer(
+            "1.2.0", hidden=(64, 32), n=20000, seed=1201,
+            changes="Changes from 1.1.0: wider hidden layers (64, 32 instead of 32, 16), "
+                    "2.5x the training data\n(20000 instead of 8000 accounts), new seed."),
+        build_risk_assessor("1.0.0", n_estimators=50, n=20000, seed=2100, changes=""),
+        build_risk_assessor(
+            "1.1.0", n_estimators=80, n=40000, seed=2110,
+            changes="Changes from 1.0.0: 80 trees instead of 50, twice the training data "
+                    "(40000 instead of 20000\ntransactions), new seed."),
+        build_price_advisor("1.0.0", n=20000, seed=3100),
+        build_dtype_echo(),
+    ]
+
+    print("\nExample outputs (one fixed row per version):")
+    for b in built:
+        rel = b["dir"].relative_to(ROOT)
+        print(f"\n{b['model']} {b['version']}  ({rel})  {b['note']}")
+        for k, v in b["example"].items():
+            print(f"  input  {k}: {fmt_array(v)}")
+        if (b["dir"] / "model.onnx").exists():
+            outs = verify_onnx_version(b["dir"], b["example"])
+            engine = "onnxruntime"
+        else:
+            outs = b["outputs"]
+            engine = "numpy f32, server reduction order"
+        for k, v in outs.items():
+            print(f"  output {k} ({engine}): {fmt_array(v)}")
+        for k, v in b.get("sklearn", {}).items():
+            print(f"  sklearn {k}: {fmt_array(np.asarray(v))}")
+
+    print("\nArtifacts:")
+    for b in built:
+        for p in sorted(b["dir"].iterdir()):
+            sha256, _ = file_hashes(p)
+            print(f"  {p.stat().st_size:>8}  {sha256}  {p.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

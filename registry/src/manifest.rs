@@ -1,0 +1,385 @@
+//! `manifest.toml`: what a model version is and how to run it (see `docs/model-repository.md`).
+
+use crate::RegistryError;
+use invariant_core::DataType;
+use serde::{Deserialize, Serialize};
+use std::path::{Component, Path};
+
+/// The runtime a version needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// An ONNX graph run by ONNX Runtime.
+    Onnx,
+    /// A feed-forward network run by Invariant's candle engine.
+    Native,
+}
+
+impl Format {
+    /// The V2 `platform` string reported in model metadata.
+    pub fn platform(self) -> &'static str {
+        match self {
+            Format::Onnx => "onnxruntime_onnx",
+            Format::Native => "invariant_native",
+        }
+    }
+}
+
+/// One artifact file and its expected hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactEntry {
+    /// Path relative to the version directory.
+    pub path: String,
+    /// Lowercase hex sha256.
+    pub sha256: String,
+    /// Lowercase hex blake3.
+    pub blake3: String,
+}
+
+/// One tensor of a signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// Tensor name.
+    pub name: String,
+    /// V2 datatype.
+    pub datatype: DataType,
+    /// Shape; `-1` only as the first (batch) dimension.
+    pub shape: Vec<i64>,
+    /// Whether NaN and ±Inf are accepted in this input (default: no).
+    #[serde(default)]
+    pub allow_non_finite: bool,
+    /// Optional meaning of each column of the last dimension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+}
+
+impl TensorSpec {
+    /// True when the first dimension is the variable batch dimension.
+    pub fn is_batched(&self) -> bool {
+        self.shape.first() == Some(&-1)
+    }
+}
+
+/// `[inference]`: how to run the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceSettings {
+    /// Largest batch dimension a request may carry.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// Engine threads.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Deterministic seed handed to the runtime.
+    #[serde(default)]
+    pub seed: u64,
+    /// Device wish, decided by the device layer.
+    #[serde(default)]
+    pub device: invariant_gpu::DeviceRequest,
+}
+
+fn default_max_batch_size() -> usize {
+    256
+}
+fn default_threads() -> usize {
+    1
+}
+
+impl Default for InferenceSettings {
+    fn default() -> Self {
+        Self {
+            max_batch_size: default_max_batch_size(),
+            threads: default_threads(),
+            seed: 0,
+            device: Default::default(),
+        }
+    }
+}
+
+/// `[onnx]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxSection {
+    /// The `.onnx` artifact.
+    pub model: String,
+}
+
+/// Activation applied after a native layer's affine map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// `max(x, 0)`
+    Relu,
+    /// `1 / (1 + exp(-x))`
+    Sigmoid,
+    /// `tanh(x)`
+    Tanh,
+    /// `x`
+    Identity,
+}
+
+/// One native layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    /// Output width.
+    pub size: usize,
+    /// Activation after the affine map.
+    pub activation: Activation,
+}
+
+/// `[native]`: a feed-forward network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeSection {
+    /// The safetensors artifact holding `layers.<i>.weight` and `layers.<i>.bias`.
+    pub weights: String,
+    /// Width of the input.
+    pub input_size: usize,
+    /// Layers in order.
+    pub layers: Vec<LayerSpec>,
+}
+
+/// A parsed and checked `manifest.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Model name; equals the model directory's name.
+    pub name: String,
+    /// Semantic version; equals the version directory's name.
+    pub version: semver::Version,
+    /// Runtime.
+    pub format: Format,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Every file of the version with its hashes.
+    pub artifacts: Vec<ArtifactEntry>,
+    /// Input signature.
+    pub inputs: Vec<TensorSpec>,
+    /// Output signature.
+    pub outputs: Vec<TensorSpec>,
+    /// Inference settings.
+    #[serde(default)]
+    pub inference: InferenceSettings,
+    /// ONNX settings (format = "onnx").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<OnnxSection>,
+    /// Native network (format = "native").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeSection>,
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// True for a relative path that stays inside its directory.
+fn is_contained(path: &str) -> bool {
+    let p = Path::new(path);
+    !path.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+impl Manifest {
+    /// Parses manifest text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, RegistryError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| RegistryError::ManifestParse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        manifest.validate(path)?;
+        Ok(manifest)
+    }
+
+    /// Checks what TOML parsing cannot: signatures, paths, hashes, format sections.
+    pub fn validate(&self, path: &Path) -> Result<(), RegistryError> {
+        let invalid = |message: String| {
+            Err(RegistryError::ManifestInvalid {
+                path: path.to_path_buf(),
+                message,
+            })
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return invalid(format!(
+                "name '{}' must be non-empty ASCII letters, digits, '-' or '_'",
+                self.name
+            ));
+        }
+        if self.artifacts.is_empty() {
+            return invalid("artifacts: at least one artifact is required".into());
+        }
+        for (i, a) in self.artifacts.iter().enumerate() {
+            if !is_contained(&a.path) {
+                return invalid(format!(
+                    "artifacts[{i}].path '{}' must be a relative path inside the version directory",
+                    a.path
+                ));
+            }
+            if !is_hex64(&a.sha256) {
+                return invalid(format!("artifacts[{i}].sha256 must be 64 lowercase hex digits"));
+            }
+            if !is_hex64(&a.blake3) {
+                return invalid(format!("artifacts[{i}].blake3 must be 64 lowercase hex digits"));
+            }
+        }
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return invalid("inputs and outputs: at least one of each is required".into());
+        }
+        for (kind, specs) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
+            let mut names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            names.sort_unstable();
+            if names.windows(2).any(|w| w[0] == w[1]) {
+                return invalid(format!("{kind}: tensor names must be unique"));
+            }
+            for (i, s) in specs.iter().enumerate() {
+                if s.shape.is_empty() {
+                    return invalid(format!("{kind}[{i}].shape must have at least one dimension"));
+                }
+                if s.shape.iter().skip(1).any(|&d| d < 1) || s.shape[0] < -1 || s.shape[0] == 0 {
+                    return invalid(format!(
+                        "{kind}[{i}].shape {:?}: dimensions must be positive, -1 allowed only first",
+                        s.shape
+                    ));
+                }
+                if let Some(cols) = &s.columns {
+                    if s.shape.last().copied() != Some(cols.len() as i64) {
+                        return invalid(format!(
+                            "{kind}[{i}].columns has {} names but the last dimension is {:?}",
+                            cols.len(),
+                            s.shape.last()
+                        ));
+                    }
+                }
+            }
+        }
+        if self.inference.max_batch_size == 0 {
+            return invalid("inference.max_batch_size must be at least 1".into());
+        }
+        if self.inference.threads == 0 {
+            return invalid("inference.threads must be at least 1".into());
+        }
+        let listed = |file: &str| self.artifacts.iter().any(|a| a.path == file);
+        match self.format {
+            Format::Onnx => {
+                let Some(onnx) = &self.onnx else {
+                    return invalid("format = \"onnx\" needs an [onnx] section".into());
+                };
+                if !listed(&onnx.model) {
+                    return invalid(format!("onnx.model '{}' is not listed in [[artifacts]]", onnx.model));
+                }
+                if self.native.is_some() {
+                    return invalid("format = \"onnx\" must not have a [native] section".into());
+                }
+            }
+            Format::Native => {
+                let Some(native) = &self.native else {
+                    return invalid("format = \"native\" needs a [native] section".into());
+                };
+                if self.onnx.is_some() {
+                    return invalid("format = \"native\" must not have an [onnx] section".into());
+                }
+                if !listed(&native.weights) {
+                    return invalid(format!(
+                        "native.weights '{}' is not listed in [[artifacts]]",
+                        native.weights
+                    ));
+                }
+                self.validate_native(native).or_else(invalid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A native network takes one FP32 `[-1, input_size]` input and gives one FP32
+    /// `[-1, last layer size]` output.
+    fn validate_native(&self, native: &NativeSection) -> Result<(), String> {
+        if native.layers.is_empty() || native.input_size == 0 || native.layers.iter().any(|l| l.size == 0) {
+            return Err("native: input_size and every layer size must be positive, with at least one layer".into());
+        }
+        let last = native.layers.last().map(|l| l.size).unwrap_or(0);
+        let (i, o) = match (&self.inputs[..], &self.outputs[..]) {
+            ([i], [o]) => (i, o),
+            _ => return Err("native networks have exactly one input and one output".into()),
+        };
+        if i.datatype != DataType::Fp32 || i.shape != [-1, native.input_size as i64] {
+            return Err(format!(
+                "native: input must be FP32 [-1, {}], found {} {:?}",
+                native.input_size, i.datatype, i.shape
+            ));
+        }
+        if o.datatype != DataType::Fp32 || o.shape != [-1, last as i64] {
+            return Err(format!(
+                "native: output must be FP32 [-1, {last}], found {} {:?}",
+                o.datatype, o.shape
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "m"
+version = "1.0.0"
+format = "native"
+[[artifacts]]
+path = "model.safetensors"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+blake3 = "0000000000000000000000000000000000000000000000000000000000000000"
+[[inputs]]
+name = "features"
+datatype = "FP32"
+shape = [-1, 3]
+columns = ["a", "b", "c"]
+[[outputs]]
+name = "score"
+datatype = "FP32"
+shape = [-1, 1]
+[native]
+weights = "model.safetensors"
+input_size = 3
+layers = [{ size = 4, activation = "relu" }, { size = 1, activation = "sigmoid" }]
+"#;
+
+    #[test]
+    fn parses_a_good_manifest_with_defaults() {
+        let m = Manifest::parse(GOOD, Path::new("m/1.0.0/manifest.toml")).unwrap();
+        assert_eq!(m.inference.max_batch_size, 256);
+        assert_eq!(m.inference.threads, 1);
+        assert!(!m.inputs[0].allow_non_finite);
+        assert_eq!(m.format.platform(), "invariant_native");
+    }
+
+    fn err_of(text: &str) -> String {
+        Manifest::parse(text, Path::new("x/manifest.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn rejects_bad_manifests_naming_the_field() {
+        assert!(err_of(&GOOD.replace("shape = [-1, 1]", "shape = [1, -1]")).contains("outputs[0].shape"));
+        assert!(err_of(&GOOD.replace("path = \"model.safetensors\"", "path = \"../x\"")).contains("artifacts[0].path"));
+        assert!(err_of(&GOOD.replace("sha256 = \"0000", "sha256 = \"ZZ00")).contains("artifacts[0].sha256"));
+        assert!(err_of(&GOOD.replace("input_size = 3", "input_size = 4")).contains("native: input"));
+        assert!(err_of(&GOOD.replace("columns = [\"a\", \"b\", \"c\"]", "columns = [\"a\"]")).contains("columns"));
+        assert!(err_of(&GOOD.replace("format = \"native\"", "format = \"tflite\"")).contains("format"));
+        assert!(err_of(&GOOD.replace("version = \"1.0.0\"", "version = \"one\"")).contains("version"));
+        assert!(err_of(&GOOD.replace("[native]", "[native]\nbogus = 1")).contains("bogus"));
+        assert!(err_of(&GOOD.replace(
+            "datatype = \"FP32\"\nshape = [-1, 3]",
+            "datatype = \"FP16\"\nshape = [-1, 3]"
+        ))
+        .contains("FP16"));
+    }
+}
