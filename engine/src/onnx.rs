@@ -48,7 +48,7 @@ pub fn init_runtime(dylib: &Path) -> Result<OnnxRuntime, EngineError> {
                 .with_name("invariant")
                 .build()
                 .map_err(|e| format!("ONNX Runtime environment: {e}"))?;
-            let version = runtime_version(ort::info());
+            let version = version_from_path(dylib).unwrap_or_else(|| runtime_version(ort::info()));
             Ok(OnnxRuntime { environment, version })
         })
         .clone()
@@ -58,6 +58,14 @@ pub fn init_runtime(dylib: &Path) -> Result<OnnxRuntime, EngineError> {
 /// The runtime loaded by [`init_runtime`], if it succeeded.
 pub fn runtime() -> Option<OnnxRuntime> {
     RUNTIME.get().and_then(|r| r.as_ref().ok()).cloned()
+}
+
+/// Extracts `1.31.1` from the library's real file name `libonnxruntime.so.1.31.1`.
+fn version_from_path(dylib: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(dylib).ok()?;
+    let name = real.file_name()?.to_str()?;
+    let version = name.strip_prefix("libonnxruntime.so.")?;
+    version.split('.').all(|p| p.parse::<u32>().is_ok()).then(|| version.to_string())
 }
 
 /// Extracts `1.31.1` from a build-info string holding `git-branch=rel-1.31.1`.

@@ -1,1 +1,202 @@
-fn main() {}
+//! `invariant`: the deterministic inference server and its command-line tools.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use invariant_server::config::Config;
+use invariant_server::models::VersionState;
+use std::path::PathBuf;
+
+/// Deterministic AI inference server: hash-verified models served over the Open Inference
+/// Protocol (KServe V2).
+#[derive(Parser)]
+#[command(name = "invariant", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the model repository and serve the V2 HTTP API.
+    Serve(ServeArgs),
+    /// Inspect and verify the model repository.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+/// Where the configuration comes from.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Configuration file (default: ./invariant.toml if present, else the embedded defaults).
+    #[arg(long, env = "INVARIANT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Model repository directory (overrides model_repository).
+    #[arg(long)]
+    model_repository: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        let file = self.config.clone().or_else(|| {
+            let local = PathBuf::from("invariant.toml");
+            local.exists().then_some(local)
+        });
+        let mut config = Config::load(file.as_deref())?;
+        if let Some(repo) = &self.model_repository {
+            config.model_repository = repo.clone();
+        }
+        tracing::info!(
+            config = %file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "embedded defaults".into()),
+            repository = %config.model_repository.display(),
+            "configuration loaded"
+        );
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Listen address (overrides server.http_addr), e.g. 127.0.0.1:8000.
+    #[arg(long)]
+    http_addr: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List every model version with its format and whether its artifacts verify.
+    List(ListArgs),
+    /// Load every version exactly as the server does (hashes, manifest, runtime); exit 1 if any fails.
+    Verify(ListArgs),
+    /// Print the sha256 and blake3 of files, as [[artifacts]] entries for a manifest.
+    Hash {
+        /// Files to hash.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ListArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INVARIANT_LOG").unwrap_or_else(|_| "info,ort=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Models(ModelsCommand::List(args)) => list(args, false),
+        Command::Models(ModelsCommand::Verify(args)) => list(args, true),
+        Command::Models(ModelsCommand::Hash { files }) => hash(&files),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = args.config.load()?;
+    if let Some(addr) = args.http_addr {
+        config.server.http_addr = addr;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let addr = config.server.http_addr.clone();
+        let state = invariant_server::build_state(config)?;
+        let (ready, failed) = state.models.counts();
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, versions_ready = ready, versions_failed = failed, "serving");
+        axum::serve(listener, invariant_server::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("HTTP server")
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+/// `models list` checks manifests and hashes; `models verify` also builds every runtime.
+fn list(args: ListArgs, full: bool) -> Result<()> {
+    let config = args.config.load()?;
+    let rows: Vec<(String, String, String, String)> = if full {
+        let state = invariant_server::build_state(config)?;
+        state
+            .models
+            .entries()
+            .map(|(name, e)| match &e.state {
+                VersionState::Ready(m) => {
+                    (name.to_string(), e.version.clone(), m.manifest().format.platform().to_string(), "READY".into())
+                }
+                VersionState::Failed { reason } => {
+                    (name.to_string(), e.version.clone(), "-".into(), format!("FAILED: {reason}"))
+                }
+            })
+            .collect()
+    } else {
+        invariant_registry::scan(&config.model_repository)?
+            .into_iter()
+            .map(|s| match s.result {
+                Ok(v) => (s.model, s.version, v.manifest.format.platform().to_string(), "VERIFIED".into()),
+                Err(e) => (s.model, s.version, "-".into(), format!("FAILED: {e}")),
+            })
+            .collect()
+    };
+    let failures = rows.iter().filter(|r| r.3.starts_with("FAILED")).count();
+    if args.json {
+        let json: Vec<_> = rows
+            .iter()
+            .map(|(m, v, p, s)| {
+                let (state, error) = match s.strip_prefix("FAILED: ") {
+                    Some(reason) => ("FAILED", Some(reason)),
+                    None => (s.as_str(), None),
+                };
+                serde_json::json!({ "model": m, "version": v, "platform": p, "state": state, "error": error })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(5);
+        let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(7);
+        let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(0).max(8);
+        println!("{:w0$}  {:w1$}  {:w2$}  STATE", "MODEL", "VERSION", "PLATFORM");
+        for (m, v, p, s) in &rows {
+            println!("{m:w0$}  {v:w1$}  {p:w2$}  {s}");
+        }
+    }
+    if full && failures > 0 {
+        anyhow::bail!("{failures} model version(s) failed verification");
+    }
+    Ok(())
+}
+
+fn hash(files: &[PathBuf]) -> Result<()> {
+    for file in files {
+        let h = invariant_registry::hash_file(file, |_| {})?;
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("[[artifacts]]\npath = \"{name}\"\nsha256 = \"{}\"\nblake3 = \"{}\"\n", h.sha256, h.blake3);
+    }
+    Ok(())
+}

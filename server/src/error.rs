@@ -1,0 +1,58 @@
+//! API errors: a status code and a V2 `{"error": "..."}` body.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// An error answered to a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Message, naming the field or resource at fault.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+
+    /// 404 Not Found.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::NOT_FOUND, message: message.into() }
+    }
+
+    /// 503 Service Unavailable.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into() }
+    }
+
+    /// 500 Internal Server Error.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<invariant_core::CoreError> for ApiError {
+    fn from(e: invariant_core::CoreError) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+impl From<invariant_engine::EngineError> for ApiError {
+    fn from(e: invariant_engine::EngineError) -> Self {
+        match e {
+            invariant_engine::EngineError::InvalidInput { .. } => Self::bad_request(e.to_string()),
+            invariant_engine::EngineError::Load(_) => Self::unavailable(e.to_string()),
+            invariant_engine::EngineError::Runtime(_) => Self::internal(e.to_string()),
+        }
+    }
+}

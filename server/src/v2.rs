@@ -1,0 +1,368 @@
+//! Open Inference Protocol (KServe V2) over HTTP: health, server and model metadata,
+//! readiness and inference with JSON tensors.
+
+use crate::error::ApiError;
+use crate::models::{Lookup, VersionState};
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use invariant_core::json::parse_data;
+use invariant_core::tensor::concrete_shape;
+use invariant_core::{CorridorId, DataType, Tensor, TensorData};
+use invariant_engine::Model;
+use invariant_registry::TensorSpec;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// Header naming the corridor of a request.
+pub const CORRIDOR_HEADER: &str = "x-corridor";
+
+/// The V2 routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
+        .route("/v2/models/{model}/infer", post(infer_latest))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+/// Ready once the repository is loaded and at least one model version serves.
+async fn ready(State(state): State<AppState>) -> Response {
+    let (ready, failed) = state.models.counts();
+    let status = if ready > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready > 0, "versions_ready": ready, "versions_failed": failed }))).into_response()
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "invariant",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["parameters"],
+    }))
+}
+
+fn lookup_error(model: &str, version: Option<&str>, lookup: Lookup) -> ApiError {
+    match (lookup, version) {
+        (Lookup::UnknownModel, _) => ApiError::not_found(format!("unknown model '{model}'")),
+        (Lookup::UnknownVersion, Some(v)) => ApiError::not_found(format!("model '{model}' has no version '{v}'")),
+        (Lookup::UnknownVersion, None) => ApiError::not_found(format!("unknown model '{model}'")),
+        (Lookup::Failed(reason), Some(v)) => {
+            ApiError::unavailable(format!("model '{model}' version '{v}' failed to load: {reason}"))
+        }
+        (Lookup::Failed(reason), None) => ApiError::unavailable(reason),
+    }
+}
+
+fn resolve(state: &AppState, model: &str, version: Option<&str>) -> Result<Arc<Model>, ApiError> {
+    state.models.resolve(model, version).map_err(|l| lookup_error(model, version, l))
+}
+
+#[derive(Serialize)]
+struct SpecJson<'a> {
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    columns: Option<&'a [String]>,
+}
+
+fn specs_json(specs: &[TensorSpec]) -> Vec<SpecJson<'_>> {
+    specs
+        .iter()
+        .map(|s| SpecJson { name: &s.name, datatype: s.datatype, shape: &s.shape, columns: s.columns.as_deref() })
+        .collect()
+}
+
+fn metadata(state: &AppState, model: &Model) -> Value {
+    let m = model.manifest();
+    let mut versions = Vec::new();
+    let mut failed = Vec::new();
+    for e in state.models.versions(&m.name).unwrap_or_default() {
+        match &e.state {
+            VersionState::Ready(_) => versions.push(json!(e.version)),
+            VersionState::Failed { reason } => failed.push(json!({ "version": e.version, "error": reason })),
+        }
+    }
+    let runtime = model.runtime();
+    json!({
+        "name": m.name,
+        "versions": versions,
+        "platform": m.format.platform(),
+        "inputs": specs_json(&m.inputs),
+        "outputs": specs_json(&m.outputs),
+        "version": m.version.to_string(),
+        "description": m.description,
+        "max_batch_size": m.inference.max_batch_size,
+        "device": model.placement().device,
+        "device_reason": model.placement().reason,
+        "runtime": { "name": runtime.name, "version": runtime.version },
+        "content_hash": model.content_hash(),
+        "failed_versions": failed,
+    })
+}
+
+async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    let m = resolve(&state, &model, None)?;
+    Ok(Json(metadata(&state, &m)))
+}
+
+async fn version_metadata(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let m = resolve(&state, &model, Some(&version))?;
+    Ok(Json(metadata(&state, &m)))
+}
+
+fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Response {
+    match state.models.resolve(model, version) {
+        Ok(m) => Json(json!({ "name": model, "version": m.manifest().version.to_string(), "ready": true })).into_response(),
+        Err(Lookup::Failed(reason)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "name": model, "version": version, "ready": false, "error": reason })),
+        )
+            .into_response(),
+        Err(other) => lookup_error(model, version, other).into_response(),
+    }
+}
+
+async fn model_ready(State(state): State<AppState>, Path(model): Path<String>) -> Response {
+    readiness(&state, &model, None)
+}
+
+async fn version_ready(State(state): State<AppState>, Path((model, version)): Path<(String, String)>) -> Response {
+    readiness(&state, &model, Some(&version))
+}
+
+/// A V2 inference request as it arrives; tensor data is kept as raw JSON text so numbers are
+/// decoded straight to the declared datatype.
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(borrow)]
+    inputs: Vec<RawInput<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<RawOutput>>,
+}
+
+#[derive(Deserialize)]
+struct RawInput<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default)]
+    #[allow(dead_code)]
+    parameters: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct RawOutput {
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// A decoded inference request.
+struct InferRequest {
+    id: Option<String>,
+    parameters: Map<String, Value>,
+    inputs: Vec<Tensor>,
+    outputs: Option<Vec<String>>,
+}
+
+fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("request body is larger than the limit of {limit} bytes (server.max_body_bytes)")
+    } else {
+        format!("request body: {}", rejection.body_text())
+    };
+    ApiError { status, message }
+}
+
+fn parse_request(body: &[u8]) -> Result<InferRequest, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let raw: RawRequest<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
+            ApiError::bad_request(format!("malformed JSON request: {}", e.inner()))
+        } else {
+            ApiError::bad_request(format!("{path}: {}", e.inner()))
+        }
+    })?;
+    de.end().map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))?;
+    let mut inputs = Vec::with_capacity(raw.inputs.len());
+    for (i, input) in raw.inputs.iter().enumerate() {
+        let field = format!("inputs[{i}]");
+        let datatype = DataType::parse(&input.datatype, &format!("{field}.datatype"))?;
+        let shape = concrete_shape(&input.shape, &field)?;
+        let data = parse_data(input.data.get(), datatype, &format!("{field}.data"))?;
+        inputs.push(Tensor::new(input.name.clone(), shape, data, &field)?);
+    }
+    Ok(InferRequest {
+        id: raw.id,
+        parameters: raw.parameters.unwrap_or_default(),
+        inputs,
+        outputs: raw.outputs.map(|o| o.into_iter().map(|o| o.name).collect()),
+    })
+}
+
+/// The corridor of a request: the `x-corridor` header or `parameters.corridor` (they must
+/// agree when both are given), else the configured default.
+fn corridor_of(state: &AppState, headers: &HeaderMap, parameters: &Map<String, Value>) -> Result<CorridorId, ApiError> {
+    let header = match headers.get(CORRIDOR_HEADER) {
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("x-corridor header: not valid text"))?),
+        None => None,
+    };
+    let param = match parameters.get("corridor") {
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(ApiError::bad_request("parameters.corridor: must be a string such as \"UAE-SA\"")),
+        None => None,
+    };
+    let named = match (header, param) {
+        (Some(h), Some(p)) if !h.eq_ignore_ascii_case(p) => {
+            return Err(ApiError::bad_request(format!(
+                "x-corridor header '{h}' and parameters.corridor '{p}' name different corridors"
+            )))
+        }
+        (Some(h), _) => Some(h),
+        (None, p) => p,
+    };
+    let Some(named) = named else {
+        return state.config.server.default_corridor.clone().ok_or_else(|| {
+            ApiError::bad_request("no corridor: send the x-corridor header or parameters.corridor (no default is configured)")
+        });
+    };
+    let id = CorridorId::parse(named).map_err(|e| ApiError::bad_request(format!("corridor: {e}")))?;
+    match state.config.corridor(id.as_str()) {
+        Some(c) => Ok(c.id.clone()),
+        None => {
+            let declared: Vec<&str> = state.config.corridors.iter().map(|c| c.id.as_str()).collect();
+            Err(ApiError::bad_request(format!("unknown corridor '{id}' (declared: {})", declared.join(", "))))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OutputJson<'a> {
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [usize],
+    data: &'a TensorData,
+}
+
+async fn infer_latest(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    infer(state, model, None, headers, body).await
+}
+
+async fn infer_version(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    infer(state, model, Some(version), headers, body).await
+}
+
+async fn infer(
+    state: AppState,
+    model_name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| body_error(r, state.config.server.max_body_bytes))?;
+    let model = resolve(&state, &model_name, version.as_deref())?;
+    let request = parse_request(&body)?;
+    let corridor = corridor_of(&state, &headers, &request.parameters)?;
+    let selection = select_outputs(&model, request.outputs.as_deref())?;
+
+    let runner = model.clone();
+    let outputs = tokio::task::spawn_blocking(move || runner.infer(request.inputs))
+        .await
+        .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))??;
+
+    let manifest = model.manifest();
+    let reply = InferResponse {
+        model_name: &manifest.name,
+        model_version: manifest.version.to_string(),
+        id: request.id.as_deref(),
+        parameters: ReplyParameters { corridor: &corridor, device: model.placement().device },
+        outputs: selection
+            .iter()
+            .filter_map(|&i| outputs.get(i))
+            .map(|t| OutputJson { name: &t.name, datatype: t.datatype(), shape: &t.shape, data: &t.data })
+            .collect(),
+    };
+    // Serialised directly (not through serde_json::Value, which would widen FP32 to f64 and
+    // print 0.1f32 as 0.10000000149011612).
+    Ok(Json(reply).into_response())
+}
+
+#[derive(Serialize)]
+struct ReplyParameters<'a> {
+    corridor: &'a CorridorId,
+    device: invariant_gpu::Device,
+}
+
+#[derive(Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    parameters: ReplyParameters<'a>,
+    outputs: Vec<OutputJson<'a>>,
+}
+
+/// Indexes (into the manifest's outputs) of the outputs to return, in the requested order;
+/// all outputs in manifest order when none are requested.
+fn select_outputs(model: &Model, requested: Option<&[String]>) -> Result<Vec<usize>, ApiError> {
+    let specs = &model.manifest().outputs;
+    let Some(requested) = requested.filter(|r| !r.is_empty()) else {
+        return Ok((0..specs.len()).collect());
+    };
+    let mut picked = Vec::with_capacity(requested.len());
+    for (i, name) in requested.iter().enumerate() {
+        let Some(pos) = specs.iter().position(|s| &s.name == name) else {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(ApiError::bad_request(format!(
+                "outputs[{i}].name: model '{}' has no output '{name}' (outputs: {})",
+                model.manifest().name,
+                names.join(", ")
+            )));
+        };
+        if picked.contains(&pos) {
+            return Err(ApiError::bad_request(format!("outputs[{i}].name: output '{name}' requested twice")));
+        }
+        picked.push(pos);
+    }
+    Ok(picked)
+}
