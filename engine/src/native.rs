@@ -45,7 +45,7 @@ fn run_err(e: impl std::fmt::Display) -> EngineError {
 /// scoped threads), so a row's result is the same in any batch at any position; the inner
 /// loop runs over `j`, which vectorises without reordering any element's sum.
 pub fn fixed_order_matmul(x: &[f32], w: &[f32], b: &[f32], k: usize, n: usize, threads: usize) -> Vec<f32> {
-    let rows = if k == 0 { 0 } else { x.len() / k };
+    let rows = x.len().checked_div(k).unwrap_or(0);
     let mut out = vec![0f32; rows * n];
     let compute = |xs: &[f32], ys: &mut [f32]| {
         for (xr, yr) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {

@@ -65,7 +65,10 @@ fn version_from_path(dylib: &Path) -> Option<String> {
     let real = std::fs::canonicalize(dylib).ok()?;
     let name = real.file_name()?.to_str()?;
     let version = name.strip_prefix("libonnxruntime.so.")?;
-    version.split('.').all(|p| p.parse::<u32>().is_ok()).then(|| version.to_string())
+    version
+        .split('.')
+        .all(|p| p.parse::<u32>().is_ok())
+        .then(|| version.to_string())
 }
 
 /// Extracts `1.31.1` from a build-info string holding `git-branch=rel-1.31.1`.

@@ -26,7 +26,13 @@ const ENV_KEYS: [&str; 4] = ["model_repository", "onnxruntime_lib", "engine_inst
 
 fn is_config_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ENV_KEYS.iter().any(|k| if k.ends_with("__") { key.starts_with(k) } else { key == *k })
+    ENV_KEYS.iter().any(|k| {
+        if k.ends_with("__") {
+            key.starts_with(k)
+        } else {
+            key == *k
+        }
+    })
 }
 
 /// One declared corridor.
@@ -85,7 +91,11 @@ impl Config {
             None => Toml::string(EMBEDDED_DEFAULTS),
         };
         let config: Config = figment::Figment::from(base)
-            .merge(Env::prefixed("INVARIANT_").filter(|key| is_config_key(key.as_str())).split("__"))
+            .merge(
+                Env::prefixed("INVARIANT_")
+                    .filter(|key| is_config_key(key.as_str()))
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
@@ -101,7 +111,9 @@ impl Config {
         }
         if let Some(default) = &self.server.default_corridor {
             if self.corridor(default.as_str()).is_none() {
-                return Err(ConfigError::Invalid(format!("server.default_corridor {default} is not a declared corridor")));
+                return Err(ConfigError::Invalid(format!(
+                    "server.default_corridor {default} is not a declared corridor"
+                )));
             }
         }
         if self.engine_instances == 0 {
@@ -126,7 +138,12 @@ impl Config {
         if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
             return Some(PathBuf::from(p));
         }
-        let starts = [std::env::current_dir().ok(), std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf))];
+        let starts = [
+            std::env::current_dir().ok(),
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(Path::to_path_buf)),
+        ];
         starts.into_iter().flatten().find_map(|start| {
             start
                 .ancestors()

@@ -59,8 +59,15 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     if let Some(why) = &onnx_unavailable {
         tracing::warn!("{why}; ONNX model versions will not load");
     }
-    let options = EngineOptions { instances: config.engine_instances };
-    let models = ModelTable::load(&config.model_repository, &DeviceLayer::discover(), &options, onnx_unavailable.as_deref())?;
+    let options = EngineOptions {
+        instances: config.engine_instances,
+    };
+    let models = ModelTable::load(
+        &config.model_repository,
+        &DeviceLayer::discover(),
+        &options,
+        onnx_unavailable.as_deref(),
+    )?;
     Ok(Arc::new(Shared { config, models }))
 }
 
@@ -69,8 +76,11 @@ async fn not_found(uri: Uri) -> ApiError {
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: "internal error while handling the request".into() }
-        .into_response()
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: "internal error while handling the request".into(),
+    }
+    .into_response()
 }
 
 /// The HTTP API with its body limit, JSON 404s and a last-resort panic guard.

@@ -113,7 +113,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         let addr = config.server.http_addr.clone();
         let state = invariant_server::build_state(config)?;
         let (ready, failed) = state.models.counts();
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, versions_ready = ready, versions_failed = failed, "serving");
         axum::serve(listener, invariant_server::router(state))
             .with_graceful_shutdown(shutdown_signal())
@@ -147,19 +149,30 @@ fn list(args: ListArgs, full: bool) -> Result<()> {
             .models
             .entries()
             .map(|(name, e)| match &e.state {
-                VersionState::Ready(m) => {
-                    (name.to_string(), e.version.clone(), m.manifest().format.platform().to_string(), "READY".into())
-                }
-                VersionState::Failed { reason } => {
-                    (name.to_string(), e.version.clone(), "-".into(), format!("FAILED: {reason}"))
-                }
+                VersionState::Ready(m) => (
+                    name.to_string(),
+                    e.version.clone(),
+                    m.manifest().format.platform().to_string(),
+                    "READY".into(),
+                ),
+                VersionState::Failed { reason } => (
+                    name.to_string(),
+                    e.version.clone(),
+                    "-".into(),
+                    format!("FAILED: {reason}"),
+                ),
             })
             .collect()
     } else {
         invariant_registry::scan(&config.model_repository)?
             .into_iter()
             .map(|s| match s.result {
-                Ok(v) => (s.model, s.version, v.manifest.format.platform().to_string(), "VERIFIED".into()),
+                Ok(v) => (
+                    s.model,
+                    s.version,
+                    v.manifest.format.platform().to_string(),
+                    "VERIFIED".into(),
+                ),
                 Err(e) => (s.model, s.version, "-".into(), format!("FAILED: {e}")),
             })
             .collect()
@@ -195,8 +208,14 @@ fn list(args: ListArgs, full: bool) -> Result<()> {
 fn hash(files: &[PathBuf]) -> Result<()> {
     for file in files {
         let h = invariant_registry::hash_file(file, |_| {})?;
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        println!("[[artifacts]]\npath = \"{name}\"\nsha256 = \"{}\"\nblake3 = \"{}\"\n", h.sha256, h.blake3);
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        println!(
+            "[[artifacts]]\npath = \"{name}\"\nsha256 = \"{}\"\nblake3 = \"{}\"\n",
+            h.sha256, h.blake3
+        );
     }
     Ok(())
 }

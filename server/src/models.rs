@@ -60,10 +60,14 @@ impl ModelTable {
             let state = match scanned.result {
                 Err(e) => VersionState::Failed { reason: e.to_string() },
                 Ok(v) => match (v.manifest.format, onnx_unavailable) {
-                    (Format::Onnx, Some(why)) => VersionState::Failed { reason: why.to_string() },
+                    (Format::Onnx, Some(why)) => VersionState::Failed {
+                        reason: why.to_string(),
+                    },
                     _ => match Model::load(&v, devices, options) {
                         Ok(model) => VersionState::Ready(Arc::new(model)),
-                        Err(e) => VersionState::Failed { reason: format!("{}: {e}", v.dir.display()) },
+                        Err(e) => VersionState::Failed {
+                            reason: format!("{}: {e}", v.dir.display()),
+                        },
                     },
                 },
             };
@@ -79,7 +83,10 @@ impl ModelTable {
                     tracing::error!(model = %scanned.model, version = %scanned.version, %reason, "model version refused")
                 }
             }
-            models.entry(scanned.model).or_default().push(VersionEntry { version: scanned.version, state });
+            models.entry(scanned.model).or_default().push(VersionEntry {
+                version: scanned.version,
+                state,
+            });
         }
         Ok(Self { models })
     }
@@ -96,7 +103,9 @@ impl ModelTable {
 
     /// Every version of every model.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &VersionEntry)> {
-        self.models.iter().flat_map(|(name, versions)| versions.iter().map(move |v| (name.as_str(), v)))
+        self.models
+            .iter()
+            .flat_map(|(name, versions)| versions.iter().map(move |v| (name.as_str(), v)))
     }
 
     /// The version that serves `model` at `version`, or, without a version, the highest

@@ -45,8 +45,16 @@ async fn live() -> StatusCode {
 /// Ready once the repository is loaded and at least one model version serves.
 async fn ready(State(state): State<AppState>) -> Response {
     let (ready, failed) = state.models.counts();
-    let status = if ready > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready > 0, "versions_ready": ready, "versions_failed": failed }))).into_response()
+    let status = if ready > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": ready > 0, "versions_ready": ready, "versions_failed": failed })),
+    )
+        .into_response()
 }
 
 async fn server_metadata() -> Json<Value> {
@@ -70,7 +78,10 @@ fn lookup_error(model: &str, version: Option<&str>, lookup: Lookup) -> ApiError 
 }
 
 fn resolve(state: &AppState, model: &str, version: Option<&str>) -> Result<Arc<Model>, ApiError> {
-    state.models.resolve(model, version).map_err(|l| lookup_error(model, version, l))
+    state
+        .models
+        .resolve(model, version)
+        .map_err(|l| lookup_error(model, version, l))
 }
 
 #[derive(Serialize)]
@@ -85,7 +96,12 @@ struct SpecJson<'a> {
 fn specs_json(specs: &[TensorSpec]) -> Vec<SpecJson<'_>> {
     specs
         .iter()
-        .map(|s| SpecJson { name: &s.name, datatype: s.datatype, shape: &s.shape, columns: s.columns.as_deref() })
+        .map(|s| SpecJson {
+            name: &s.name,
+            datatype: s.datatype,
+            shape: &s.shape,
+            columns: s.columns.as_deref(),
+        })
         .collect()
 }
 
@@ -132,7 +148,9 @@ async fn version_metadata(
 
 fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Response {
     match state.models.resolve(model, version) {
-        Ok(m) => Json(json!({ "name": model, "version": m.manifest().version.to_string(), "ready": true })).into_response(),
+        Ok(m) => {
+            Json(json!({ "name": model, "version": m.manifest().version.to_string(), "ready": true })).into_response()
+        }
         Err(Lookup::Failed(reason)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "name": model, "version": version, "ready": false, "error": reason })),
@@ -212,7 +230,8 @@ fn parse_request(body: &[u8]) -> Result<InferRequest, ApiError> {
             ApiError::bad_request(format!("{path}: {}", e.inner()))
         }
     })?;
-    de.end().map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))?;
     let mut inputs = Vec::with_capacity(raw.inputs.len());
     for (i, input) in raw.inputs.iter().enumerate() {
         let field = format!("inputs[{i}]");
@@ -233,12 +252,19 @@ fn parse_request(body: &[u8]) -> Result<InferRequest, ApiError> {
 /// agree when both are given), else the configured default.
 fn corridor_of(state: &AppState, headers: &HeaderMap, parameters: &Map<String, Value>) -> Result<CorridorId, ApiError> {
     let header = match headers.get(CORRIDOR_HEADER) {
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("x-corridor header: not valid text"))?),
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("x-corridor header: not valid text"))?,
+        ),
         None => None,
     };
     let param = match parameters.get("corridor") {
         Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => return Err(ApiError::bad_request("parameters.corridor: must be a string such as \"UAE-SA\"")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "parameters.corridor: must be a string such as \"UAE-SA\"",
+            ))
+        }
         None => None,
     };
     let named = match (header, param) {
@@ -252,7 +278,9 @@ fn corridor_of(state: &AppState, headers: &HeaderMap, parameters: &Map<String, V
     };
     let Some(named) = named else {
         return state.config.server.default_corridor.clone().ok_or_else(|| {
-            ApiError::bad_request("no corridor: send the x-corridor header or parameters.corridor (no default is configured)")
+            ApiError::bad_request(
+                "no corridor: send the x-corridor header or parameters.corridor (no default is configured)",
+            )
         });
     };
     let id = CorridorId::parse(named).map_err(|e| ApiError::bad_request(format!("corridor: {e}")))?;
@@ -260,7 +288,10 @@ fn corridor_of(state: &AppState, headers: &HeaderMap, parameters: &Map<String, V
         Some(c) => Ok(c.id.clone()),
         None => {
             let declared: Vec<&str> = state.config.corridors.iter().map(|c| c.id.as_str()).collect();
-            Err(ApiError::bad_request(format!("unknown corridor '{id}' (declared: {})", declared.join(", "))))
+            Err(ApiError::bad_request(format!(
+                "unknown corridor '{id}' (declared: {})",
+                declared.join(", ")
+            )))
         }
     }
 }
@@ -314,11 +345,19 @@ async fn infer(
         model_name: &manifest.name,
         model_version: manifest.version.to_string(),
         id: request.id.as_deref(),
-        parameters: ReplyParameters { corridor: &corridor, device: model.placement().device },
+        parameters: ReplyParameters {
+            corridor: &corridor,
+            device: model.placement().device,
+        },
         outputs: selection
             .iter()
             .filter_map(|&i| outputs.get(i))
-            .map(|t| OutputJson { name: &t.name, datatype: t.datatype(), shape: &t.shape, data: &t.data })
+            .map(|t| OutputJson {
+                name: &t.name,
+                datatype: t.datatype(),
+                shape: &t.shape,
+                data: &t.data,
+            })
             .collect(),
     };
     // Serialised directly (not through serde_json::Value, which would widen FP32 to f64 and
@@ -360,7 +399,9 @@ fn select_outputs(model: &Model, requested: Option<&[String]>) -> Result<Vec<usi
             )));
         };
         if picked.contains(&pos) {
-            return Err(ApiError::bad_request(format!("outputs[{i}].name: output '{name}' requested twice")));
+            return Err(ApiError::bad_request(format!(
+                "outputs[{i}].name: output '{name}' requested twice"
+            )));
         }
         picked.push(pos);
     }

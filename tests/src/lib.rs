@@ -1,1 +1,294 @@
-//! placeholder
+//! Black-box test harness: starts the real `invariant` binary on a free loopback port with its
+//! own configuration and speaks HTTP to it. Nothing here links the server's code.
+//!
+//! The binary is `$INVARIANT_TEST_BIN` if set, else `target/debug/invariant` of this
+//! workspace; `scripts/test.sh` builds it first. A missing binary fails the test loudly.
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `invariant` binary under test.
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os("INVARIANT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/invariant"));
+    assert!(
+        path.exists(),
+        "the invariant binary is missing at {}: run `cargo build --bin invariant` (scripts/test.sh does) \
+         or set INVARIANT_TEST_BIN",
+        path.display()
+    );
+    path
+}
+
+/// The shipped model repository.
+pub fn shipped_models() -> PathBuf {
+    workspace_root().join("models")
+}
+
+/// Test fixtures (extra models) under `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    workspace_root().join("tests/fixtures")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Copies a directory tree (for tampering with a copy of the shipped repository).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Model repository.
+    pub model_repository: PathBuf,
+    /// `server.default_corridor`; `None` makes the corridor mandatory.
+    pub default_corridor: Option<String>,
+    /// `server.max_body_bytes`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            model_repository: shipped_models(),
+            default_corridor: Some("UAE-SA".into()),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A running `invariant serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// Shared HTTP client.
+    pub client: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+/// The configuration file the harness writes.
+fn config_text(options: &ServerOptions) -> String {
+    let default = options
+        .default_corridor
+        .as_ref()
+        .map(|c| format!("default_corridor = \"{c}\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"model_repository = "{}"
+engine_instances = 2
+[server]
+http_addr = "127.0.0.1:0"
+max_body_bytes = {}
+{default}
+[[corridors]]
+id = "UAE-SA"
+market = 0
+region = "gcc"
+[[corridors]]
+id = "US-EG"
+market = 0
+region = "mena"
+[[corridors]]
+id = "UK-NG"
+market = 1
+region = "west-africa"
+"#,
+        options.model_repository.display(),
+        options.max_body_bytes
+    )
+}
+
+impl Server {
+    /// Starts a server with the shipped models and default options.
+    pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    /// Starts a server and waits (up to 60 s) until `/v2/health/live` answers.
+    pub async fn start_with(options: ServerOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("invariant.toml");
+        std::fs::write(&config, config_text(&options)).expect("write config");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .current_dir(workspace_root())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn invariant serve");
+        let server = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            dir,
+        };
+        server.wait_live().await;
+        server
+    }
+
+    async fn wait_live(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(format!("{}/v2/health/live", self.url)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server did not become live in 60 s; log:\n{}", self.log());
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// GET a path; returns status and JSON body (`Value::Null` when the body is empty).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).expect("JSON body")
+            },
+        )
+    }
+
+    /// POST raw bytes with optional headers; returns status and JSON body.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .body(body)
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.expect("POST");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}")),
+        )
+    }
+
+    /// POST a JSON value.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string(), &[]).await
+    }
+
+    /// Asserts that the server still serves: live, and a known request scores.
+    pub async fn assert_still_serving(&self) {
+        assert_eq!(self.get("/v2/health/live").await.0, 200, "server stopped being live");
+        let (status, body) = self
+            .post(
+                "/v2/models/trust-scorer/versions/1.1.0/infer",
+                &trust_request(&[TRUST_ROW]),
+            )
+            .await;
+        assert_eq!(status, 200, "server stopped serving: {body}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A trust-scorer feature row: account_age_days, completed_orders, dispute_rate, avg_rating,
+/// response_time_hours, kyc_level, cancellations_90d, chargebacks_365d.
+pub const TRUST_ROW: [f64; 8] = [420.0, 57.0, 0.02, 4.6, 3.5, 2.0, 1.0, 0.0];
+
+/// A V2 request with one FP32 `features` tensor made of `rows`.
+pub fn features_request(rows: &[&[f64]]) -> Value {
+    let width = rows.first().map(|r| r.len()).unwrap_or(0);
+    let data: Vec<f64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    serde_json::json!({ "inputs": [{ "name": "features", "shape": [rows.len(), width], "datatype": "FP32", "data": data }] })
+}
+
+/// A trust-scorer request.
+pub fn trust_request(rows: &[[f64; 8]]) -> Value {
+    let rows: Vec<&[f64]> = rows.iter().map(|r| &r[..]).collect();
+    features_request(&rows)
+}
+
+/// The bits of an FP32 output's elements (JSON carries the shortest decimal that parses back
+/// to the same f32, so parsing the text as f32 recovers the exact bits).
+pub fn f32_bits(output: &Value) -> Vec<u32> {
+    output["data"]
+        .as_array()
+        .expect("data array")
+        .iter()
+        .map(|v| {
+            let text = v.to_string();
+            text.parse::<f32>()
+                .unwrap_or_else(|_| panic!("not a number: {text}"))
+                .to_bits()
+        })
+        .collect()
+}
+
+/// The output named `name` of a V2 response.
+pub fn output<'a>(response: &'a Value, name: &str) -> &'a Value {
+    response["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["name"] == name))
+        .unwrap_or_else(|| panic!("no output {name} in {response}"))
+}
+
+/// Asserts a V2 error: the status, and an `error` message containing every fragment.
+pub fn assert_error(got: &(u16, Value), status: u16, fragments: &[&str]) {
+    assert_eq!(got.0, status, "unexpected status, body {}", got.1);
+    let message = got.1["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {}", got.1));
+    for f in fragments {
+        assert!(message.contains(f), "error {message:?} does not mention {f:?}");
+    }
+}
