@@ -31,6 +31,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
     os.environ.setdefault(_var, "1")
 
 import hashlib
+import math
 import shutil
 import sys
 import tomllib
@@ -106,6 +107,9 @@ def toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, float):
+        assert math.isfinite(v), f"non-finite TOML float {v!r}"
+        return repr(v)  # shortest round-trip form, always with "." or "e": a TOML float
     if isinstance(v, str):
         return toml_str(v)
     if isinstance(v, (list, tuple)):
@@ -140,6 +144,12 @@ def write_manifest(version_dir: Path, *, name: str, version: str, fmt: str,
                   f"allow_non_finite = {toml_value(spec.get('allow_non_finite', False))}"]
         if spec.get("columns"):
             lines.append(f"columns = {toml_value(spec['columns'])}")
+        if spec.get("ranges"):
+            ranges = [[float(lo), float(hi)] for lo, hi in spec["ranges"]]
+            assert len(ranges) == spec["shape"][-1], f"{spec['name']}: one range per column"
+            assert all(math.isfinite(lo) and math.isfinite(hi) and lo <= hi
+                       for lo, hi in ranges), f"{spec['name']}: bad ranges {ranges}"
+            lines.append(f"ranges = {toml_value(ranges)}")
     for spec in outputs:
         lines += ["", "[[outputs]]",
                   f"name = {toml_str(spec['name'])}",
@@ -178,6 +188,11 @@ def write_manifest(version_dir: Path, *, name: str, version: str, fmt: str,
         sha256, b3 = file_hashes(version_dir / a["path"])
         assert a["sha256"] == sha256 and a["blake3"] == b3
     assert [i["name"] for i in parsed["inputs"]] == [i["name"] for i in inputs]
+    for got, want in zip(parsed["inputs"], inputs):
+        if want.get("ranges"):
+            assert got["ranges"] == [[float(lo), float(hi)] for lo, hi in want["ranges"]]
+        else:
+            assert "ranges" not in got
     assert [o["name"] for o in parsed["outputs"]] == [o["name"] for o in outputs]
     return path
 
@@ -189,9 +204,23 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def features_input(columns: list[str]) -> dict:
+def features_input(columns: list[tuple[str, str, tuple[float, float]]]) -> dict:
+    """The `features` input: column names and each column's documented [min, max]."""
     return {"name": "features", "datatype": "FP32", "shape": [-1, len(columns)],
-            "allow_non_finite": False, "columns": columns}
+            "allow_non_finite": False, "columns": [c for c, _, _ in columns],
+            "ranges": [[float(lo), float(hi)] for _, _, (lo, hi) in columns]}
+
+
+def check_in_ranges(what: str, X: np.ndarray,
+                    columns: list[tuple[str, str, tuple[float, float]]]) -> None:
+    """The generated data must lie inside the ranges the manifest declares."""
+    assert X.shape[1] == len(columns)
+    for j, (c, _, (lo, hi)) in enumerate(columns):
+        assert lo <= hi
+        col = X[:, j]
+        assert np.all(np.isfinite(col)), f"{what}: {c} has non-finite values"
+        assert col.min() >= lo and col.max() <= hi, \
+            f"{what}: {c} spans [{col.min()}, {col.max()}], outside [{lo}, {hi}]"
 
 
 def changes_block(changes: str) -> str:
@@ -204,9 +233,9 @@ def opset_text(model: onnx.ModelProto) -> str:
     return ", ".join(f"{names.get(d, d + ' opset')} {v}" for d, v in ops)
 
 
-def column_doc(columns: list[tuple[str, str]]) -> str:
-    width = max(len(c) for c, _ in columns)
-    return "\n".join(f"  {i}. {c.ljust(width)}  {d}" for i, (c, d) in enumerate(columns))
+def column_doc(columns: list[tuple[str, str, tuple[float, float]]]) -> str:
+    width = max(len(c) for c, _, _ in columns)
+    return "\n".join(f"  {i}. {c.ljust(width)}  {d}" for i, (c, d, _) in enumerate(columns))
 
 
 # --------------------------------------------------------------------------------------
@@ -311,15 +340,17 @@ def verify_onnx_version(version_dir: Path, example: dict[str, np.ndarray]) -> di
 # trust-scorer: native feed-forward network
 # --------------------------------------------------------------------------------------
 
-TRUST_COLUMNS = [
-    ("account_age_days", "days since the account was created, 0 to 3650"),
-    ("completed_orders", "orders completed over the account's lifetime, 0 to 5000"),
-    ("dispute_rate", "fraction of orders that ended in a dispute, 0.0 to 1.0"),
-    ("avg_rating", "mean counterparty rating in stars, 1.0 to 5.0"),
-    ("response_time_hours", "median time to answer a message, hours, 0 to 72"),
-    ("kyc_level", "identity verification level, integer 0 (none) to 3 (full)"),
-    ("cancellations_90d", "orders cancelled by the account in the last 90 days, 0 to 50"),
-    ("chargebacks_365d", "card chargebacks against the account in the last 365 days, 0 to 20"),
+TRUST_COLUMNS = [  # (column, description, documented [min, max])
+    ("account_age_days", "days since the account was created, 0 to 3650", (0.0, 3650.0)),
+    ("completed_orders", "orders completed over the account's lifetime, 0 to 5000", (0.0, 5000.0)),
+    ("dispute_rate", "fraction of orders that ended in a dispute, 0.0 to 1.0", (0.0, 1.0)),
+    ("avg_rating", "mean counterparty rating in stars, 1.0 to 5.0", (1.0, 5.0)),
+    ("response_time_hours", "median time to answer a message, hours, 0 to 72", (0.0, 72.0)),
+    ("kyc_level", "identity verification level, integer 0 (none) to 3 (full)", (0.0, 3.0)),
+    ("cancellations_90d", "orders cancelled by the account in the last 90 days, 0 to 50",
+     (0.0, 50.0)),
+    ("chargebacks_365d", "card chargebacks against the account in the last 365 days, 0 to 20",
+     (0.0, 20.0)),
 ]
 TRUST_EXAMPLE = np.array([[420.0, 57.0, 0.02, 4.6, 3.5, 2.0, 1.0, 0.0]], dtype=np.float32)
 
@@ -403,6 +434,8 @@ def native_forward_sequential(layers, activations, row: np.ndarray) -> np.ndarra
 def build_trust_scorer(version: str, *, hidden: tuple[int, ...], n: int, seed: int,
                        changes: str) -> dict:
     X, y = trust_data(n, seed)
+    check_in_ranges("trust-scorer training data", X, TRUST_COLUMNS)
+    check_in_ranges("trust-scorer example", TRUST_EXAMPLE, TRUST_COLUMNS)
     scaler = StandardScaler().fit(X.astype(np.float64))
     mlp = MLPClassifier(hidden_layer_sizes=hidden, activation="relu", solver="adam",
                         alpha=1e-4, learning_rate_init=1e-3, max_iter=400,
@@ -415,6 +448,7 @@ def build_trust_scorer(version: str, *, hidden: tuple[int, ...], n: int, seed: i
 
     # The float32 folded network must reproduce scikit-learn's probabilities.
     Xv, _ = trust_data(4096, seed + 1000)
+    check_in_ranges("trust-scorer validation data", Xv, TRUST_COLUMNS)
     ref = mlp.predict_proba(scaler.transform(Xv.astype(np.float64)))[:, 1]
     got = native_forward(layers, activations, Xv)[:, 0]
     err = float(np.max(np.abs(got.astype(np.float64) - ref)))
@@ -447,7 +481,7 @@ Output `trust_score`, FP32 [batch, 1]: trust probability; higher is more trustwo
     write_manifest(
         vdir, name="trust-scorer", version=version, fmt="native",
         description=description, artifacts=["model.safetensors"],
-        inputs=[features_input([c for c, _ in TRUST_COLUMNS])],
+        inputs=[features_input(TRUST_COLUMNS)],
         outputs=[{"name": "trust_score", "datatype": "FP32", "shape": [-1, 1]}],
         seed=seed,
         native={"weights": "model.safetensors", "input_size": 8,
@@ -465,17 +499,21 @@ Output `trust_score`, FP32 [batch, 1]: trust probability; higher is more trustwo
 # risk-assessor: gradient boosting -> ONNX
 # --------------------------------------------------------------------------------------
 
-RISK_COLUMNS = [
-    ("amount_usd", "transaction amount in US dollars, 0.5 to 20000"),
-    ("amount_zscore", "amount relative to the account's own history, standard deviations, -3 to 10"),
-    ("account_age_days", "days since the paying account was created, 0 to 3650"),
-    ("txn_count_24h", "transactions by the account in the last 24 hours, 0 to 50"),
-    ("distinct_cards_7d", "distinct payment cards used by the account in the last 7 days, 1 to 10"),
-    ("ip_country_mismatch", "1 if the IP's country differs from the card's country, else 0"),
-    ("device_age_days", "days since the device was first seen on the account, 0 to 1000"),
-    ("hour_of_day", "local hour of the transaction, 0 to 23"),
-    ("merchant_risk", "merchant's historical fraud score, 0.0 (safe) to 1.0 (risky)"),
-    ("velocity_1h", "transactions by the account in the last hour, 0 to 20"),
+RISK_COLUMNS = [  # (column, description, documented [min, max])
+    ("amount_usd", "transaction amount in US dollars, 0.5 to 20000", (0.5, 20000.0)),
+    ("amount_zscore", "amount relative to the account's own history, standard deviations, -3 to 10",
+     (-3.0, 10.0)),
+    ("account_age_days", "days since the paying account was created, 0 to 3650", (0.0, 3650.0)),
+    ("txn_count_24h", "transactions by the account in the last 24 hours, 0 to 50", (0.0, 50.0)),
+    ("distinct_cards_7d", "distinct payment cards used by the account in the last 7 days, 1 to 10",
+     (1.0, 10.0)),
+    ("ip_country_mismatch", "1 if the IP's country differs from the card's country, else 0",
+     (0.0, 1.0)),
+    ("device_age_days", "days since the device was first seen on the account, 0 to 1000",
+     (0.0, 1000.0)),
+    ("hour_of_day", "local hour of the transaction, 0 to 23", (0.0, 23.0)),
+    ("merchant_risk", "merchant's historical fraud score, 0.0 (safe) to 1.0 (risky)", (0.0, 1.0)),
+    ("velocity_1h", "transactions by the account in the last hour, 0 to 20", (0.0, 20.0)),
 ]
 RISK_EXAMPLE = np.array([[249.99, 1.8, 35.0, 6.0, 2.0, 1.0, 3.0, 2.0, 0.35, 3.0]],
                         dtype=np.float32)
@@ -517,10 +555,13 @@ def risk_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def build_risk_assessor(version: str, *, n_estimators: int, n: int, seed: int,
                         changes: str) -> dict:
     X, y = risk_data(n, seed)
+    check_in_ranges("risk-assessor training data", X, RISK_COLUMNS)
+    check_in_ranges("risk-assessor example", RISK_EXAMPLE, RISK_COLUMNS)
     gbc = GradientBoostingClassifier(n_estimators=n_estimators, max_depth=3,
                                      learning_rate=0.1, random_state=seed)
     gbc.fit(X, y)
     Xv, yv = risk_data(4096, seed + 1000)
+    check_in_ranges("risk-assessor validation data", Xv, RISK_COLUMNS)
     acc = float(gbc.score(Xv, yv))
 
     onx = convert_sklearn(
@@ -561,7 +602,7 @@ Outputs:
     write_manifest(
         vdir, name="risk-assessor", version=version, fmt="onnx",
         description=description, artifacts=["model.onnx"],
-        inputs=[features_input([c for c, _ in RISK_COLUMNS])],
+        inputs=[features_input(RISK_COLUMNS)],
         outputs=[{"name": "label", "datatype": "INT64", "shape": [-1]},
                  {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
         seed=seed, onnx_model="model.onnx",
@@ -577,13 +618,13 @@ Outputs:
 # price-advisor: StandardScaler + MLPRegressor -> ONNX
 # --------------------------------------------------------------------------------------
 
-PRICE_COLUMNS = [
-    ("active_riders", "riders requesting or browsing in the zone now, 0 to 5000"),
-    ("available_drivers", "idle drivers in the zone now, 1 to 3000"),
-    ("demand_supply_ratio", "active_riders / available_drivers, 0.0 to 10.0"),
-    ("hour_of_day", "local hour, 0 to 23"),
-    ("is_weekend", "1 on Saturday and Sunday, else 0"),
-    ("rain_mm", "rainfall in the last hour, millimetres, 0 to 50"),
+PRICE_COLUMNS = [  # (column, description, documented [min, max])
+    ("active_riders", "riders requesting or browsing in the zone now, 0 to 5000", (0.0, 5000.0)),
+    ("available_drivers", "idle drivers in the zone now, 1 to 3000", (1.0, 3000.0)),
+    ("demand_supply_ratio", "active_riders / available_drivers, 0.0 to 10.0", (0.0, 10.0)),
+    ("hour_of_day", "local hour, 0 to 23", (0.0, 23.0)),
+    ("is_weekend", "1 on Saturday and Sunday, else 0", (0.0, 1.0)),
+    ("rain_mm", "rainfall in the last hour, millimetres, 0 to 50", (0.0, 50.0)),
 ]
 PRICE_EXAMPLE = np.array([[1800.0, 600.0, 3.0, 18.0, 0.0, 4.5]], dtype=np.float32)
 
@@ -613,6 +654,8 @@ def price_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def build_price_advisor(version: str, *, n: int, seed: int) -> dict:
     X, y = price_data(n, seed)
+    check_in_ranges("price-advisor training data", X, PRICE_COLUMNS)
+    check_in_ranges("price-advisor example", PRICE_EXAMPLE, PRICE_COLUMNS)
     pipe = Pipeline([
         ("scaler", StandardScaler()),
         ("mlp", MLPRegressor(hidden_layer_sizes=(32, 16), activation="relu", solver="adam",
@@ -621,6 +664,7 @@ def build_price_advisor(version: str, *, n: int, seed: int) -> dict:
     ])
     pipe.fit(X, y)
     Xv, yv = price_data(4096, seed + 1000)
+    check_in_ranges("price-advisor validation data", Xv, PRICE_COLUMNS)
     mae = float(np.mean(np.abs(pipe.predict(Xv) - yv)))
 
     name = f"price_advisor_{version.replace('.', '_')}"
@@ -670,7 +714,7 @@ Output `surge_multiplier`, FP32 [batch, 1]: multiply the base fare by this.
     write_manifest(
         vdir, name="price-advisor", version=version, fmt="onnx",
         description=description, artifacts=["model.onnx"],
-        inputs=[features_input([c for c, _ in PRICE_COLUMNS])],
+        inputs=[features_input(PRICE_COLUMNS)],
         outputs=[{"name": "surge_multiplier", "datatype": "FP32", "shape": [-1, 1]}],
         seed=seed, onnx_model="model.onnx",
     )
@@ -691,6 +735,14 @@ ECHO_TENSORS = [
     ("f32", TensorProto.FLOAT, "FP32"),
     ("f64", TensorProto.DOUBLE, "FP64"),
 ]
+# [min, max] of each input's two columns, written to the manifest as `ranges`.
+ECHO_RANGES = {
+    "b": (0.0, 1.0),
+    "i32": (-1000.0, 1000.0),
+    "i64": (-1000000.0, 1000000.0),
+    "f32": (-10.0, 10.0),
+    "f64": (-10.0, 10.0),
+}
 
 
 def build_dtype_echo() -> dict:
@@ -716,7 +768,8 @@ value in f32 is refused.
     write_manifest(
         vdir, name="dtype-echo", version=version, fmt="onnx",
         description=description, artifacts=["model.onnx"],
-        inputs=[{"name": n, "datatype": d, "shape": [-1, 2], "allow_non_finite": n == "f64"}
+        inputs=[{"name": n, "datatype": d, "shape": [-1, 2], "allow_non_finite": n == "f64",
+                 "ranges": [list(ECHO_RANGES[n])] * 2}
                 for n, _, d in ECHO_TENSORS],
         outputs=[{"name": f"{n}_out", "datatype": d, "shape": [-1, 2]} for n, _, d in ECHO_TENSORS],
         seed=0, onnx_model="model.onnx",

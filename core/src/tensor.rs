@@ -89,6 +89,45 @@ impl TensorData {
         out
     }
 
+    /// Elements `start..start + len` as a new vector of the same datatype.
+    pub fn slice(&self, start: usize, len: usize) -> TensorData {
+        macro_rules! cut {
+            ($($variant:ident),*) => {
+                match self {
+                    $(TensorData::$variant(v) => TensorData::$variant(v[start..start + len].to_vec()),)*
+                }
+            };
+        }
+        cut!(Bool, Uint8, Int8, Int16, Int32, Int64, Fp32, Fp64)
+    }
+
+    /// Appends the elements of `other`; `false` (and nothing appended) when the datatypes differ.
+    pub fn extend_from(&mut self, other: &TensorData) -> bool {
+        macro_rules! join {
+            ($($variant:ident),*) => {
+                match (self, other) {
+                    $((TensorData::$variant(a), TensorData::$variant(b)) => { a.extend_from_slice(b); true })*
+                    _ => false,
+                }
+            };
+        }
+        join!(Bool, Uint8, Int8, Int16, Int32, Int64, Fp32, Fp64)
+    }
+
+    /// Each element's bits as an unsigned integer (its little-endian bytes, zero-extended):
+    /// what golden vectors record and compare.
+    pub fn element_bits(&self) -> Vec<u64> {
+        let width = self.datatype().size_bytes();
+        self.to_le_bytes()
+            .chunks_exact(width)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b[..width].copy_from_slice(c);
+                u64::from_le_bytes(b)
+            })
+            .collect()
+    }
+
     /// Index of the first NaN or infinite element, if any (always `None` for integer types).
     pub fn first_non_finite(&self) -> Option<usize> {
         match self {
@@ -174,6 +213,47 @@ impl Tensor {
     pub fn datatype(&self) -> DataType {
         self.data.datatype()
     }
+
+    /// Elements per entry of the first dimension.
+    fn row_len(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+
+    /// Row `i` of the first (batch) dimension, as a tensor of batch 1.
+    pub fn row(&self, i: usize) -> Option<Tensor> {
+        let n = self.row_len();
+        if i >= self.shape.first().copied().unwrap_or(0) {
+            return None;
+        }
+        let mut shape = self.shape.clone();
+        shape[0] = 1;
+        Some(Tensor {
+            name: self.name.clone(),
+            shape,
+            data: self.data.slice(i * n, n),
+        })
+    }
+
+    /// Concatenates tensors of one name along the first dimension; `None` when the parts
+    /// disagree in datatype or trailing shape, or there are none.
+    pub fn concat_rows(parts: &[&Tensor]) -> Option<Tensor> {
+        let first = parts.first()?;
+        let mut data = first.data.clone();
+        let mut rows = first.shape.first().copied()?;
+        for p in &parts[1..] {
+            if p.shape.get(1..) != first.shape.get(1..) || !data.extend_from(&p.data) {
+                return None;
+            }
+            rows += p.shape.first().copied()?;
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = rows;
+        Some(Tensor {
+            name: first.name.clone(),
+            shape,
+            data,
+        })
+    }
 }
 
 /// Converts a V2 shape (signed) to a concrete one, rejecting negative dimensions.
@@ -222,6 +302,22 @@ mod tests {
         assert!(err.to_string().contains("inputs[0].data"), "{err}");
         assert!(Tensor::new("x", vec![2, 3], TensorData::Fp32(vec![0.0; 6]), "inputs[0]").is_ok());
         assert!(concrete_shape(&[-1, 3], "inputs[0]").is_err());
+    }
+
+    #[test]
+    fn rows_split_and_join() {
+        let t = Tensor::new("x", vec![3, 2], TensorData::Int32(vec![1, 2, 3, 4, 5, 6]), "x").unwrap();
+        let r1 = t.row(1).unwrap();
+        assert_eq!(r1.shape, vec![1, 2]);
+        assert_eq!(r1.data, TensorData::Int32(vec![3, 4]));
+        assert!(t.row(3).is_none());
+        let joined = Tensor::concat_rows(&[&t.row(2).unwrap(), &r1]).unwrap();
+        assert_eq!(joined.shape, vec![2, 2]);
+        assert_eq!(joined.data, TensorData::Int32(vec![5, 6, 3, 4]));
+        let other = Tensor::new("x", vec![1, 2], TensorData::Fp32(vec![0.0, 1.0]), "x").unwrap();
+        assert!(Tensor::concat_rows(&[&r1, &other]).is_none());
+        assert_eq!(TensorData::Fp32(vec![1.0]).element_bits(), vec![0x3f80_0000]);
+        assert_eq!(TensorData::Int64(vec![-1]).element_bits(), vec![u64::MAX]);
     }
 
     #[test]

@@ -62,11 +62,17 @@ pub trait Engine: Send + Sync {
 pub struct EngineOptions {
     /// Concurrent instances (sessions) of each ONNX model.
     pub instances: usize,
+    /// Engine threads instead of the manifest's `[inference] threads` (thread-invariance
+    /// checks build the same version with several counts).
+    pub threads: Option<usize>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { instances: 2 }
+        Self {
+            instances: 2,
+            threads: None,
+        }
     }
 }
 
@@ -102,7 +108,13 @@ impl Model {
             .map_err(|e| EngineError::Load(e.to_string()))?;
         let engine: Box<dyn Engine> = match manifest.format {
             Format::Onnx => Box::new(onnx::OnnxEngine::load(version, options)?),
-            Format::Native => Box::new(native::NativeEngine::load(version)?),
+            Format::Native => {
+                let engine = native::NativeEngine::load(version)?;
+                Box::new(match options.threads {
+                    Some(t) => engine.with_threads(t),
+                    None => engine,
+                })
+            }
         };
         Ok(Self {
             manifest: manifest.clone(),

@@ -10,13 +10,16 @@
 use crate::{Engine, EngineError, RuntimeInfo};
 use candle_core::{DType, Device, Tensor as CTensor};
 use invariant_core::{Tensor, TensorData};
-use invariant_registry::{Activation, VerifiedVersion};
+use invariant_registry::{Activation, Kernel, VerifiedVersion};
 
 /// One layer: weight `[in, out]` row-major, bias `[out]`, activation.
 #[derive(Debug)]
 struct Layer {
     weight: Vec<f32>,
     bias: Vec<f32>,
+    /// `Wᵀ` (`[out, in]`) and `b` as candle tensors, for [`Kernel::CandleMatmul`].
+    candle_weight_t: CTensor,
+    candle_bias: CTensor,
     inputs: usize,
     outputs: usize,
     activation: Activation,
@@ -29,6 +32,7 @@ pub struct NativeEngine {
     input_size: usize,
     output_name: String,
     threads: usize,
+    kernel: Kernel,
 }
 
 fn load_err(e: impl std::fmt::Display) -> EngineError {
@@ -118,9 +122,15 @@ impl NativeEngine {
             };
             let weight = fetch("weight", &[inputs, spec.size])?;
             let bias = fetch("bias", &[spec.size])?;
+            let candle_weight_t = CTensor::from_slice(&weight, (inputs, spec.size), &Device::Cpu)
+                .and_then(|w| w.t()?.contiguous())
+                .map_err(load_err)?;
+            let candle_bias = CTensor::from_slice(&bias, spec.size, &Device::Cpu).map_err(load_err)?;
             layers.push(Layer {
                 weight,
                 bias,
+                candle_weight_t,
+                candle_bias,
                 inputs,
                 outputs: spec.size,
                 activation: spec.activation,
@@ -143,7 +153,14 @@ impl NativeEngine {
             input_size: native.input_size,
             output_name: manifest.outputs[0].name.clone(),
             threads: manifest.inference.threads,
+            kernel: native.kernel,
         })
+    }
+
+    /// Sets the thread count (thread-invariance checks build engines with several).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// Runs the network on `rows × input_size` features with the given thread count; used by
@@ -152,9 +169,17 @@ impl NativeEngine {
         let rows = features.len() / self.input_size.max(1);
         let mut x = CTensor::from_slice(features, (rows, self.input_size), &Device::Cpu).map_err(run_err)?;
         for layer in &self.layers {
-            let flat = x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(run_err)?;
-            let y = fixed_order_matmul(&flat, &layer.weight, &layer.bias, layer.inputs, layer.outputs, threads);
-            let y = CTensor::from_vec(y, (rows, layer.outputs), &Device::Cpu).map_err(run_err)?;
+            let y = match self.kernel {
+                Kernel::FixedOrder => {
+                    let flat = x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(run_err)?;
+                    let y = fixed_order_matmul(&flat, &layer.weight, &layer.bias, layer.inputs, layer.outputs, threads);
+                    CTensor::from_vec(y, (rows, layer.outputs), &Device::Cpu).map_err(run_err)?
+                }
+                Kernel::CandleMatmul => x
+                    .matmul(&layer.candle_weight_t.t().map_err(run_err)?)
+                    .and_then(|y| y.broadcast_add(&layer.candle_bias))
+                    .map_err(run_err)?,
+            };
             x = activate(y, layer.activation).map_err(run_err)?;
         }
         x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(run_err)
@@ -238,5 +263,66 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&alone), bits(&full[r * n..(r + 1) * n]), "row {r}");
         }
+    }
+}
+
+#[cfg(test)]
+mod naive_path {
+    //! Keeps the reason for [`fixed_order_matmul`] on record: candle's own `matmul` in the
+    //! `x · Wᵀ` form of `candle_nn::Linear` gives a row different bits depending on the
+    //! batch it is computed in. If this test ever fails, candle changed; the fixed-order
+    //! kernel stays regardless (its invariance is by construction, tested above).
+    use candle_core::{Device, Tensor};
+
+    fn rows(n: usize, k: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n * k)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Bits of row 0 computed alone and inside a batch of `batch` rows.
+    fn row0(k: usize, n: usize, batch: usize) -> (Vec<u32>, Vec<u32>) {
+        let x = rows(batch, k, 1);
+        let w = Tensor::from_vec(rows(n, k, 2), (n, k), &Device::Cpu).unwrap();
+        let alone = Tensor::from_slice(&x[..k], (1, k), &Device::Cpu)
+            .unwrap()
+            .matmul(&w.t().unwrap())
+            .unwrap();
+        let full = Tensor::from_slice(&x, (batch, k), &Device::Cpu)
+            .unwrap()
+            .matmul(&w.t().unwrap())
+            .unwrap();
+        let bits = |t: Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|f| f.to_bits())
+                .collect()
+        };
+        (bits(alone), bits(full.narrow(0, 0, 1).unwrap()))
+    }
+
+    #[test]
+    fn candle_matmul_is_not_batch_invariant() {
+        let mut report = Vec::new();
+        for (k, n) in [(64, 32), (256, 64), (512, 128)] {
+            for batch in [2, 32, 512] {
+                let (alone, batched) = row0(k, n, batch);
+                let differing = alone.iter().zip(&batched).filter(|(a, b)| a != b).count();
+                report.push(format!("k={k} n={n} batch={batch}: {differing}/{n} elements differ"));
+            }
+        }
+        eprintln!("{}", report.join("\n"));
+        assert!(
+            report.iter().any(|l| !l.contains(": 0/")),
+            "candle matmul was batch-invariant here:\n{}",
+            report.join("\n")
+        );
     }
 }

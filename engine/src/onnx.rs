@@ -97,6 +97,10 @@ pub struct OnnxEngine {
     sessions: Vec<Mutex<Session>>,
     next: AtomicUsize,
     outputs: Vec<TensorSpec>,
+    /// Row chunks one request may run in parallel.
+    threads: usize,
+    /// Whether every input and output has a batch dimension (only then can rows be split).
+    splittable: bool,
     version: String,
 }
 
@@ -158,10 +162,14 @@ impl OnnxEngine {
         let bytes = version
             .artifact(&onnx.model)
             .ok_or_else(|| load_err(format!("model '{}' not among the verified artifacts", onnx.model)))?;
+        let threads = options.threads.unwrap_or(manifest.inference.threads).max(1);
         let mut sessions = Vec::new();
-        for _ in 0..options.instances.max(1) {
+        for _ in 0..options.instances.max(threads) {
+            // One intra-op thread: ONNX Runtime's parallel kernels (tree ensembles among them)
+            // reduce in an order that depends on the thread count. Parallelism comes from
+            // running row chunks on separate sessions instead.
             let session = Session::builder(&rt.environment)
-                .and_then(|b| Ok(b.with_intra_threads(manifest.inference.threads)?))
+                .and_then(|b| Ok(b.with_intra_threads(1)?))
                 .and_then(|b| Ok(b.with_inter_threads(1)?))
                 .and_then(|b| Ok(b.with_parallel_execution(false)?))
                 .and_then(|b| Ok(b.with_deterministic_compute(true)?))
@@ -171,10 +179,17 @@ impl OnnxEngine {
             check_graph("output", session.outputs(), &manifest.outputs, false)?;
             sessions.push(Mutex::new(session));
         }
+        let splittable = manifest
+            .inputs
+            .iter()
+            .chain(&manifest.outputs)
+            .all(TensorSpec::is_batched);
         Ok(Self {
             sessions,
             next: AtomicUsize::new(0),
             outputs: manifest.outputs.clone(),
+            threads,
+            splittable,
             version: rt.version,
         })
     }
@@ -243,6 +258,57 @@ impl Engine for OnnxEngine {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        let rows = inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1);
+        let chunks = self.threads.min(rows);
+        if !self.splittable || chunks <= 1 {
+            return self.run_one(inputs);
+        }
+        // Rows split into contiguous chunks, each run single-threaded on its own session; the
+        // deploy-time verification proves a row's bits do not depend on its batch, and the gate
+        // proves they do not depend on the thread count.
+        let per = rows.div_ceil(chunks);
+        let parts: Vec<Vec<Tensor>> = (0..rows)
+            .step_by(per)
+            .map(|start| {
+                let n = per.min(rows - start);
+                inputs
+                    .iter()
+                    .map(|t| {
+                        let width: usize = t.shape[1..].iter().product();
+                        let mut shape = t.shape.clone();
+                        shape[0] = n;
+                        Tensor {
+                            name: t.name.clone(),
+                            shape,
+                            data: t.data.slice(start * width, n * width),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let results: Vec<Result<Vec<Tensor>, EngineError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = parts.iter().map(|p| s.spawn(move || self.run_one(p))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(run_err("an inference thread panicked")))
+                })
+                .collect()
+        });
+        let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        (0..self.outputs.len())
+            .map(|k| {
+                let pieces: Vec<&Tensor> = results.iter().map(|r| &r[k]).collect();
+                Tensor::concat_rows(&pieces).ok_or_else(|| run_err("row chunks disagree in shape"))
+            })
+            .collect()
+    }
+}
+
+impl OnnxEngine {
+    /// Runs inputs as one batch on one session.
+    fn run_one(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
         let values = inputs
             .iter()
             .map(|t| Ok((t.name.clone(), Self::value_of(t)?)))

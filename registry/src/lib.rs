@@ -12,7 +12,8 @@ mod repository;
 
 pub use hashing::{hash_bytes, hash_file, FileHashes};
 pub use manifest::{
-    Activation, ArtifactEntry, Format, InferenceSettings, LayerSpec, Manifest, NativeSection, OnnxSection, TensorSpec,
+    Activation, ArtifactEntry, Format, InferenceSettings, Kernel, LayerSpec, Manifest, NativeSection, OnnxSection,
+    TensorSpec,
 };
 pub use repository::{load_version, scan, ScannedVersion, VerifiedVersion, MANIFEST_FILE};
 

@@ -38,7 +38,7 @@ pub struct ArtifactEntry {
 }
 
 /// One tensor of a signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorSpec {
     /// Tensor name.
@@ -53,6 +53,10 @@ pub struct TensorSpec {
     /// Optional meaning of each column of the last dimension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<String>>,
+    /// Optional `[min, max]` of each column of the last dimension: the range golden vectors
+    /// are drawn from (edges included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<[f64; 2]>>,
 }
 
 impl TensorSpec {
@@ -130,6 +134,18 @@ pub struct LayerSpec {
     pub activation: Activation,
 }
 
+/// How a native network computes its affine maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kernel {
+    /// Invariant's fixed-reduction-order product: batch- and thread-invariant (the default).
+    #[default]
+    FixedOrder,
+    /// candle's `matmul` in the `x · Wᵀ` form of `candle_nn::Linear`. NOT batch-invariant:
+    /// kept to measure against and to prove the gate catches batch-dependent models.
+    CandleMatmul,
+}
+
 /// `[native]`: a feed-forward network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,10 +156,13 @@ pub struct NativeSection {
     pub input_size: usize,
     /// Layers in order.
     pub layers: Vec<LayerSpec>,
+    /// Matrix-product kernel.
+    #[serde(default)]
+    pub kernel: Kernel,
 }
 
 /// A parsed and checked `manifest.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Model name; equals the model directory's name.
@@ -247,6 +266,21 @@ impl Manifest {
                         "{kind}[{i}].shape {:?}: dimensions must be positive, -1 allowed only first",
                         s.shape
                     ));
+                }
+                if let Some(ranges) = &s.ranges {
+                    if s.shape.last().copied() != Some(ranges.len() as i64) {
+                        return invalid(format!(
+                            "{kind}[{i}].ranges has {} entries but the last dimension is {:?}",
+                            ranges.len(),
+                            s.shape.last()
+                        ));
+                    }
+                    if let Some(j) = ranges
+                        .iter()
+                        .position(|[lo, hi]| !(lo.is_finite() && hi.is_finite() && lo <= hi))
+                    {
+                        return invalid(format!("{kind}[{i}].ranges[{j}] must be finite with min <= max"));
+                    }
                 }
                 if let Some(cols) = &s.columns {
                     if s.shape.last().copied() != Some(cols.len() as i64) {

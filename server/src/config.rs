@@ -22,7 +22,14 @@ pub enum ConfigError {
 
 /// Top-level keys that environment variables may override; other `INVARIANT_*` variables
 /// (used by tools and tests) are not configuration.
-const ENV_KEYS: [&str; 4] = ["model_repository", "onnxruntime_lib", "engine_instances", "server__"];
+const ENV_KEYS: [&str; 6] = [
+    "model_repository",
+    "golden_vectors",
+    "state_dir",
+    "onnxruntime_lib",
+    "engine_instances",
+    "server__",
+];
 
 fn is_config_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
@@ -66,6 +73,10 @@ pub struct ServerConfig {
 pub struct Config {
     /// Model repository directory.
     pub model_repository: PathBuf,
+    /// Golden vector directory.
+    pub golden_vectors: PathBuf,
+    /// Directory of server state (audit log).
+    pub state_dir: PathBuf,
     /// Explicit path of `libonnxruntime.so` (empty: search).
     #[serde(default)]
     pub onnxruntime_lib: String,

@@ -1,12 +1,17 @@
-//! The Invariant server: wires the model repository, the engines and the device layer to the
-//! Open Inference Protocol (KServe V2) HTTP API. The `invariant` binary (`main.rs`) is its
-//! command-line front end.
+//! The Invariant server: wires the model repository, the engines, deploy-time verification
+//! and the device layer to the Open Inference Protocol (KServe V2) HTTP API. The `invariant`
+//! binary (`main.rs`) is its command-line front end, including the CI determinism gate.
 
+pub mod audit;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod models;
+pub mod repository;
 pub mod v2;
 
+use arc_swap::ArcSwap;
+use audit::AuditLog;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +20,7 @@ use config::Config;
 use error::ApiError;
 use invariant_engine::EngineOptions;
 use invariant_gpu::DeviceLayer;
-use models::ModelTable;
+use models::{Loader, ModelTable};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -24,8 +29,32 @@ use thiserror::Error;
 pub struct Shared {
     /// Effective configuration.
     pub config: Config,
-    /// Loaded and refused model versions.
-    pub models: ModelTable,
+    /// Loaded and refused model versions; swapped atomically on reload, so a request keeps
+    /// the table (and model instance) it started with.
+    pub models: ArcSwap<ModelTable>,
+    /// Verification audit log.
+    pub audit: AuditLog,
+    /// Device layer.
+    pub devices: DeviceLayer,
+    /// Engine options.
+    pub options: EngineOptions,
+    /// Why ONNX versions cannot load, if ONNX Runtime is missing.
+    pub onnx_unavailable: Option<String>,
+    /// Serialises reloads (verification is CPU-heavy; two at once gain nothing).
+    pub reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// The loader for this configuration.
+    pub fn loader(&self) -> Loader<'_> {
+        Loader {
+            devices: &self.devices,
+            options: &self.options,
+            onnx_unavailable: self.onnx_unavailable.as_deref(),
+            golden_dir: &self.config.golden_vectors,
+            audit: &self.audit,
+        }
+    }
 }
 
 /// Handler state.
@@ -39,36 +68,44 @@ pub enum StartError {
     Repository(#[from] invariant_registry::RegistryError),
 }
 
-/// Loads ONNX Runtime (when found), then every model version of the configured repository.
-/// Versions that fail are kept with their reason; only an unreadable repository is an error.
-pub fn build_state(config: Config) -> Result<AppState, StartError> {
-    let onnx_unavailable = match config.onnxruntime_path() {
-        None => Some(
-            "ONNX Runtime library not found: run scripts/setup.sh, or set onnxruntime_lib in invariant.toml \
-             (INVARIANT_ONNXRUNTIME_LIB) or ORT_DYLIB_PATH"
-                .to_string(),
-        ),
+/// Loads ONNX Runtime if it can be found; `Some(reason)` when ONNX versions cannot load.
+pub fn init_onnx(config: &Config) -> Option<String> {
+    let why = match config.onnxruntime_path() {
+        None => "ONNX Runtime library not found: run scripts/setup.sh, or set onnxruntime_lib in invariant.toml \
+                 (INVARIANT_ONNXRUNTIME_LIB) or ORT_DYLIB_PATH"
+            .to_string(),
         Some(path) => match invariant_engine::onnx::init_runtime(&path) {
             Ok(rt) => {
                 tracing::info!(path = %path.display(), version = rt.version(), "ONNX Runtime loaded");
-                None
+                return None;
             }
-            Err(e) => Some(e.to_string()),
+            Err(e) => e.to_string(),
         },
     };
-    if let Some(why) = &onnx_unavailable {
-        tracing::warn!("{why}; ONNX model versions will not load");
-    }
-    let options = EngineOptions {
-        instances: config.engine_instances,
+    tracing::warn!("{why}; ONNX model versions will not load");
+    Some(why)
+}
+
+/// Loads ONNX Runtime (when found), then verifies and loads every model version of the
+/// configured repository. Versions that fail are kept with their reason; only an unreadable
+/// repository is an error.
+pub fn build_state(config: Config) -> Result<AppState, StartError> {
+    let onnx_unavailable = init_onnx(&config);
+    let shared = Shared {
+        audit: AuditLog::new(config.state_dir.join("audit.jsonl")),
+        devices: DeviceLayer::discover(),
+        options: EngineOptions {
+            instances: config.engine_instances,
+            threads: None,
+        },
+        onnx_unavailable,
+        models: ArcSwap::from_pointee(ModelTable::default()),
+        reload_lock: tokio::sync::Mutex::new(()),
+        config,
     };
-    let models = ModelTable::load(
-        &config.model_repository,
-        &DeviceLayer::discover(),
-        &options,
-        onnx_unavailable.as_deref(),
-    )?;
-    Ok(Arc::new(Shared { config, models }))
+    let table = ModelTable::load(&shared.config.model_repository, &shared.loader())?;
+    shared.models.store(Arc::new(table));
+    Ok(Arc::new(shared))
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -87,6 +124,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
     v2::routes()
+        .merge(repository::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))

@@ -22,6 +22,52 @@ enum Command {
     /// Inspect and verify the model repository.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// The CI determinism gate: hashes, golden bits, repeatability, batch and thread
+    /// invariance (and a running server with --server) for every version; exits 1 on any
+    /// violation.
+    Gate(GateArgs),
+    /// Golden vectors: record the exact output bits of a version.
+    #[command(subcommand)]
+    Golden(GoldenCommand),
+}
+
+#[derive(Args)]
+struct GateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Golden vector directory (overrides golden_vectors).
+    #[arg(long)]
+    golden_vectors: Option<PathBuf>,
+    /// Versions to check, as MODEL or MODEL:VERSION (default: every version).
+    #[arg(value_name = "MODEL[:VERSION]")]
+    select: Vec<String>,
+    /// Also send every golden vector to this running server and compare its bits with the
+    /// in-process engine's, e.g. http://127.0.0.1:8000.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum GoldenCommand {
+    /// Compute golden vectors of MODEL VERSION and write golden-vectors/MODEL/VERSION.jsonl.
+    Record {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Golden vector directory (overrides golden_vectors).
+        #[arg(long)]
+        golden_vectors: Option<PathBuf>,
+        /// Model name.
+        model: String,
+        /// Model version.
+        #[arg(value_name = "VERSION")]
+        model_version: String,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Where the configuration comes from.
@@ -100,7 +146,45 @@ fn main() -> Result<()> {
         Command::Models(ModelsCommand::List(args)) => list(args, false),
         Command::Models(ModelsCommand::Verify(args)) => list(args, true),
         Command::Models(ModelsCommand::Hash { files }) => hash(&files),
+        Command::Gate(args) => gate(args),
+        Command::Golden(GoldenCommand::Record {
+            config,
+            golden_vectors,
+            model,
+            model_version: version,
+            force,
+        }) => {
+            let mut config = config.load()?;
+            if let Some(dir) = golden_vectors {
+                config.golden_vectors = dir;
+            }
+            let (path, n) = invariant_server::gate::record_golden(&config, &model, &version, force)?;
+            println!("recorded {n} golden vectors of {model} {version} in {}", path.display());
+            Ok(())
+        }
     }
+}
+
+fn gate(args: GateArgs) -> Result<()> {
+    let mut config = args.config.load()?;
+    if let Some(dir) = args.golden_vectors {
+        config.golden_vectors = dir;
+    }
+    let options = invariant_server::gate::GateOptions {
+        selectors: args.select,
+        server: args.server,
+    };
+    let report = invariant_server::gate::run_gate(&config, &options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if !report.passed {
+        let failed = report.versions.iter().filter(|v| !v.passed).count();
+        anyhow::bail!("determinism gate failed: {failed} version(s) with violations");
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -112,7 +196,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     runtime.block_on(async move {
         let addr = config.server.http_addr.clone();
         let state = invariant_server::build_state(config)?;
-        let (ready, failed) = state.models.counts();
+        let (ready, failed) = state.models.load().counts();
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -145,14 +229,14 @@ fn list(args: ListArgs, full: bool) -> Result<()> {
     let config = args.config.load()?;
     let rows: Vec<(String, String, String, String)> = if full {
         let state = invariant_server::build_state(config)?;
-        state
-            .models
+        let table = state.models.load();
+        table
             .entries()
             .map(|(name, e)| match &e.state {
                 VersionState::Ready(m) => (
                     name.to_string(),
                     e.version.clone(),
-                    m.manifest().format.platform().to_string(),
+                    m.model.manifest().format.platform().to_string(),
                     "READY".into(),
                 ),
                 VersionState::Failed { reason } => (

@@ -1,21 +1,84 @@
-//! The table of model versions the server knows: loaded ones ready to serve, refused ones
-//! with their reason.
+//! The table of model versions the server knows: verified ones ready to serve, refused ones
+//! with their reason. Every version passes deploy-time verification before it serves:
+//! artifact hashes (at load), its golden vectors bit for bit, three identical runs, and batch
+//! invariance. Each verification is written to the audit log.
 
-use invariant_engine::{EngineOptions, Model};
+use crate::audit::{AuditLog, VerificationRecord};
+use invariant_core::Tensor;
+use invariant_engine::{EngineError, EngineOptions, Model};
 use invariant_gpu::DeviceLayer;
-use invariant_registry::{Format, RegistryError};
+use invariant_registry::{Format, RegistryError, VerifiedVersion};
+use invariant_verify::{verify_deploy, GoldenFile};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+
+/// A verified version that serves.
+#[derive(Debug)]
+pub struct ServingVersion {
+    /// The loaded model.
+    pub model: Model,
+    /// Whether batches leave every row's bits unchanged. When false (only possible for ONNX
+    /// models, whose kernels are not ours), the rows of a request run one at a time.
+    pub batch_invariant: bool,
+    /// blake3 over artifact hashes, golden file hash, engine and runtime version.
+    pub verification_hash: String,
+    /// blake3 of the golden file the version was verified against.
+    pub golden_hash: String,
+    /// Golden vectors checked.
+    pub golden_vectors: usize,
+}
+
+impl ServingVersion {
+    /// Runs a request. Rows run one at a time when the version is not batch-invariant, so a
+    /// row's answer never depends on the rows sent with it.
+    pub fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+        let specs = &self.model.manifest().inputs;
+        let rows = inputs
+            .iter()
+            .zip(specs)
+            .find(|(_, s)| s.is_batched())
+            .and_then(|(t, _)| t.shape.first().copied())
+            .unwrap_or(1);
+        if self.batch_invariant || rows <= 1 {
+            return self.model.infer(inputs);
+        }
+        // Signature errors are reported for the whole request, as a batched run would.
+        invariant_engine::check_inputs(self.model.manifest(), inputs.clone())?;
+        let mut per_row: Vec<Vec<Tensor>> = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let row_inputs = inputs
+                .iter()
+                .map(|t| {
+                    let batched = specs.iter().any(|s| s.name == t.name && s.is_batched());
+                    if batched {
+                        t.row(r)
+                            .ok_or_else(|| EngineError::Runtime(format!("row {r} of '{}'", t.name)))
+                    } else {
+                        Ok(t.clone())
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            per_row.push(self.model.infer(row_inputs)?);
+        }
+        let outputs = self.model.manifest().outputs.len();
+        (0..outputs)
+            .map(|k| {
+                let parts: Vec<&Tensor> = per_row.iter().map(|r| &r[k]).collect();
+                Tensor::concat_rows(&parts).ok_or_else(|| EngineError::Runtime("cannot join per-row outputs".into()))
+            })
+            .collect()
+    }
+}
 
 /// One version of a model.
 #[derive(Debug, Clone)]
 pub enum VersionState {
     /// Loaded, verified and serving.
-    Ready(Arc<Model>),
-    /// Refused at load; never serves.
+    Ready(Arc<ServingVersion>),
+    /// Refused at load or verification; never serves.
     Failed {
-        /// Why, naming the file and hashes where relevant.
+        /// Why, naming the file, hashes or vector where relevant.
         reason: String,
     },
 }
@@ -46,49 +109,211 @@ pub enum Lookup {
     Failed(String),
 }
 
-impl ModelTable {
-    /// Scans `root`, verifies and loads every version. ONNX versions fail with
-    /// `onnx_unavailable` as their reason when ONNX Runtime could not be loaded.
-    pub fn load(
-        root: &Path,
-        devices: &DeviceLayer,
-        options: &EngineOptions,
-        onnx_unavailable: Option<&str>,
-    ) -> Result<Self, RegistryError> {
-        let mut models: BTreeMap<String, Vec<VersionEntry>> = BTreeMap::new();
-        for scanned in invariant_registry::scan(root)? {
-            let state = match scanned.result {
-                Err(e) => VersionState::Failed { reason: e.to_string() },
-                Ok(v) => match (v.manifest.format, onnx_unavailable) {
-                    (Format::Onnx, Some(why)) => VersionState::Failed {
-                        reason: why.to_string(),
-                    },
-                    _ => match Model::load(&v, devices, options) {
-                        Ok(model) => VersionState::Ready(Arc::new(model)),
-                        Err(e) => VersionState::Failed {
-                            reason: format!("{}: {e}", v.dir.display()),
-                        },
-                    },
+/// What loading needs besides the repository.
+pub struct Loader<'a> {
+    /// Device layer.
+    pub devices: &'a DeviceLayer,
+    /// Engine options.
+    pub options: &'a EngineOptions,
+    /// Why ONNX versions cannot load (ONNX Runtime missing), if so.
+    pub onnx_unavailable: Option<&'a str>,
+    /// Golden vector directory.
+    pub golden_dir: &'a Path,
+    /// Audit log for verification records.
+    pub audit: &'a AuditLog,
+}
+
+impl Loader<'_> {
+    /// Loads and verifies one scanned version.
+    fn load(&self, model: &str, version: &str, scanned: Result<VerifiedVersion, RegistryError>) -> VersionState {
+        let state = match scanned {
+            Err(e) => VersionState::Failed { reason: e.to_string() },
+            Ok(v) => match (v.manifest.format, self.onnx_unavailable) {
+                (Format::Onnx, Some(why)) => VersionState::Failed {
+                    reason: why.to_string(),
                 },
-            };
-            match &state {
-                VersionState::Ready(m) => tracing::info!(
-                    model = %scanned.model,
-                    version = %scanned.version,
-                    runtime = m.runtime().name,
-                    device = %m.placement().device,
-                    "model version loaded"
-                ),
-                VersionState::Failed { reason } => {
-                    tracing::error!(model = %scanned.model, version = %scanned.version, %reason, "model version refused")
+                _ => self.verify(&v),
+            },
+        };
+        match &state {
+            VersionState::Ready(s) => tracing::info!(
+                model,
+                version,
+                runtime = s.model.runtime().name,
+                device = %s.model.placement().device,
+                batch_invariant = s.batch_invariant,
+                golden_vectors = s.golden_vectors,
+                "model version verified and loaded"
+            ),
+            VersionState::Failed { reason } => tracing::error!(model, version, %reason, "model version refused"),
+        }
+        state
+    }
+
+    fn verify(&self, v: &VerifiedVersion) -> VersionState {
+        let name = v.manifest.name.clone();
+        let version = v.manifest.version.to_string();
+        let model = match Model::load(v, self.devices, self.options) {
+            Ok(m) => m,
+            Err(e) => {
+                return VersionState::Failed {
+                    reason: format!("{}: {e}", v.dir.display()),
                 }
             }
+        };
+        let golden_path = GoldenFile::path(self.golden_dir, &name, &version);
+        let runtime = model.runtime();
+        let mut record =
+            VerificationRecord::new(&name, &version, v.content_hash.clone(), runtime.name, &runtime.version);
+        let outcome = match GoldenFile::read(&golden_path) {
+            Err(e) => Err(format!(
+                "no usable golden vectors ({e}); record them with `invariant golden record {name} {version}`"
+            )),
+            Ok((golden, golden_hash)) => {
+                record.golden_hash = golden_hash.clone();
+                match verify_deploy(&model, &golden) {
+                    Err(e) => Err(format!("verification could not run: {e}")),
+                    Ok(report) if !report.outputs_match() => Err(summarize(&report.violations)),
+                    Ok(report) if !report.batch_invariant() && v.manifest.format == Format::Native => {
+                        Err(summarize(&report.batch_violations))
+                    }
+                    Ok(report) => {
+                        if !report.batch_invariant() {
+                            tracing::warn!(
+                                model = %name,
+                                version = %version,
+                                first = %report.batch_violations[0],
+                                "ONNX model is not batch-invariant: its rows will run one at a time"
+                            );
+                        }
+                        Ok((report.batch_invariant(), golden_hash, golden.vectors.len()))
+                    }
+                }
+            }
+        };
+        record.passed = outcome.is_ok();
+        record.reason = outcome.as_ref().err().cloned();
+        let verification_hash = record.verification_hash();
+        if let Err(e) = self.audit.append(&record) {
+            tracing::error!(error = %e, "cannot write the verification audit record");
+        }
+        match outcome {
+            Ok((batch_invariant, golden_hash, golden_vectors)) => VersionState::Ready(Arc::new(ServingVersion {
+                model,
+                batch_invariant,
+                verification_hash,
+                golden_hash,
+                golden_vectors,
+            })),
+            Err(reason) => VersionState::Failed {
+                reason: format!("verification failed: {reason}"),
+            },
+        }
+    }
+}
+
+fn summarize(violations: &[invariant_verify::Violation]) -> String {
+    let mut text: Vec<String> = violations.iter().take(3).map(ToString::to_string).collect();
+    if violations.len() > 3 {
+        text.push(format!("and {} more", violations.len() - 3));
+    }
+    text.join("; ")
+}
+
+/// What a reload of one model did to each of its versions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    /// Version.
+    pub version: String,
+    /// `READY`, `FAILED` or `UNCHANGED`.
+    pub state: &'static str,
+    /// Why it failed; for a failed reload of a serving version, the old instance keeps serving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ModelTable {
+    /// Scans `root`, then verifies and loads every version.
+    pub fn load(root: &Path, loader: &Loader<'_>) -> Result<Self, RegistryError> {
+        let mut models: BTreeMap<String, Vec<VersionEntry>> = BTreeMap::new();
+        for scanned in invariant_registry::scan(root)? {
+            let state = loader.load(&scanned.model, &scanned.version, scanned.result);
             models.entry(scanned.model).or_default().push(VersionEntry {
                 version: scanned.version,
                 state,
             });
         }
         Ok(Self { models })
+    }
+
+    /// A new table in which `model` is reloaded from `root/model`: versions whose artifacts and
+    /// golden file are unchanged keep their running instance; new or changed versions are
+    /// verified; a serving version whose reload fails keeps serving its old instance; versions
+    /// gone from disk are dropped. The current table is untouched, so callers swap the result
+    /// in atomically and in-flight requests finish on the instance they started with.
+    pub fn reload_model(
+        &self,
+        root: &Path,
+        model: &str,
+        loader: &Loader<'_>,
+    ) -> Result<(Self, Vec<ReloadOutcome>), RegistryError> {
+        let dir = root.join(model);
+        let mut entries = Vec::new();
+        let mut outcomes = Vec::new();
+        for scanned in invariant_registry::scan(root)?.into_iter().filter(|s| s.model == model) {
+            let current = self
+                .versions(model)
+                .and_then(|vs| vs.iter().find(|e| e.version == scanned.version));
+            let serving = match current.map(|e| &e.state) {
+                Some(VersionState::Ready(s)) => Some(s.clone()),
+                _ => None,
+            };
+            if let (Some(s), Ok(v)) = (&serving, &scanned.result) {
+                let golden = GoldenFile::path(loader.golden_dir, model, &scanned.version);
+                let golden_hash = std::fs::read(&golden)
+                    .map(|b| blake3::hash(&b).to_hex().to_string())
+                    .unwrap_or_default();
+                if v.content_hash == s.model.content_hash() && golden_hash == s.golden_hash {
+                    outcomes.push(ReloadOutcome {
+                        version: scanned.version.clone(),
+                        state: "UNCHANGED",
+                        error: None,
+                    });
+                    entries.push(VersionEntry {
+                        version: scanned.version,
+                        state: VersionState::Ready(s.clone()),
+                    });
+                    continue;
+                }
+            }
+            let state = loader.load(model, &scanned.version, scanned.result);
+            let (state, outcome) = match (state, serving) {
+                (VersionState::Ready(s), _) => (VersionState::Ready(s), ("READY", None)),
+                (VersionState::Failed { reason }, Some(old)) => (VersionState::Ready(old), ("FAILED", Some(reason))),
+                (VersionState::Failed { reason }, None) => (
+                    VersionState::Failed { reason: reason.clone() },
+                    ("FAILED", Some(reason)),
+                ),
+            };
+            outcomes.push(ReloadOutcome {
+                version: scanned.version.clone(),
+                state: outcome.0,
+                error: outcome.1,
+            });
+            entries.push(VersionEntry {
+                version: scanned.version,
+                state,
+            });
+        }
+        let mut models = self.models.clone();
+        if entries.is_empty() {
+            if !dir.is_dir() {
+                models.remove(model);
+            }
+        } else {
+            models.insert(model.to_string(), entries);
+        }
+        Ok((Self { models }, outcomes))
     }
 
     /// Model names, sorted.
@@ -110,7 +335,7 @@ impl ModelTable {
 
     /// The version that serves `model` at `version`, or, without a version, the highest
     /// version that loaded.
-    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<Model>, Lookup> {
+    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<ServingVersion>, Lookup> {
         let versions = self.models.get(model).ok_or(Lookup::UnknownModel)?;
         match version {
             Some(v) => {

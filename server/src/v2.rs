@@ -2,7 +2,7 @@
 //! readiness and inference with JSON tensors.
 
 use crate::error::ApiError;
-use crate::models::{Lookup, VersionState};
+use crate::models::{Lookup, ServingVersion, VersionState};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -14,7 +14,6 @@ use axum::{Json, Router};
 use invariant_core::json::parse_data;
 use invariant_core::tensor::concrete_shape;
 use invariant_core::{CorridorId, DataType, Tensor, TensorData};
-use invariant_engine::Model;
 use invariant_registry::TensorSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -44,7 +43,7 @@ async fn live() -> StatusCode {
 
 /// Ready once the repository is loaded and at least one model version serves.
 async fn ready(State(state): State<AppState>) -> Response {
-    let (ready, failed) = state.models.counts();
+    let (ready, failed) = state.models.load().counts();
     let status = if ready > 0 {
         StatusCode::OK
     } else {
@@ -77,9 +76,10 @@ fn lookup_error(model: &str, version: Option<&str>, lookup: Lookup) -> ApiError 
     }
 }
 
-fn resolve(state: &AppState, model: &str, version: Option<&str>) -> Result<Arc<Model>, ApiError> {
+fn resolve(state: &AppState, model: &str, version: Option<&str>) -> Result<Arc<ServingVersion>, ApiError> {
     state
         .models
+        .load()
         .resolve(model, version)
         .map_err(|l| lookup_error(model, version, l))
 }
@@ -105,11 +105,13 @@ fn specs_json(specs: &[TensorSpec]) -> Vec<SpecJson<'_>> {
         .collect()
 }
 
-fn metadata(state: &AppState, model: &Model) -> Value {
+fn metadata(state: &AppState, serving: &ServingVersion) -> Value {
+    let model = &serving.model;
     let m = model.manifest();
     let mut versions = Vec::new();
     let mut failed = Vec::new();
-    for e in state.models.versions(&m.name).unwrap_or_default() {
+    let table = state.models.load();
+    for e in table.versions(&m.name).unwrap_or_default() {
         match &e.state {
             VersionState::Ready(_) => versions.push(json!(e.version)),
             VersionState::Failed { reason } => failed.push(json!({ "version": e.version, "error": reason })),
@@ -129,6 +131,13 @@ fn metadata(state: &AppState, model: &Model) -> Value {
         "device_reason": model.placement().reason,
         "runtime": { "name": runtime.name, "version": runtime.version },
         "content_hash": model.content_hash(),
+        "verification": {
+            "golden_vectors": serving.golden_vectors,
+            "golden_hash": serving.golden_hash,
+            "verification_hash": serving.verification_hash,
+            "batch_invariant": serving.batch_invariant,
+            "rows_run": if serving.batch_invariant { "batched" } else { "one at a time (not batch-invariant)" },
+        },
         "failed_versions": failed,
     })
 }
@@ -147,10 +156,9 @@ async fn version_metadata(
 }
 
 fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Response {
-    match state.models.resolve(model, version) {
-        Ok(m) => {
-            Json(json!({ "name": model, "version": m.manifest().version.to_string(), "ready": true })).into_response()
-        }
+    match state.models.load().resolve(model, version) {
+        Ok(s) => Json(json!({ "name": model, "version": s.model.manifest().version.to_string(), "ready": true }))
+            .into_response(),
         Err(Lookup::Failed(reason)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "name": model, "version": version, "ready": false, "error": reason })),
@@ -330,12 +338,13 @@ async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_error(r, state.config.server.max_body_bytes))?;
-    let model = resolve(&state, &model_name, version.as_deref())?;
+    let serving = resolve(&state, &model_name, version.as_deref())?;
+    let model = &serving.model;
     let request = parse_request(&body)?;
     let corridor = corridor_of(&state, &headers, &request.parameters)?;
-    let selection = select_outputs(&model, request.outputs.as_deref())?;
+    let selection = select_outputs(model, request.outputs.as_deref())?;
 
-    let runner = model.clone();
+    let runner = serving.clone();
     let outputs = tokio::task::spawn_blocking(move || runner.infer(request.inputs))
         .await
         .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))??;
@@ -383,7 +392,7 @@ struct InferResponse<'a> {
 
 /// Indexes (into the manifest's outputs) of the outputs to return, in the requested order;
 /// all outputs in manifest order when none are requested.
-fn select_outputs(model: &Model, requested: Option<&[String]>) -> Result<Vec<usize>, ApiError> {
+fn select_outputs(model: &invariant_engine::Model, requested: Option<&[String]>) -> Result<Vec<usize>, ApiError> {
     let specs = &model.manifest().outputs;
     let Some(requested) = requested.filter(|r| !r.is_empty()) else {
         return Ok((0..specs.len()).collect());

@@ -37,6 +37,11 @@ pub fn shipped_models() -> PathBuf {
     workspace_root().join("models")
 }
 
+/// The shipped golden vectors.
+pub fn shipped_golden() -> PathBuf {
+    workspace_root().join("golden-vectors")
+}
+
 /// Test fixtures (extra models) under `tests/fixtures`.
 pub fn fixtures() -> PathBuf {
     workspace_root().join("tests/fixtures")
@@ -73,6 +78,8 @@ pub struct ServerOptions {
     pub default_corridor: Option<String>,
     /// `server.max_body_bytes`.
     pub max_body_bytes: usize,
+    /// Golden vector directory.
+    pub golden_vectors: PathBuf,
 }
 
 impl Default for ServerOptions {
@@ -81,6 +88,7 @@ impl Default for ServerOptions {
             model_repository: shipped_models(),
             default_corridor: Some("UAE-SA".into()),
             max_body_bytes: 1 << 20,
+            golden_vectors: shipped_golden(),
         }
     }
 }
@@ -96,7 +104,7 @@ pub struct Server {
 }
 
 /// The configuration file the harness writes.
-fn config_text(options: &ServerOptions) -> String {
+fn config_text(options: &ServerOptions, state_dir: &Path) -> String {
     let default = options
         .default_corridor
         .as_ref()
@@ -104,6 +112,8 @@ fn config_text(options: &ServerOptions) -> String {
         .unwrap_or_default();
     format!(
         r#"model_repository = "{}"
+golden_vectors = "{}"
+state_dir = "{}"
 engine_instances = 2
 [server]
 http_addr = "127.0.0.1:0"
@@ -123,6 +133,8 @@ market = 1
 region = "west-africa"
 "#,
         options.model_repository.display(),
+        options.golden_vectors.display(),
+        state_dir.display(),
         options.max_body_bytes
     )
 }
@@ -137,7 +149,7 @@ impl Server {
     pub async fn start_with(options: ServerOptions) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("invariant.toml");
-        std::fs::write(&config, config_text(&options)).expect("write config");
+        std::fs::write(&config, config_text(&options, &dir.path().join("state"))).expect("write config");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let child = Command::new(binary())
@@ -170,6 +182,15 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("server did not become live in 60 s; log:\n{}", self.log());
+    }
+
+    /// The verification audit records written so far.
+    pub fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("state/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
     }
 
     /// The server's log so far.

@@ -7,15 +7,22 @@ use serde_json::json;
 const INFER: &str = "/v2/models/dtype-echo/infer";
 
 async fn start() -> (Server, tempfile::TempDir) {
-    let repo = tempfile::tempdir().unwrap();
-    copy_tree(&shipped_models(), repo.path());
-    copy_tree(&fixtures().join("models/dtype-echo"), &repo.path().join("dtype-echo"));
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, golden) = (dir.path().join("models"), dir.path().join("golden"));
+    copy_tree(&shipped_models(), &repo);
+    copy_tree(&fixtures().join("models/dtype-echo"), &repo.join("dtype-echo"));
+    copy_tree(&shipped_golden(), &golden);
+    copy_tree(
+        &fixtures().join("golden-vectors/dtype-echo"),
+        &golden.join("dtype-echo"),
+    );
     let s = Server::start_with(ServerOptions {
-        model_repository: repo.path().to_path_buf(),
+        model_repository: repo,
+        golden_vectors: golden,
         ..Default::default()
     })
     .await;
-    (s, repo)
+    (s, dir)
 }
 
 fn request(b: serde_json::Value, i32: serde_json::Value, i64: serde_json::Value, f32: &str, f64: &str) -> String {

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the benchmarks: raw engine throughput per shipped model (batch 1 and 32) and served
+# throughput/latency over HTTP at concurrency 1, 8, 32 with wrk, against /v2/health/live of
+# the same server as the HTTP floor. Installs wrk when missing. Extra arguments go to
+# invariant-bench (see `cargo run --release -p invariant-bench -- --help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "bench: installing wrk"
+  apt-get update -qq && apt-get install -y -qq wrk
+fi
+cargo build --release --bin invariant --bin invariant-bench
+echo "bench: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores"
+./target/release/invariant-bench --binary target/release/invariant "$@"

@@ -1,0 +1,353 @@
+//! `invariant-bench`: measures, in one run, the raw in-process engine throughput of every
+//! shipped model version and the throughput and latency of the same models served over HTTP
+//! by a real `invariant serve`, driven by `wrk`; prints the ratios served/raw-engine and
+//! served/floor, where the floor is `GET /v2/health/live` of the same server.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use invariant_core::{DataType, Tensor, TensorData};
+use invariant_server::config::Config;
+use invariant_server::models::VersionState;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Raw engine and served-over-HTTP benchmarks of the shipped models.
+#[derive(Parser)]
+#[command(name = "invariant-bench")]
+struct Args {
+    /// The release `invariant` binary to serve with.
+    #[arg(long, default_value = "target/release/invariant")]
+    binary: PathBuf,
+    /// Seconds per engine measurement.
+    #[arg(long, default_value_t = 2.0)]
+    engine_seconds: f64,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
+    http_seconds: u32,
+    /// Concurrency levels (open connections) for the HTTP runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<u32>,
+    /// Skip the HTTP runs.
+    #[arg(long)]
+    engine_only: bool,
+}
+
+/// Deterministic, plausible inputs: small non-negative values varying by position.
+fn inputs_for(model: &invariant_engine::Model, batch: usize) -> Vec<Tensor> {
+    model
+        .manifest()
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .map(|&d| if d == -1 { batch } else { d as usize })
+                .collect();
+            let n: usize = shape.iter().product();
+            let data = match spec.datatype {
+                DataType::Fp32 => TensorData::Fp32((0..n).map(|i| (i % 13) as f32 * 0.75).collect()),
+                DataType::Fp64 => TensorData::Fp64((0..n).map(|i| (i % 13) as f64 * 0.75).collect()),
+                DataType::Int64 => TensorData::Int64((0..n).map(|i| (i % 13) as i64).collect()),
+                DataType::Int32 => TensorData::Int32((0..n).map(|i| (i % 13) as i32).collect()),
+                _ => TensorData::Bool((0..n).map(|i| i % 2 == 0).collect()),
+            };
+            Tensor {
+                name: spec.name.clone(),
+                shape,
+                data,
+            }
+        })
+        .collect()
+}
+
+struct EngineResult {
+    model: String,
+    version: String,
+    batch: usize,
+    requests_per_s: f64,
+}
+
+fn bench_engines(config: Config, seconds: f64) -> Result<Vec<EngineResult>> {
+    let state = invariant_server::build_state(config)?;
+    let table = state.models.load();
+    let mut results = Vec::new();
+    for (name, entry) in table.entries() {
+        let VersionState::Ready(serving) = &entry.state else {
+            bail!("{name} {} failed to load", entry.version);
+        };
+        let model = &serving.model;
+        for batch in [1usize, 32] {
+            let inputs = inputs_for(model, batch);
+            for _ in 0..50 {
+                model.infer(inputs.clone())?;
+            }
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed().as_secs_f64() < seconds {
+                model.infer(inputs.clone())?;
+                n += 1;
+            }
+            let rps = n as f64 / start.elapsed().as_secs_f64();
+            results.push(EngineResult {
+                model: name.to_string(),
+                version: entry.version.clone(),
+                batch,
+                requests_per_s: rps,
+            });
+        }
+    }
+    Ok(results)
+}
+
+/// Time per forward pass of each shipped native network with the fixed-order kernel and with
+/// candle's default matmul, at batch 1, 32 and 256.
+fn bench_kernels(config: &Config, seconds: f64) -> Result<()> {
+    use invariant_engine::native::NativeEngine;
+    use invariant_registry::{Format, Kernel};
+    println!("\n# native kernels: fixed-order (batch-invariant) vs candle matmul (x·Wᵀ), {seconds} s each");
+    println!(
+        "{:<15} {:<8} {:>5} {:>14} {:>14} {:>8}",
+        "model", "version", "batch", "fixed us/run", "candle us/run", "ratio"
+    );
+    for scanned in invariant_registry::scan(&config.model_repository)? {
+        let Ok(version) = scanned.result else { continue };
+        if version.manifest.format != Format::Native {
+            continue;
+        }
+        let fixed = NativeEngine::load(&version)?;
+        let mut naive_version = version.clone();
+        if let Some(native) = naive_version.manifest.native.as_mut() {
+            native.kernel = Kernel::CandleMatmul;
+        }
+        let naive = NativeEngine::load(&naive_version)?;
+        let width = version.manifest.native.as_ref().map(|n| n.input_size).unwrap_or(1);
+        for batch in [1usize, 32, 256] {
+            let x: Vec<f32> = (0..batch * width).map(|i| (i % 13) as f32 * 0.75).collect();
+            let time = |engine: &NativeEngine| -> Result<f64> {
+                for _ in 0..20 {
+                    engine.forward(&x, 1)?;
+                }
+                let start = Instant::now();
+                let mut n = 0u64;
+                while start.elapsed().as_secs_f64() < seconds {
+                    engine.forward(&x, 1)?;
+                    n += 1;
+                }
+                Ok(start.elapsed().as_secs_f64() * 1e6 / n as f64)
+            };
+            let (a, b) = (time(&fixed)?, time(&naive)?);
+            println!(
+                "{:<15} {:<8} {:>5} {:>14.2} {:>14.2} {:>8.3}",
+                scanned.model,
+                scanned.version,
+                batch,
+                a,
+                b,
+                a / b
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Wall time of the determinism gate over the shipped repository.
+fn bench_gate(config: &Config) -> Result<()> {
+    let report = invariant_server::gate::run_gate(config, &Default::default())?;
+    println!(
+        "\n# determinism gate over the shipped repository: {} versions, passed={}, {:.2} s wall",
+        report.versions.len(),
+        report.passed,
+        report.seconds
+    );
+    for v in &report.versions {
+        println!(
+            "{:<15} {:<8} {:>4} vectors {:>8.3} s",
+            v.model, v.version, v.vectors, v.seconds
+        );
+    }
+    Ok(())
+}
+
+struct WrkResult {
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_latency_ms(text: &str) -> Option<f64> {
+    let (num, unit) = text
+        .trim()
+        .split_at(text.trim().find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        _ => return None,
+    })
+}
+
+fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> Result<WrkResult> {
+    let threads = connections.clamp(1, 2);
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        &threads.to_string(),
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .context("running wrk (install it: apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    }
+    if let Some(line) = text.lines().find(|l| l.contains("Non-2xx")) {
+        bail!("requests failed during the benchmark: {line}");
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim).map(str::to_string))
+    };
+    let rps: f64 = field("Requests/sec:").context("wrk printed no Requests/sec")?.parse()?;
+    let p50 = field("50%")
+        .and_then(|v| parse_latency_ms(&v))
+        .context("wrk printed no p50")?;
+    let p99 = field("99%")
+        .and_then(|v| parse_latency_ms(&v))
+        .context("wrk printed no p99")?;
+    Ok(WrkResult {
+        requests_per_s: rps,
+        p50_ms: p50,
+        p99_ms: p99,
+    })
+}
+
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(binary: &Path, port: u16) -> Result<ServerProcess> {
+    let child = Command::new(binary)
+        .args(["serve", "--http-addr", &format!("127.0.0.1:{port}")])
+        .env("INVARIANT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let server = ServerProcess(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(server);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("server did not start listening on port {port}")
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let config = Config::load(None)?;
+    println!("# raw engine (in-process Model::infer: signature checks + engine, no HTTP)");
+    let engines = bench_engines(config.clone(), args.engine_seconds)?;
+    println!(
+        "{:<15} {:<8} {:>5} {:>12} {:>12}",
+        "model", "version", "batch", "req/s", "rows/s"
+    );
+    for r in &engines {
+        println!(
+            "{:<15} {:<8} {:>5} {:>12.0} {:>12.0}",
+            r.model,
+            r.version,
+            r.batch,
+            r.requests_per_s,
+            r.requests_per_s * r.batch as f64
+        );
+    }
+    bench_kernels(&config, args.engine_seconds / 2.0)?;
+    bench_gate(&config)?;
+    if args.engine_only {
+        return Ok(());
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _server = start_server(&args.binary, port)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let scripts = std::env::temp_dir().join(format!("invariant-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scripts)?;
+    let state = invariant_server::build_state(config)?;
+
+    println!(
+        "\n# served over HTTP (wrk, {} s per run, batch 1, JSON)",
+        args.http_seconds
+    );
+    println!(
+        "{:<22} {:>4} {:>10} {:>9} {:>9} {:>14} {:>12}",
+        "target", "conc", "req/s", "p50 ms", "p99 ms", "served/engine", "served/floor"
+    );
+    for &c in &args.concurrency {
+        let floor = wrk(&format!("{base}/v2/health/live"), c, args.http_seconds, None)?;
+        println!(
+            "{:<22} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>14} {:>12}",
+            "GET /v2/health/live", c, floor.requests_per_s, floor.p50_ms, floor.p99_ms, "-", "1.00"
+        );
+        let table = state.models.load();
+        for name in table.names() {
+            let serving = table
+                .resolve(name, None)
+                .map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
+            let model = &serving.model;
+            let version = model.manifest().version.to_string();
+            let inputs = inputs_for(model, 1);
+            let body = serde_json::json!({ "inputs": inputs.iter().map(|t| serde_json::json!({
+                "name": t.name, "shape": t.shape, "datatype": t.datatype(), "data": t.data,
+            })).collect::<Vec<_>>() });
+            let script = scripts.join(format!("{name}.lua"));
+            std::fs::write(
+                &script,
+                format!(
+                    "wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-corridor\"] = \"UAE-SA\"\n"
+                ),
+            )?;
+            let served = wrk(
+                &format!("{base}/v2/models/{name}/versions/{version}/infer"),
+                c,
+                args.http_seconds,
+                Some(&script),
+            )?;
+            let engine = engines
+                .iter()
+                .find(|e| e.model == name && e.version == version && e.batch == 1)
+                .map(|e| e.requests_per_s)
+                .unwrap_or(f64::NAN);
+            println!(
+                "{:<22} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>14.3} {:>12.3}",
+                format!("{name} {version}"),
+                c,
+                served.requests_per_s,
+                served.p50_ms,
+                served.p99_ms,
+                served.requests_per_s / engine,
+                served.requests_per_s / floor.requests_per_s
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scripts);
+    Ok(())
+}

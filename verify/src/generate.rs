@@ -1,0 +1,147 @@
+//! Golden input generation from a manifest's signature and column ranges.
+//!
+//! Every batched input gets, in order: all zeros; every column at its minimum, at its
+//! maximum, at its midpoint; each column alone at its minimum and at its maximum with the
+//! others at their midpoints; seeded pseudo-random rows inside the ranges until there are at
+//! least [`MIN_SINGLE_ROW_VECTORS`] single-row vectors; and one vector of `max_batch_size`
+//! random rows. Columns without declared ranges use `[0, 1]`.
+
+use invariant_core::{DataType, Tensor, TensorData};
+use invariant_registry::{Manifest, TensorSpec};
+
+/// Single-row vectors per version at least (the batch-invariance checks combine them).
+pub const MIN_SINGLE_ROW_VECTORS: usize = 40;
+
+/// splitmix64: a tiny, fixed pseudo-random sequence (the same on every machine).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// How one row is filled: a value for column `c` of `ranges`.
+#[derive(Clone, Copy)]
+enum Fill {
+    Zero,
+    Min,
+    Max,
+    Mid,
+    /// Column `c` at min (`false`) or max (`true`), others mid.
+    One(usize, bool),
+    Random,
+}
+
+fn ranges(spec: &TensorSpec) -> Vec<[f64; 2]> {
+    let cols = spec.shape.last().copied().unwrap_or(1).max(1) as usize;
+    spec.ranges.clone().unwrap_or_else(|| vec![[0.0, 1.0]; cols])
+}
+
+fn value(fill: Fill, col: usize, [lo, hi]: [f64; 2], rng: &mut SplitMix) -> f64 {
+    let mid = lo + (hi - lo) / 2.0;
+    match fill {
+        Fill::Zero => 0.0,
+        Fill::Min => lo,
+        Fill::Max => hi,
+        Fill::Mid => mid,
+        Fill::One(c, at_max) if c == col => {
+            if at_max {
+                hi
+            } else {
+                lo
+            }
+        }
+        Fill::One(..) => mid,
+        Fill::Random => lo + rng.next_unit() * (hi - lo),
+    }
+}
+
+fn data_of(d: DataType, values: Vec<f64>) -> TensorData {
+    match d {
+        DataType::Bool => TensorData::Bool(values.iter().map(|&v| v >= 0.5).collect()),
+        DataType::Uint8 => TensorData::Uint8(values.iter().map(|&v| v.round() as u8).collect()),
+        DataType::Int8 => TensorData::Int8(values.iter().map(|&v| v.round() as i8).collect()),
+        DataType::Int16 => TensorData::Int16(values.iter().map(|&v| v.round() as i16).collect()),
+        DataType::Int32 => TensorData::Int32(values.iter().map(|&v| v.round() as i32).collect()),
+        DataType::Int64 => TensorData::Int64(values.iter().map(|&v| v.round() as i64).collect()),
+        DataType::Fp32 => TensorData::Fp32(values.iter().map(|&v| v as f32).collect()),
+        DataType::Fp64 => TensorData::Fp64(values),
+    }
+}
+
+/// One tensor of `rows` rows for `spec`.
+fn tensor(spec: &TensorSpec, rows: usize, fill: Fill, rng: &mut SplitMix) -> Tensor {
+    let r = ranges(spec);
+    let shape: Vec<usize> = spec
+        .shape
+        .iter()
+        .map(|&d| if d == -1 { rows } else { d as usize })
+        .collect();
+    let n: usize = shape.iter().product();
+    let values = (0..n).map(|e| value(fill, e % r.len(), r[e % r.len()], rng)).collect();
+    Tensor {
+        name: spec.name.clone(),
+        shape,
+        data: data_of(spec.datatype, values),
+    }
+}
+
+/// The golden inputs of a version: `(id, inputs)` pairs in a fixed order.
+pub fn golden_inputs(manifest: &Manifest) -> Vec<(String, Vec<Tensor>)> {
+    let mut rng = SplitMix(manifest.inference.seed ^ 0x1a2b_3c4d_5e6f_7081);
+    let first = &manifest.inputs[0];
+    let columns = ranges(first).len();
+    let column_name = |c: usize| {
+        first
+            .columns
+            .as_ref()
+            .and_then(|names| names.get(c).cloned())
+            .unwrap_or_else(|| format!("col{c}"))
+    };
+    let mut plan: Vec<(String, Fill)> = vec![
+        ("zeros".into(), Fill::Zero),
+        ("min".into(), Fill::Min),
+        ("max".into(), Fill::Max),
+        ("mid".into(), Fill::Mid),
+    ];
+    for c in 0..columns {
+        plan.push((format!("min-{}", column_name(c)), Fill::One(c, false)));
+        plan.push((format!("max-{}", column_name(c)), Fill::One(c, true)));
+    }
+    let mut k = 0;
+    while plan.len() < MIN_SINGLE_ROW_VECTORS {
+        plan.push((format!("random-{k}"), Fill::Random));
+        k += 1;
+    }
+    let mut vectors: Vec<(String, Vec<Tensor>)> = plan
+        .into_iter()
+        .map(|(name, fill)| {
+            (
+                name,
+                manifest.inputs.iter().map(|s| tensor(s, 1, fill, &mut rng)).collect(),
+            )
+        })
+        .collect();
+    if manifest.inputs.iter().any(TensorSpec::is_batched) {
+        let rows = manifest.inference.max_batch_size;
+        vectors.push((
+            format!("random-batch-{rows}"),
+            manifest
+                .inputs
+                .iter()
+                .map(|s| tensor(s, rows, Fill::Random, &mut rng))
+                .collect(),
+        ));
+    }
+    vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, inputs))| (format!("{i:03}-{name}"), inputs))
+        .collect()
+}

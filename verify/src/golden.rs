@@ -1,0 +1,374 @@
+//! Golden-vector files: `golden-vectors/<model>/<version>.jsonl`.
+//!
+//! Line 1 is a header saying how the vectors were produced; every following line is one
+//! vector: an id, the V2 input tensors (JSON numbers written as the shortest decimal that
+//! parses back to the same bits) and the expected outputs as **exact bit patterns** (hex of
+//! each element's little-endian bits) plus a blake3 of each output's bytes. One vector per
+//! line keeps diffs readable.
+
+use crate::VerifyError;
+use invariant_core::json::parse_data;
+use invariant_core::tensor::concrete_shape;
+use invariant_core::{DataType, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::path::{Path, PathBuf};
+
+/// The format tag in every header.
+pub const FORMAT: &str = "invariant-golden/1";
+
+/// How a golden file was produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoldenHeader {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// Content hash of the artifacts the vectors were recorded with.
+    pub content_hash: String,
+    /// Runtime (`onnxruntime`, `candle`).
+    pub engine: String,
+    /// Runtime version.
+    pub runtime_version: String,
+    /// CPU features of the recording machine.
+    pub cpu_features: Vec<String>,
+    /// RFC 3339 time of recording.
+    pub recorded_at: String,
+    /// Producer, e.g. `invariant 0.1.0`.
+    pub recorded_by: String,
+    /// Number of vectors that follow.
+    pub vectors: usize,
+}
+
+/// One expected output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoldenOutput {
+    /// Output name.
+    pub name: String,
+    /// Datatype.
+    pub datatype: DataType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Each element's bits (see [`TensorData::element_bits`]).
+    pub bits: Vec<u64>,
+}
+
+impl GoldenOutput {
+    /// Records a computed output.
+    pub fn of(t: &Tensor) -> Self {
+        Self {
+            name: t.name.clone(),
+            datatype: t.datatype(),
+            shape: t.shape.clone(),
+            bits: t.data.element_bits(),
+        }
+    }
+
+    /// blake3 of the output's little-endian bytes.
+    pub fn blake3(&self) -> String {
+        let width = self.datatype.size_bytes();
+        let mut bytes = Vec::with_capacity(self.bits.len() * width);
+        for b in &self.bits {
+            bytes.extend_from_slice(&b.to_le_bytes()[..width]);
+        }
+        blake3::hash(&bytes).to_hex().to_string()
+    }
+}
+
+/// One vector: inputs and their expected outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoldenVector {
+    /// Stable id, e.g. `003-max-account_age_days`.
+    pub id: String,
+    /// Input tensors.
+    pub inputs: Vec<Tensor>,
+    /// Expected outputs, in manifest order.
+    pub outputs: Vec<GoldenOutput>,
+}
+
+/// A parsed golden file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoldenFile {
+    /// Header.
+    pub header: GoldenHeader,
+    /// Vectors in file order.
+    pub vectors: Vec<GoldenVector>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct InputLine<'a> {
+    name: String,
+    datatype: DataType,
+    shape: Vec<i64>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OutputLine {
+    name: String,
+    datatype: DataType,
+    shape: Vec<usize>,
+    bits: Vec<String>,
+    blake3: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VectorLine<'a> {
+    id: String,
+    #[serde(borrow)]
+    inputs: Vec<InputLine<'a>>,
+    outputs: Vec<OutputLine>,
+}
+
+/// Hex digits of one element of a datatype.
+pub fn hex_width(d: DataType) -> usize {
+    d.size_bytes() * 2
+}
+
+/// An element's bits as fixed-width hex.
+pub fn to_hex(bits: u64, d: DataType) -> String {
+    format!("{bits:0width$x}", width = hex_width(d))
+}
+
+impl GoldenFile {
+    /// Where the vectors of `model` `version` live under `dir`.
+    pub fn path(dir: &Path, model: &str, version: &str) -> PathBuf {
+        dir.join(model).join(format!("{version}.jsonl"))
+    }
+
+    /// Reads and checks a golden file: header format, vector count, each output's bit count
+    /// against its shape, hex widths and the recorded blake3.
+    pub fn read(path: &Path) -> Result<(Self, String), VerifyError> {
+        let bytes = std::fs::read(path).map_err(|source| VerifyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file_hash = blake3::hash(&bytes).to_hex().to_string();
+        let text = String::from_utf8(bytes).map_err(|_| bad(path, 1, "not UTF-8".into()))?;
+        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let (_, first) = lines.next().ok_or_else(|| bad(path, 1, "empty file".into()))?;
+        let header: GoldenHeader = serde_json::from_str(first).map_err(|e| bad(path, 1, format!("header: {e}")))?;
+        if header.format != FORMAT {
+            return Err(bad(path, 1, format!("format '{}' is not {FORMAT}", header.format)));
+        }
+        let mut vectors = Vec::new();
+        for (i, line) in lines {
+            let n = i + 1;
+            let raw: VectorLine<'_> = serde_json::from_str(line).map_err(|e| bad(path, n, e.to_string()))?;
+            let mut inputs = Vec::new();
+            for (k, input) in raw.inputs.iter().enumerate() {
+                let field = format!("inputs[{k}]");
+                let tensor = concrete_shape(&input.shape, &field)
+                    .and_then(|shape| {
+                        let data = parse_data(input.data.get(), input.datatype, &format!("{field}.data"))?;
+                        Tensor::new(input.name.clone(), shape, data, &field)
+                    })
+                    .map_err(|e| bad(path, n, e.to_string()))?;
+                inputs.push(tensor);
+            }
+            let mut outputs = Vec::new();
+            for (k, o) in raw.outputs.into_iter().enumerate() {
+                let width = hex_width(o.datatype);
+                let bits = o
+                    .bits
+                    .iter()
+                    .map(|h| {
+                        if h.len() != width {
+                            return Err(bad(
+                                path,
+                                n,
+                                format!("outputs[{k}]: bits '{h}' must have {width} hex digits"),
+                            ));
+                        }
+                        u64::from_str_radix(h, 16)
+                            .map_err(|_| bad(path, n, format!("outputs[{k}]: bits '{h}' is not hex")))
+                    })
+                    .collect::<Result<Vec<u64>, _>>()?;
+                if bits.len() != o.shape.iter().product::<usize>() {
+                    return Err(bad(
+                        path,
+                        n,
+                        format!("outputs[{k}]: {} bits for shape {:?}", bits.len(), o.shape),
+                    ));
+                }
+                let out = GoldenOutput {
+                    name: o.name,
+                    datatype: o.datatype,
+                    shape: o.shape,
+                    bits,
+                };
+                if out.blake3() != o.blake3 {
+                    return Err(bad(
+                        path,
+                        n,
+                        format!("outputs[{k}]: blake3 does not match its bits (edited by hand?)"),
+                    ));
+                }
+                outputs.push(out);
+            }
+            vectors.push(GoldenVector {
+                id: raw.id,
+                inputs,
+                outputs,
+            });
+        }
+        if vectors.len() != header.vectors {
+            return Err(bad(
+                path,
+                1,
+                format!(
+                    "header announces {} vectors, file holds {}",
+                    header.vectors,
+                    vectors.len()
+                ),
+            ));
+        }
+        Ok((Self { header, vectors }, file_hash))
+    }
+
+    /// The file's text: header line, then one line per vector.
+    pub fn to_jsonl(&self) -> Result<String, VerifyError> {
+        let json = |e: serde_json::Error| VerifyError::Encode(e.to_string());
+        let mut out = serde_json::to_string(&self.header).map_err(json)?;
+        out.push('\n');
+        for v in &self.vectors {
+            let datas: Vec<Box<RawValue>> = v
+                .inputs
+                .iter()
+                .map(|t| serde_json::to_string(&t.data).and_then(RawValue::from_string))
+                .collect::<Result<_, _>>()
+                .map_err(json)?;
+            let line = VectorLine {
+                id: v.id.clone(),
+                inputs: v
+                    .inputs
+                    .iter()
+                    .zip(&datas)
+                    .map(|(t, data)| InputLine {
+                        name: t.name.clone(),
+                        datatype: t.datatype(),
+                        shape: t.shape.iter().map(|&d| d as i64).collect(),
+                        data,
+                    })
+                    .collect(),
+                outputs: v
+                    .outputs
+                    .iter()
+                    .map(|o| OutputLine {
+                        name: o.name.clone(),
+                        datatype: o.datatype,
+                        shape: o.shape.clone(),
+                        bits: o.bits.iter().map(|&b| to_hex(b, o.datatype)).collect(),
+                        blake3: o.blake3(),
+                    })
+                    .collect(),
+            };
+            out.push_str(&serde_json::to_string(&line).map_err(json)?);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// Writes the file, creating directories; refuses to replace an existing file unless
+    /// `force`. The write goes to a temporary file that is renamed into place.
+    pub fn write(&self, path: &Path, force: bool) -> Result<(), VerifyError> {
+        if path.exists() && !force {
+            return Err(VerifyError::Exists(path.to_path_buf()));
+        }
+        let io = |source| VerifyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, self.to_jsonl()?).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+fn bad(path: &Path, line: usize, message: String) -> VerifyError {
+    VerifyError::Golden {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
+}
+
+/// Rebuilds a tensor from golden bits (to compare or to show values).
+pub fn tensor_from_bits(o: &GoldenOutput) -> Tensor {
+    let data = match o.datatype {
+        DataType::Bool => TensorData::Bool(o.bits.iter().map(|&b| b != 0).collect()),
+        DataType::Uint8 => TensorData::Uint8(o.bits.iter().map(|&b| b as u8).collect()),
+        DataType::Int8 => TensorData::Int8(o.bits.iter().map(|&b| b as u8 as i8).collect()),
+        DataType::Int16 => TensorData::Int16(o.bits.iter().map(|&b| b as u16 as i16).collect()),
+        DataType::Int32 => TensorData::Int32(o.bits.iter().map(|&b| b as u32 as i32).collect()),
+        DataType::Int64 => TensorData::Int64(o.bits.iter().map(|&b| b as i64).collect()),
+        DataType::Fp32 => TensorData::Fp32(o.bits.iter().map(|&b| f32::from_bits(b as u32)).collect()),
+        DataType::Fp64 => TensorData::Fp64(o.bits.iter().map(|&b| f64::from_bits(b)).collect()),
+    };
+    Tensor {
+        name: o.name.clone(),
+        shape: o.shape.clone(),
+        data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> GoldenFile {
+        let input = Tensor::new("x", vec![1, 3], TensorData::Fp32(vec![0.1, -2.0, 1e-30]), "x").unwrap();
+        let output = Tensor::new("y", vec![1, 1], TensorData::Fp32(vec![0.3]), "y").unwrap();
+        GoldenFile {
+            header: GoldenHeader {
+                format: FORMAT.into(),
+                model: "m".into(),
+                version: "1.0.0".into(),
+                content_hash: "h".into(),
+                engine: "candle".into(),
+                runtime_version: "0.11".into(),
+                cpu_features: vec!["avx2".into()],
+                recorded_at: "2026-11-23T00:00:00Z".into(),
+                recorded_by: "test".into(),
+                vectors: 1,
+            },
+            vectors: vec![GoldenVector {
+                id: "000".into(),
+                inputs: vec![input],
+                outputs: vec![GoldenOutput::of(&output)],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_exactly_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = GoldenFile::path(dir.path(), "m", "1.0.0");
+        let g = sample();
+        g.write(&path, false).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""bits":["3e99999a"]"#), "{text}");
+        let (back, hash) = GoldenFile::read(&path).unwrap();
+        assert_eq!(back, g);
+        assert_eq!(hash, blake3::hash(text.as_bytes()).to_hex().to_string());
+        assert!(matches!(g.write(&path, false), Err(VerifyError::Exists(_))));
+        g.write(&path, true).unwrap();
+    }
+
+    #[test]
+    fn hand_edited_bits_are_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.jsonl");
+        sample().write(&path, false).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap().replace("3e99999a", "3e99999b");
+        std::fs::write(&path, text).unwrap();
+        let err = GoldenFile::read(&path).unwrap_err().to_string();
+        assert!(err.contains("blake3") && err.contains("line 2"), "{err}");
+    }
+}
