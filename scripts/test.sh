@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need and runs the whole suite: formatting, lints, unit tests
-# and the black-box tests that start the real `invariant` binary.
+# the black-box tests that start the real `invariant` binary, and the determinism gate on the
+# shipped model repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,5 +13,7 @@ echo "test: cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "test: building the invariant binary for the black-box tests"
 cargo build --bin invariant
+echo "test: determinism gate on the shipped repository"
+./target/debug/invariant gate
 echo "test: cargo test"
 cargo test --workspace

@@ -214,44 +214,46 @@ pub fn run_gate(config: &Config, options: &GateOptions) -> Result<GateReport, Ga
                     }
                     Ok((model, golden)) => {
                         vectors = golden.vectors.len();
-                        match verify_deploy(&model, &golden) {
-                            Err(e) => c.fail(Check::Load, None, e.to_string()),
+                        let reference = match verify_deploy(&model, &golden) {
+                            Err(e) => {
+                                c.fail(Check::Load, None, e.to_string());
+                                None
+                            }
                             Ok(report) => {
                                 let golden_ok = !report.violations.iter().any(|x| x.check == Check::Golden);
                                 let repeat_ok = !report.violations.iter().any(|x| x.check == Check::Repeat);
                                 status(&mut checks, Check::Golden, golden_ok);
                                 status(&mut checks, Check::Repeat, repeat_ok);
                                 status(&mut checks, Check::BatchInvariance, report.batch_invariant());
-                                for x in report.violations.into_iter().chain(report.batch_violations) {
-                                    c.violations.push(x);
-                                }
+                                c.violations.extend(report.violations);
+                                c.violations.extend(report.batch_violations);
+                                Some(report.alone)
                             }
+                        };
+                        if let Some(reference) = reference {
+                            let engines: Vec<(usize, Model)> = threads
+                                .iter()
+                                .filter_map(|&t| {
+                                    Model::load(
+                                        &v,
+                                        &devices,
+                                        &EngineOptions {
+                                            instances: 1,
+                                            threads: Some(t),
+                                        },
+                                    )
+                                    .ok()
+                                    .map(|m| (t, m))
+                                })
+                                .collect();
+                            let refs: Vec<(usize, &Model)> = engines.iter().map(|(t, m)| (*t, m)).collect();
+                            let n = c.violations.len();
+                            if let Err(e) = thread_invariance(&refs, &golden, &reference, &mut c) {
+                                c.fail(Check::ThreadInvariance, None, e.to_string());
+                            }
+                            let ok = c.violations.len() == n && engines.len() == threads.len();
+                            status(&mut checks, Check::ThreadInvariance, ok);
                         }
-                        let engines: Vec<(usize, Model)> = threads
-                            .iter()
-                            .filter_map(|&t| {
-                                Model::load(
-                                    &v,
-                                    &devices,
-                                    &EngineOptions {
-                                        instances: 1,
-                                        threads: Some(t),
-                                    },
-                                )
-                                .ok()
-                                .map(|m| (t, m))
-                            })
-                            .collect();
-                        let refs: Vec<(usize, &Model)> = engines.iter().map(|(t, m)| (*t, m)).collect();
-                        let n = c.violations.len();
-                        if let Err(e) = thread_invariance(&refs, &golden, &mut c) {
-                            c.fail(Check::ThreadInvariance, None, e.to_string());
-                        }
-                        status(
-                            &mut checks,
-                            Check::ThreadInvariance,
-                            c.violations.len() == n && engines.len() == threads.len(),
-                        );
                         if let Some(url) = &options.server {
                             let n = c.violations.len();
                             server_check(url, &model, &golden, &mut c);

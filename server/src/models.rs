@@ -352,7 +352,19 @@ impl ModelTable {
                     VersionState::Ready(m) => Some(m.clone()),
                     VersionState::Failed { .. } => None,
                 })
-                .ok_or_else(|| Lookup::Failed(format!("model '{model}' has no version that loaded"))),
+                .ok_or_else(|| {
+                    let reasons: Vec<String> = versions
+                        .iter()
+                        .filter_map(|e| match &e.state {
+                            VersionState::Failed { reason } => Some(format!("{}: {reason}", e.version)),
+                            VersionState::Ready(_) => None,
+                        })
+                        .collect();
+                    Lookup::Failed(format!(
+                        "model '{model}' has no version that loaded ({})",
+                        reasons.join("; ")
+                    ))
+                }),
         }
     }
 
@@ -362,5 +374,57 @@ impl ModelTable {
             VersionState::Ready(_) => (r + 1, f),
             VersionState::Failed { .. } => (r, f + 1),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use invariant_core::TensorData;
+    use invariant_registry::Kernel;
+
+    /// trust-scorer 1.2.0 with candle's batch-dependent matmul, wrapped as serving.
+    fn batch_dependent(batch_invariant: bool) -> ServingVersion {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/trust-scorer/1.2.0");
+        let mut version = invariant_registry::load_version(&dir).unwrap();
+        version.manifest.native.as_mut().unwrap().kernel = Kernel::CandleMatmul;
+        let model = Model::load(&version, &DeviceLayer::discover(), &EngineOptions::default()).unwrap();
+        ServingVersion {
+            model,
+            batch_invariant,
+            verification_hash: String::new(),
+            golden_hash: String::new(),
+            golden_vectors: 0,
+        }
+    }
+
+    fn rows(n: usize) -> Tensor {
+        let data: Vec<f32> = (0..n * 8).map(|i| ((i * 37) % 101) as f32 * 0.37).collect();
+        Tensor::new("features", vec![n, 8], TensorData::Fp32(data), "features").unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u64> {
+        t.data.element_bits()
+    }
+
+    #[test]
+    fn versions_that_are_not_batch_invariant_run_rows_one_at_a_time() {
+        let n = 40;
+        let batch = rows(n);
+        let alone: Vec<u64> = (0..n)
+            .flat_map(|r| {
+                let out = batch_dependent(true).model.infer(vec![batch.row(r).unwrap()]).unwrap();
+                bits(&out[0])
+            })
+            .collect();
+        let batched = batch_dependent(true).infer(vec![batch.clone()]).unwrap();
+        assert_ne!(
+            bits(&batched[0]),
+            alone,
+            "this model must depend on the batch for the test to mean anything"
+        );
+        let row_by_row = batch_dependent(false).infer(vec![batch]).unwrap();
+        assert_eq!(row_by_row[0].shape, vec![n, 1]);
+        assert_eq!(bits(&row_by_row[0]), alone);
     }
 }

@@ -313,3 +313,120 @@ pub fn assert_error(got: &(u16, Value), status: u16, fragments: &[&str]) {
         assert!(message.contains(f), "error {message:?} does not mention {f:?}");
     }
 }
+
+/// Runs the `invariant` binary in the workspace root; returns exit code, stdout and stderr.
+pub fn invariant(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .current_dir(workspace_root())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run invariant");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A temporary copy of the shipped models (`models/`) and golden vectors (`golden/`).
+pub struct RepoCopy {
+    dir: tempfile::TempDir,
+}
+
+impl RepoCopy {
+    /// Copies the shipped repository and golden vectors.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_tree(&shipped_models(), &dir.path().join("models"));
+        copy_tree(&shipped_golden(), &dir.path().join("golden"));
+        Self { dir }
+    }
+
+    /// The model repository.
+    pub fn models(&self) -> PathBuf {
+        self.dir.path().join("models")
+    }
+
+    /// The golden vector directory.
+    pub fn golden(&self) -> PathBuf {
+        self.dir.path().join("golden")
+    }
+
+    /// A version directory.
+    pub fn version_dir(&self, model: &str, version: &str) -> PathBuf {
+        self.models().join(model).join(version)
+    }
+
+    /// Server options serving this copy.
+    pub fn options(&self) -> ServerOptions {
+        ServerOptions {
+            model_repository: self.models(),
+            golden_vectors: self.golden(),
+            ..Default::default()
+        }
+    }
+
+    /// `--model-repository` and `--golden-vectors` arguments for the CLI.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--model-repository".into(),
+            self.models().display().to_string(),
+            "--golden-vectors".into(),
+            self.golden().display().to_string(),
+        ]
+    }
+}
+
+impl Default for RepoCopy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Rewrites every artifact hash in a version's manifest to match the files on disk, as a
+/// careless publisher would after changing weights (so only golden vectors can catch it).
+pub fn rehash_manifest(version_dir: &Path) {
+    use sha2::Digest;
+    let path = version_dir.join("manifest.toml");
+    let mut text = std::fs::read_to_string(&path).expect("manifest");
+    let mut current_file: Option<PathBuf> = None;
+    let mut out = String::new();
+    for line in text.lines() {
+        let value = line.split('"').nth(1).unwrap_or_default().to_string();
+        if line.starts_with("path = ") {
+            current_file = Some(version_dir.join(&value));
+        }
+        let rewritten = match (&current_file, line.split(" = ").next()) {
+            (Some(f), Some("sha256")) => {
+                format!(
+                    "sha256 = \"{}\"",
+                    hex::encode(sha2::Sha256::digest(std::fs::read(f).expect("artifact")))
+                )
+            }
+            (Some(f), Some("blake3")) => {
+                format!(
+                    "blake3 = \"{}\"",
+                    blake3::hash(&std::fs::read(f).expect("artifact")).to_hex()
+                )
+            }
+            _ => line.to_string(),
+        };
+        out.push_str(&rewritten);
+        out.push('\n');
+    }
+    text = out;
+    std::fs::write(&path, text).expect("write manifest");
+}
+
+/// Moves element `index` of safetensors tensor `tensor` (FP32) up by one ULP, in place.
+pub fn bump_weight_one_ulp(safetensors: &Path, tensor: &str, index: usize) {
+    let mut bytes = std::fs::read(safetensors).expect("safetensors");
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).expect("header JSON");
+    let start = header[tensor]["data_offsets"][0].as_u64().expect("tensor offsets") as usize;
+    let at = 8 + header_len + start + index * 4;
+    let bits = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) + 1;
+    bytes[at..at + 4].copy_from_slice(&bits.to_le_bytes());
+    std::fs::write(safetensors, bytes).expect("write safetensors");
+}

@@ -25,6 +25,9 @@ fn help_on_every_subcommand() {
         &["models", "list", "--help"],
         &["models", "verify", "--help"],
         &["models", "hash", "--help"],
+        &["gate", "--help"],
+        &["golden", "--help"],
+        &["golden", "record", "--help"],
     ] {
         let (code, out, err) = run(args);
         assert_eq!(code, 0, "{args:?}: {err}");
@@ -32,6 +35,10 @@ fn help_on_every_subcommand() {
     }
     let (_, out, _) = run(&["serve", "--help"]);
     assert!(out.contains("--http-addr") && out.contains("--model-repository") && out.contains("--config"));
+    let (_, out, _) = run(&["gate", "--help"]);
+    assert!(out.contains("--server") && out.contains("--json") && out.contains("MODEL[:VERSION]"));
+    let (_, out, _) = run(&["golden", "record", "--help"]);
+    assert!(out.contains("--force") && out.contains("<VERSION>"));
 }
 
 #[test]

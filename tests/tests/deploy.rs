@@ -1,0 +1,167 @@
+//! Deploy-time verification: a version whose outputs differ from its golden vectors never
+//! serves, every verification is audited, and activating a failing version at run time
+//! leaves the serving version answering every request.
+
+use invariant_blackbox::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[tokio::test]
+async fn a_version_failing_its_golden_vectors_never_serves_and_is_audited() {
+    let repo = RepoCopy::new();
+    let dir = repo.version_dir("trust-scorer", "1.2.0");
+    bump_weight_one_ulp(&dir.join("model.safetensors"), "layers.2.weight", 0);
+    rehash_manifest(&dir);
+    let s = Server::start_with(repo.options()).await;
+
+    let (status, r) = s.get("/v2/models/trust-scorer/versions/1.2.0/ready").await;
+    assert_eq!(status, 503);
+    let reason = r["error"].as_str().unwrap();
+    assert!(
+        reason.contains("verification failed") && reason.contains("[golden]"),
+        "{reason}"
+    );
+    let (status, r) = s
+        .post("/v2/models/trust-scorer/infer", &trust_request(&[TRUST_ROW]))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(r["model_version"], "1.1.0", "the previous version keeps serving");
+
+    let audit = s.audit();
+    assert_eq!(audit.len(), 5, "one record per version: {audit:?}");
+    let failed = audit
+        .iter()
+        .find(|a| a["model"] == "trust-scorer" && a["version"] == "1.2.0")
+        .unwrap();
+    assert_eq!(failed["passed"], false);
+    assert!(failed["reason"].as_str().unwrap().contains("[golden]"));
+    for a in &audit {
+        assert_eq!(a["event"], "verification");
+        assert_eq!(a["verification_hash"].as_str().map(str::len), Some(64), "{a}");
+        assert_eq!(a["golden_hash"].as_str().map(str::len), Some(64), "{a}");
+        assert!(a["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(a["engine"].is_string() && a["runtime_version"].is_string() && a["content_hash"].is_string());
+    }
+    assert_eq!(audit.iter().filter(|a| a["passed"] == true).count(), 4);
+}
+
+#[tokio::test]
+async fn missing_golden_vectors_refuse_the_version() {
+    let repo = RepoCopy::new();
+    std::fs::remove_file(repo.golden().join("price-advisor/1.0.0.jsonl")).unwrap();
+    let s = Server::start_with(repo.options()).await;
+    let (status, r) = s.get("/v2/models/price-advisor/ready").await;
+    assert_eq!(status, 503);
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("invariant golden record price-advisor 1.0.0"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn metadata_reports_the_verification() {
+    let s = Server::start().await;
+    let (_, m) = s.get("/v2/models/risk-assessor").await;
+    assert_eq!(m["verification"]["golden_vectors"], 41);
+    assert_eq!(m["verification"]["batch_invariant"], true);
+    assert_eq!(m["verification"]["verification_hash"].as_str().map(str::len), Some(64));
+    let (_, index) = s.post("/v2/repository/index", &json!({})).await;
+    let rows = index.as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["state"] == "READY"), "{index}");
+}
+
+/// Continuous load on the unversioned endpoint while versions are activated: every request
+/// must succeed, and every answer must carry the bits of the version it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activating_a_failing_version_leaves_the_old_one_serving_under_load() {
+    let repo = RepoCopy::new();
+    let good_v12 = tempfile::tempdir().unwrap();
+    copy_tree(&repo.version_dir("trust-scorer", "1.2.0"), good_v12.path());
+    std::fs::remove_dir_all(repo.version_dir("trust-scorer", "1.2.0")).unwrap();
+    let s = Arc::new(Server::start_with(repo.options()).await);
+
+    let expected_bits = |version: &str| match version {
+        "1.1.0" => 0x3f769b4e_u32,
+        "1.2.0" => 0x3f537c58,
+        other => panic!("unexpected version {other}"),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (s, stop) = (s.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (status, r) = s
+                    .post("/v2/models/trust-scorer/infer", &trust_request(&[TRUST_ROW]))
+                    .await;
+                assert_eq!(status, 200, "a request failed during activation: {r}");
+                let version = r["model_version"].as_str().unwrap().to_string();
+                assert_eq!(
+                    f32_bits(output(&r, "trust_score")),
+                    [expected_bits(&version)],
+                    "{version}"
+                );
+                seen.push(version);
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // A broken 1.2.0: weights moved by one ULP, hashes updated, golden vectors unchanged.
+    let target = repo.version_dir("trust-scorer", "1.2.0");
+    copy_tree(good_v12.path(), &target);
+    bump_weight_one_ulp(&target.join("model.safetensors"), "layers.2.weight", 0);
+    rehash_manifest(&target);
+    let (status, r) = s.post("/v2/repository/models/trust-scorer/load", &json!({})).await;
+    assert_eq!(status, 400, "{r}");
+    let v12 = r["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "1.2.0")
+        .unwrap();
+    assert_eq!(v12["state"], "FAILED");
+    assert!(v12["error"].as_str().unwrap().contains("[golden]"), "{v12}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, meta) = s.get("/v2/models/trust-scorer").await;
+    assert_eq!(meta["version"], "1.1.0", "the failed version does not serve");
+
+    // The real 1.2.0 verifies and takes over.
+    std::fs::remove_dir_all(&target).unwrap();
+    copy_tree(good_v12.path(), &target);
+    let (status, r) = s.post("/v2/repository/models/trust-scorer/load", &json!({})).await;
+    assert_eq!(status, 200, "{r}");
+    let states: Vec<_> = r["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].clone(), v["state"].clone()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![(json!("1.1.0"), json!("UNCHANGED")), (json!("1.2.0"), json!("READY"))]
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("worker panicked: a request failed"));
+    }
+    assert!(all.len() > 20, "load ran: {} requests", all.len());
+    assert!(all.iter().any(|v| v == "1.1.0"));
+    assert_eq!(
+        all.last().map(String::as_str),
+        Some("1.2.0"),
+        "1.2.0 serves after activation"
+    );
+    let (status, _) = s.post("/v2/repository/models/nope/load", &json!({})).await;
+    assert_eq!(status, 404);
+}
