@@ -20,6 +20,8 @@ Layout written (see docs/model-repository.md):
   models/risk-assessor/{1.0.0,1.1.0}/       onnx
   models/price-advisor/1.0.0/               onnx
   tests/fixtures/models/dtype-echo/1.0.0/   onnx test fixture (not a shipped model)
+  tests/fixtures/models/canary-probe/{1.0.0,1.1.0}/
+                                            onnx test fixture (not a shipped model)
 """
 
 import os
@@ -120,7 +122,8 @@ def toml_value(v) -> str:
 def write_manifest(version_dir: Path, *, name: str, version: str, fmt: str,
                    description: str, artifacts: list[str], inputs: list[dict],
                    outputs: list[dict], seed: int, onnx_model: str | None = None,
-                   native: dict | None = None) -> Path:
+                   native: dict | None = None,
+                   max_batch_size: int = MAX_BATCH_SIZE) -> Path:
     """Write manifest.toml in the format of docs/model-repository.md."""
     assert version_dir.name == version and version_dir.parent.name == name
     assert fmt in ("onnx", "native")
@@ -156,7 +159,7 @@ def write_manifest(version_dir: Path, *, name: str, version: str, fmt: str,
                   f"datatype = {toml_str(spec['datatype'])}",
                   f"shape = {toml_value(spec['shape'])}"]
     lines += ["", "[inference]",
-              f"max_batch_size = {MAX_BATCH_SIZE}",
+              f"max_batch_size = {max_batch_size}",
               f"threads = {THREADS}",
               f"seed = {seed}",
               f"device = {toml_str(DEVICE)}"]
@@ -194,6 +197,7 @@ def write_manifest(version_dir: Path, *, name: str, version: str, fmt: str,
         else:
             assert "ranges" not in got
     assert [o["name"] for o in parsed["outputs"]] == [o["name"] for o in outputs]
+    assert parsed["inference"]["max_batch_size"] == max_batch_size
     return path
 
 
@@ -283,12 +287,12 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(model.SerializeToString(deterministic=True))
 
 
-def ort_session(path: Path) -> ort.InferenceSession:
+def ort_session(path: Path, log_severity_level: int = 3) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
+    so.log_severity_level = log_severity_level
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
@@ -786,6 +790,122 @@ value in f32 is refused.
 
 
 # --------------------------------------------------------------------------------------
+# canary-probe: hand-built ONNX test fixture for canary auto-rollback
+# --------------------------------------------------------------------------------------
+
+CANARY_MAX_BATCH_SIZE = 64
+CANARY_RANGE = (0.0, 3.0)  # [min, max] of both columns of `x`
+CANARY_TABLE = np.array([10.0, 20.0, 30.0, 40.0], dtype=np.float32)
+CANARY_EXAMPLE = np.array([[0.5, 3.0]], dtype=np.float32)
+CANARY_BAD_INPUT = np.array([[10.0, 0.0]], dtype=np.float32)
+CANARY_DESCRIPTIONS = {
+    "1.0.0": """
+TEST FIXTURE for the canary auto-rollback tests, not a shipped model.
+Version 1.0.0, the healthy baseline: y = x + 0.0 (ONNX Add with a constant zero).
+It never fails for a finite input.
+Input x, FP32 [batch, 2], both columns in [0.0, 3.0] (ranges), no NaN or +/-Inf.
+Output y, FP32 [batch, 2]: x + 0.0, i.e. x unchanged except that -0.0 becomes +0.0.
+""",
+    "1.1.0": """
+TEST FIXTURE for the canary auto-rollback tests, not a shipped model.
+Version 1.1.0, the faulty candidate: y = Gather(table, Cast(Floor(x), INT64)) with the
+constant table [10.0, 20.0, 30.0, 40.0] (axis 0), so each element maps to
+table[floor(x)] and y has the shape of x. For x in the declared ranges [0.0, 3.0] it
+always succeeds; for x >= 4.0 (e.g. 10.0) or x < -4.0 onnxruntime raises a runtime
+error (Gather index out of bounds) and the whole batch fails. (x in [-4.0, 0.0) does not
+fail: Gather wraps negative indices, so -1.0 gives 40.0.)
+Input x, FP32 [batch, 2], both columns in [0.0, 3.0] (ranges), no NaN or +/-Inf.
+Output y, FP32 [batch, 2]: table[floor(x)].
+""",
+}
+
+
+def canary_graph(version: str) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])
+    if version == "1.0.0":
+        zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+        nodes = [helper.make_node("Add", ["x", "zero"], ["y"], name="add_zero")]
+        initializers = [zero]
+    elif version == "1.1.0":
+        table = helper.make_tensor("table", TensorProto.FLOAT, [len(CANARY_TABLE)],
+                                   [float(v) for v in CANARY_TABLE])
+        nodes = [
+            helper.make_node("Floor", ["x"], ["x_floor"], name="floor"),
+            helper.make_node("Cast", ["x_floor"], ["indices"], name="to_int64",
+                             to=TensorProto.INT64),
+            helper.make_node("Gather", ["table", "indices"], ["y"], name="lookup", axis=0),
+        ]
+        initializers = [table]
+    else:
+        raise ValueError(version)
+    graph = helper.make_graph(nodes, "canary_probe", [x], [y], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return finalize_onnx(model, "canary_probe", f"Invariant test fixture: canary-probe {version}")
+
+
+def canary_expected(version: str, x: np.ndarray) -> np.ndarray:
+    if version == "1.0.0":
+        return (x + np.float32(0.0)).astype(np.float32)
+    return CANARY_TABLE[np.floor(x).astype(np.int64)]
+
+
+def build_canary_probe(version: str) -> dict:
+    model = canary_graph(version)
+    vdir = fresh_dir(FIXTURES / "canary-probe" / version)
+    save_onnx(model, vdir / "model.onnx")
+    write_manifest(
+        vdir, name="canary-probe", version=version, fmt="onnx",
+        description=CANARY_DESCRIPTIONS[version], artifacts=["model.onnx"],
+        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 2], "allow_non_finite": False,
+                 "ranges": [list(CANARY_RANGE)] * 2}],
+        outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+        seed=0, onnx_model="model.onnx", max_batch_size=CANARY_MAX_BATCH_SIZE,
+    )
+
+    # In range, every version answers table[floor(x)] (1.1.0) or x (1.0.0), in any batch
+    # up to max_batch_size. Log level 4 (fatal only): the expected Gather failure below
+    # is reported here, not logged by onnxruntime.
+    sess = ort_session(vdir / "model.onnx", log_severity_level=4)
+    lo, hi = CANARY_RANGE
+    edges = np.array([lo, -0.0, 0.5, 0.999999, 1.0, 1.5, 2.0, 2.5, np.nextafter(np.float32(hi), 0),
+                      hi], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    grid = np.concatenate([
+        np.stack([edges, edges[::-1]], axis=1),
+        rng.uniform(lo, hi, size=(CANARY_MAX_BATCH_SIZE - len(edges), 2)).astype(np.float32),
+    ])
+    assert grid.shape == (CANARY_MAX_BATCH_SIZE, 2) and grid.min() >= lo and grid.max() <= hi
+    (got,) = sess.run(None, {"x": grid})
+    want = canary_expected(version, grid)
+    assert got.dtype == np.float32 and got.shape == grid.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), \
+        f"canary-probe {version}: {got} != {want}"
+
+    # Out of range: 1.0.0 still answers, 1.1.0 must raise a runtime error (alone, and
+    # when the bad row sits inside an otherwise good batch).
+    bad_batch = np.concatenate([grid[:3], CANARY_BAD_INPUT, grid[3:6]])
+    if version == "1.0.0":
+        for x in (CANARY_BAD_INPUT, bad_batch):
+            (got,) = sess.run(None, {"x": x})
+            assert np.array_equal(got, x)
+        note = f"test fixture; x = {CANARY_BAD_INPUT.tolist()} answers unchanged"
+    else:
+        errors = []
+        for x in (CANARY_BAD_INPUT, bad_batch):
+            try:
+                sess.run(None, {"x": x})
+            except Exception as e:  # onnxruntime's InvalidArgument (an Exception subclass)
+                errors.append(f"{type(e).__name__}: {e}")
+            else:
+                raise AssertionError(f"canary-probe {version}: x = {x.tolist()} did not fail")
+        assert all("Gather" in e and "out of data bounds" in e for e in errors), errors
+        note = f"test fixture; x = {CANARY_BAD_INPUT.tolist()} raises {errors[0]}"
+    return {"model": "canary-probe", "version": version, "dir": vdir,
+            "example": {"x": CANARY_EXAMPLE}, "note": note}
+
+
+# --------------------------------------------------------------------------------------
 
 def fmt_array(a: np.ndarray) -> str:
     with np.printoptions(precision=9, floatmode="maxprec", suppress=False):
@@ -808,6 +928,8 @@ def main() -> int:
                     "(40000 instead of 20000\ntransactions), new seed."),
         build_price_advisor("1.0.0", n=20000, seed=3100),
         build_dtype_echo(),
+        build_canary_probe("1.0.0"),
+        build_canary_probe("1.1.0"),
     ]
 
     print("\nExample outputs (one fixed row per version):")

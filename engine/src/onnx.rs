@@ -92,6 +92,49 @@ fn element_type(d: DataType) -> TensorElementType {
     }
 }
 
+fn datatype_of(t: TensorElementType) -> Option<DataType> {
+    DataType::ALL.into_iter().find(|d| element_type(*d) == t)
+}
+
+/// Reads the input and output signature of an ONNX graph (for importing an artifact without
+/// a hand-written manifest): names, V2 datatypes, and shapes with `-1` for the batch
+/// dimension. Fails for element types V2 JSON cannot carry and for dynamic dimensions other
+/// than the first.
+pub fn graph_signature(bytes: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), EngineError> {
+    let rt = runtime().ok_or_else(|| load_err("ONNX Runtime is not loaded"))?;
+    let session = Session::builder(&rt.environment)
+        .and_then(|mut b| b.commit_from_memory(bytes))
+        .map_err(|e| load_err(format!("cannot read the ONNX graph: {e}")))?;
+    let specs = |kind: &str, outlets: &[ort::value::Outlet]| -> Result<Vec<TensorSpec>, EngineError> {
+        outlets
+            .iter()
+            .map(|o| {
+                let ValueType::Tensor { ty, shape, .. } = o.dtype() else {
+                    return Err(load_err(format!("{kind} '{}' is not a tensor ({:?})", o.name(), o.dtype())));
+                };
+                let datatype = datatype_of(*ty)
+                    .ok_or_else(|| load_err(format!("{kind} '{}' has element type {ty:?}, which V2 JSON cannot carry", o.name())))?;
+                let dims: Vec<i64> = shape.iter().copied().collect();
+                if dims.iter().skip(1).any(|&d| d < 1) {
+                    return Err(load_err(format!(
+                        "{kind} '{}' has shape {dims:?}: only the first dimension may be dynamic; write the manifest by hand",
+                        o.name()
+                    )));
+                }
+                Ok(TensorSpec {
+                    name: o.name().to_string(),
+                    datatype,
+                    shape: dims.iter().enumerate().map(|(i, &d)| if i == 0 && d < 1 { -1 } else { d }).collect(),
+                    allow_non_finite: false,
+                    columns: None,
+                    ranges: None,
+                })
+            })
+            .collect()
+    };
+    Ok((specs("input", session.inputs())?, specs("output", session.outputs())?))
+}
+
 /// An ONNX model version with its pool of sessions.
 pub struct OnnxEngine {
     sessions: Vec<Mutex<Session>>,

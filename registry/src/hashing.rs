@@ -24,7 +24,30 @@ pub fn hash_bytes(bytes: &[u8]) -> FileHashes {
 
 /// Hashes a file in 1 MiB chunks without holding it in memory; `progress` is called with the
 /// number of bytes hashed so far (for progress bars on large artifacts).
-pub fn hash_file(path: &Path, mut progress: impl FnMut(u64)) -> Result<FileHashes, RegistryError> {
+pub fn hash_file(path: &Path, progress: impl FnMut(u64)) -> Result<FileHashes, RegistryError> {
+    hash_stream(path, None, progress)
+}
+
+/// Copies `from` to `to` and hashes the bytes in the same pass (the hashes describe exactly
+/// what was written); `progress` as for [`hash_file`]. `to` must not exist.
+pub fn copy_and_hash(from: &Path, to: &Path, progress: impl FnMut(u64)) -> Result<FileHashes, RegistryError> {
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|source| RegistryError::Io {
+            path: to.to_path_buf(),
+            source,
+        })?;
+    hash_stream(from, Some((to, out)), progress)
+}
+
+fn hash_stream(
+    path: &Path,
+    mut copy: Option<(&Path, std::fs::File)>,
+    mut progress: impl FnMut(u64),
+) -> Result<FileHashes, RegistryError> {
+    use std::io::Write;
     let io = |source| RegistryError::Io {
         path: path.to_path_buf(),
         source,
@@ -41,8 +64,20 @@ pub fn hash_file(path: &Path, mut progress: impl FnMut(u64)) -> Result<FileHashe
         }
         sha.update(&buf[..n]);
         b3.update(&buf[..n]);
+        if let Some((to, out)) = copy.as_mut() {
+            out.write_all(&buf[..n]).map_err(|source| RegistryError::Io {
+                path: to.to_path_buf(),
+                source,
+            })?;
+        }
         done += n as u64;
         progress(done);
+    }
+    if let Some((to, out)) = copy {
+        out.sync_all().map_err(|source| RegistryError::Io {
+            path: to.to_path_buf(),
+            source,
+        })?;
     }
     Ok(FileHashes {
         sha256: hex::encode(sha.finalize()),
@@ -71,5 +106,12 @@ mod tests {
         let mut last = 0;
         assert_eq!(hash_file(&p, |n| last = n).unwrap(), hash_bytes(&vec![7u8; 3 << 20]));
         assert_eq!(last, 3 << 20);
+        let copy = dir.path().join("copy");
+        assert_eq!(
+            copy_and_hash(&p, &copy, |_| {}).unwrap(),
+            hash_bytes(&vec![7u8; 3 << 20])
+        );
+        assert_eq!(std::fs::read(&copy).unwrap(), vec![7u8; 3 << 20]);
+        assert!(copy_and_hash(&p, &copy, |_| {}).is_err(), "never overwrites");
     }
 }

@@ -7,10 +7,11 @@
 //! `docs/model-repository.md`.
 
 mod hashing;
+pub mod lifecycle;
 mod manifest;
 mod repository;
 
-pub use hashing::{hash_bytes, hash_file, FileHashes};
+pub use hashing::{copy_and_hash, hash_bytes, hash_file, FileHashes};
 pub use manifest::{
     Activation, ArtifactEntry, Format, InferenceSettings, Kernel, LayerSpec, Manifest, NativeSection, OnnxSection,
     TensorSpec,

@@ -67,8 +67,50 @@ pub struct ServerConfig {
     pub default_corridor: Option<CorridorId>,
 }
 
+/// `[canary]`: when a canary is rolled back automatically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// Sliding window length.
+    #[serde(default = "default_window")]
+    pub window_seconds: f64,
+    /// Requests in the window before a verdict.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: usize,
+    /// Error rate above which the canary is rolled back (0.05 = 5 %).
+    #[serde(default = "default_error_rate")]
+    pub max_error_rate: f64,
+    /// p99 latency above which the canary is rolled back, in milliseconds.
+    #[serde(default = "default_p99")]
+    pub max_p99_ms: f64,
+}
+
+fn default_window() -> f64 {
+    60.0
+}
+fn default_min_requests() -> usize {
+    20
+}
+fn default_error_rate() -> f64 {
+    0.05
+}
+fn default_p99() -> f64 {
+    2000.0
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        Self {
+            window_seconds: default_window(),
+            min_requests: default_min_requests(),
+            max_error_rate: default_error_rate(),
+            max_p99_ms: default_p99(),
+        }
+    }
+}
+
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Model repository directory.
@@ -77,6 +119,12 @@ pub struct Config {
     pub golden_vectors: PathBuf,
     /// Directory of server state (audit log).
     pub state_dir: PathBuf,
+    /// Registry state file (empty: `registry.json` in the model repository).
+    #[serde(default)]
+    pub registry_state: String,
+    /// Canary auto-rollback limits.
+    #[serde(default)]
+    pub canary: CanaryConfig,
     /// Explicit path of `libonnxruntime.so` (empty: search).
     #[serde(default)]
     pub onnxruntime_lib: String,
@@ -131,6 +179,15 @@ impl Config {
             return Err(ConfigError::Invalid("engine_instances must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// Where the registry state (lifecycle, canaries, history) is stored.
+    pub fn registry_state_path(&self) -> PathBuf {
+        if self.registry_state.is_empty() {
+            self.model_repository.join("registry.json")
+        } else {
+            PathBuf::from(&self.registry_state)
+        }
     }
 
     /// The declared corridor with this id (case-insensitive), if any.

@@ -2,10 +2,14 @@
 //! and the device layer to the Open Inference Protocol (KServe V2) HTTP API. The `invariant`
 //! binary (`main.rs`) is its command-line front end, including the CI determinism gate.
 
+pub mod admin;
 pub mod audit;
+pub mod canary;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod import;
+pub mod lifecycle;
 pub mod models;
 pub mod repository;
 pub mod v2;
@@ -20,6 +24,7 @@ use config::Config;
 use error::ApiError;
 use invariant_engine::EngineOptions;
 use invariant_gpu::DeviceLayer;
+use invariant_registry::lifecycle::{LifecycleError, RegistryState};
 use models::{Loader, ModelTable};
 use std::sync::Arc;
 use thiserror::Error;
@@ -40,8 +45,14 @@ pub struct Shared {
     pub options: EngineOptions,
     /// Why ONNX versions cannot load, if ONNX Runtime is missing.
     pub onnx_unavailable: Option<String>,
-    /// Serialises reloads (verification is CPU-heavy; two at once gain nothing).
+    /// Serialises reloads and lifecycle transitions (one admin change at a time).
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Lifecycle, canaries and history; swapped atomically on every transition.
+    pub registry: ArcSwap<RegistryState>,
+    /// Canary health windows.
+    pub canary: canary::CanaryMonitor,
+    /// Prometheus rendering of the process's metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Shared {
@@ -66,6 +77,22 @@ pub enum StartError {
     /// The repository directory cannot be read.
     #[error(transparent)]
     Repository(#[from] invariant_registry::RegistryError),
+    /// The registry state file cannot be used.
+    #[error(transparent)]
+    Registry(#[from] LifecycleError),
+}
+
+/// The process-wide Prometheus recorder (installed once; `None` if another recorder is).
+pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok()
+        })
+        .clone()
 }
 
 /// Loads ONNX Runtime if it can be found; `Some(reason)` when ONNX versions cannot load.
@@ -91,7 +118,11 @@ pub fn init_onnx(config: &Config) -> Option<String> {
 /// repository is an error.
 pub fn build_state(config: Config) -> Result<AppState, StartError> {
     let onnx_unavailable = init_onnx(&config);
+    let registry = RegistryState::load(&config.registry_state_path())?;
     let shared = Shared {
+        registry: ArcSwap::from_pointee(registry),
+        canary: canary::CanaryMonitor::new(config.canary.clone()),
+        metrics: metrics_handle(),
         audit: AuditLog::new(config.state_dir.join("audit.jsonl")),
         devices: DeviceLayer::discover(),
         options: EngineOptions {
@@ -125,6 +156,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
     v2::routes()
         .merge(repository::routes())
+        .merge(admin::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))

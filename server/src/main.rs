@@ -1,5 +1,7 @@
 //! `invariant`: the deterministic inference server and its command-line tools.
 
+mod models_cli;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use invariant_server::config::Config;
@@ -19,9 +21,10 @@ struct Cli {
 enum Command {
     /// Load the model repository and serve the V2 HTTP API.
     Serve(ServeArgs),
-    /// Inspect and verify the model repository.
+    /// The model registry: list, show, import, verify, stage, canary, promote, rollback,
+    /// deprecate, history (on the repository, or a running server with --server).
     #[command(subcommand)]
-    Models(ModelsCommand),
+    Models(models_cli::ModelsCommand),
     /// The CI determinism gate: hashes, golden bits, repeatability, batch and thread
     /// invariance (and a running server with --server) for every version; exits 1 on any
     /// violation.
@@ -72,7 +75,7 @@ enum GoldenCommand {
 
 /// Where the configuration comes from.
 #[derive(Args, Clone)]
-struct ConfigArgs {
+pub struct ConfigArgs {
     /// Configuration file (default: ./invariant.toml if present, else the embedded defaults).
     #[arg(long, env = "INVARIANT_CONFIG")]
     config: Option<PathBuf>,
@@ -82,7 +85,7 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    fn load(&self) -> Result<Config> {
+    pub fn load(&self) -> Result<Config> {
         let file = self.config.clone().or_else(|| {
             let local = PathBuf::from("invariant.toml");
             local.exists().then_some(local)
@@ -109,29 +112,6 @@ struct ServeArgs {
     http_addr: Option<String>,
 }
 
-#[derive(Subcommand)]
-enum ModelsCommand {
-    /// List every model version with its format and whether its artifacts verify.
-    List(ListArgs),
-    /// Load every version exactly as the server does (hashes, manifest, runtime); exit 1 if any fails.
-    Verify(ListArgs),
-    /// Print the sha256 and blake3 of files, as [[artifacts]] entries for a manifest.
-    Hash {
-        /// Files to hash.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-}
-
-#[derive(Args)]
-struct ListArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -143,9 +123,7 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Models(ModelsCommand::List(args)) => list(args, false),
-        Command::Models(ModelsCommand::Verify(args)) => list(args, true),
-        Command::Models(ModelsCommand::Hash { files }) => hash(&files),
+        Command::Models(command) => models_cli::run(command),
         Command::Gate(args) => gate(args),
         Command::Golden(GoldenCommand::Record {
             config,
@@ -224,82 +202,44 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// `models list` checks manifests and hashes; `models verify` also builds every runtime.
-fn list(args: ListArgs, full: bool) -> Result<()> {
-    let config = args.config.load()?;
-    let rows: Vec<(String, String, String, String)> = if full {
-        let state = invariant_server::build_state(config)?;
-        let table = state.models.load();
-        table
-            .entries()
-            .map(|(name, e)| match &e.state {
-                VersionState::Ready(m) => (
-                    name.to_string(),
-                    e.version.clone(),
-                    m.model.manifest().format.platform().to_string(),
-                    "READY".into(),
-                ),
-                VersionState::Failed { reason } => (
-                    name.to_string(),
-                    e.version.clone(),
-                    "-".into(),
-                    format!("FAILED: {reason}"),
-                ),
-            })
-            .collect()
-    } else {
-        invariant_registry::scan(&config.model_repository)?
-            .into_iter()
-            .map(|s| match s.result {
-                Ok(v) => (
-                    s.model,
-                    s.version,
-                    v.manifest.format.platform().to_string(),
-                    "VERIFIED".into(),
-                ),
-                Err(e) => (s.model, s.version, "-".into(), format!("FAILED: {e}")),
-            })
-            .collect()
-    };
-    let failures = rows.iter().filter(|r| r.3.starts_with("FAILED")).count();
-    if args.json {
-        let json: Vec<_> = rows
+/// Loads and verifies every version as the server does; fails if any version fails.
+pub(crate) fn verify(config: &Config, json: bool) -> Result<()> {
+    let state = invariant_server::build_state(config.clone())?;
+    let table = state.models.load();
+    let rows: Vec<(String, String, String, Option<String>)> = table
+        .entries()
+        .map(|(name, e)| match &e.state {
+            VersionState::Ready(s) => (
+                name.to_string(),
+                e.version.clone(),
+                s.model.manifest().format.platform().to_string(),
+                None,
+            ),
+            VersionState::Failed { reason } => (name.to_string(), e.version.clone(), "-".into(), Some(reason.clone())),
+        })
+        .collect();
+    if json {
+        let out: Vec<_> = rows
             .iter()
-            .map(|(m, v, p, s)| {
-                let (state, error) = match s.strip_prefix("FAILED: ") {
-                    Some(reason) => ("FAILED", Some(reason)),
-                    None => (s.as_str(), None),
-                };
-                serde_json::json!({ "model": m, "version": v, "platform": p, "state": state, "error": error })
+            .map(|(m, v, p, e)| {
+                serde_json::json!({ "model": m, "version": v, "platform": p,
+                    "state": if e.is_some() { "FAILED" } else { "READY" }, "error": e })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(5);
         let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(7);
         let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(0).max(8);
         println!("{:w0$}  {:w1$}  {:w2$}  STATE", "MODEL", "VERSION", "PLATFORM");
-        for (m, v, p, s) in &rows {
-            println!("{m:w0$}  {v:w1$}  {p:w2$}  {s}");
+        for (m, v, p, e) in &rows {
+            let state = e.as_ref().map_or("READY".to_string(), |e| format!("FAILED: {e}"));
+            println!("{m:w0$}  {v:w1$}  {p:w2$}  {state}");
         }
     }
-    if full && failures > 0 {
+    let failures = rows.iter().filter(|r| r.3.is_some()).count();
+    if failures > 0 {
         anyhow::bail!("{failures} model version(s) failed verification");
-    }
-    Ok(())
-}
-
-fn hash(files: &[PathBuf]) -> Result<()> {
-    for file in files {
-        let h = invariant_registry::hash_file(file, |_| {})?;
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        println!(
-            "[[artifacts]]\npath = \"{name}\"\nsha256 = \"{}\"\nblake3 = \"{}\"\n",
-            h.sha256, h.blake3
-        );
     }
     Ok(())
 }

@@ -368,6 +368,30 @@ impl ModelTable {
         }
     }
 
+    /// A new table in which `model` `version` no longer serves (marked failed with `reason`);
+    /// a later reload of the model loads it again.
+    pub fn without_version(&self, model: &str, version: &str, reason: &str) -> Self {
+        let mut models = self.models.clone();
+        if let Some(entries) = models.get_mut(model) {
+            for e in entries.iter_mut().filter(|e| e.version == version) {
+                e.state = VersionState::Failed {
+                    reason: reason.to_string(),
+                };
+            }
+        }
+        Self { models }
+    }
+
+    /// The highest loaded and verified version of a model: what serves it before any promotion.
+    pub fn default_version(&self, model: &str) -> Option<String> {
+        self.models
+            .get(model)?
+            .iter()
+            .rev()
+            .find(|e| matches!(e.state, VersionState::Ready(_)))
+            .map(|e| e.version.clone())
+    }
+
     /// Number of (ready, failed) versions.
     pub fn counts(&self) -> (usize, usize) {
         self.entries().fold((0, 0), |(r, f), (_, e)| match e.state {

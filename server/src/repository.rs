@@ -41,7 +41,7 @@ async fn index(State(state): State<AppState>) -> Json<Value> {
 /// table atomically. In-flight requests finish on the instances they started with; a version
 /// that fails verification never serves, and a serving version whose reload fails keeps
 /// serving. 200 when every version is ready, 400 with the per-version outcome otherwise.
-async fn load(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn load(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
     if model.is_empty() || model.contains(['/', '\\']) || model.starts_with('.') {
         return Err(ApiError::bad_request(format!("invalid model name '{model}'")));
     }

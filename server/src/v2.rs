@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// Header naming the corridor of a request.
 pub const CORRIDOR_HEADER: &str = "x-corridor";
 
+/// Header carrying the routing key of a request (e.g. a user id).
+pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
+
 /// The V2 routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -76,7 +79,21 @@ fn lookup_error(model: &str, version: Option<&str>, lookup: Lookup) -> ApiError 
     }
 }
 
+/// A named version, or without one the model's active version.
 fn resolve(state: &AppState, model: &str, version: Option<&str>) -> Result<Arc<ServingVersion>, ApiError> {
+    let table = state.models.load();
+    let active = version.is_none().then(|| {
+        let ready = |v: &str| crate::lifecycle::ready(&table, model, v);
+        state
+            .registry
+            .load()
+            .active(model, None, &ready, table.default_version(model).as_deref())
+    });
+    if let Some(Some(active)) = active {
+        return table
+            .resolve(model, Some(&active))
+            .map_err(|l| lookup_error(model, None, l));
+    }
     state
         .models
         .load()
@@ -337,26 +354,73 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let body = body.map_err(|r| body_error(r, state.config.server.max_body_bytes))?;
-    let serving = resolve(&state, &model_name, version.as_deref())?;
-    let model = &serving.model;
+    let table = state.models.load_full();
+    if let Some(v) = &version {
+        table
+            .resolve(&model_name, Some(v))
+            .map_err(|l| lookup_error(&model_name, Some(v), l))?;
+    } else if table.versions(&model_name).is_none() {
+        return Err(lookup_error(&model_name, None, Lookup::UnknownModel));
+    }
     let request = parse_request(&body)?;
     let corridor = corridor_of(&state, &headers, &request.parameters)?;
+    let (serving, routing) = match &version {
+        Some(v) => (
+            table
+                .resolve(&model_name, Some(v))
+                .map_err(|l| lookup_error(&model_name, Some(v), l))?,
+            "explicit",
+        ),
+        None => {
+            let key = routing_key(&headers, &request)?;
+            let default = table.default_version(&model_name);
+            let registry = state.registry.load();
+            let ready = |v: &str| crate::lifecycle::ready(&table, &model_name, v);
+            let Some(route) = registry.route(&model_name, corridor.as_str(), &key, &ready, default.as_deref()) else {
+                let why = table.resolve(&model_name, None).err().unwrap_or(Lookup::UnknownModel);
+                return Err(lookup_error(&model_name, None, why));
+            };
+            let serving = table
+                .resolve(&model_name, Some(&route.version))
+                .map_err(|l| lookup_error(&model_name, None, l))?;
+            (serving, route.reason)
+        }
+    };
+    let model = &serving.model;
     let selection = select_outputs(model, request.outputs.as_deref())?;
 
     let runner = serving.clone();
-    let outputs = tokio::task::spawn_blocking(move || runner.infer(request.inputs))
+    let result = tokio::task::spawn_blocking(move || runner.infer(request.inputs))
         .await
-        .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))??;
-
+        .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))
+        .and_then(|r| r.map_err(ApiError::from));
     let manifest = model.manifest();
+    let version_text = manifest.version.to_string();
+    let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status.as_u16());
+    metrics::counter!(
+        "invariant_inference_requests_total",
+        "model" => manifest.name.clone(),
+        "version" => version_text.clone(),
+        "routing" => routing,
+        "corridor" => corridor.to_string(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    if routing == "canary" {
+        observe_canary(&state, &manifest.name, &version_text, status < 500, started.elapsed());
+    }
+    let outputs = result?;
+
     let reply = InferResponse {
         model_name: &manifest.name,
-        model_version: manifest.version.to_string(),
+        model_version: version_text,
         id: request.id.as_deref(),
         parameters: ReplyParameters {
             corridor: &corridor,
             device: model.placement().device,
+            routing,
         },
         outputs: selection
             .iter()
@@ -374,10 +438,61 @@ async fn infer(
     Ok(Json(reply).into_response())
 }
 
+/// The routing key of a request: the `x-routing-key` header, else `parameters.routing_key`,
+/// else the request id, else the blake3 of the canonical encoding of its inputs.
+fn routing_key(headers: &HeaderMap, request: &InferRequest) -> Result<Vec<u8>, ApiError> {
+    if let Some(v) = headers.get(ROUTING_KEY_HEADER) {
+        return Ok(v.as_bytes().to_vec());
+    }
+    match request.parameters.get("routing_key") {
+        Some(Value::String(s)) => return Ok(s.as_bytes().to_vec()),
+        Some(Value::Number(n)) => return Ok(n.to_string().into_bytes()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "parameters.routing_key: must be a string or a number",
+            ))
+        }
+        None => {}
+    }
+    if let Some(id) = &request.id {
+        return Ok(id.as_bytes().to_vec());
+    }
+    Ok(blake3::hash(&invariant_core::hash::encode_tensors(&request.inputs))
+        .as_bytes()
+        .to_vec())
+}
+
+/// Feeds a canary outcome to the monitor; rolls the canary back (in the background,
+/// serialised with other admin changes) when its window breaks a limit.
+fn observe_canary(state: &AppState, model: &str, version: &str, ok: bool, latency: std::time::Duration) {
+    let Some(why) = state.canary.record(model, version, ok, latency) else {
+        return;
+    };
+    tracing::warn!(model, version, reason = %why, "rolling back canary automatically");
+    let (state, model, version) = (state.clone(), model.to_string(), version.to_string());
+    tokio::spawn(async move {
+        let _one_at_a_time = state.reload_lock.lock().await;
+        let worker = state.clone();
+        let (m, v) = (model.clone(), version.clone());
+        let action = invariant_registry::lifecycle::Action::Rollback { corridors: vec![] };
+        let done = tokio::task::spawn_blocking(move || worker.transition(&m, &v, &action, "auto-rollback", &why)).await;
+        match done {
+            Ok(Ok(_)) => {
+                metrics::counter!("invariant_canary_auto_rollbacks_total", "model" => model.clone(), "version" => version.clone())
+                    .increment(1);
+            }
+            Ok(Err(e)) => tracing::warn!(%model, %version, error = %e, "automatic canary rollback not applied"),
+            Err(e) => tracing::error!(%model, %version, error = %e, "automatic canary rollback task failed"),
+        }
+    });
+}
+
 #[derive(Serialize)]
 struct ReplyParameters<'a> {
     corridor: &'a CorridorId,
     device: invariant_gpu::Device,
+    /// `explicit` (the request named the version), `active` or `canary`.
+    routing: &'static str,
 }
 
 #[derive(Serialize)]

@@ -66,24 +66,26 @@ fn models_verify_fails_on_a_tampered_copy_and_list_reports_it() {
     assert!(out.contains("FAILED") && out.contains("sha256 mismatch"), "{out}");
     assert!(err.contains("1 model version(s) failed verification"), "{err}");
 
-    let (code, out, _) = run(&["models", "list", "--json", "--model-repository", repo_arg]);
-    assert_eq!(code, 0);
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let price = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["model"] == "price-advisor")
-        .unwrap();
+    let (code, out, err) = run(&["models", "list", "--json", "--model-repository", repo_arg]);
+    assert_eq!(code, 0, "{err}");
+    let models: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let model = |name: &str| {
+        models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let price = &model("price-advisor")["versions"][0];
     assert_eq!(price["state"], "FAILED");
+    assert_eq!(price["lifecycle"], "FAILED");
     assert!(price["error"].as_str().unwrap().contains("model.onnx"));
-    let trust = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["model"] == "trust-scorer")
-        .unwrap();
-    assert_eq!(trust["state"], "VERIFIED");
+    let trust = model("trust-scorer");
+    assert_eq!(trust["versions"][1]["state"], "READY");
+    assert_eq!(trust["versions"][1]["lifecycle"], "ACTIVE");
+    assert_eq!(trust["versions"][0]["lifecycle"], "STAGED");
 }
 
 #[test]

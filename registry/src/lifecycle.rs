@@ -1,0 +1,724 @@
+//! Version lifecycle and deterministic traffic splits.
+//!
+//! Each model version is `STAGED` (no traffic), `CANARY` (a percentage of requests, optionally
+//! only in listed corridors), `ACTIVE` (globally, or in listed corridors as an override) or
+//! `DEPRECATED`. `FAILED` is not stored here: it is the verification outcome of a loaded
+//! version, and [`RegistryState::route`] never picks a version that is not ready.
+//!
+//! Transitions are pure functions from one [`RegistryState`] to the next ([`RegistryState::apply`]);
+//! the state file is written atomically (temporary file, fsync, rename, fsync of the
+//! directory), so a crash at any moment leaves either the old or the new state.
+//! Routing ([`RegistryState::route`]) is a pure function of model, corridor, routing key and
+//! state: the same key always reaches the same version while the state is unchanged.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use thiserror::Error;
+
+/// Format tag of the state file.
+pub const STATE_FORMAT: &str = "invariant-registry/1";
+
+/// Lifecycle state of a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Lifecycle {
+    /// Loaded, no traffic unless named explicitly.
+    Staged,
+    /// Receives a deterministic share of traffic.
+    Canary,
+    /// Receives the traffic of its scope.
+    Active,
+    /// Retired; answers only requests that name it.
+    Deprecated,
+}
+
+impl std::fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Lifecycle::Staged => "STAGED",
+            Lifecycle::Canary => "CANARY",
+            Lifecycle::Active => "ACTIVE",
+            Lifecycle::Deprecated => "DEPRECATED",
+        })
+    }
+}
+
+/// A canary: a version, its share of traffic, and where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The canary version.
+    pub version: String,
+    /// Share of requests, in percent (0 < p ≤ 100).
+    pub percent: f64,
+    /// Corridors it applies to; empty means every corridor.
+    #[serde(default)]
+    pub corridors: Vec<String>,
+}
+
+/// The routing state of one model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelRouting {
+    /// Lifecycle of every version that has had a transition.
+    #[serde(default)]
+    pub versions: BTreeMap<String, Lifecycle>,
+    /// The globally active version.
+    #[serde(default)]
+    pub active: Option<String>,
+    /// Per-corridor active overrides.
+    #[serde(default)]
+    pub corridor_active: BTreeMap<String, String>,
+    /// The canary, if any.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+    /// Previously active versions, most recent last (what a rollback returns to).
+    #[serde(default)]
+    pub previous: Vec<String>,
+}
+
+/// One audited transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Revision of the state this transition produced.
+    pub revision: u64,
+    /// RFC 3339 time.
+    pub time: String,
+    /// Who asked.
+    pub actor: String,
+    /// `stage`, `canary`, `promote`, `rollback`, `deprecate`.
+    pub action: String,
+    /// Model name.
+    pub model: String,
+    /// The version acted on.
+    pub version: String,
+    /// Lifecycle before, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<Lifecycle>,
+    /// Lifecycle after.
+    pub to: Lifecycle,
+    /// Canary share, for `canary`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Corridors, when the action was limited to some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corridors: Vec<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// What an operator asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Back to no traffic.
+    Stage,
+    /// A share of traffic, optionally in some corridors only.
+    Canary {
+        /// Percent of requests.
+        percent: f64,
+        /// Corridors (empty: all).
+        corridors: Vec<String>,
+    },
+    /// Make the version active, globally or in some corridors.
+    Promote {
+        /// Corridors (empty: global).
+        corridors: Vec<String>,
+    },
+    /// Undo: cancel the canary, drop corridor overrides, or return to the previous active version.
+    Rollback {
+        /// Corridors whose override to drop (empty: canary, else global).
+        corridors: Vec<String>,
+    },
+    /// Retire a version.
+    Deprecate,
+}
+
+impl Action {
+    /// The action's name in transitions.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Stage => "stage",
+            Action::Canary { .. } => "canary",
+            Action::Promote { .. } => "promote",
+            Action::Rollback { .. } => "rollback",
+            Action::Deprecate => "deprecate",
+        }
+    }
+}
+
+/// A transition that is not allowed, or a state file that cannot be used.
+#[derive(Debug, Error)]
+pub enum LifecycleError {
+    /// The transition does not fit the current state.
+    #[error("cannot {action} {model} {version}: {why}")]
+    Invalid {
+        /// Action name.
+        action: &'static str,
+        /// Model.
+        model: String,
+        /// Version.
+        version: String,
+        /// Why not.
+        why: String,
+    },
+    /// The state file cannot be read or written.
+    #[error("registry state {path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Where a request goes, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The version.
+    pub version: String,
+    /// `canary` or `active`.
+    pub reason: &'static str,
+}
+
+/// The whole registry state, as stored in the state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistryState {
+    /// Always [`STATE_FORMAT`].
+    pub format: String,
+    /// Incremented by every transition.
+    pub revision: u64,
+    /// Routing state by model.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelRouting>,
+    /// Every transition, oldest first.
+    #[serde(default)]
+    pub history: Vec<Transition>,
+}
+
+impl Default for RegistryState {
+    fn default() -> Self {
+        Self {
+            format: STATE_FORMAT.into(),
+            revision: 0,
+            models: BTreeMap::new(),
+            history: Vec::new(),
+        }
+    }
+}
+
+/// Context of a transition: who, why, when, and which versions are verified and ready.
+pub struct TransitionContext<'a> {
+    /// Who asks.
+    pub actor: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// RFC 3339 time.
+    pub time: &'a str,
+    /// True for versions that are loaded and passed verification.
+    pub ready: &'a dyn Fn(&str) -> bool,
+    /// The version that serves the model when nothing was ever promoted (highest ready).
+    pub default_active: Option<&'a str>,
+}
+
+/// Where in `[0, 10000)` a routing key falls for a model and corridor: blake3 of the three,
+/// first 8 bytes, modulo 10 000 (a basis-point bucket).
+pub fn bucket(model: &str, corridor: &str, key: &[u8]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    for part in [model.as_bytes(), corridor.as_bytes(), key] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    let bytes = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bytes.as_bytes()[..8]);
+    u64::from_le_bytes(first) % 10_000
+}
+
+impl RegistryState {
+    /// Reads the state file; a missing file is the empty state.
+    pub fn load(path: &Path) -> Result<Self, LifecycleError> {
+        let err = |message: String| LifecycleError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        match std::fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(err(e.to_string())),
+            Ok(bytes) => {
+                let state: Self = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+                if state.format != STATE_FORMAT {
+                    return Err(err(format!("format '{}' is not {STATE_FORMAT}", state.format)));
+                }
+                Ok(state)
+            }
+        }
+    }
+
+    /// Writes the state atomically: a temporary file in the same directory, fsync, rename over
+    /// the old file, fsync of the directory.
+    pub fn save(&self, path: &Path) -> Result<(), LifecycleError> {
+        let err = |message: String| LifecycleError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| err(e.to_string()))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let mut file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        file.write_all(&bytes)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// The lifecycle of a version: its recorded state, else ACTIVE for the default active
+    /// version of a model that never had a promotion, else STAGED.
+    pub fn lifecycle(&self, model: &str, version: &str, default_active: Option<&str>) -> Lifecycle {
+        let routing = self.models.get(model);
+        if let Some(state) = routing.and_then(|r| r.versions.get(version)) {
+            return *state;
+        }
+        let never_promoted = routing.is_none_or(|r| r.active.is_none());
+        if never_promoted && default_active == Some(version) {
+            Lifecycle::Active
+        } else {
+            Lifecycle::Staged
+        }
+    }
+
+    /// The version that serves a request of `model` in `corridor` with `key`, among versions
+    /// for which `ready` holds. The canary takes the request when it applies to the corridor
+    /// and the key's [`bucket`] is below its share; otherwise the corridor's override, the
+    /// global active version, the most recent previous active one, or `default_active`, in that
+    /// order, whichever is ready first.
+    pub fn route(
+        &self,
+        model: &str,
+        corridor: &str,
+        key: &[u8],
+        ready: &dyn Fn(&str) -> bool,
+        default_active: Option<&str>,
+    ) -> Option<Route> {
+        let routing = self.models.get(model);
+        if let Some(c) = routing.and_then(|r| r.canary.as_ref()) {
+            let applies = c.corridors.is_empty() || c.corridors.iter().any(|x| x == corridor);
+            if applies && ready(&c.version) && (bucket(model, corridor, key) as f64) < c.percent * 100.0 {
+                return Some(Route {
+                    version: c.version.clone(),
+                    reason: "canary",
+                });
+            }
+        }
+        self.active(model, Some(corridor), ready, default_active)
+            .map(|version| Route {
+                version,
+                reason: "active",
+            })
+    }
+
+    /// The active version of `model` (in `corridor`, when given: its override first), among
+    /// ready versions: the override, the global active version, the most recent previous
+    /// active one, or `default_active`, whichever is ready first.
+    pub fn active(
+        &self,
+        model: &str,
+        corridor: Option<&str>,
+        ready: &dyn Fn(&str) -> bool,
+        default_active: Option<&str>,
+    ) -> Option<String> {
+        let routing = self.models.get(model);
+        let overridden = routing.zip(corridor).and_then(|(r, c)| r.corridor_active.get(c));
+        let candidates = overridden
+            .into_iter()
+            .chain(
+                routing
+                    .into_iter()
+                    .flat_map(|r| r.active.iter().chain(r.previous.iter().rev())),
+            )
+            .map(String::as_str)
+            .chain(default_active);
+        candidates.into_iter().find(|v| ready(v)).map(str::to_string)
+    }
+
+    /// The state after `action` on `model` `version`, and the transition record; `self` is
+    /// unchanged. Canary and promotion need a ready (verified) version.
+    pub fn apply(
+        &self,
+        model: &str,
+        version: &str,
+        action: &Action,
+        ctx: &TransitionContext<'_>,
+    ) -> Result<(RegistryState, Transition), LifecycleError> {
+        let invalid = |why: String| LifecycleError::Invalid {
+            action: action.name(),
+            model: model.to_string(),
+            version: version.to_string(),
+            why,
+        };
+        let from = self.lifecycle(model, version, ctx.default_active);
+        let mut next = self.clone();
+        let r = next.models.entry(model.to_string()).or_default();
+        // A model that never had a promotion is served by its default version: make that explicit.
+        if r.active.is_none() {
+            if let Some(d) = ctx.default_active {
+                r.active = Some(d.to_string());
+                r.versions.entry(d.to_string()).or_insert(Lifecycle::Active);
+            }
+        }
+        let is_active =
+            |r: &ModelRouting| r.active.as_deref() == Some(version) || r.corridor_active.values().any(|v| v == version);
+        let is_canary = |r: &ModelRouting| r.canary.as_ref().is_some_and(|c| c.version == version);
+        let mut percent = None;
+        let mut corridors = Vec::new();
+        let to = match action {
+            Action::Stage => {
+                if is_active(r) || is_canary(r) {
+                    return Err(invalid(format!(
+                        "it is {from}; roll it back or promote another version first"
+                    )));
+                }
+                Lifecycle::Staged
+            }
+            Action::Deprecate => {
+                if is_active(r) || is_canary(r) {
+                    return Err(invalid(format!(
+                        "it is {from}; roll it back or promote another version first"
+                    )));
+                }
+                Lifecycle::Deprecated
+            }
+            Action::Canary {
+                percent: p,
+                corridors: cs,
+            } => {
+                if !(*p > 0.0 && *p <= 100.0) {
+                    return Err(invalid(format!("percent must be above 0 and at most 100, got {p}")));
+                }
+                if !(ctx.ready)(version) {
+                    return Err(invalid("it is not loaded and verified".into()));
+                }
+                if r.active.as_deref() == Some(version) {
+                    return Err(invalid("it is already the active version".into()));
+                }
+                if let Some(c) = r.canary.as_ref().filter(|c| c.version != version) {
+                    return Err(invalid(format!(
+                        "{model} already has canary {}; promote or roll it back first",
+                        c.version
+                    )));
+                }
+                r.canary = Some(Canary {
+                    version: version.into(),
+                    percent: *p,
+                    corridors: cs.clone(),
+                });
+                percent = Some(*p);
+                corridors = cs.clone();
+                Lifecycle::Canary
+            }
+            Action::Promote { corridors: cs } => {
+                if !(ctx.ready)(version) {
+                    return Err(invalid("it is not loaded and verified".into()));
+                }
+                if cs.is_empty() {
+                    if r.active.as_deref() == Some(version) {
+                        return Err(invalid("it is already the active version".into()));
+                    }
+                    if let Some(old) = r.active.replace(version.to_string()) {
+                        let still_active = r.corridor_active.values().any(|v| *v == old);
+                        if !still_active {
+                            r.versions.insert(old.clone(), Lifecycle::Deprecated);
+                        }
+                        r.previous.retain(|v| *v != old);
+                        r.previous.push(old);
+                    }
+                    r.previous.retain(|v| v != version);
+                } else {
+                    for c in cs {
+                        r.corridor_active.insert(c.clone(), version.to_string());
+                    }
+                    corridors = cs.clone();
+                }
+                if is_canary(r) {
+                    r.canary = None;
+                }
+                Lifecycle::Active
+            }
+            Action::Rollback { corridors: cs } => {
+                if !cs.is_empty() {
+                    let mut removed = false;
+                    for c in cs {
+                        if r.corridor_active.get(c).is_some_and(|v| v == version) {
+                            r.corridor_active.remove(c);
+                            removed = true;
+                        }
+                    }
+                    if !removed {
+                        return Err(invalid(format!("it is not the active override in {}", cs.join(", "))));
+                    }
+                    corridors = cs.clone();
+                    if is_active(r) {
+                        Lifecycle::Active
+                    } else {
+                        Lifecycle::Staged
+                    }
+                } else if is_canary(r) {
+                    r.canary = None;
+                    Lifecycle::Staged
+                } else if r.active.as_deref() == Some(version) {
+                    let Some(back) = r.previous.iter().rev().find(|v| (ctx.ready)(v)).cloned() else {
+                        return Err(invalid("there is no previous ready version to return to".into()));
+                    };
+                    r.previous.retain(|v| *v != back);
+                    r.active = Some(back.clone());
+                    r.versions.insert(back, Lifecycle::Active);
+                    if r.corridor_active.values().any(|v| v == version) {
+                        Lifecycle::Active
+                    } else {
+                        Lifecycle::Deprecated
+                    }
+                } else {
+                    return Err(invalid(format!(
+                        "it is {from}: only the canary or the active version can be rolled back"
+                    )));
+                }
+            }
+        };
+        r.versions.insert(version.to_string(), to);
+        next.revision += 1;
+        let t = Transition {
+            revision: next.revision,
+            time: ctx.time.to_string(),
+            actor: ctx.actor.to_string(),
+            action: action.name().to_string(),
+            model: model.to_string(),
+            version: version.to_string(),
+            from: Some(from),
+            to,
+            percent,
+            corridors,
+            reason: ctx.reason.to_string(),
+        };
+        next.history.push(t.clone());
+        Ok((next, t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx<'a>(ready: &'a dyn Fn(&str) -> bool, default_active: Option<&'a str>) -> TransitionContext<'a> {
+        TransitionContext {
+            actor: "test",
+            reason: "because",
+            time: "2026-11-23T00:00:00Z",
+            ready,
+            default_active,
+        }
+    }
+
+    const ALL_READY: &dyn Fn(&str) -> bool = &|_| true;
+
+    #[test]
+    fn default_version_is_active_until_a_promotion() {
+        let s = RegistryState::default();
+        assert_eq!(s.lifecycle("m", "1.1.0", Some("1.1.0")), Lifecycle::Active);
+        assert_eq!(s.lifecycle("m", "1.0.0", Some("1.1.0")), Lifecycle::Staged);
+        assert_eq!(
+            s.route("m", "UAE-SA", b"k", ALL_READY, Some("1.1.0")).unwrap().version,
+            "1.1.0"
+        );
+    }
+
+    #[test]
+    fn canary_in_one_corridor_then_promote_then_rollback() {
+        let s = RegistryState::default();
+        let c = ctx(ALL_READY, Some("1.0.0"));
+        let canary = Action::Canary {
+            percent: 5.0,
+            corridors: vec!["UAE-SA".into()],
+        };
+        let (s, t) = s.apply("risk", "1.1.0", &canary, &c).unwrap();
+        assert_eq!(
+            (t.from, t.to, t.revision),
+            (Some(Lifecycle::Staged), Lifecycle::Canary, 1)
+        );
+        // About 5 % of keys in UAE-SA, none elsewhere.
+        let share = |corridor: &str| {
+            (0..4000)
+                .filter(|i| {
+                    s.route("risk", corridor, format!("user-{i}").as_bytes(), ALL_READY, None)
+                        .unwrap()
+                        .reason
+                        == "canary"
+                })
+                .count()
+        };
+        let uae = share("UAE-SA");
+        assert!((120..=280).contains(&uae), "{uae} of 4000 in the canary");
+        assert_eq!(share("US-EG"), 0);
+        // The same key always lands on the same version.
+        let r1 = s.route("risk", "UAE-SA", b"user-7", ALL_READY, None);
+        assert!((0..10).all(|_| s.route("risk", "UAE-SA", b"user-7", ALL_READY, None) == r1));
+
+        let (s, t) = s
+            .apply("risk", "1.1.0", &Action::Promote { corridors: vec![] }, &c)
+            .unwrap();
+        assert_eq!(t.to, Lifecycle::Active);
+        assert!(s.models["risk"].canary.is_none());
+        assert_eq!(s.lifecycle("risk", "1.0.0", None), Lifecycle::Deprecated);
+        assert_eq!(
+            s.route("risk", "US-EG", b"x", ALL_READY, None).unwrap().version,
+            "1.1.0"
+        );
+
+        let (s, t) = s
+            .apply("risk", "1.1.0", &Action::Rollback { corridors: vec![] }, &c)
+            .unwrap();
+        assert_eq!(t.to, Lifecycle::Deprecated);
+        assert_eq!(
+            s.route("risk", "US-EG", b"x", ALL_READY, None).unwrap().version,
+            "1.0.0"
+        );
+        assert_eq!(s.lifecycle("risk", "1.0.0", None), Lifecycle::Active);
+        assert_eq!(s.history.len(), 3);
+    }
+
+    #[test]
+    fn corridor_override_and_its_rollback() {
+        let c = ctx(ALL_READY, Some("1.0.0"));
+        let (s, _) = RegistryState::default()
+            .apply(
+                "m",
+                "2.0.0",
+                &Action::Promote {
+                    corridors: vec!["UK-NG".into()],
+                },
+                &c,
+            )
+            .unwrap();
+        assert_eq!(s.route("m", "UK-NG", b"k", ALL_READY, None).unwrap().version, "2.0.0");
+        assert_eq!(s.route("m", "UAE-SA", b"k", ALL_READY, None).unwrap().version, "1.0.0");
+        let (s, _) = s
+            .apply(
+                "m",
+                "2.0.0",
+                &Action::Rollback {
+                    corridors: vec!["UK-NG".into()],
+                },
+                &c,
+            )
+            .unwrap();
+        assert_eq!(s.route("m", "UK-NG", b"k", ALL_READY, None).unwrap().version, "1.0.0");
+    }
+
+    #[test]
+    fn invalid_transitions_say_why() {
+        let c = ctx(ALL_READY, Some("1.0.0"));
+        let s = RegistryState::default();
+        let e = s.apply("m", "1.0.0", &Action::Deprecate, &c).unwrap_err().to_string();
+        assert!(e.contains("cannot deprecate m 1.0.0") && e.contains("ACTIVE"), "{e}");
+        let e = s
+            .apply(
+                "m",
+                "1.1.0",
+                &Action::Canary {
+                    percent: 0.0,
+                    corridors: vec![],
+                },
+                &c,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("percent"), "{e}");
+        let not_ready: &dyn Fn(&str) -> bool = &|v| v != "1.1.0";
+        let e = s
+            .apply(
+                "m",
+                "1.1.0",
+                &Action::Promote { corridors: vec![] },
+                &ctx(not_ready, Some("1.0.0")),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("not loaded and verified"), "{e}");
+        let e = s
+            .apply("m", "1.0.0", &Action::Rollback { corridors: vec![] }, &c)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no previous ready version"), "{e}");
+        let (s2, _) = s
+            .apply(
+                "m",
+                "1.1.0",
+                &Action::Canary {
+                    percent: 5.0,
+                    corridors: vec![],
+                },
+                &c,
+            )
+            .unwrap();
+        let e = s2
+            .apply(
+                "m",
+                "1.2.0",
+                &Action::Canary {
+                    percent: 5.0,
+                    corridors: vec![],
+                },
+                &c,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already has canary 1.1.0"), "{e}");
+    }
+
+    #[test]
+    fn routing_skips_versions_that_are_not_ready() {
+        let c = ctx(ALL_READY, Some("1.0.0"));
+        let (s, _) = RegistryState::default()
+            .apply("m", "1.1.0", &Action::Promote { corridors: vec![] }, &c)
+            .unwrap();
+        let only_old: &dyn Fn(&str) -> bool = &|v| v == "1.0.0";
+        assert_eq!(s.route("m", "UAE-SA", b"k", only_old, None).unwrap().version, "1.0.0");
+        let none: &dyn Fn(&str) -> bool = &|_| false;
+        assert!(s.route("m", "UAE-SA", b"k", none, None).is_none());
+    }
+
+    #[test]
+    fn state_file_round_trips_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        assert_eq!(RegistryState::load(&path).unwrap(), RegistryState::default());
+        let (s, _) = RegistryState::default()
+            .apply(
+                "m",
+                "1.1.0",
+                &Action::Canary {
+                    percent: 12.5,
+                    corridors: vec![],
+                },
+                &ctx(ALL_READY, Some("1.0.0")),
+            )
+            .unwrap();
+        s.save(&path).unwrap();
+        assert_eq!(RegistryState::load(&path).unwrap(), s);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+}

@@ -1,0 +1,445 @@
+//! `invariant models ...`: the model registry CLI. Every command works on the repository
+//! directly, or, with `--server URL`, against a running server's admin API.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use invariant_registry::lifecycle::Action;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+use crate::ConfigArgs;
+
+/// Registry subcommands.
+#[derive(Subcommand)]
+pub enum ModelsCommand {
+    /// Every version with its lifecycle (STAGED, CANARY, ACTIVE, DEPRECATED, FAILED).
+    List(Common),
+    /// One model: versions, active version, corridor overrides, canary.
+    Show(ModelArgs),
+    /// The transitions of one model: who, what, when, why.
+    History(ModelArgs),
+    /// Load and verify every version exactly as the server does; exit 1 if any fails.
+    Verify(Common),
+    /// Copy an artifact into the repository as a new STAGED version: hashes, manifest, golden vectors.
+    Import(ImportArgs),
+    /// Take a version out of traffic (STAGED).
+    Stage(TransitionArgs),
+    /// Send a deterministic share of traffic to a version.
+    Canary(CanaryArgs),
+    /// Make a version ACTIVE, globally or in the given corridors.
+    Promote(TransitionArgs),
+    /// Cancel a canary, drop corridor overrides, or return to the previously active version.
+    Rollback(TransitionArgs),
+    /// Retire a version (it answers only requests that name it).
+    Deprecate(TransitionArgs),
+    /// Take a loaded version out of memory on a running server (needs --server).
+    Unload(TransitionArgs),
+    /// Print the sha256 and blake3 of files, as [[artifacts]] entries for a manifest.
+    Hash {
+        /// Files to hash.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Options every registry command takes.
+#[derive(Args)]
+pub struct Common {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Golden vector directory (overrides golden_vectors).
+    #[arg(long)]
+    golden_vectors: Option<PathBuf>,
+    /// Work against this running server's admin API instead of the repository files.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A model name.
+#[derive(Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Model name.
+    model: String,
+}
+
+/// A transition on one version.
+#[derive(Args)]
+pub struct TransitionArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Model name.
+    model: String,
+    /// Version.
+    #[arg(value_name = "VERSION")]
+    model_version: String,
+    /// Limit the action to these corridors (repeatable).
+    #[arg(long = "corridor", value_name = "CORRIDOR")]
+    corridors: Vec<String>,
+    /// Why (recorded in the history and the audit log).
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Who (default: $USER).
+    #[arg(long)]
+    actor: Option<String>,
+}
+
+/// A canary.
+#[derive(Args)]
+pub struct CanaryArgs {
+    #[command(flatten)]
+    transition: TransitionArgs,
+    /// Share of requests, in percent (0 < p ≤ 100).
+    #[arg(long)]
+    percent: f64,
+}
+
+/// An import.
+#[derive(Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The artifact (.onnx; .safetensors with --like).
+    artifact: PathBuf,
+    /// Model name.
+    #[arg(long)]
+    name: String,
+    /// New semantic version.
+    #[arg(long = "version", value_name = "VERSION")]
+    model_version: String,
+    /// Copy signature and settings from this existing version's manifest.
+    #[arg(long, value_name = "VERSION")]
+    like: Option<String>,
+    /// Description for the manifest.
+    #[arg(long)]
+    description: Option<String>,
+    /// Do not record golden vectors (the version cannot serve until they exist).
+    #[arg(long)]
+    no_golden: bool,
+}
+
+impl Common {
+    fn config(&self) -> Result<invariant_server::config::Config> {
+        let mut config = self.config.load()?;
+        if let Some(dir) = &self.golden_vectors {
+            config.golden_vectors = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Calls the admin API of a running server.
+fn call(server: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut req = reqwest::Client::new().request(method, &url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let response = req.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "error": text }));
+        if !status.is_success() {
+            bail!("{status}: {}", value["error"].as_str().unwrap_or("request failed"));
+        }
+        Ok(value)
+    })
+}
+
+/// The registry view of every model (or one), from the server or the repository.
+fn views(common: &Common, model: Option<&str>) -> Result<Vec<Value>> {
+    if let Some(server) = &common.server {
+        return match model {
+            Some(m) => Ok(vec![call(
+                server,
+                reqwest::Method::GET,
+                &format!("/admin/v1/models/{m}"),
+                None,
+            )?]),
+            None => {
+                let all = call(server, reqwest::Method::GET, "/admin/v1/models", None)?;
+                Ok(all["models"].as_array().cloned().unwrap_or_default())
+            }
+        };
+    }
+    let state = invariant_server::build_state(common.config()?)?;
+    let table = state.models.load();
+    let registry = state.registry.load();
+    let names: Vec<String> = match model {
+        Some(m) => vec![m.to_string()],
+        None => table.names().map(str::to_string).collect(),
+    };
+    names
+        .iter()
+        .map(|m| {
+            invariant_server::admin::model_view(&table, &registry, m).with_context(|| format!("unknown model '{m}'"))
+        })
+        .collect()
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn print_versions(views: &[Value]) {
+    let mut rows = Vec::new();
+    for m in views {
+        for v in m["versions"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                text(&m["name"]),
+                text(&v["version"]),
+                text(&v["platform"]),
+                text(&v["lifecycle"]),
+                v["error"].as_str().unwrap_or("").chars().take(100).collect(),
+            ]);
+        }
+    }
+    table(&["MODEL", "VERSION", "PLATFORM", "LIFECYCLE", "ERROR"], &rows);
+}
+
+/// Runs a registry command.
+pub fn run(command: ModelsCommand) -> Result<()> {
+    match command {
+        ModelsCommand::List(common) => {
+            let views = views(&common, None)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                print_versions(&views);
+            }
+        }
+        ModelsCommand::Show(args) => {
+            let views = views(&args.common, Some(&args.model))?;
+            if args.common.json {
+                println!("{}", serde_json::to_string_pretty(&views[0])?);
+            } else {
+                let m = &views[0];
+                print_versions(&views);
+                println!("\nactive: {}", text(&m["active"]));
+                if let Some(overrides) = m["corridor_active"].as_object().filter(|o| !o.is_empty()) {
+                    for (c, v) in overrides {
+                        println!("active in {c}: {}", text(v));
+                    }
+                }
+                match m["canary"].as_object() {
+                    Some(c) => println!(
+                        "canary: {} at {}% in {}",
+                        text(&c["version"]),
+                        text(&c["percent"]),
+                        c["corridors"]
+                            .as_array()
+                            .filter(|a| !a.is_empty())
+                            .map_or("every corridor".into(), |a| {
+                                a.iter().map(text).collect::<Vec<_>>().join(", ")
+                            })
+                    ),
+                    None => println!("canary: none"),
+                }
+            }
+        }
+        ModelsCommand::History(args) => {
+            let views = views(&args.common, Some(&args.model))?;
+            let history = views[0]["history"].as_array().cloned().unwrap_or_default();
+            if args.common.json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+            } else {
+                let rows: Vec<Vec<String>> = history
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            text(&t["revision"]),
+                            text(&t["time"]),
+                            text(&t["actor"]),
+                            text(&t["action"]),
+                            text(&t["version"]),
+                            format!("{} -> {}", text(&t["from"]), text(&t["to"])),
+                            t["percent"].as_f64().map(|p| format!("{p}%")).unwrap_or_default(),
+                            t["corridors"]
+                                .as_array()
+                                .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+                                .unwrap_or_default(),
+                            text(&t["reason"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "REV",
+                        "TIME",
+                        "ACTOR",
+                        "ACTION",
+                        "VERSION",
+                        "STATE",
+                        "PERCENT",
+                        "CORRIDORS",
+                        "REASON",
+                    ],
+                    &rows,
+                );
+            }
+        }
+        ModelsCommand::Verify(common) => crate::verify(&common.config()?, common.json)?,
+        ModelsCommand::Import(args) => import(args)?,
+        ModelsCommand::Stage(t) => transition(t, Action::Stage, "stage", None)?,
+        ModelsCommand::Promote(t) => {
+            let corridors = t.corridors.clone();
+            transition(t, Action::Promote { corridors }, "promote", None)?
+        }
+        ModelsCommand::Rollback(t) => {
+            let corridors = t.corridors.clone();
+            transition(t, Action::Rollback { corridors }, "rollback", None)?
+        }
+        ModelsCommand::Deprecate(t) => transition(t, Action::Deprecate, "deprecate", None)?,
+        ModelsCommand::Canary(c) => {
+            let corridors = c.transition.corridors.clone();
+            let percent = c.percent;
+            transition(
+                c.transition,
+                Action::Canary { percent, corridors },
+                "canary",
+                Some(percent),
+            )?
+        }
+        ModelsCommand::Unload(t) => {
+            let Some(server) = &t.common.server else {
+                bail!("unload acts on a running server's memory: pass --server URL");
+            };
+            let path = format!("/admin/v1/models/{}/versions/{}/unload", t.model, t.model_version);
+            let body = json!({ "actor": actor(&t), "reason": t.reason });
+            let reply = call(server, reqwest::Method::POST, &path, Some(body))?;
+            println!("unloaded {} {}", t.model, text(&reply["unloaded"]));
+        }
+        ModelsCommand::Hash { files } => {
+            for file in files {
+                let h = invariant_registry::hash_file(&file, |_| {})?;
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                println!(
+                    "[[artifacts]]\npath = \"{name}\"\nsha256 = \"{}\"\nblake3 = \"{}\"\n",
+                    h.sha256, h.blake3
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn actor(t: &TransitionArgs) -> String {
+    t.actor
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".into())
+}
+
+fn transition(t: TransitionArgs, action: Action, name: &str, percent: Option<f64>) -> Result<()> {
+    let actor = actor(&t);
+    let result = match &t.common.server {
+        Some(server) => {
+            let body = json!({ "actor": actor, "reason": t.reason, "corridors": t.corridors, "percent": percent });
+            let path = format!("/admin/v1/models/{}/versions/{}/{name}", t.model, t.model_version);
+            call(server, reqwest::Method::POST, &path, Some(body))?["transition"].clone()
+        }
+        None => {
+            let state = invariant_server::build_state(t.common.config()?)?;
+            let transition = state.transition(&t.model, &t.model_version, &action, &actor, &t.reason)?;
+            serde_json::to_value(transition)?
+        }
+    };
+    if t.common.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!(
+            "{} {} {}: {} -> {} (revision {})",
+            name,
+            t.model,
+            t.model_version,
+            text(&result["from"]),
+            text(&result["to"]),
+            text(&result["revision"])
+        );
+    }
+    Ok(())
+}
+
+fn import(args: ImportArgs) -> Result<()> {
+    let config = args.common.config()?;
+    let request = invariant_server::import::ImportRequest {
+        artifact: args.artifact.clone(),
+        name: args.name.clone(),
+        version: args.model_version.clone(),
+        like: args.like.clone(),
+        description: args.description.clone(),
+        record_golden: !args.no_golden,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("copying and hashing");
+    let outcome = invariant_server::import::import(&config, &request, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    if let Some(server) = &args.common.server {
+        call(
+            server,
+            reqwest::Method::POST,
+            &format!("/admin/v1/models/{}/load", args.name),
+            None,
+        )?;
+    }
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!(
+            "imported {} {} into {} ({} bytes, sha256 {}, blake3 {}), {} golden vectors; lifecycle STAGED",
+            args.name,
+            args.model_version,
+            outcome.dir.display(),
+            outcome.bytes,
+            outcome.sha256,
+            outcome.blake3,
+            outcome.golden_vectors
+        );
+        println!(
+            "next: invariant models canary {} {} --percent 5",
+            args.name, args.model_version
+        );
+    }
+    Ok(())
+}
