@@ -21,6 +21,7 @@ pub enum ModelsCommand {
     /// Load and verify every version exactly as the server does; exit 1 if any fails.
     Verify(Common),
     /// Copy an artifact into the repository as a new STAGED version: hashes, manifest, golden vectors.
+    #[command(disable_version_flag = true)]
     Import(ImportArgs),
     /// Take a version out of traffic (STAGED).
     Stage(TransitionArgs),
@@ -255,7 +256,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
                     Some(c) => println!(
                         "canary: {} at {}% in {}",
                         text(&c["version"]),
-                        text(&c["percent"]),
+                        c["percent"].as_f64().unwrap_or_default(),
                         c["corridors"]
                             .as_array()
                             .filter(|a| !a.is_empty())

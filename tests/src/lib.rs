@@ -255,6 +255,24 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The server's temporary directory (config, state, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// POSTs an admin action on a version; returns status and body.
+    pub async fn admin(&self, model: &str, version: &str, action: &str, body: Value) -> (u16, Value) {
+        self.post(&format!("/admin/v1/models/{model}/versions/{version}/{action}"), &body).await
+    }
+
+    /// Kills the process with SIGKILL (no shutdown handler runs).
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -341,6 +359,13 @@ impl RepoCopy {
         copy_tree(&shipped_models(), &dir.path().join("models"));
         copy_tree(&shipped_golden(), &dir.path().join("golden"));
         Self { dir }
+    }
+
+    /// Adds a fixture model (`tests/fixtures/models/<name>`, with its golden vectors).
+    pub fn with_fixture(self, name: &str) -> Self {
+        copy_tree(&fixtures().join("models").join(name), &self.models().join(name));
+        copy_tree(&fixtures().join("golden-vectors").join(name), &self.golden().join(name));
+        self
     }
 
     /// The model repository.

@@ -25,6 +25,15 @@ fn help_on_every_subcommand() {
         &["models", "list", "--help"],
         &["models", "verify", "--help"],
         &["models", "hash", "--help"],
+        &["models", "show", "--help"],
+        &["models", "history", "--help"],
+        &["models", "import", "--help"],
+        &["models", "stage", "--help"],
+        &["models", "canary", "--help"],
+        &["models", "promote", "--help"],
+        &["models", "rollback", "--help"],
+        &["models", "deprecate", "--help"],
+        &["models", "unload", "--help"],
         &["gate", "--help"],
         &["golden", "--help"],
         &["golden", "record", "--help"],
@@ -35,6 +44,10 @@ fn help_on_every_subcommand() {
     }
     let (_, out, _) = run(&["serve", "--help"]);
     assert!(out.contains("--http-addr") && out.contains("--model-repository") && out.contains("--config"));
+    let (_, out, _) = run(&["models", "import", "--help"]);
+    assert!(out.contains("--name") && out.contains("--version <VERSION>") && out.contains("--like"), "{out}");
+    let (_, out, _) = run(&["models", "canary", "--help"]);
+    assert!(out.contains("--percent") && out.contains("--corridor") && out.contains("--server"), "{out}");
     let (_, out, _) = run(&["gate", "--help"]);
     assert!(out.contains("--server") && out.contains("--json") && out.contains("MODEL[:VERSION]"));
     let (_, out, _) = run(&["golden", "record", "--help"]);
