@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "bench: installing wrk"
-  apt-get update -qq && apt-get install -y -qq wrk
+if ! command -v wrk >/dev/null 2>&1 || ! command -v b3sum >/dev/null 2>&1; then
+  echo "bench: installing wrk and b3sum"
+  apt-get update -qq && apt-get install -y -qq wrk b3sum
 fi
 cargo build --release --bin invariant --bin invariant-bench
 echo "bench: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores"

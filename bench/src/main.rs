@@ -31,6 +31,9 @@ struct Args {
     /// Skip the HTTP runs.
     #[arg(long)]
     engine_only: bool,
+    /// Size in MB of the artifact for the import + verify + activate benchmark (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    import_mb: usize,
 }
 
 /// Deterministic, plausible inputs: small non-negative values varying by position.
@@ -170,6 +173,172 @@ fn bench_gate(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Cost of the traffic-split decision: `RegistryState::route` with a canary, per call.
+fn bench_routing() -> Result<()> {
+    use invariant_registry::lifecycle::{Action, RegistryState, TransitionContext};
+    let ready: &dyn Fn(&str) -> bool = &|_| true;
+    let ctx = TransitionContext {
+        actor: "bench",
+        reason: "",
+        time: "",
+        ready,
+        default_active: Some("1.0.0"),
+    };
+    let (state, _) = RegistryState::default().apply(
+        "risk-assessor",
+        "1.1.0",
+        &Action::Canary {
+            percent: 5.0,
+            corridors: vec!["UAE-SA".into()],
+        },
+        &ctx,
+    )?;
+    let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
+    let n = 2_000_000;
+    let start = Instant::now();
+    let mut canary = 0u64;
+    for i in 0..n {
+        let route = state.route(
+            "risk-assessor",
+            "UAE-SA",
+            keys[i % keys.len()].as_bytes(),
+            ready,
+            Some("1.0.0"),
+        );
+        canary += u64::from(route.is_some_and(|r| r.reason == "canary"));
+    }
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    println!("\n# traffic split: RegistryState::route with a 5% corridor canary");
+    println!(
+        "{ns:.0} ns per routing decision over {n} calls ({:.2}% went to the canary)",
+        canary as f64 * 100.0 / n as f64
+    );
+    Ok(())
+}
+
+fn time_command(cmd: &str, file: &Path) -> Result<f64> {
+    let start = Instant::now();
+    let out = Command::new(cmd)
+        .arg(file)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!("{cmd} failed");
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Import (copy + sha256 + blake3 + manifest + golden vectors), verification on load, and
+/// activation of a native network of about `mb` MB, against `sha256sum` and `b3sum` on the
+/// same file as the hashing floor.
+fn bench_import(config: &Config, mb: usize) -> Result<()> {
+    let work = std::env::temp_dir().join(format!("invariant-import-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let (repo, golden) = (work.join("models"), work.join("golden"));
+    let template = repo.join("big").join("0.1.0");
+    std::fs::create_dir_all(&template)?;
+    // 8 -> 4096 -> hidden -> 1 with `mb` MB of f32 weights in all.
+    let hidden = ((mb * (1 << 20) / 4).saturating_sub(8 * 4096) / 4097).max(1);
+    let sizes = [(8usize, 4096usize), (4096, hidden), (hidden, 1)];
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, &(inp, out)) in sizes.iter().enumerate() {
+        let scale = 1.0 / (inp as f32).sqrt();
+        let w: Vec<u8> = (0..inp * out)
+            .flat_map(|k| ((((k * 7919) % 1000) as f32 / 500.0 - 1.0) * scale).to_le_bytes())
+            .collect();
+        let b: Vec<u8> = (0..out).flat_map(|k| ((k % 7) as f32 * 0.01).to_le_bytes()).collect();
+        tensors.push((format!("layers.{i}.weight"), vec![inp, out], w));
+        tensors.push((format!("layers.{i}.bias"), vec![out], b));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, shape, data)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let artifact = work.join("big.safetensors");
+    safetensors::serialize_to_file(views, None, &artifact)?;
+    drop(tensors);
+    let manifest = format!(
+        r#"name = "big"
+version = "0.1.0"
+format = "native"
+description = "import benchmark"
+[[artifacts]]
+path = "model.safetensors"
+sha256 = "{z}"
+blake3 = "{z}"
+[[inputs]]
+name = "features"
+datatype = "FP32"
+shape = [-1, 8]
+[[outputs]]
+name = "score"
+datatype = "FP32"
+shape = [-1, 1]
+[inference]
+max_batch_size = 32
+[native]
+weights = "model.safetensors"
+input_size = 8
+layers = [{{ size = 4096, activation = "relu" }}, {{ size = {hidden}, activation = "relu" }}, {{ size = 1, activation = "sigmoid" }}]
+"#,
+        z = "0".repeat(64)
+    );
+    std::fs::write(template.join("manifest.toml"), manifest)?;
+    let bytes = std::fs::metadata(&artifact)?.len();
+    let mut cfg = config.clone();
+    cfg.model_repository = repo.clone();
+    cfg.golden_vectors = golden;
+    cfg.state_dir = work.join("state");
+    cfg.registry_state = work.join("registry.json").display().to_string();
+
+    let total = Instant::now();
+    let request = invariant_server::import::ImportRequest {
+        artifact: artifact.clone(),
+        name: "big".into(),
+        version: "1.0.0".into(),
+        like: Some("0.1.0".into()),
+        description: None,
+        record_golden: true,
+    };
+    let outcome = invariant_server::import::import(&cfg, &request, |_, _| {})?;
+    std::fs::remove_dir_all(&template)?;
+    // Activation: the server loads the new version (hashes, parse, deploy-time verification);
+    // as the model's only version it serves from then on.
+    let load = Instant::now();
+    let state = invariant_server::build_state(cfg)?;
+    let load_seconds = load.elapsed().as_secs_f64();
+    let serving = state.models.load().resolve("big", None).is_ok();
+    if !serving {
+        bail!("the imported version does not serve");
+    }
+    let total_seconds = total.elapsed().as_secs_f64();
+    let sha = time_command("sha256sum", &artifact)?;
+    let b3 = time_command("b3sum", &artifact)?;
+    println!(
+        "\n# import + verify + activate a {:.1} MB native artifact",
+        bytes as f64 / 1e6
+    );
+    println!("copy + sha256 + blake3 (one pass)  {:>8.3} s", outcome.copy_seconds);
+    println!(
+        "load check + golden record         {:>8.3} s ({} vectors)",
+        outcome.load_seconds, outcome.golden_vectors
+    );
+    println!("activate: load, hashes, verification {load_seconds:>6.3} s (then serving)");
+    println!("total                              {total_seconds:>8.3} s");
+    println!("floor: sha256sum {sha:.3} s, b3sum {b3:.3} s, sum {:.3} s", sha + b3);
+    println!(
+        "copy+hash / (sha256sum + b3sum) = {:.2}",
+        outcome.copy_seconds / (sha + b3)
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
 struct WrkResult {
     requests_per_s: f64,
     p50_ms: f64,
@@ -282,6 +451,10 @@ fn main() -> Result<()> {
     }
     bench_kernels(&config, args.engine_seconds / 2.0)?;
     bench_gate(&config)?;
+    bench_routing()?;
+    if args.import_mb > 0 {
+        bench_import(&config, args.import_mb)?;
+    }
     if args.engine_only {
         return Ok(());
     }

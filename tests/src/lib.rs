@@ -263,7 +263,8 @@ impl Server {
 
     /// POSTs an admin action on a version; returns status and body.
     pub async fn admin(&self, model: &str, version: &str, action: &str, body: Value) -> (u16, Value) {
-        self.post(&format!("/admin/v1/models/{model}/versions/{version}/{action}"), &body).await
+        self.post(&format!("/admin/v1/models/{model}/versions/{version}/{action}"), &body)
+            .await
     }
 
     /// Kills the process with SIGKILL (no shutdown handler runs).

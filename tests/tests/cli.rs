@@ -45,9 +45,15 @@ fn help_on_every_subcommand() {
     let (_, out, _) = run(&["serve", "--help"]);
     assert!(out.contains("--http-addr") && out.contains("--model-repository") && out.contains("--config"));
     let (_, out, _) = run(&["models", "import", "--help"]);
-    assert!(out.contains("--name") && out.contains("--version <VERSION>") && out.contains("--like"), "{out}");
+    assert!(
+        out.contains("--name") && out.contains("--version <VERSION>") && out.contains("--like"),
+        "{out}"
+    );
     let (_, out, _) = run(&["models", "canary", "--help"]);
-    assert!(out.contains("--percent") && out.contains("--corridor") && out.contains("--server"), "{out}");
+    assert!(
+        out.contains("--percent") && out.contains("--corridor") && out.contains("--server"),
+        "{out}"
+    );
     let (_, out, _) = run(&["gate", "--help"]);
     assert!(out.contains("--server") && out.contains("--json") && out.contains("MODEL[:VERSION]"));
     let (_, out, _) = run(&["golden", "record", "--help"]);

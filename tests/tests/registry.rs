@@ -11,21 +11,41 @@ const RISK_ROW: [f64; 10] = [249.99, 1.8, 35.0, 6.0, 2.0, 1.0, 3.0, 2.0, 0.35, 3
 
 async fn risk(s: &Server, corridor: &str, key: &str) -> (String, String) {
     let body = features_request(&[&RISK_ROW]).to_string();
-    let (status, r) =
-        s.post_raw("/v2/models/risk-assessor/infer", body, &[("x-corridor", corridor), ("x-routing-key", key)]).await;
+    let (status, r) = s
+        .post_raw(
+            "/v2/models/risk-assessor/infer",
+            body,
+            &[("x-corridor", corridor), ("x-routing-key", key)],
+        )
+        .await;
     assert_eq!(status, 200, "{r}");
-    (r["model_version"].as_str().unwrap().to_string(), r["parameters"]["routing"].as_str().unwrap().to_string())
+    (
+        r["model_version"].as_str().unwrap().to_string(),
+        r["parameters"]["routing"].as_str().unwrap().to_string(),
+    )
 }
 
 #[tokio::test]
 async fn canary_in_one_corridor_splits_deterministically() {
     let repo = RepoCopy::new();
     let s = Server::start_with(repo.options()).await;
-    let (status, r) = s.admin("risk-assessor", "1.0.0", "promote", json!({"actor": "alice", "reason": "pin"})).await;
+    let (status, r) = s
+        .admin(
+            "risk-assessor",
+            "1.0.0",
+            "promote",
+            json!({"actor": "alice", "reason": "pin"}),
+        )
+        .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["transition"]["to"], "ACTIVE");
     let (status, r) = s
-        .admin("risk-assessor", "1.1.0", "canary", json!({"percent": 10, "corridors": ["UAE-SA"], "actor": "alice", "reason": "try"}))
+        .admin(
+            "risk-assessor",
+            "1.1.0",
+            "canary",
+            json!({"percent": 10, "corridors": ["UAE-SA"], "actor": "alice", "reason": "try"}),
+        )
         .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["model"]["canary"]["version"], "1.1.0");
@@ -39,12 +59,20 @@ async fn canary_in_one_corridor_splits_deterministically() {
         // The same key always reaches the same version.
         assert_eq!(risk(&s, "UAE-SA", &key).await.0, version);
         // Other corridors never see the canary.
-        assert_eq!(risk(&s, "US-EG", &key).await, ("1.0.0".to_string(), "active".to_string()));
+        assert_eq!(
+            risk(&s, "US-EG", &key).await,
+            ("1.0.0".to_string(), "active".to_string())
+        );
     }
     assert!((8..=36).contains(&canary), "{canary} of 200 requests in a 10% canary");
 
     // Explicit versions bypass routing.
-    let (_, r) = s.post("/v2/models/risk-assessor/versions/1.1.0/infer", &features_request(&[&RISK_ROW])).await;
+    let (_, r) = s
+        .post(
+            "/v2/models/risk-assessor/versions/1.1.0/infer",
+            &features_request(&[&RISK_ROW]),
+        )
+        .await;
     assert_eq!(r["parameters"]["routing"], "explicit");
 
     let (_, view) = s.get("/admin/v1/models/risk-assessor").await;
@@ -64,15 +92,49 @@ async fn canary_in_one_corridor_splits_deterministically() {
 async fn invalid_transitions_are_refused_with_clear_errors() {
     let repo = RepoCopy::new();
     let s = Server::start_with(repo.options()).await;
-    assert_error(&s.admin("risk-assessor", "1.1.0", "deprecate", json!({})).await, 409, &["ACTIVE"]);
-    assert_error(&s.admin("risk-assessor", "1.0.0", "canary", json!({})).await, 400, &["percent"]);
-    assert_error(&s.admin("risk-assessor", "1.0.0", "canary", json!({"percent": 150})).await, 409, &["percent"]);
-    assert_error(&s.admin("risk-assessor", "9.9.9", "promote", json!({})).await, 404, &["9.9.9"]);
+    assert_error(
+        &s.admin("risk-assessor", "1.1.0", "deprecate", json!({})).await,
+        409,
+        &["ACTIVE"],
+    );
+    assert_error(
+        &s.admin("risk-assessor", "1.0.0", "canary", json!({})).await,
+        400,
+        &["percent"],
+    );
+    assert_error(
+        &s.admin("risk-assessor", "1.0.0", "canary", json!({"percent": 150}))
+            .await,
+        409,
+        &["percent"],
+    );
+    assert_error(
+        &s.admin("risk-assessor", "9.9.9", "promote", json!({})).await,
+        404,
+        &["9.9.9"],
+    );
     assert_error(&s.admin("nope", "1.0.0", "promote", json!({})).await, 404, &["nope"]);
-    assert_error(&s.admin("risk-assessor", "1.0.0", "explode", json!({})).await, 404, &["explode"]);
-    assert_error(&s.admin("risk-assessor", "1.0.0", "promote", json!({"corridors": ["FR-MA"]})).await, 400, &["FR-MA"]);
-    assert_error(&s.admin("risk-assessor", "1.0.0", "promote", json!({"bogus": 1})).await, 400, &["bogus"]);
-    assert_error(&s.admin("risk-assessor", "1.1.0", "rollback", json!({})).await, 409, &["no previous ready version"]);
+    assert_error(
+        &s.admin("risk-assessor", "1.0.0", "explode", json!({})).await,
+        404,
+        &["explode"],
+    );
+    assert_error(
+        &s.admin("risk-assessor", "1.0.0", "promote", json!({"corridors": ["FR-MA"]}))
+            .await,
+        400,
+        &["FR-MA"],
+    );
+    assert_error(
+        &s.admin("risk-assessor", "1.0.0", "promote", json!({"bogus": 1})).await,
+        400,
+        &["bogus"],
+    );
+    assert_error(
+        &s.admin("risk-assessor", "1.1.0", "rollback", json!({})).await,
+        409,
+        &["no previous ready version"],
+    );
     s.assert_still_serving().await;
 }
 
@@ -81,7 +143,12 @@ async fn state_survives_kill_9_and_routes_the_same_keys_the_same_way() {
     let repo = RepoCopy::new();
     let mut s = Server::start_with(repo.options()).await;
     assert_eq!(s.admin("risk-assessor", "1.0.0", "promote", json!({})).await.0, 200);
-    assert_eq!(s.admin("risk-assessor", "1.1.0", "canary", json!({"percent": 30})).await.0, 200);
+    assert_eq!(
+        s.admin("risk-assessor", "1.1.0", "canary", json!({"percent": 30}))
+            .await
+            .0,
+        200
+    );
     let mut before = BTreeMap::new();
     for i in 0..60 {
         before.insert(i, risk(&s, "UK-NG", &format!("k{i}")).await);
@@ -115,7 +182,9 @@ async fn promote_and_rollback_twenty_times_under_load() {
             while !stop.load(Ordering::Relaxed) {
                 let body = trust_request(&[TRUST_ROW]).to_string();
                 let key = format!("w{w}-{n}");
-                let (status, r) = s.post_raw("/v2/models/trust-scorer/infer", body, &[("x-routing-key", &key)]).await;
+                let (status, r) = s
+                    .post_raw("/v2/models/trust-scorer/infer", body, &[("x-routing-key", &key)])
+                    .await;
                 assert_eq!(status, 200, "request failed during a swap: {r}");
                 let version = r["model_version"].as_str().unwrap().to_string();
                 let expected = match version.as_str() {
@@ -131,7 +200,14 @@ async fn promote_and_rollback_twenty_times_under_load() {
         }));
     }
     for round in 0..20 {
-        let (status, r) = s.admin("trust-scorer", "1.1.0", "promote", json!({"reason": format!("round {round}")})).await;
+        let (status, r) = s
+            .admin(
+                "trust-scorer",
+                "1.1.0",
+                "promote",
+                json!({"reason": format!("round {round}")}),
+            )
+            .await;
         assert_eq!(status, 200, "{r}");
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         let (status, r) = s.admin("trust-scorer", "1.1.0", "rollback", json!({})).await;
@@ -145,7 +221,10 @@ async fn promote_and_rollback_twenty_times_under_load() {
             *total.entry(v).or_insert(0) += n;
         }
     }
-    assert!(total.get("1.1.0").copied().unwrap_or(0) > 0 && total.get("1.2.0").copied().unwrap_or(0) > 0, "{total:?}");
+    assert!(
+        total.get("1.1.0").copied().unwrap_or(0) > 0 && total.get("1.2.0").copied().unwrap_or(0) > 0,
+        "{total:?}"
+    );
     let (_, view) = s.get("/admin/v1/models/trust-scorer").await;
     assert_eq!(view["active"], "1.2.0");
     assert_eq!(view["history"].as_array().unwrap().len(), 40);
@@ -156,14 +235,25 @@ async fn a_failing_canary_is_rolled_back_automatically() {
     let repo = RepoCopy::new().with_fixture("canary-probe");
     let s = Server::start_with(repo.options()).await;
     assert_eq!(s.admin("canary-probe", "1.0.0", "promote", json!({})).await.0, 200);
-    assert_eq!(s.admin("canary-probe", "1.1.0", "canary", json!({"percent": 50})).await.0, 200);
+    assert_eq!(
+        s.admin("canary-probe", "1.1.0", "canary", json!({"percent": 50}))
+            .await
+            .0,
+        200
+    );
     // x = 10 is out of 1.1.0's lookup table: its runs fail; 1.0.0 answers.
     let body = json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [10.0, 0.0]}]}).to_string();
     let mut canary_failures = 0;
     let mut rolled_back_at = None;
     for i in 0..400 {
         let key = format!("k{i}");
-        let (status, r) = s.post_raw("/v2/models/canary-probe/infer", body.clone(), &[("x-routing-key", &key)]).await;
+        let (status, r) = s
+            .post_raw(
+                "/v2/models/canary-probe/infer",
+                body.clone(),
+                &[("x-routing-key", &key)],
+            )
+            .await;
         if status == 500 {
             canary_failures += 1;
             assert!(r["error"].as_str().unwrap().contains("Gather"), "{r}");
@@ -178,11 +268,20 @@ async fn a_failing_canary_is_rolled_back_automatically() {
         }
     }
     let at = rolled_back_at.expect("the canary was never rolled back");
-    assert!(canary_failures >= 2, "{canary_failures} canary failures before rollback at request {at}");
+    assert!(
+        canary_failures >= 2,
+        "{canary_failures} canary failures before rollback at request {at}"
+    );
     // After the rollback every request is served by the active version.
     for i in 0..50 {
         let key = format!("after{i}");
-        let (status, r) = s.post_raw("/v2/models/canary-probe/infer", body.clone(), &[("x-routing-key", &key)]).await;
+        let (status, r) = s
+            .post_raw(
+                "/v2/models/canary-probe/infer",
+                body.clone(),
+                &[("x-routing-key", &key)],
+            )
+            .await;
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["model_version"], "1.0.0");
     }
@@ -191,26 +290,60 @@ async fn a_failing_canary_is_rolled_back_automatically() {
     assert_eq!(last["actor"], "auto-rollback");
     assert_eq!(last["action"], "rollback");
     assert!(last["reason"].as_str().unwrap().contains("error rate"), "{last}");
-    let metrics = s.client.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("invariant_canary_auto_rollbacks_total") && l.contains("canary-probe")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("invariant_canary_auto_rollbacks_total") && l.contains("canary-probe")),
         "{metrics}"
     );
-    assert!(s.audit().iter().any(|a| a["event"] == "transition" && a["actor"] == "auto-rollback"));
+    assert!(s
+        .audit()
+        .iter()
+        .any(|a| a["event"] == "transition" && a["actor"] == "auto-rollback"));
 }
 
 #[tokio::test]
 async fn unload_and_load_at_run_time() {
     let repo = RepoCopy::new();
     let s = Server::start_with(repo.options()).await;
-    assert_error(&s.admin("trust-scorer", "1.2.0", "unload", json!({})).await, 409, &["receives traffic"]);
-    let (status, r) = s.admin("trust-scorer", "1.1.0", "unload", json!({"actor": "ops", "reason": "memory"})).await;
+    assert_error(
+        &s.admin("trust-scorer", "1.2.0", "unload", json!({})).await,
+        409,
+        &["receives traffic"],
+    );
+    let (status, r) = s
+        .admin(
+            "trust-scorer",
+            "1.1.0",
+            "unload",
+            json!({"actor": "ops", "reason": "memory"}),
+        )
+        .await;
     assert_eq!(status, 200, "{r}");
-    let got = s.post("/v2/models/trust-scorer/versions/1.1.0/infer", &trust_request(&[TRUST_ROW])).await;
+    let got = s
+        .post(
+            "/v2/models/trust-scorer/versions/1.1.0/infer",
+            &trust_request(&[TRUST_ROW]),
+        )
+        .await;
     assert_error(&got, 503, &["unloaded by ops"]);
     let (status, r) = s.post("/admin/v1/models/trust-scorer/load", &json!({})).await;
     assert_eq!(status, 200, "{r}");
-    let (status, _) = s.post("/v2/models/trust-scorer/versions/1.1.0/infer", &trust_request(&[TRUST_ROW])).await;
+    let (status, _) = s
+        .post(
+            "/v2/models/trust-scorer/versions/1.1.0/infer",
+            &trust_request(&[TRUST_ROW]),
+        )
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -224,23 +357,59 @@ fn cli(args: &[&str], repo: &RepoCopy) -> (i32, String, String) {
 #[test]
 fn cli_works_on_the_repository_without_a_server() {
     let repo = RepoCopy::new();
-    let (code, out, err) = cli(&["models", "promote", "risk-assessor", "1.0.0", "--reason", "pin", "--actor", "bob"], &repo);
+    let (code, out, err) = cli(
+        &[
+            "models",
+            "promote",
+            "risk-assessor",
+            "1.0.0",
+            "--reason",
+            "pin",
+            "--actor",
+            "bob",
+        ],
+        &repo,
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("promote risk-assessor 1.0.0: STAGED -> ACTIVE (revision 1)"), "{out}");
-    let (code, out, _) =
-        cli(&["models", "canary", "risk-assessor", "1.1.0", "--percent", "5", "--corridor", "UAE-SA"], &repo);
+    assert!(
+        out.contains("promote risk-assessor 1.0.0: STAGED -> ACTIVE (revision 1)"),
+        "{out}"
+    );
+    let (code, out, _) = cli(
+        &[
+            "models",
+            "canary",
+            "risk-assessor",
+            "1.1.0",
+            "--percent",
+            "5",
+            "--corridor",
+            "UAE-SA",
+        ],
+        &repo,
+    );
     assert_eq!(code, 0, "{out}");
     let (code, _, err) = cli(&["models", "deprecate", "risk-assessor", "1.1.0"], &repo);
     assert_ne!(code, 0);
-    assert!(err.contains("cannot deprecate risk-assessor 1.1.0: it is CANARY"), "{err}");
+    assert!(
+        err.contains("cannot deprecate risk-assessor 1.1.0: it is CANARY"),
+        "{err}"
+    );
     let (_, out, _) = cli(&["models", "show", "risk-assessor"], &repo);
-    assert!(out.contains("active: 1.0.0") && out.contains("canary: 1.1.0 at 5% in UAE-SA"), "{out}");
+    assert!(
+        out.contains("active: 1.0.0") && out.contains("canary: 1.1.0 at 5% in UAE-SA"),
+        "{out}"
+    );
     let (_, out, _) = cli(&["models", "history", "risk-assessor", "--json"], &repo);
     let history: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(history[0]["actor"], "bob");
     assert_eq!(history[1]["action"], "canary");
     let (_, out, _) = cli(&["models", "list"], &repo);
-    assert!(out.lines().any(|l| l.contains("risk-assessor") && l.contains("1.1.0") && l.contains("CANARY")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("risk-assessor") && l.contains("1.1.0") && l.contains("CANARY")),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -249,14 +418,26 @@ async fn cli_drives_a_running_server() {
     let s = Server::start_with(repo.options()).await;
     let url = s.url.clone();
     let (code, out, err) = tokio::task::spawn_blocking(move || {
-        invariant(&["models", "promote", "trust-scorer", "1.1.0", "--server", &url, "--reason", "cli", "--json"])
+        invariant(&[
+            "models",
+            "promote",
+            "trust-scorer",
+            "1.1.0",
+            "--server",
+            &url,
+            "--reason",
+            "cli",
+            "--json",
+        ])
     })
     .await
     .unwrap();
     assert_eq!(code, 0, "{out}{err}");
     let transition: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(transition["to"], "ACTIVE");
-    let (_, r) = s.post("/v2/models/trust-scorer/infer", &trust_request(&[TRUST_ROW])).await;
+    let (_, r) = s
+        .post("/v2/models/trust-scorer/infer", &trust_request(&[TRUST_ROW]))
+        .await;
     assert_eq!(r["model_version"], "1.1.0");
     let url = s.url.clone();
     let (code, _, err) =
@@ -271,26 +452,73 @@ async fn cli_drives_a_running_server() {
 fn cli_imports_onnx_and_native_artifacts() {
     let repo = RepoCopy::new();
     let onnx = shipped_models().join("price-advisor/1.0.0/model.onnx");
-    let (code, out, err) =
-        cli(&["models", "import", onnx.to_str().unwrap(), "--name", "surge", "--version", "0.1.0"], &repo);
+    let (code, out, err) = cli(
+        &[
+            "models",
+            "import",
+            onnx.to_str().unwrap(),
+            "--name",
+            "surge",
+            "--version",
+            "0.1.0",
+        ],
+        &repo,
+    );
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("imported surge 0.1.0") && out.contains("41 golden vectors"), "{out}");
+    assert!(
+        out.contains("imported surge 0.1.0") && out.contains("41 golden vectors"),
+        "{out}"
+    );
     let manifest = std::fs::read_to_string(repo.version_dir("surge", "0.1.0").join("manifest.toml")).unwrap();
-    assert!(manifest.contains("name = \"features\"") && manifest.contains("name = \"surge_multiplier\""), "{manifest}");
+    assert!(
+        manifest.contains("name = \"features\"") && manifest.contains("name = \"surge_multiplier\""),
+        "{manifest}"
+    );
     assert!(manifest.contains("shape = [-1, 6]"), "{manifest}");
     assert!(repo.golden().join("surge/0.1.0.jsonl").exists());
 
     let weights = shipped_models().join("trust-scorer/1.2.0/model.safetensors");
     let (code, out, err) = cli(
-        &["models", "import", weights.to_str().unwrap(), "--name", "trust-scorer", "--version", "1.3.0", "--like", "1.2.0"],
+        &[
+            "models",
+            "import",
+            weights.to_str().unwrap(),
+            "--name",
+            "trust-scorer",
+            "--version",
+            "1.3.0",
+            "--like",
+            "1.2.0",
+        ],
         &repo,
     );
     assert_eq!(code, 0, "{out}{err}");
-    let (code, _, err) = cli(&["models", "import", weights.to_str().unwrap(), "--name", "x", "--version", "1.0.0"], &repo);
+    let (code, _, err) = cli(
+        &[
+            "models",
+            "import",
+            weights.to_str().unwrap(),
+            "--name",
+            "x",
+            "--version",
+            "1.0.0",
+        ],
+        &repo,
+    );
     assert_ne!(code, 0);
     assert!(err.contains("--like"), "{err}");
     let (code, _, err) = cli(
-        &["models", "import", weights.to_str().unwrap(), "--name", "trust-scorer", "--version", "1.3.0", "--like", "1.2.0"],
+        &[
+            "models",
+            "import",
+            weights.to_str().unwrap(),
+            "--name",
+            "trust-scorer",
+            "--version",
+            "1.3.0",
+            "--like",
+            "1.2.0",
+        ],
         &repo,
     );
     assert_ne!(code, 0);
@@ -299,5 +527,9 @@ fn cli_imports_onnx_and_native_artifacts() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.matches("READY").count(), 7, "{out}");
     let (_, out, _) = cli(&["models", "list"], &repo);
-    assert!(out.lines().any(|l| l.contains("trust-scorer") && l.contains("1.3.0") && l.contains("ACTIVE")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("trust-scorer") && l.contains("1.3.0") && l.contains("ACTIVE")),
+        "{out}"
+    );
 }

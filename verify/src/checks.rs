@@ -408,7 +408,11 @@ fn batch_invariance(
     for size in batch_sizes(manifest.inference.max_batch_size) {
         let mut positions = vec![0, size / 2, size - 1];
         positions.dedup();
-        let targets = if size <= 32 { BATCH_TARGETS.min(single.len()) } else { 4.min(single.len()) };
+        let targets = if size <= 32 {
+            BATCH_TARGETS.min(single.len())
+        } else {
+            4.min(single.len())
+        };
         for t in 0..targets {
             for &p in &positions {
                 let members: Vec<usize> = (0..size)
