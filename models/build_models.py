@@ -22,6 +22,7 @@ Layout written (see docs/model-repository.md):
   tests/fixtures/models/dtype-echo/1.0.0/   onnx test fixture (not a shipped model)
   tests/fixtures/models/canary-probe/{1.0.0,1.1.0}/
                                             onnx test fixture (not a shipped model)
+  tests/fixtures/models/slow-probe/1.0.0/   onnx test fixture (not a shipped model)
 """
 
 import os
@@ -36,6 +37,7 @@ import hashlib
 import math
 import shutil
 import sys
+import time
 import tomllib
 import warnings
 from pathlib import Path
@@ -43,6 +45,7 @@ from pathlib import Path
 import blake3
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 from onnx import TensorProto, helper
 from safetensors.numpy import save_file
@@ -906,8 +909,131 @@ def build_canary_probe(version: str) -> dict:
 
 
 # --------------------------------------------------------------------------------------
+# slow-probe: hand-built ONNX test fixture that is deliberately slow
+# --------------------------------------------------------------------------------------
+
+SLOW_WIDTH = 256
+SLOW_LAYERS = 2048  # K: MatMul + Tanh pairs, all sharing the one weight matrix W
+SLOW_SEED = 0       # seed of W
+SLOW_MAX_BATCH_SIZE = 64
+SLOW_RANGE = (-1.0, 1.0)  # [min, max] of every column of `x`
+SLOW_EXAMPLE = np.linspace(-1.0, 1.0, SLOW_WIDTH, dtype=np.float32).reshape(1, SLOW_WIDTH)
+# Times of one sess.run on the build machine (onnxruntime 1.31.1, one intra-op thread,
+# sequential execution; medians of 7 runs after a warm-up, over several builds, on a
+# 2-vCPU AMD EPYC KVM guest, x86-64 AVX2): batch 1 about 13 ms (12.5 to 18), batch 64
+# about 200 ms (190 to 225). Fixed text in the manifest, so that rebuilding rewrites the
+# same bytes; the build prints the times it measures on the machine it runs on.
+SLOW_MEASURED_MS = {1: "about 13 ms (12.5 to 18 ms)", 64: "about 200 ms (190 to 225 ms)"}
+SLOW_DESCRIPTION = f"""
+TEST FIXTURE for the queue/backpressure and deadline tests, not a shipped model.
+Deliberately slow: a few requests keep the model busy long enough for a test to fill
+its request queue or to run past a request deadline.
+Graph: h0 = x; h(i+1) = Tanh(MatMul(h(i), W)) for i = 0 .. {SLOW_LAYERS - 1}; y = h({SLOW_LAYERS}).
+All {SLOW_LAYERS} MatMul nodes share ONE constant initializer W, FP32 [{SLOW_WIDTH}, {SLOW_WIDTH}]:
+numpy default_rng({SLOW_SEED}).standard_normal(({SLOW_WIDTH}, {SLOW_WIDTH})) / 16, cast to float32.
+Measured time of one run in onnxruntime 1.31.1 with one intra-op thread (sequential
+execution) on the build machine (2-vCPU AMD EPYC VM, x86-64 AVX2):
+  batch of 64 rows: {SLOW_MEASURED_MS[64]};
+  batch of 1 row:   {SLOW_MEASURED_MS[1]}.
+The time grows roughly linearly with the batch size and depends on the CPU.
+Input x, FP32 [batch, {SLOW_WIDTH}], every column in [-1.0, 1.0] (ranges), no NaN or +/-Inf.
+Output y, FP32 [batch, {SLOW_WIDTH}], every element in (-1.0, 1.0) (Tanh). The exact values
+depend on the CPU's MatMul kernels: tests should not compare them bit for bit.
+"""
+
+
+def slow_weights() -> np.ndarray:
+    rng = np.random.default_rng(SLOW_SEED)
+    return (rng.standard_normal((SLOW_WIDTH, SLOW_WIDTH)) / 16.0).astype(np.float32)
+
+
+def slow_graph() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, SLOW_WIDTH])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, SLOW_WIDTH])
+    w = onnx.numpy_helper.from_array(slow_weights(), "W")
+    nodes = []
+    h = "x"
+    for i in range(SLOW_LAYERS):
+        m = f"m{i}"
+        out = "y" if i == SLOW_LAYERS - 1 else f"h{i + 1}"
+        nodes.append(helper.make_node("MatMul", [h, "W"], [m], name=f"matmul_{i}"))
+        nodes.append(helper.make_node("Tanh", [m], [out], name=f"tanh_{i}"))
+        h = out
+    graph = helper.make_graph(nodes, "slow_probe", [x], [y], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return finalize_onnx(model, "slow_probe", "Invariant test fixture: slow-probe 1.0.0")
+
+
+def slow_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    h = x.astype(np.float32)
+    for _ in range(SLOW_LAYERS):
+        h = np.tanh(h @ w)
+    return h
+
+
+def build_slow_probe() -> dict:
+    version = "1.0.0"
+    model = slow_graph()
+    vdir = fresh_dir(FIXTURES / "slow-probe" / version)
+    save_onnx(model, vdir / "model.onnx")
+    size = (vdir / "model.onnx").stat().st_size
+    assert size < 1_000_000, f"slow-probe: model.onnx is {size} bytes"
+    write_manifest(
+        vdir, name="slow-probe", version=version, fmt="onnx",
+        description=SLOW_DESCRIPTION, artifacts=["model.onnx"],
+        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, SLOW_WIDTH],
+                 "allow_non_finite": False, "ranges": [list(SLOW_RANGE)] * SLOW_WIDTH}],
+        outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, SLOW_WIDTH]}],
+        seed=SLOW_SEED, onnx_model="model.onnx", max_batch_size=SLOW_MAX_BATCH_SIZE,
+    )
+
+    # Full batch of in-range rows: bounded output, close to a float32 numpy reference.
+    sess = ort_session(vdir / "model.onnx")
+    lo, hi = SLOW_RANGE
+    rng = np.random.default_rng(1)
+    batch = rng.uniform(lo, hi, size=(SLOW_MAX_BATCH_SIZE, SLOW_WIDTH)).astype(np.float32)
+    batch[0] = lo
+    batch[1] = hi
+    (got,) = sess.run(None, {"x": batch})
+    assert got.dtype == np.float32 and got.shape == batch.shape
+    assert np.all(np.isfinite(got)) and np.all(np.abs(got) < 1.0), "slow-probe: y out of (-1, 1)"
+    err = float(np.max(np.abs(got - slow_reference(batch, slow_weights()))))
+    assert err < 1e-2, f"slow-probe: onnxruntime differs from numpy by {err}"
+
+    # Timing: one warm-up run, then the median of 7 runs, at batch 1 and batch 64.
+    times = {}
+    for n in (1, SLOW_MAX_BATCH_SIZE):
+        feed = {"x": batch[:n]}
+        sess.run(None, feed)
+        runs = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            runs.append(time.perf_counter() - t0)
+        times[n] = 1e3 * float(np.median(runs))
+        print(f"slow-probe {version}: batch {n:>2}: median {times[n]:.1f} ms "
+              f"(min {1e3 * min(runs):.1f}, max {1e3 * max(runs):.1f}; "
+              f"manifest says {SLOW_MEASURED_MS[n]})")
+    if not 150.0 <= times[SLOW_MAX_BATCH_SIZE] <= 300.0:
+        print(f"warning: slow-probe batch {SLOW_MAX_BATCH_SIZE} took "
+              f"{times[SLOW_MAX_BATCH_SIZE]:.1f} ms on this machine, outside 150-300 ms",
+              file=sys.stderr)
+    note = (f"test fixture; {SLOW_LAYERS} MatMul+Tanh layers, one run here: "
+            f"{times[1]:.1f} ms at batch 1, {times[SLOW_MAX_BATCH_SIZE]:.1f} ms at batch "
+            f"{SLOW_MAX_BATCH_SIZE}; max |onnxruntime - numpy| = {err:.2e}")
+    return {"model": "slow-probe", "version": version, "dir": vdir,
+            "example": {"x": SLOW_EXAMPLE}, "note": note}
+
+
+
+# --------------------------------------------------------------------------------------
 
 def fmt_array(a: np.ndarray) -> str:
+    if a.size > 16:  # slow-probe's 256 columns: the first values and a digest
+        head = np.array2string(a.reshape(-1)[:4], separator=", ", precision=9,
+                               floatmode="maxprec")
+        digest = hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+        return f"{a.dtype} {list(a.shape)} first {head[:-1]}, ...] sha256 {digest}"
     with np.printoptions(precision=9, floatmode="maxprec", suppress=False):
         return f"{a.dtype} {list(a.shape)} {np.array2string(a, separator=', ')}"
 
@@ -930,6 +1056,7 @@ def main() -> int:
         build_dtype_echo(),
         build_canary_probe("1.0.0"),
         build_canary_probe("1.1.0"),
+        build_slow_probe(),
     ]
 
     print("\nExample outputs (one fixed row per version):")

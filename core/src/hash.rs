@@ -32,12 +32,48 @@ pub fn encode_tensor(out: &mut Vec<u8>, t: &Tensor) {
 pub fn encode_tensors(tensors: &[Tensor]) -> Vec<u8> {
     let mut sorted: Vec<&Tensor> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    encode_list(&sorted)
+}
+
+/// Tensors encoded in the given order (count, then each tensor as [`encode_tensor`]); the
+/// inverse is [`decode_list`]. Used to store computed outputs bit for bit.
+pub fn encode_list(tensors: &[&Tensor]) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
-    for t in sorted {
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    for t in tensors {
         encode_tensor(&mut out, t);
     }
     out
+}
+
+/// Decodes what [`encode_list`] wrote; `None` when the bytes are not such an encoding.
+pub fn decode_list(mut bytes: &[u8]) -> Option<Vec<Tensor>> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if bytes.len() < n {
+            return None;
+        }
+        let (head, tail) = bytes.split_at(n);
+        *bytes = tail;
+        Some(head)
+    }
+    fn int(bytes: &mut &[u8]) -> Option<usize> {
+        usize::try_from(u64::from_le_bytes(take(bytes, 8)?.try_into().ok()?)).ok()
+    }
+    fn chunk<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let n = int(bytes)?;
+        take(bytes, n)
+    }
+    let count = int(&mut bytes)?;
+    let mut out = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let name = String::from_utf8(chunk(&mut bytes)?.to_vec()).ok()?;
+        let datatype = crate::DataType::parse(std::str::from_utf8(chunk(&mut bytes)?).ok()?, "").ok()?;
+        let rank = int(&mut bytes)?;
+        let shape = (0..rank).map(|_| int(&mut bytes)).collect::<Option<Vec<usize>>>()?;
+        let data = crate::TensorData::from_le_bytes(datatype, chunk(&mut bytes)?)?;
+        out.push(Tensor::new(name, shape, data, "").ok()?);
+    }
+    bytes.is_empty().then_some(out)
 }
 
 /// What identifies one inference answer.
@@ -122,6 +158,21 @@ mod tests {
         let i = t("a", vec![1], TensorData::Int32(vec![1.0f32.to_bits() as i32]));
         assert_eq!(f.data.to_le_bytes(), i.data.to_le_bytes());
         assert_ne!(key(&[f], &[]), key(&[i], &[]));
+    }
+
+    #[test]
+    fn lists_round_trip_bit_for_bit() {
+        let a = t("b", vec![2], TensorData::Fp32(vec![f32::NAN, -0.0]));
+        let b = t("a", vec![1, 1], TensorData::Int64(vec![i64::MIN]));
+        let c = t("c", vec![2], TensorData::Bool(vec![true, false]));
+        let bytes = encode_list(&[&a, &b, &c]);
+        let back = decode_list(&bytes).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[0].name, "b", "order is kept");
+        assert_eq!(back[0].data.element_bits(), a.data.element_bits());
+        assert_eq!(back[1], b);
+        assert_eq!(back[2], c);
+        assert!(decode_list(&bytes[..bytes.len() - 1]).is_none());
     }
 
     #[test]

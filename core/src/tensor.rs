@@ -82,6 +82,36 @@ impl TensorData {
         }
     }
 
+    /// Elements of `datatype` from their little-endian bytes (inverse of
+    /// [`TensorData::to_le_bytes`]); `None` when the length is not a multiple of the element size.
+    pub fn from_le_bytes(datatype: DataType, bytes: &[u8]) -> Option<TensorData> {
+        let width = datatype.size_bytes();
+        if bytes.len() % width != 0 {
+            return None;
+        }
+        let chunks = bytes.chunks_exact(width);
+        Some(match datatype {
+            DataType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+            DataType::Uint8 => TensorData::Uint8(bytes.to_vec()),
+            DataType::Int8 => TensorData::Int8(bytes.iter().map(|&b| b as i8).collect()),
+            DataType::Int16 => TensorData::Int16(chunks.map(|c| i16::from_le_bytes([c[0], c[1]])).collect()),
+            DataType::Int32 => {
+                TensorData::Int32(chunks.map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
+            DataType::Int64 => TensorData::Int64(
+                chunks
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect(),
+            ),
+            DataType::Fp32 => TensorData::Fp32(chunks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            DataType::Fp64 => TensorData::Fp64(
+                chunks
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect(),
+            ),
+        })
+    }
+
     /// The elements as little-endian bytes.
     pub fn to_le_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();

@@ -67,7 +67,7 @@ impl TensorSpec {
 }
 
 /// `[inference]`: how to run the version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InferenceSettings {
     /// Largest batch dimension a request may carry.
@@ -82,6 +82,10 @@ pub struct InferenceSettings {
     /// Device wish, decided by the device layer.
     #[serde(default)]
     pub device: invariant_gpu::DeviceRequest,
+    /// How long an answer stays in the inference cache (default: by model name, see DESIGN.md,
+    /// else the server's `cache.default_ttl_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_seconds: Option<f64>,
 }
 
 fn default_max_batch_size() -> usize {
@@ -98,6 +102,7 @@ impl Default for InferenceSettings {
             threads: default_threads(),
             seed: 0,
             device: Default::default(),
+            cache_ttl_seconds: None,
         }
     }
 }
@@ -295,6 +300,13 @@ impl Manifest {
         }
         if self.inference.max_batch_size == 0 {
             return invalid("inference.max_batch_size must be at least 1".into());
+        }
+        if self
+            .inference
+            .cache_ttl_seconds
+            .is_some_and(|t| !(t.is_finite() && t >= 0.0))
+        {
+            return invalid("inference.cache_ttl_seconds must be a non-negative number".into());
         }
         if self.inference.threads == 0 {
             return invalid("inference.threads must be at least 1".into());

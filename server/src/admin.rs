@@ -161,6 +161,7 @@ async fn act(
         .await
         .map_err(|e| ApiError::internal(format!("transition task failed: {e}")))?
         .map_err(transition_error)?;
+    crate::events::publish(&state, &model, "transition").await;
     let view = model_view(&state.models.load(), &state.registry.load(), &model);
     Ok(Json(json!({ "transition": transition, "model": view })).into_response())
 }
@@ -204,6 +205,7 @@ async fn unload(
     if let Err(e) = state.audit.append(&record) {
         tracing::error!(error = %e, "cannot write the unload audit record");
     }
+    crate::events::publish(&state, &model, "reload").await;
     let view = model_view(&state.models.load(), &state.registry.load(), &model);
     Ok(Json(json!({ "unloaded": version, "model": view })).into_response())
 }

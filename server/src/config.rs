@@ -52,6 +52,15 @@ pub struct CorridorConfig {
     pub market: u32,
     /// Region name.
     pub region: String,
+    /// Concurrent engine runs of this corridor (default: `pools.workers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Requests that may wait beyond the running ones (default: `pools.queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    /// This corridor's own Redis for the L2 cache (default: `cache.redis_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
 }
 
 /// `[server]`
@@ -109,6 +118,99 @@ impl Default for CanaryConfig {
     }
 }
 
+/// `[cache]`: the inference cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Whether answers are cached.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Bytes of answers each corridor's in-process L1 holds at most.
+    #[serde(default = "default_l1_bytes")]
+    pub l1_max_bytes: u64,
+    /// TTL of models whose manifest and name give none.
+    #[serde(default = "default_ttl")]
+    pub default_ttl_seconds: f64,
+    /// Redis L2 shared by corridors without their own (empty: no L2). Also carries the
+    /// invalidation messages between replicas.
+    #[serde(default)]
+    pub redis_url: String,
+    /// Timeout of each Redis operation; a slower Redis counts as a miss.
+    #[serde(default = "default_redis_timeout")]
+    pub redis_timeout_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_l1_bytes() -> u64 {
+    64 << 20
+}
+fn default_ttl() -> f64 {
+    60.0
+}
+fn default_redis_timeout() -> u64 {
+    50
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            l1_max_bytes: default_l1_bytes(),
+            default_ttl_seconds: default_ttl(),
+            redis_url: String::new(),
+            redis_timeout_ms: default_redis_timeout(),
+        }
+    }
+}
+
+/// `[pools]`: per-corridor serving pools (defaults for every corridor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolsConfig {
+    /// Concurrent engine runs per corridor.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Requests that may wait beyond the running ones; more are answered 429.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Deadline of a request unless its `x-deadline-ms` header says otherwise; 504 after it.
+    #[serde(default = "default_timeout")]
+    pub request_timeout_ms: u64,
+    /// Dynamic batching of batch-invariant versions.
+    #[serde(default = "yes")]
+    pub batching: bool,
+    /// How long a batch waits for more requests after its first.
+    #[serde(default = "default_delay")]
+    pub max_queue_delay_us: u64,
+}
+
+fn default_workers() -> usize {
+    2
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+fn default_delay() -> u64 {
+    200
+}
+
+impl Default for PoolsConfig {
+    fn default() -> Self {
+        Self {
+            workers: default_workers(),
+            queue: default_queue(),
+            request_timeout_ms: default_timeout(),
+            batching: true,
+            max_queue_delay_us: default_delay(),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +227,12 @@ pub struct Config {
     /// Canary auto-rollback limits.
     #[serde(default)]
     pub canary: CanaryConfig,
+    /// Inference cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Per-corridor pools and batching.
+    #[serde(default)]
+    pub pools: PoolsConfig,
     /// Explicit path of `libonnxruntime.so` (empty: search).
     #[serde(default)]
     pub onnxruntime_lib: String,
@@ -179,6 +287,20 @@ impl Config {
             return Err(ConfigError::Invalid("engine_instances must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// The TTL of a model's cached answers: its manifest's `cache_ttl_seconds`, else the
+    /// DESIGN.md default for its name, else `cache.default_ttl_seconds`.
+    pub fn cache_ttl(&self, model: &str, manifest_ttl: Option<f64>) -> std::time::Duration {
+        let by_name = match model {
+            "trust-scorer" => Some(300.0),
+            "intent-classifier" => Some(60.0),
+            "risk-assessor" => Some(600.0),
+            "decision-recommender" => Some(30.0),
+            _ => None,
+        };
+        let seconds = manifest_ttl.or(by_name).unwrap_or(self.cache.default_ttl_seconds);
+        std::time::Duration::from_secs_f64(seconds.max(0.0))
     }
 
     /// Where the registry state (lifecycle, canaries, history) is stored.

@@ -7,10 +7,12 @@ pub mod audit;
 pub mod canary;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod gate;
 pub mod import;
 pub mod lifecycle;
 pub mod models;
+pub mod pool;
 pub mod repository;
 pub mod v2;
 
@@ -53,6 +55,21 @@ pub struct Shared {
     pub canary: canary::CanaryMonitor,
     /// Prometheus rendering of the process's metrics.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Each corridor's pool and cache (bulkheads), by corridor id.
+    pub corridors: std::collections::BTreeMap<String, CorridorRuntime>,
+    /// Redis for replica events (the `cache.redis_url`), if configured.
+    pub events: Option<redis::Client>,
+    /// This process's id in replica events.
+    pub server_id: String,
+}
+
+/// What one corridor owns: its serving pool and its cache.
+#[derive(Debug)]
+pub struct CorridorRuntime {
+    /// Queue, workers, batchers.
+    pub pool: pool::CorridorPool,
+    /// L1 (and L2) cache.
+    pub cache: invariant_cache::CorridorCache,
 }
 
 impl Shared {
@@ -80,6 +97,39 @@ pub enum StartError {
     /// The registry state file cannot be used.
     #[error(transparent)]
     Registry(#[from] LifecycleError),
+    /// A cache setting cannot be used.
+    #[error(transparent)]
+    Cache(#[from] invariant_cache::CacheError),
+}
+
+/// Builds each declared corridor's pool and cache.
+fn corridor_runtimes(config: &Config) -> Result<std::collections::BTreeMap<String, CorridorRuntime>, StartError> {
+    let batching = pool::BatchSettings {
+        enabled: config.pools.batching,
+        max_queue_delay: std::time::Duration::from_micros(config.pools.max_queue_delay_us),
+    };
+    let timeout = std::time::Duration::from_millis(config.cache.redis_timeout_ms);
+    let mut out = std::collections::BTreeMap::new();
+    for c in &config.corridors {
+        let sizes = pool::PoolSizes {
+            workers: c.workers.unwrap_or(config.pools.workers),
+            queue: c.queue.unwrap_or(config.pools.queue),
+        };
+        let url = c.redis_url.clone().unwrap_or_else(|| config.cache.redis_url.clone());
+        let l2 = if url.is_empty() {
+            None
+        } else {
+            Some(invariant_cache::RedisL2::new(&url, c.id.as_str(), timeout)?)
+        };
+        out.insert(
+            c.id.to_string(),
+            CorridorRuntime {
+                pool: pool::CorridorPool::new(c.id.as_str(), sizes, batching),
+                cache: invariant_cache::CorridorCache::new(config.cache.l1_max_bytes, l2),
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// The process-wide Prometheus recorder (installed once; `None` if another recorder is).
@@ -119,7 +169,21 @@ pub fn init_onnx(config: &Config) -> Option<String> {
 pub fn build_state(config: Config) -> Result<AppState, StartError> {
     let onnx_unavailable = init_onnx(&config);
     let registry = RegistryState::load(&config.registry_state_path())?;
+    let corridors = corridor_runtimes(&config)?;
+    let events = if config.cache.redis_url.is_empty() {
+        None
+    } else {
+        Some(redis::Client::open(config.cache.redis_url.as_str()).map_err(|e| {
+            invariant_cache::CacheError::RedisUrl {
+                url: config.cache.redis_url.clone(),
+                message: e.to_string(),
+            }
+        })?)
+    };
     let shared = Shared {
+        corridors,
+        events,
+        server_id: events::server_id(),
         registry: ArcSwap::from_pointee(registry),
         canary: canary::CanaryMonitor::new(config.canary.clone()),
         metrics: metrics_handle(),

@@ -174,6 +174,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     runtime.block_on(async move {
         let addr = config.server.http_addr.clone();
         let state = invariant_server::build_state(config)?;
+        invariant_server::events::spawn_subscriber(state.clone());
         let (ready, failed) = state.models.load().counts();
         let listener = tokio::net::TcpListener::bind(&addr)
             .await

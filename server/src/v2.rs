@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// Header naming the corridor of a request.
 pub const CORRIDOR_HEADER: &str = "x-corridor";
 
+/// Header carrying a request's deadline in milliseconds.
+pub const DEADLINE_HEADER: &str = "x-deadline-ms";
+
 /// Header carrying the routing key of a request (e.g. a user id).
 pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
 
@@ -389,15 +392,60 @@ async fn infer(
         }
     };
     let model = &serving.model;
-    let selection = select_outputs(model, request.outputs.as_deref())?;
-
-    let runner = serving.clone();
-    let result = tokio::task::spawn_blocking(move || runner.infer(request.inputs))
-        .await
-        .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))
-        .and_then(|r| r.map_err(ApiError::from));
     let manifest = model.manifest();
+    let selection = select_outputs(model, request.outputs.as_deref())?;
+    let (ordered, _) = invariant_engine::check_inputs(manifest, request.inputs)?;
+    let runtime = state
+        .corridors
+        .get(corridor.as_str())
+        .ok_or_else(|| ApiError::internal(format!("corridor {corridor} has no pool")))?;
+    let deadline_ms = deadline_of(&state, &headers)?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(deadline_ms);
     let version_text = manifest.version.to_string();
+    let requested: Vec<String> = selection.iter().map(|&i| manifest.outputs[i].name.clone()).collect();
+    let key = invariant_core::hash::inference_key(invariant_core::hash::InferenceKeyParts {
+        corridor: &corridor,
+        model: &manifest.name,
+        version: &version_text,
+        artifact_hash: model.content_hash(),
+        inputs: &ordered,
+        outputs: &requested,
+    });
+    let compute = async {
+        let _admission = runtime.pool.admit()?;
+        let outputs = runtime
+            .pool
+            .run(serving.clone(), ordered, deadline, deadline_ms)
+            .await?;
+        let refs: Vec<&Tensor> = outputs.iter().collect();
+        Ok::<_, ApiError>(invariant_core::hash::encode_list(&refs))
+    };
+    let ttl = state
+        .config
+        .cache_ttl(&manifest.name, manifest.inference.cache_ttl_seconds);
+    let result: Result<(Arc<invariant_cache::Entry>, invariant_cache::Source), ApiError> =
+        if state.config.cache.enabled && !ttl.is_zero() {
+            let lookup = runtime
+                .cache
+                .get_or_compute(*key.as_bytes(), &manifest.name, &version_text, ttl, compute);
+            match tokio::time::timeout_at(deadline, lookup).await {
+                Err(_) => Err(ApiError {
+                    status: axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    message: format!("deadline of {deadline_ms} ms exceeded"),
+                }),
+                Ok(r) => r.map_err(|e| (*e).clone()),
+            }
+        } else {
+            compute.await.map(|bytes| {
+                let entry = invariant_cache::Entry {
+                    model: String::new(),
+                    version: String::new(),
+                    bytes,
+                    ttl,
+                };
+                (Arc::new(entry), invariant_cache::Source::Computed)
+            })
+        };
     let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status.as_u16());
     metrics::counter!(
         "invariant_inference_requests_total",
@@ -405,13 +453,16 @@ async fn infer(
         "version" => version_text.clone(),
         "routing" => routing,
         "corridor" => corridor.to_string(),
-        "status" => status.to_string()
+        "status" => status.to_string(),
+        "source" => result.as_ref().map(|(_, s)| s.name()).unwrap_or("error")
     )
     .increment(1);
     if routing == "canary" {
         observe_canary(&state, &manifest.name, &version_text, status < 500, started.elapsed());
     }
-    let outputs = result?;
+    let (entry, source) = result?;
+    let outputs = invariant_core::hash::decode_list(&entry.bytes)
+        .ok_or_else(|| ApiError::internal("a cached answer could not be decoded"))?;
 
     let reply = InferResponse {
         model_name: &manifest.name,
@@ -421,6 +472,8 @@ async fn infer(
             corridor: &corridor,
             device: model.placement().device,
             routing,
+            cached: source.cached(),
+            cache_key: key.to_hex().to_string(),
         },
         outputs: selection
             .iter()
@@ -436,6 +489,20 @@ async fn infer(
     // Serialised directly (not through serde_json::Value, which would widen FP32 to f64 and
     // print 0.1f32 as 0.10000000149011612).
     Ok(Json(reply).into_response())
+}
+
+/// The request's deadline in milliseconds: the `x-deadline-ms` header, else
+/// `pools.request_timeout_ms`.
+fn deadline_of(state: &AppState, headers: &HeaderMap) -> Result<u64, ApiError> {
+    match headers.get(DEADLINE_HEADER) {
+        None => Ok(state.config.pools.request_timeout_ms),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .ok_or_else(|| ApiError::bad_request("x-deadline-ms header: must be a positive number of milliseconds")),
+    }
 }
 
 /// The routing key of a request: the `x-routing-key` header, else `parameters.routing_key`,
@@ -478,6 +545,7 @@ fn observe_canary(state: &AppState, model: &str, version: &str, ok: bool, latenc
         let done = tokio::task::spawn_blocking(move || worker.transition(&m, &v, &action, "auto-rollback", &why)).await;
         match done {
             Ok(Ok(_)) => {
+                crate::events::publish(&state, &model, "transition").await;
                 metrics::counter!("invariant_canary_auto_rollbacks_total", "model" => model.clone(), "version" => version.clone())
                     .increment(1);
             }
@@ -493,6 +561,10 @@ struct ReplyParameters<'a> {
     device: invariant_gpu::Device,
     /// `explicit` (the request named the version), `active` or `canary`.
     routing: &'static str,
+    /// Whether the answer came from the cache.
+    cached: bool,
+    /// The inference cache key (blake3, hex).
+    cache_key: String,
 }
 
 #[derive(Serialize)]

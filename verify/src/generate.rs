@@ -2,7 +2,8 @@
 //!
 //! Every batched input gets, in order: all zeros; every column at its minimum, at its
 //! maximum, at its midpoint; each column alone at its minimum and at its maximum with the
-//! others at their midpoints; seeded pseudo-random rows inside the ranges until there are at
+//! others at their midpoints (for inputs of up to 16 columns; wider inputs get alternating
+//! minimum/maximum rows instead); seeded pseudo-random rows inside the ranges until there are at
 //! least [`MIN_SINGLE_ROW_VECTORS`] single-row vectors; and one vector of `max_batch_size`
 //! random rows. Columns without declared ranges use `[0, 1]`.
 
@@ -11,6 +12,10 @@ use invariant_registry::{Manifest, TensorSpec};
 
 /// Single-row vectors per version at least (the batch-invariance checks combine them).
 pub const MIN_SINGLE_ROW_VECTORS: usize = 40;
+
+/// Inputs with more columns than this get two alternating min/max rows instead of one pair of
+/// rows per column.
+pub const MAX_COLUMN_EXTREMES: usize = 16;
 
 /// splitmix64: a tiny, fixed pseudo-random sequence (the same on every machine).
 struct SplitMix(u64);
@@ -35,6 +40,8 @@ enum Fill {
     Mid,
     /// Column `c` at min (`false`) or max (`true`), others mid.
     One(usize, bool),
+    /// Even columns at min and odd at max (`false`), or the other way round (`true`).
+    Alternate(bool),
     Random,
 }
 
@@ -58,6 +65,13 @@ fn value(fill: Fill, col: usize, [lo, hi]: [f64; 2], rng: &mut SplitMix) -> f64 
             }
         }
         Fill::One(..) => mid,
+        Fill::Alternate(flip) => {
+            if (col % 2 == 1) != flip {
+                hi
+            } else {
+                lo
+            }
+        }
         Fill::Random => lo + rng.next_unit() * (hi - lo),
     }
 }
@@ -110,9 +124,14 @@ pub fn golden_inputs(manifest: &Manifest) -> Vec<(String, Vec<Tensor>)> {
         ("max".into(), Fill::Max),
         ("mid".into(), Fill::Mid),
     ];
-    for c in 0..columns {
-        plan.push((format!("min-{}", column_name(c)), Fill::One(c, false)));
-        plan.push((format!("max-{}", column_name(c)), Fill::One(c, true)));
+    if columns <= MAX_COLUMN_EXTREMES {
+        for c in 0..columns {
+            plan.push((format!("min-{}", column_name(c)), Fill::One(c, false)));
+            plan.push((format!("max-{}", column_name(c)), Fill::One(c, true)));
+        }
+    } else {
+        plan.push(("alternate-min-max".into(), Fill::Alternate(false)));
+        plan.push(("alternate-max-min".into(), Fill::Alternate(true)));
     }
     let mut k = 0;
     while plan.len() < MIN_SINGLE_ROW_VECTORS {

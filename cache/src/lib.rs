@@ -1,0 +1,359 @@
+//! Inference cache of Invariant.
+//!
+//! One [`CorridorCache`] per corridor: an in-process L1 (`moka`), bounded in bytes, with a
+//! time-to-live per entry, and an optional Redis L2 ([`RedisL2`]) under a key prefix of the
+//! corridor's own. Concurrent misses of the same key compute once (single flight): the first
+//! caller computes, the others wait for its result. Keys are opaque 32-byte hashes (the
+//! server's blake3 over corridor, model, version, artifact hash and the canonical inputs);
+//! values are opaque bytes stored and returned unchanged. Redis errors never fail a request:
+//! they count as misses, and the connection is re-established in the background.
+
+use moka::future::Cache;
+use redis::AsyncCommands;
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// A cache key: 32 bytes of a cryptographic hash.
+pub type Key = [u8; 32];
+
+/// A cached answer.
+#[derive(Debug)]
+pub struct Entry {
+    /// Model name (for invalidation by model).
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// The stored bytes.
+    pub bytes: Vec<u8>,
+    /// Time to live from insertion.
+    pub ttl: Duration,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Computed by this call.
+    Computed,
+    /// Found in L1, or computed by a concurrent identical request this call waited for.
+    L1,
+    /// Found in Redis.
+    L2,
+}
+
+impl Source {
+    /// True unless the answer was computed for this request.
+    pub fn cached(self) -> bool {
+        self != Source::Computed
+    }
+
+    /// `l1`, `l2` or `computed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Computed => "computed",
+            Source::L1 => "l1",
+            Source::L2 => "l2",
+        }
+    }
+}
+
+/// Cache construction errors.
+#[derive(Debug, Error)]
+pub enum CacheError {
+    /// The Redis URL cannot be parsed.
+    #[error("invalid Redis URL '{url}': {message}")]
+    RedisUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+}
+
+struct TtlExpiry;
+
+impl moka::Expiry<Key, Arc<Entry>> for TtlExpiry {
+    fn expire_after_create(&self, _key: &Key, value: &Arc<Entry>, _created_at: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// A Redis L2 for one corridor: keys `inv:{corridor}:cache:{hex key}`, values the entry bytes,
+/// expiring with the entry's TTL. Connects lazily and reconnects after failures (at most one
+/// attempt per second); every operation is bounded by a timeout.
+pub struct RedisL2 {
+    client: redis::Client,
+    prefix: String,
+    timeout: Duration,
+    conn: tokio::sync::Mutex<(Option<redis::aio::ConnectionManager>, Option<Instant>)>,
+}
+
+impl std::fmt::Debug for RedisL2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisL2").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl RedisL2 {
+    /// An L2 on `url` for `corridor`; no connection is made until first use.
+    pub fn new(url: &str, corridor: &str, timeout: Duration) -> Result<Self, CacheError> {
+        let client = redis::Client::open(url).map_err(|e| CacheError::RedisUrl {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            client,
+            prefix: format!("inv:{corridor}:cache:"),
+            timeout,
+            conn: tokio::sync::Mutex::new((None, None)),
+        })
+    }
+
+    fn redis_key(&self, key: &Key) -> String {
+        format!("{}{}", self.prefix, hex::encode(key))
+    }
+
+    async fn connection(&self) -> Option<redis::aio::ConnectionManager> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = &guard.0 {
+            return Some(c.clone());
+        }
+        if guard.1.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return None;
+        }
+        guard.1 = Some(Instant::now());
+        match tokio::time::timeout(self.timeout * 4, self.client.get_connection_manager()).await {
+            Ok(Ok(c)) => {
+                guard.0 = Some(c.clone());
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(prefix = %self.prefix, error = %e, "Redis L2 unavailable; serving from L1 and the engines");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(prefix = %self.prefix, "Redis L2 connection timed out");
+                None
+            }
+        }
+    }
+
+    /// The stored bytes, or `None` on a miss or any Redis failure.
+    pub async fn get(&self, key: &Key) -> Option<Vec<u8>> {
+        let mut conn = self.connection().await?;
+        let key = self.redis_key(key);
+        match tokio::time::timeout(self.timeout, conn.get::<_, Option<Vec<u8>>>(&key)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis L2 GET failed; treated as a miss");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("Redis L2 GET timed out; treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Stores bytes with a TTL; failures are logged and ignored.
+    pub async fn set(&self, key: &Key, bytes: &[u8], ttl: Duration) {
+        let Some(mut conn) = self.connection().await else {
+            return;
+        };
+        let millis = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let key = self.redis_key(key);
+        match tokio::time::timeout(self.timeout, conn.pset_ex::<_, _, ()>(&key, bytes, millis)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "Redis L2 SET failed"),
+            Err(_) => tracing::warn!("Redis L2 SET timed out"),
+        }
+    }
+}
+
+/// The cache of one corridor.
+pub struct CorridorCache {
+    l1: Cache<Key, Arc<Entry>>,
+    l2: Option<RedisL2>,
+}
+
+impl std::fmt::Debug for CorridorCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CorridorCache")
+            .field("l1_entries", &self.l1.entry_count())
+            .field("l2", &self.l2)
+            .finish()
+    }
+}
+
+impl CorridorCache {
+    /// A cache whose L1 holds at most `max_bytes` of entries (key and bookkeeping included).
+    pub fn new(max_bytes: u64, l2: Option<RedisL2>) -> Self {
+        let l1 = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_k: &Key, v: &Arc<Entry>| u32::try_from(v.bytes.len() + 128).unwrap_or(u32::MAX))
+            .expire_after(TtlExpiry)
+            .support_invalidation_closures()
+            .build();
+        Self { l1, l2 }
+    }
+
+    /// Whether this corridor has a Redis L2.
+    pub fn has_l2(&self) -> bool {
+        self.l2.is_some()
+    }
+
+    /// The cached entry for `key`, or the result of `compute` (stored in L1 and L2 with `ttl`).
+    /// Concurrent calls with the same key run `compute` once; errors are not cached and are
+    /// shared with the calls that waited.
+    pub async fn get_or_compute<E, Fut>(
+        &self,
+        key: Key,
+        model: &str,
+        version: &str,
+        ttl: Duration,
+        compute: Fut,
+    ) -> Result<(Arc<Entry>, Source), Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+    {
+        const NONE: u8 = 0;
+        const FROM_L2: u8 = 1;
+        const COMPUTED: u8 = 2;
+        let origin = AtomicU8::new(NONE);
+        let make = |bytes| {
+            Arc::new(Entry {
+                model: model.to_string(),
+                version: version.to_string(),
+                bytes,
+                ttl,
+            })
+        };
+        let entry = self
+            .l1
+            .entry(key)
+            .or_try_insert_with(async {
+                if let Some(l2) = &self.l2 {
+                    if let Some(bytes) = l2.get(&key).await {
+                        origin.store(FROM_L2, Ordering::Relaxed);
+                        return Ok(make(bytes));
+                    }
+                }
+                let bytes = compute.await?;
+                origin.store(COMPUTED, Ordering::Relaxed);
+                if let Some(l2) = &self.l2 {
+                    l2.set(&key, &bytes, ttl).await;
+                }
+                Ok(make(bytes))
+            })
+            .await?;
+        let source = match origin.load(Ordering::Relaxed) {
+            COMPUTED => Source::Computed,
+            FROM_L2 => Source::L2,
+            _ => Source::L1,
+        };
+        Ok((entry.into_value(), source))
+    }
+
+    /// Drops every L1 entry of `model` (another replica changed what serves it).
+    pub fn invalidate_model(&self, model: &str) {
+        let model = model.to_string();
+        if let Err(e) = self.l1.invalidate_entries_if(move |_, v| v.model == model) {
+            tracing::warn!(error = %e, "cannot invalidate L1 entries");
+        }
+    }
+
+    /// Entries in L1 (after pending maintenance).
+    pub async fn l1_entries(&self) -> u64 {
+        self.l1.run_pending_tasks().await;
+        self.l1.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn hit_after_miss_and_expiry() {
+        let c = CorridorCache::new(1 << 20, None);
+        let key = [1u8; 32];
+        let (e, s) = c
+            .get_or_compute::<(), _>(key, "m", "1", Duration::from_millis(200), async { Ok(vec![1, 2, 3]) })
+            .await
+            .unwrap();
+        assert_eq!((e.bytes.clone(), s), (vec![1, 2, 3], Source::Computed));
+        let (e, s) = c
+            .get_or_compute::<(), _>(key, "m", "1", Duration::from_millis(200), async { Ok(vec![9]) })
+            .await
+            .unwrap();
+        assert_eq!((e.bytes.clone(), s), (vec![1, 2, 3], Source::L1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (e, s) = c
+            .get_or_compute::<(), _>(key, "m", "1", Duration::from_millis(200), async { Ok(vec![9]) })
+            .await
+            .unwrap();
+        assert_eq!((e.bytes.clone(), s), (vec![9], Source::Computed));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_compute_once() {
+        let c = Arc::new(CorridorCache::new(1 << 20, None));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (c, runs) = (c.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get_or_compute::<(), _>([7; 32], "m", "1", Duration::from_secs(60), async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(vec![42])
+                })
+                .await
+                .unwrap()
+            }));
+        }
+        let mut computed = 0;
+        for t in tasks {
+            let (e, s) = t.await.unwrap();
+            assert_eq!(e.bytes, vec![42]);
+            computed += usize::from(s == Source::Computed);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(computed, 1);
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached_and_invalidation_drops_a_model() {
+        let c = CorridorCache::new(1 << 20, None);
+        let r = c
+            .get_or_compute::<&str, _>([3; 32], "m", "1", Duration::from_secs(60), async { Err("boom") })
+            .await;
+        assert_eq!(*r.unwrap_err(), "boom");
+        let (_, s) = c
+            .get_or_compute::<(), _>([3; 32], "m", "1", Duration::from_secs(60), async { Ok(vec![1]) })
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Computed);
+        c.get_or_compute::<(), _>([4; 32], "other", "1", Duration::from_secs(60), async { Ok(vec![2]) })
+            .await
+            .unwrap();
+        assert_eq!(c.l1_entries().await, 2);
+        c.invalidate_model("m");
+        assert_eq!(c.l1_entries().await, 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_a_miss_not_an_error() {
+        let l2 = RedisL2::new("redis://127.0.0.1:1/", "UAE-SA", Duration::from_millis(100)).unwrap();
+        let c = CorridorCache::new(1 << 20, Some(l2));
+        let (e, s) = c
+            .get_or_compute::<(), _>([5; 32], "m", "1", Duration::from_secs(60), async { Ok(vec![5]) })
+            .await
+            .unwrap();
+        assert_eq!((e.bytes.clone(), s), (vec![5], Source::Computed));
+    }
+}

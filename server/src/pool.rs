@@ -1,0 +1,291 @@
+//! Per-corridor serving pools (bulkheads): a bounded number of requests in flight, a worker
+//! budget (concurrent engine runs), a deadline per request, and a dynamic batcher per model
+//! version. One corridor's flood fills only its own queue: it is answered 429 with
+//! `Retry-After` at once, while other corridors keep their workers.
+
+use crate::error::ApiError;
+use crate::models::ServingVersion;
+use axum::http::StatusCode;
+use invariant_core::Tensor;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+/// Sizes of one corridor's pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSizes {
+    /// Concurrent engine runs.
+    pub workers: usize,
+    /// Requests that may wait for a worker beyond those running.
+    pub queue: usize,
+}
+
+/// Dynamic batching settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Whether batch-invariant versions are batched.
+    pub enabled: bool,
+    /// How long the batcher waits for more requests after the first.
+    pub max_queue_delay: std::time::Duration,
+}
+
+struct Job {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Vec<Tensor>, ApiError>>,
+}
+
+/// One corridor's pool.
+pub struct CorridorPool {
+    corridor: String,
+    sizes: PoolSizes,
+    batching: BatchSettings,
+    workers: Arc<Semaphore>,
+    in_flight: AtomicUsize,
+    batchers: Mutex<BTreeMap<(String, String), mpsc::UnboundedSender<Job>>>,
+}
+
+impl std::fmt::Debug for CorridorPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CorridorPool")
+            .field("corridor", &self.corridor)
+            .field("sizes", &self.sizes)
+            .finish()
+    }
+}
+
+/// A request's place in the pool; released on drop.
+pub struct Admission<'a> {
+    pool: &'a CorridorPool,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.pool.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn deadline_error(deadline_ms: u64) -> ApiError {
+    ApiError {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        message: format!("deadline of {deadline_ms} ms exceeded"),
+    }
+}
+
+fn rows_of(serving: &ServingVersion, inputs: &[Tensor]) -> Option<usize> {
+    let specs = &serving.model.manifest().inputs;
+    if !specs.iter().all(|s| s.is_batched()) || !serving.model.manifest().outputs.iter().all(|s| s.is_batched()) {
+        return None;
+    }
+    inputs.first().and_then(|t| t.shape.first().copied())
+}
+
+impl CorridorPool {
+    /// A pool for `corridor`.
+    pub fn new(corridor: &str, sizes: PoolSizes, batching: BatchSettings) -> Self {
+        Self {
+            corridor: corridor.to_string(),
+            sizes,
+            batching,
+            workers: Arc::new(Semaphore::new(sizes.workers.max(1))),
+            in_flight: AtomicUsize::new(0),
+            batchers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Takes a place, or answers 429 with the reason when `workers + queue` requests are
+    /// already in flight.
+    pub fn admit(&self) -> Result<Admission<'_>, ApiError> {
+        let capacity = self.sizes.workers.max(1) + self.sizes.queue;
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= capacity {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("invariant_rejected_requests_total", "corridor" => self.corridor.clone(), "reason" => "queue_full")
+                .increment(1);
+            return Err(ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!(
+                    "corridor {} is at capacity ({} workers, {} queued); retry later",
+                    self.corridor, self.sizes.workers, self.sizes.queue
+                ),
+            });
+        }
+        Ok(Admission { pool: self })
+    }
+
+    /// Runs checked inputs (signature order) on `serving`, batched with other requests when the
+    /// version is batch-invariant and batching is on; gives up with 504 at `deadline`.
+    pub async fn run(
+        &self,
+        serving: Arc<ServingVersion>,
+        inputs: Vec<Tensor>,
+        deadline: Instant,
+        deadline_ms: u64,
+    ) -> Result<Vec<Tensor>, ApiError> {
+        let rows = rows_of(&serving, &inputs);
+        let batchable = self.batching.enabled && serving.batch_invariant;
+        if let (true, Some(rows)) = (batchable, rows) {
+            let (reply, answer) = oneshot::channel();
+            let sender = self.batcher(&serving);
+            sender
+                .send(Job {
+                    inputs,
+                    rows,
+                    deadline,
+                    reply,
+                })
+                .map_err(|_| ApiError::internal("the batcher of this model stopped"))?;
+            return match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(ApiError::internal("the batcher dropped the request")),
+                Err(_) => Err(deadline_error(deadline_ms)),
+            };
+        }
+        let permit = tokio::time::timeout_at(deadline, self.workers.clone().acquire_owned())
+            .await
+            .map_err(|_| deadline_error(deadline_ms))?
+            .map_err(|_| ApiError::internal("worker pool closed"))?;
+        let corridor = self.corridor.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            count_run(&serving, &corridor, 1);
+            serving.infer(inputs)
+        });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(r)) => r.map_err(ApiError::from),
+            Ok(Err(e)) => Err(ApiError::internal(format!("inference task failed: {e}"))),
+            Err(_) => Err(deadline_error(deadline_ms)),
+        }
+    }
+
+    /// The batcher task of a version in this corridor, started on first use.
+    fn batcher(&self, serving: &Arc<ServingVersion>) -> mpsc::UnboundedSender<Job> {
+        let m = serving.model.manifest();
+        let key = (m.name.clone(), m.version.to_string());
+        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = batchers.get(&key).filter(|s| !s.is_closed()) {
+            return s.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_loop(
+            rx,
+            serving.clone(),
+            self.workers.clone(),
+            self.batching.max_queue_delay,
+            self.corridor.clone(),
+        ));
+        batchers.insert(key, tx.clone());
+        tx
+    }
+}
+
+fn count_run(serving: &ServingVersion, corridor: &str, requests: usize) {
+    let m = serving.model.manifest();
+    metrics::counter!("invariant_engine_runs_total", "model" => m.name.clone(), "version" => m.version.to_string(), "corridor" => corridor.to_string())
+        .increment(1);
+    metrics::counter!("invariant_engine_requests_total", "model" => m.name.clone(), "version" => m.version.to_string(), "corridor" => corridor.to_string())
+        .increment(requests as u64);
+}
+
+/// Collects jobs until `max_batch_size` rows or `delay` after the first, runs them as one
+/// batch on a worker, and hands each job its rows. Jobs past their deadline, or whose caller
+/// left, are dropped before running.
+async fn batch_loop(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    serving: Arc<ServingVersion>,
+    workers: Arc<Semaphore>,
+    delay: std::time::Duration,
+    corridor: String,
+) {
+    let max_rows = serving.model.manifest().inference.max_batch_size;
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let mut jobs = vec![first];
+        let mut rows = jobs[0].rows;
+        let until = Instant::now() + delay;
+        while rows < max_rows {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(j)) if rows + j.rows <= max_rows => {
+                    rows += j.rows;
+                    jobs.push(j);
+                }
+                Ok(Some(j)) => {
+                    carry = Some(j);
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Ok(permit) = workers.clone().acquire_owned().await else {
+            return;
+        };
+        let now = Instant::now();
+        jobs.retain(|j| j.deadline > now && !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let parts: Vec<Vec<Tensor>> = jobs.iter_mut().map(|j| std::mem::take(&mut j.inputs)).collect();
+        let counts: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+        let runner = serving.clone();
+        let corridor = corridor.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            count_run(&runner, &corridor, parts.len());
+            let inputs = (0..parts[0].len())
+                .map(|k| {
+                    let column: Vec<&Tensor> = parts.iter().map(|p| &p[k]).collect();
+                    Tensor::concat_rows(&column).ok_or_else(|| ApiError::internal("cannot stack batched inputs"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let outputs = runner.infer(inputs).map_err(ApiError::from)?;
+            split(&outputs, &counts)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("inference task failed: {e}"))));
+        match result {
+            Ok(per_job) => {
+                for (job, outputs) in jobs.into_iter().zip(per_job) {
+                    let _ = job.reply.send(Ok(outputs));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Splits batched outputs back into each job's rows.
+fn split(outputs: &[Tensor], counts: &[usize]) -> Result<Vec<Vec<Tensor>>, ApiError> {
+    let mut per_job = vec![Vec::with_capacity(outputs.len()); counts.len()];
+    for t in outputs {
+        let width: usize = t.shape.iter().skip(1).product();
+        let mut start = 0;
+        for (j, &n) in counts.iter().enumerate() {
+            let mut shape = t.shape.clone();
+            shape[0] = n;
+            if (start + n) * width > t.data.len() {
+                return Err(ApiError::internal("batched output has fewer rows than requested"));
+            }
+            per_job[j].push(Tensor {
+                name: t.name.clone(),
+                shape,
+                data: t.data.slice(start * width, n * width),
+            });
+            start += n;
+        }
+    }
+    Ok(per_job)
+}
