@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+# The tests start their own redis-server on free loopback ports; install it when missing.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "test: installing redis-server"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+fi
+command -v redis-server >/dev/null || { echo "test: redis-server is required and could not be installed" >&2; exit 1; }
 
 echo "test: cargo fmt --check"
 cargo fmt --all --check

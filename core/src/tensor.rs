@@ -86,7 +86,7 @@ impl TensorData {
     /// [`TensorData::to_le_bytes`]); `None` when the length is not a multiple of the element size.
     pub fn from_le_bytes(datatype: DataType, bytes: &[u8]) -> Option<TensorData> {
         let width = datatype.size_bytes();
-        if bytes.len() % width != 0 {
+        if !bytes.len().is_multiple_of(width) {
             return None;
         }
         let chunks = bytes.chunks_exact(width);

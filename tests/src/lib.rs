@@ -80,6 +80,10 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// Golden vector directory.
     pub golden_vectors: PathBuf,
+    /// Extra top-level TOML (tables such as `[cache]` or `[pools]`).
+    pub extra: String,
+    /// Extra keys of the `UK-NG` corridor table (e.g. `workers = 1`).
+    pub uk_ng: String,
 }
 
 impl Default for ServerOptions {
@@ -89,8 +93,98 @@ impl Default for ServerOptions {
             default_corridor: Some("UAE-SA".into()),
             max_body_bytes: 1 << 20,
             golden_vectors: shipped_golden(),
+            extra: String::new(),
+            uk_ng: String::new(),
         }
     }
+}
+
+/// A `redis-server` on a free loopback port with no persistence, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one (fails loudly when `redis-server` is not installed: scripts/test.sh installs it).
+    pub fn start() -> Self {
+        let port = free_port();
+        Self::start_on(port)
+    }
+
+    /// Starts one on `port` (to restart a killed one at the same address).
+    pub fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it with apt)");
+        let server = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if server.ping() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer PING on port {port}");
+    }
+
+    /// `redis://127.0.0.1:<port>/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// Kills it (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The sum of a Prometheus counter's samples whose labels contain every `label="value"` given.
+pub async fn counter(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }
 
 /// A running `invariant serve`, killed on drop.
@@ -127,15 +221,19 @@ region = "gcc"
 id = "US-EG"
 market = 0
 region = "mena"
+{extra}
 [[corridors]]
 id = "UK-NG"
 market = 1
 region = "west-africa"
+{uk_ng}
 "#,
         options.model_repository.display(),
         options.golden_vectors.display(),
         state_dir.display(),
-        options.max_body_bytes
+        options.max_body_bytes,
+        extra = options.extra,
+        uk_ng = options.uk_ng,
     )
 }
 
