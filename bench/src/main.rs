@@ -411,10 +411,11 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(binary: &Path, port: u16) -> Result<ServerProcess> {
+fn start_server(binary: &Path, port: u16, env: &[(&str, String)]) -> Result<ServerProcess> {
     let child = Command::new(binary)
         .args(["serve", "--http-addr", &format!("127.0.0.1:{port}")])
         .env("INVARIANT_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -459,65 +460,229 @@ fn main() -> Result<()> {
         return Ok(());
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _server = start_server(&args.binary, port)?;
-    let base = format!("http://127.0.0.1:{port}");
     let scripts = std::env::temp_dir().join(format!("invariant-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scripts)?;
     let state = invariant_server::build_state(config)?;
-
-    println!(
-        "\n# served over HTTP (wrk, {} s per run, batch 1, JSON)",
-        args.http_seconds
-    );
-    println!(
-        "{:<22} {:>4} {:>10} {:>9} {:>9} {:>14} {:>12}",
-        "target", "conc", "req/s", "p50 ms", "p99 ms", "served/engine", "served/floor"
-    );
-    for &c in &args.concurrency {
-        let floor = wrk(&format!("{base}/v2/health/live"), c, args.http_seconds, None)?;
+    let table = state.models.load();
+    // Per model: a batch-1 JSON body, and the same body with its first element left open so
+    // every request of a run differs (cache misses).
+    let mut bodies = Vec::new();
+    for name in table.names() {
+        let serving = table
+            .resolve(name, None)
+            .map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
+        let model = &serving.model;
+        let version = model.manifest().version.to_string();
+        let inputs = inputs_for(model, 1);
+        let body = serde_json::json!({ "inputs": inputs.iter().map(|t| serde_json::json!({
+            "name": t.name, "shape": t.shape, "datatype": t.datatype(), "data": t.data,
+        })).collect::<Vec<_>>() })
+        .to_string();
+        let engine = engines
+            .iter()
+            .find(|e| e.model == name && e.version == version && e.batch == 1)
+            .map(|e| e.requests_per_s)
+            .unwrap_or(f64::NAN);
+        let constant = scripts.join(format!("{name}.lua"));
+        std::fs::write(
+            &constant,
+            format!(
+                "wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+            ),
+        )?;
+        let open = body.find("\"data\":[").map(|i| i + 8).context("body has no data")?;
+        let close = open + body[open..].find([',', ']']).context("data is empty")?;
+        let varying = scripts.join(format!("{name}-varying.lua"));
+        std::fs::write(
+            &varying,
+            format!(
+                "counter = 0\nrequest = function()\n  counter = counter + 1\n  local body = [[{}]] .. counter .. [[{}]]\n  return wrk.format(\"POST\", nil, {{[\"Content-Type\"] = \"application/json\"}}, body)\nend\n",
+                &body[..open],
+                &body[close..]
+            ),
+        )?;
+        let path = format!("/v2/models/{name}/versions/{version}/infer");
+        bodies.push((name.to_string(), version, path, constant, varying, engine));
+    }
+    let free_port = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let row = |target: &str, c: u32, r: &WrkResult, engine: Option<f64>, floor: f64| {
         println!(
-            "{:<22} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>14} {:>12}",
-            "GET /v2/health/live", c, floor.requests_per_s, floor.p50_ms, floor.p99_ms, "-", "1.00"
+            "{:<26} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>14} {:>12.3}",
+            target,
+            c,
+            r.requests_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            engine
+                .map(|e| format!("{:.3}", r.requests_per_s / e))
+                .unwrap_or_else(|| "-".into()),
+            r.requests_per_s / floor
+        )
+    };
+    let header = || {
+        println!(
+            "{:<26} {:>4} {:>10} {:>9} {:>9} {:>14} {:>12}",
+            "target", "conc", "req/s", "p50 ms", "p99 ms", "served/engine", "served/floor"
+        )
+    };
+
+    // 1. Computed answers (cache off), against the raw engine and the HTTP floor.
+    {
+        let port = free_port()?;
+        let _server = start_server(&args.binary, port, &[("INVARIANT_CACHE__ENABLED", "false".into())])?;
+        let base = format!("http://127.0.0.1:{port}");
+        println!(
+            "\n# served over HTTP, cache off (wrk, {} s per run, batch 1, JSON)",
+            args.http_seconds
         );
-        let table = state.models.load();
-        for name in table.names() {
-            let serving = table
-                .resolve(name, None)
-                .map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
-            let model = &serving.model;
-            let version = model.manifest().version.to_string();
-            let inputs = inputs_for(model, 1);
-            let body = serde_json::json!({ "inputs": inputs.iter().map(|t| serde_json::json!({
-                "name": t.name, "shape": t.shape, "datatype": t.datatype(), "data": t.data,
-            })).collect::<Vec<_>>() });
-            let script = scripts.join(format!("{name}.lua"));
-            std::fs::write(
-                &script,
-                format!(
-                    "wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-corridor\"] = \"UAE-SA\"\n"
-                ),
-            )?;
-            let served = wrk(
-                &format!("{base}/v2/models/{name}/versions/{version}/infer"),
+        header();
+        for &c in &args.concurrency {
+            let floor = wrk(&format!("{base}/v2/health/live"), c, args.http_seconds, None)?;
+            row("GET /v2/health/live", c, &floor, None, floor.requests_per_s);
+            for (name, version, path, _, varying, engine) in &bodies {
+                let r = wrk(&format!("{base}{path}"), c, args.http_seconds, Some(varying))?;
+                row(&format!("{name} {version}"), c, &r, Some(*engine), floor.requests_per_s);
+            }
+        }
+    }
+
+    // 2. Cache hits (L1), against the HTTP floor of the same server.
+    {
+        let port = free_port()?;
+        let _server = start_server(&args.binary, port, &[])?;
+        let base = format!("http://127.0.0.1:{port}");
+        println!("\n# cache hits (L1) vs the HTTP floor of the same server (target >= 0.90)");
+        header();
+        // The same floor carrying the request body: what reading a body costs in the HTTP stack.
+        let with_body = scripts.join("floor-with-body.lua");
+        let body = &bodies.first().context("no models")?.3;
+        let constant = std::fs::read_to_string(body)?.replace("wrk.method = \"POST\"", "wrk.method = \"GET\"");
+        std::fs::write(&with_body, constant)?;
+        for &c in &args.concurrency {
+            let floor = wrk(&format!("{base}/v2/health/live"), c, args.http_seconds, None)?;
+            row("GET /v2/health/live", c, &floor, None, floor.requests_per_s);
+            let body_floor = wrk(
+                &format!("{base}/v2/health/live"),
                 c,
                 args.http_seconds,
-                Some(&script),
+                Some(&with_body),
             )?;
-            let engine = engines
-                .iter()
-                .find(|e| e.model == name && e.version == version && e.batch == 1)
-                .map(|e| e.requests_per_s)
-                .unwrap_or(f64::NAN);
+            row("  same, with the body", c, &body_floor, None, floor.requests_per_s);
+            for (name, version, path, constant, _, _) in &bodies {
+                let r = wrk(&format!("{base}{path}"), c, args.http_seconds, Some(constant))?;
+                row(&format!("{name} {version} hit"), c, &r, None, floor.requests_per_s);
+            }
+        }
+    }
+
+    // 3. Cache hits from Redis (L1 holding nothing) vs L1 hits, concurrency 32.
+    {
+        let redis_port = free_port()?;
+        let redis = ServerProcess(
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &redis_port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting redis-server (apt-get install redis-server)")?,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let url = format!("redis://127.0.0.1:{redis_port}/");
+        let (p1, p2) = (free_port()?, free_port()?);
+        let _l1 = start_server(&args.binary, p1, &[])?;
+        let _l2 = start_server(
+            &args.binary,
+            p2,
+            &[
+                ("INVARIANT_CACHE__REDIS_URL", url.clone()),
+                ("INVARIANT_CACHE__L1_MAX_BYTES", "0".into()),
+            ],
+        )?;
+        println!("\n# cache-hit path: L1 only vs Redis L2 (L1 holding nothing), concurrency 32");
+        println!(
+            "{:<26} {:>10} {:>9} {:>9} {:>10}",
+            "target", "req/s", "p50 ms", "p99 ms", "l2/l1"
+        );
+        for (name, version, path, constant, _, _) in &bodies {
+            let l1 = wrk(
+                &format!("http://127.0.0.1:{p1}{path}"),
+                32,
+                args.http_seconds,
+                Some(constant),
+            )?;
+            let l2 = wrk(
+                &format!("http://127.0.0.1:{p2}{path}"),
+                32,
+                args.http_seconds,
+                Some(constant),
+            )?;
             println!(
-                "{:<22} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>14.3} {:>12.3}",
+                "{:<26} {:>10.0} {:>9.3} {:>9.3} {:>10}",
+                format!("{name} {version} L1"),
+                l1.requests_per_s,
+                l1.p50_ms,
+                l1.p99_ms,
+                "-"
+            );
+            println!(
+                "{:<26} {:>10.0} {:>9.3} {:>9.3} {:>10.3}",
+                format!("{name} {version} L2"),
+                l2.requests_per_s,
+                l2.p50_ms,
+                l2.p99_ms,
+                l2.requests_per_s / l1.requests_per_s
+            );
+        }
+        drop(redis);
+    }
+
+    // 4. Uncached throughput at concurrency 32 with and without dynamic batching.
+    {
+        let (p_off, p_on) = (free_port()?, free_port()?);
+        let off = vec![
+            ("INVARIANT_CACHE__ENABLED", "false".to_string()),
+            ("INVARIANT_POOLS__BATCHING", "false".into()),
+        ];
+        let on = vec![
+            ("INVARIANT_CACHE__ENABLED", "false".to_string()),
+            ("INVARIANT_POOLS__BATCHING", "true".into()),
+        ];
+        let _off = start_server(&args.binary, p_off, &off)?;
+        let _on = start_server(&args.binary, p_on, &on)?;
+        println!("\n# uncached, concurrency 32: dynamic batching off vs on (max_queue_delay 200 us)");
+        println!(
+            "{:<22} {:>12} {:>10} {:>12} {:>10} {:>9}",
+            "model", "off req/s", "off p99", "on req/s", "on p99", "speed-up"
+        );
+        for (name, version, path, _, varying, _) in &bodies {
+            let a = wrk(
+                &format!("http://127.0.0.1:{p_off}{path}"),
+                32,
+                args.http_seconds,
+                Some(varying),
+            )?;
+            let b = wrk(
+                &format!("http://127.0.0.1:{p_on}{path}"),
+                32,
+                args.http_seconds,
+                Some(varying),
+            )?;
+            println!(
+                "{:<22} {:>12.0} {:>10.3} {:>12.0} {:>10.3} {:>9.2}",
                 format!("{name} {version}"),
-                c,
-                served.requests_per_s,
-                served.p50_ms,
-                served.p99_ms,
-                served.requests_per_s / engine,
-                served.requests_per_s / floor.requests_per_s
+                a.requests_per_s,
+                a.p99_ms,
+                b.requests_per_s,
+                b.p99_ms,
+                b.requests_per_s / a.requests_per_s
             );
         }
     }

@@ -1,6 +1,6 @@
 //! Inference cache of Invariant.
 //!
-//! One [`CorridorCache`] per corridor: an in-process L1 (`moka`), bounded in bytes, with a
+//! One [`CorridorCache`] per corridor: an in-process L1 (`moka`), bounded in bytes (0 turns it off), with a
 //! time-to-live per entry, and an optional Redis L2 ([`RedisL2`]) under a key prefix of the
 //! corridor's own. Concurrent misses of the same key compute once (single flight): the first
 //! caller computes, the others wait for its result. Keys are opaque 32-byte hashes (the
@@ -175,6 +175,8 @@ impl RedisL2 {
 /// The cache of one corridor.
 pub struct CorridorCache {
     l1: Cache<Key, Arc<Entry>>,
+    /// False when L1 was given no room: every lookup goes to L2 (or computes).
+    l1_enabled: bool,
     l2: Option<RedisL2>,
 }
 
@@ -196,7 +198,11 @@ impl CorridorCache {
             .expire_after(TtlExpiry)
             .support_invalidation_closures()
             .build();
-        Self { l1, l2 }
+        Self {
+            l1,
+            l1_enabled: max_bytes > 0,
+            l2,
+        }
     }
 
     /// Whether this corridor has a Redis L2.
@@ -255,6 +261,22 @@ impl CorridorCache {
             _ => Source::L1,
         };
         Ok((entry.into_value(), source))
+    }
+
+    /// The L1 entry for `key`, if present: the cheapest possible hit (no timer, no admission).
+    pub async fn peek(&self, key: &Key) -> Option<Arc<Entry>> {
+        if self.l1_enabled {
+            self.l1.get(key).await
+        } else {
+            None
+        }
+    }
+
+    /// Stores an entry in L1 only (e.g. a rendered reply under its own key space).
+    pub async fn insert_l1(&self, key: Key, entry: Arc<Entry>) {
+        if self.l1_enabled {
+            self.l1.insert(key, entry).await;
+        }
     }
 
     /// Drops every L1 entry of `model` (another replica changed what serves it).

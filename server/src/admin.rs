@@ -197,7 +197,7 @@ async fn unload(
         });
     }
     let next = table.without_version(&model, &version, &format!("unloaded by {actor}: {reason}"));
-    state.models.store(Arc::new(next));
+    state.set_models(Arc::new(next));
     let record = json!({
         "event": "unload", "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "actor": actor, "model": model, "version": version, "reason": reason,

@@ -61,7 +61,7 @@ pub fn apply(state: &AppState, event: &Event) {
         return;
     }
     match RegistryState::load(&state.config.registry_state_path()) {
-        Ok(registry) => state.registry.store(Arc::new(registry)),
+        Ok(registry) => state.set_registry(Arc::new(registry)),
         Err(e) => tracing::warn!(error = %e, "cannot reload the registry state after an event"),
     }
     for corridor in state.corridors.values() {

@@ -61,6 +61,9 @@ pub struct Shared {
     pub events: Option<redis::Client>,
     /// This process's id in replica events.
     pub server_id: String,
+    /// Bumped whenever the model table or the registry state is replaced: part of every
+    /// response-cache key, so a change of what serves a model is never hidden by a cached reply.
+    pub generation: std::sync::atomic::AtomicU64,
 }
 
 /// What one corridor owns: its serving pool and its cache.
@@ -73,6 +76,18 @@ pub struct CorridorRuntime {
 }
 
 impl Shared {
+    /// Replaces the model table (atomically for requests in flight).
+    pub fn set_models(&self, table: Arc<ModelTable>) {
+        self.models.store(table);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Replaces the registry state.
+    pub fn set_registry(&self, state: Arc<RegistryState>) {
+        self.registry.store(state);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// The loader for this configuration.
     pub fn loader(&self) -> Loader<'_> {
         Loader {
@@ -184,6 +199,7 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         corridors,
         events,
         server_id: events::server_id(),
+        generation: std::sync::atomic::AtomicU64::new(0),
         registry: ArcSwap::from_pointee(registry),
         canary: canary::CanaryMonitor::new(config.canary.clone()),
         metrics: metrics_handle(),
@@ -199,7 +215,7 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         config,
     };
     let table = ModelTable::load(&shared.config.model_repository, &shared.loader())?;
-    shared.models.store(Arc::new(table));
+    shared.set_models(Arc::new(table));
     Ok(Arc::new(shared))
 }
 

@@ -93,7 +93,7 @@ impl Shared {
         };
         let (next, transition) = self.registry.load().apply(model, version, action, &ctx)?;
         next.save(&self.config.registry_state_path())?;
-        self.registry.store(Arc::new(next));
+        self.set_registry(Arc::new(next));
         if let Err(e) = self.audit.append(&TransitionRecord {
             event: "transition",
             transition: &transition,

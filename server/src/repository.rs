@@ -62,7 +62,7 @@ pub(crate) async fn load(State(state): State<AppState>, Path(model): Path<String
     .await
     .map_err(|e| ApiError::internal(format!("reload task failed: {e}")))?
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    state.models.store(Arc::new(table));
+    state.set_models(Arc::new(table));
     crate::events::publish(&state, &model, "reload").await;
     let failed: Vec<_> = outcomes.iter().filter(|o| o.state == "FAILED").collect();
     let body = json!({ "model": model, "versions": outcomes });

@@ -357,8 +357,33 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let body = body.map_err(|r| body_error(r, state.config.server.max_body_bytes))?;
+    // The reply cache: the exact request (corridor, model, version, routing key, body) under
+    // the current model table and registry generation maps to the exact reply bytes.
+    let front = reply_key(&state, &model_name, version.as_deref(), &headers, &body);
+    if let Some((corridor_id, key)) = &front {
+        if let Some(hit) = match state.corridors.get(corridor_id) {
+            Some(rt) => rt.cache.peek(key).await,
+            None => None,
+        } {
+            metrics::counter!(
+                "invariant_inference_requests_total",
+                "model" => hit.model.clone(),
+                "version" => hit.version.clone(),
+                "routing" => "cached",
+                "corridor" => corridor_id.clone(),
+                "status" => "200",
+                "source" => "l1"
+            )
+            .increment(1);
+            return Ok((
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                hit.bytes.clone(),
+            )
+                .into_response());
+        }
+    }
     let table = state.models.load_full();
     if let Some(v) = &version {
         table
@@ -400,7 +425,7 @@ async fn infer(
         .get(corridor.as_str())
         .ok_or_else(|| ApiError::internal(format!("corridor {corridor} has no pool")))?;
     let deadline_ms = deadline_of(&state, &headers)?;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(deadline_ms);
+    let deadline = started + std::time::Duration::from_millis(deadline_ms);
     let version_text = manifest.version.to_string();
     let requested: Vec<String> = selection.iter().map(|&i| manifest.outputs[i].name.clone()).collect();
     let key = invariant_core::hash::inference_key(invariant_core::hash::InferenceKeyParts {
@@ -423,29 +448,37 @@ async fn infer(
     let ttl = state
         .config
         .cache_ttl(&manifest.name, manifest.inference.cache_ttl_seconds);
-    let result: Result<(Arc<invariant_cache::Entry>, invariant_cache::Source), ApiError> =
-        if state.config.cache.enabled && !ttl.is_zero() {
-            let lookup = runtime
-                .cache
-                .get_or_compute(*key.as_bytes(), &manifest.name, &version_text, ttl, compute);
-            match tokio::time::timeout_at(deadline, lookup).await {
-                Err(_) => Err(ApiError {
-                    status: axum::http::StatusCode::GATEWAY_TIMEOUT,
-                    message: format!("deadline of {deadline_ms} ms exceeded"),
-                }),
-                Ok(r) => r.map_err(|e| (*e).clone()),
-            }
-        } else {
-            compute.await.map(|bytes| {
-                let entry = invariant_cache::Entry {
-                    model: String::new(),
-                    version: String::new(),
-                    bytes,
-                    ttl,
-                };
-                (Arc::new(entry), invariant_cache::Source::Computed)
-            })
-        };
+    let caching = state.config.cache.enabled && !ttl.is_zero();
+    // An L1 hit needs no admission, timer or coalescing.
+    let hit = if caching {
+        runtime.cache.peek(key.as_bytes()).await
+    } else {
+        None
+    };
+    let result: Result<(Arc<invariant_cache::Entry>, invariant_cache::Source), ApiError> = if let Some(entry) = hit {
+        Ok((entry, invariant_cache::Source::L1))
+    } else if caching {
+        let lookup = runtime
+            .cache
+            .get_or_compute(*key.as_bytes(), &manifest.name, &version_text, ttl, compute);
+        match tokio::time::timeout_at(deadline, lookup).await {
+            Err(_) => Err(ApiError {
+                status: axum::http::StatusCode::GATEWAY_TIMEOUT,
+                message: format!("deadline of {deadline_ms} ms exceeded"),
+            }),
+            Ok(r) => r.map_err(|e| (*e).clone()),
+        }
+    } else {
+        compute.await.map(|bytes| {
+            let entry = invariant_cache::Entry {
+                model: String::new(),
+                version: String::new(),
+                bytes,
+                ttl,
+            };
+            (Arc::new(entry), invariant_cache::Source::Computed)
+        })
+    };
     let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status.as_u16());
     metrics::counter!(
         "invariant_inference_requests_total",
@@ -464,9 +497,9 @@ async fn infer(
     let outputs = invariant_core::hash::decode_list(&entry.bytes)
         .ok_or_else(|| ApiError::internal("a cached answer could not be decoded"))?;
 
-    let reply = InferResponse {
+    let mut reply = InferResponse {
         model_name: &manifest.name,
-        model_version: version_text,
+        model_version: version_text.clone(),
         id: request.id.as_deref(),
         parameters: ReplyParameters {
             corridor: &corridor,
@@ -488,7 +521,61 @@ async fn infer(
     };
     // Serialised directly (not through serde_json::Value, which would widen FP32 to f64 and
     // print 0.1f32 as 0.10000000149011612).
-    Ok(Json(reply).into_response())
+    let encode = |r: &InferResponse<'_>| serde_json::to_vec(r).map_err(|e| ApiError::internal(e.to_string()));
+    let bytes = encode(&reply)?;
+    if let (true, Some((corridor_id, front_key))) = (caching, front) {
+        if corridor_id == corridor.as_str() {
+            reply.parameters.cached = true;
+            let stored = encode(&reply)?;
+            let entry = invariant_cache::Entry {
+                model: manifest.name.clone(),
+                version: version_text,
+                bytes: stored,
+                ttl,
+            };
+            runtime.cache.insert_l1(front_key, Arc::new(entry)).await;
+        }
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// The reply-cache key of a request, with the corridor whose cache holds it: blake3 over the
+/// state generation, corridor, model, version, routing-key header and the raw body. The
+/// corridor is the `x-corridor` header's, else the default; `None` (no fast path) when neither
+/// names a declared corridor. A reply is stored only when the request resolved to that same
+/// corridor, so a body naming another corridor in `parameters.corridor` never hits.
+fn reply_key(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<(String, invariant_cache::Key)> {
+    let corridor = match headers.get(CORRIDOR_HEADER) {
+        Some(v) => state.config.corridor(v.to_str().ok()?)?.id.to_string(),
+        None => state.config.server.default_corridor.as_ref()?.to_string(),
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(b"invariant/reply-key/v1");
+    h.update(
+        &state
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            .to_le_bytes(),
+    );
+    let routing = headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes());
+    for part in [
+        corridor.as_bytes(),
+        model.as_bytes(),
+        version.unwrap_or("").as_bytes(),
+        routing.unwrap_or(b""),
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(&[u8::from(version.is_some()), u8::from(routing.is_some())]);
+    h.update(body);
+    Some((corridor, *h.finalize().as_bytes()))
 }
 
 /// The request's deadline in milliseconds: the `x-deadline-ms` header, else
