@@ -319,3 +319,33 @@ async fn a_dead_redis_costs_hits_not_answers() {
     let (status, _) = s.post(INFER, &trust_request(&[row(20)])).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn the_reply_cache_follows_promotions_and_corridors() {
+    let repo = RepoCopy::new();
+    let s = Server::start_with(repo.options()).await;
+    let req = trust_request(&[row(6)]);
+    let unversioned = "/v2/models/trust-scorer/infer";
+    let (_, first) = s.post(unversioned, &req).await;
+    let (_, again) = s.post(unversioned, &req).await;
+    assert_eq!(
+        (first["model_version"].clone(), again["parameters"]["cached"].clone()),
+        (json!("1.2.0"), json!(true))
+    );
+    // The identical request after a promotion is answered by the new version.
+    assert_eq!(s.admin("trust-scorer", "1.1.0", "promote", json!({})).await.0, 200);
+    let (_, after) = s.post(unversioned, &req).await;
+    assert_eq!(after["model_version"], "1.1.0");
+    assert_eq!(after["parameters"]["cached"], false);
+    assert_eq!(f32_bits(output(&after, "trust_score")).len(), 1);
+
+    // A body naming another corridor is answered from that corridor's cache only.
+    let mut in_us = req.clone();
+    in_us["parameters"] = json!({"corridor": "US-EG"});
+    let (_, us1) = s.post(unversioned, &in_us).await;
+    let (_, us2) = s.post(unversioned, &in_us).await;
+    assert_eq!(us1["parameters"]["corridor"], "US-EG");
+    assert_eq!(us1["parameters"]["cached"], false);
+    assert_eq!(us2["parameters"]["corridor"], "US-EG");
+    assert_eq!(us2["parameters"]["cached"], true);
+}
