@@ -657,7 +657,7 @@ fn main() -> Result<()> {
         ];
         let _off = start_server(&args.binary, p_off, &off)?;
         let _on = start_server(&args.binary, p_on, &on)?;
-        println!("\n# uncached, concurrency 32: dynamic batching off vs on (max_queue_delay 200 us)");
+        println!("\n# uncached, concurrency 32: dynamic batching off vs on (max_queue_delay_us 0)");
         println!(
             "{:<22} {:>12} {:>10} {:>12} {:>10} {:>9}",
             "model", "off req/s", "off p99", "on req/s", "on p99", "speed-up"

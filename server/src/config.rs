@@ -181,7 +181,9 @@ pub struct PoolsConfig {
     /// Dynamic batching of batch-invariant versions.
     #[serde(default = "yes")]
     pub batching: bool,
-    /// How long a batch waits for more requests after its first.
+    /// How long a batch waits for more requests after its first (0: it takes what is queued
+    /// and runs; requests arriving meanwhile form the next batch). Timers have millisecond
+    /// resolution, so small values round up to about 1 ms.
     #[serde(default = "default_delay")]
     pub max_queue_delay_us: u64,
 }
@@ -196,7 +198,7 @@ fn default_timeout() -> u64 {
     10_000
 }
 fn default_delay() -> u64 {
-    200
+    0
 }
 
 impl Default for PoolsConfig {

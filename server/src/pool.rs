@@ -212,18 +212,29 @@ async fn batch_loop(
         };
         let mut jobs = vec![first];
         let mut rows = jobs[0].rows;
-        let until = Instant::now() + delay;
+        // Take what is already queued, then (with a delay configured) wait for more. Requests that
+        // arrive while a batch runs queue up and form the next batch, so batches grow with load
+        // without a fixed wait at low load.
+        let until = (!delay.is_zero()).then(|| Instant::now() + delay);
         while rows < max_rows {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(j)) if rows + j.rows <= max_rows => {
+            let next = match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => match until {
+                    Some(until) => tokio::time::timeout_at(until, rx.recv()).await.ok().flatten(),
+                    None => None,
+                },
+            };
+            match next {
+                Some(j) if rows + j.rows <= max_rows => {
                     rows += j.rows;
                     jobs.push(j);
                 }
-                Ok(Some(j)) => {
+                Some(j) => {
                     carry = Some(j);
                     break;
                 }
-                Ok(None) | Err(_) => break,
+                None => break,
             }
         }
         let Ok(permit) = workers.clone().acquire_owned().await else {

@@ -478,20 +478,18 @@ fn cli_imports_onnx_and_native_artifacts() {
     assert!(repo.golden().join("surge/0.1.0.jsonl").exists());
 
     let weights = shipped_models().join("trust-scorer/1.2.0/model.safetensors");
-    let (code, out, err) = cli(
-        &[
-            "models",
-            "import",
-            weights.to_str().unwrap(),
-            "--name",
-            "trust-scorer",
-            "--version",
-            "1.3.0",
-            "--like",
-            "1.2.0",
-        ],
-        &repo,
-    );
+    let like = [
+        "models",
+        "import",
+        weights.to_str().unwrap(),
+        "--name",
+        "trust-scorer",
+        "--version",
+        "1.3.0",
+        "--like",
+        "1.2.0",
+    ];
+    let (code, out, err) = cli(&like, &repo);
     assert_eq!(code, 0, "{out}{err}");
     let (code, _, err) = cli(
         &[
@@ -507,21 +505,8 @@ fn cli_imports_onnx_and_native_artifacts() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("--like"), "{err}");
-    let (code, _, err) = cli(
-        &[
-            "models",
-            "import",
-            weights.to_str().unwrap(),
-            "--name",
-            "trust-scorer",
-            "--version",
-            "1.3.0",
-            "--like",
-            "1.2.0",
-        ],
-        &repo,
-    );
-    assert_ne!(code, 0);
+    let (code, _, err) = cli(&like, &repo);
+    assert_ne!(code, 0, "importing the same version twice must fail");
     assert!(err.contains("already exists"), "{err}");
     let (code, out, err) = cli(&["models", "verify"], &repo);
     assert_eq!(code, 0, "{out}{err}");

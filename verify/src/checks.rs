@@ -169,9 +169,9 @@ impl Collector {
         }
     }
 
-    /// Records a violation that concerns no particular element.
-    pub fn fail(&mut self, check: Check, vector: Option<&str>, detail: impl Into<String>) {
-        self.push(Violation {
+    /// A violation that concerns no particular element.
+    fn bare(&self, check: Check, vector: Option<&str>, detail: String) -> Violation {
+        Violation {
             check,
             model: self.model.clone(),
             version: self.version.clone(),
@@ -183,8 +183,14 @@ impl Collector {
             actual: None,
             ulp: None,
             differing: 0,
-            detail: detail.into(),
-        });
+            detail,
+        }
+    }
+
+    /// Records a violation that concerns no particular element.
+    pub fn fail(&mut self, check: Check, vector: Option<&str>, detail: impl Into<String>) {
+        let v = self.bare(check, vector, detail.into());
+        self.push(v);
     }
 
     /// Compares actual outputs with expected bits, one violation per differing output.
@@ -242,20 +248,8 @@ impl Collector {
     /// The violations, plus one line per check whose further violations were only counted.
     pub fn finish(mut self) -> Vec<Violation> {
         for (check, n) in std::mem::take(&mut self.suppressed) {
-            self.violations.push(Violation {
-                check,
-                model: self.model.clone(),
-                version: self.version.clone(),
-                vector: None,
-                output_index: None,
-                output: None,
-                element: None,
-                expected: None,
-                actual: None,
-                ulp: None,
-                differing: 0,
-                detail: format!("{n} more violation(s) of this check not listed"),
-            });
+            let v = self.bare(check, None, format!("{n} more violation(s) of this check not listed"));
+            self.violations.push(v);
         }
         self.violations
     }
