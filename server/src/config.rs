@@ -22,13 +22,19 @@ pub enum ConfigError {
 
 /// Top-level keys that environment variables may override; other `INVARIANT_*` variables
 /// (used by tools and tests) are not configuration.
-const ENV_KEYS: [&str; 6] = [
+const ENV_KEYS: [&str; 12] = [
     "model_repository",
+    "feature_repository",
+    "feature_store",
     "golden_vectors",
     "state_dir",
+    "registry_state",
     "onnxruntime_lib",
     "engine_instances",
     "server__",
+    "canary__",
+    "cache__",
+    "pools__",
 ];
 
 fn is_config_key(key: &str) -> bool {
@@ -74,6 +80,10 @@ pub struct ServerConfig {
     /// Corridor for requests that name none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_corridor: Option<CorridorId>,
+}
+
+fn default_feature_repository() -> PathBuf {
+    PathBuf::from("features")
 }
 
 /// `[canary]`: when a canary is rolled back automatically.
@@ -223,6 +233,12 @@ pub struct Config {
     pub golden_vectors: PathBuf,
     /// Directory of server state (audit log).
     pub state_dir: PathBuf,
+    /// Feature repository: `*.toml` definitions of entities, feature views and services.
+    #[serde(default = "default_feature_repository")]
+    pub feature_repository: PathBuf,
+    /// The embedded online store file (empty: `features.redb` in `state_dir`).
+    #[serde(default)]
+    pub feature_store: String,
     /// Registry state file (empty: `registry.json` in the model repository).
     #[serde(default)]
     pub registry_state: String,
@@ -305,6 +321,15 @@ impl Config {
         std::time::Duration::from_secs_f64(seconds.max(0.0))
     }
 
+    /// Where the embedded feature store lives.
+    pub fn feature_store_path(&self) -> PathBuf {
+        if self.feature_store.is_empty() {
+            self.state_dir.join("features.redb")
+        } else {
+            PathBuf::from(&self.feature_store)
+        }
+    }
+
     /// Where the registry state (lifecycle, canaries, history) is stored.
     pub fn registry_state_path(&self) -> PathBuf {
         if self.registry_state.is_empty() {
@@ -355,6 +380,33 @@ mod tests {
         c.validate().unwrap();
         assert!(c.corridor("uae-sa").is_some());
         assert_eq!(c.server.default_corridor.as_ref().map(|c| c.as_str()), Some("UAE-SA"));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let vars = [
+            ("INVARIANT_CACHE__L1_MAX_BYTES", "0"),
+            ("INVARIANT_CACHE__REDIS_URL", "redis://127.0.0.1:1/"),
+            ("INVARIANT_POOLS__WORKERS", "5"),
+            ("INVARIANT_POOLS__BATCHING", "false"),
+            ("INVARIANT_CANARY__MAX_ERROR_RATE", "0.5"),
+            ("INVARIANT_REGISTRY_STATE", "/tmp/r.json"),
+            ("INVARIANT_TEST_UNRELATED", "ignored"),
+        ];
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let c = Config::load(None);
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        let c = c.unwrap();
+        assert_eq!(c.cache.l1_max_bytes, 0);
+        assert_eq!(c.cache.redis_url, "redis://127.0.0.1:1/");
+        assert_eq!(c.pools.workers, 5);
+        assert!(!c.pools.batching);
+        assert_eq!(c.canary.max_error_rate, 0.5);
+        assert_eq!(c.registry_state, "/tmp/r.json");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod canary;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod features;
 pub mod gate;
 pub mod import;
 pub mod lifecycle;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub events: Option<redis::Client>,
     /// This process's id in replica events.
     pub server_id: String,
+    /// The feature store, or why it is not available.
+    pub features: Result<Arc<invariant_featurestore::FeatureStore>, String>,
     /// Bumped whenever the model table or the registry state is replaced: part of every
     /// response-cache key, so a change of what serves a model is never hidden by a cached reply.
     pub generation: std::sync::atomic::AtomicU64,
@@ -195,7 +198,21 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
             }
         })?)
     };
+    let features = if config.feature_repository.is_dir() {
+        invariant_featurestore::FeatureStore::open(&config.feature_repository, &config.feature_store_path())
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    } else {
+        Err(format!(
+            "no feature repository at {}",
+            config.feature_repository.display()
+        ))
+    };
+    if let Err(why) = &features {
+        tracing::warn!("{why}; the feature endpoints answer 503");
+    }
     let shared = Shared {
+        features,
         corridors,
         events,
         server_id: events::server_id(),
@@ -237,6 +254,7 @@ pub fn router(state: AppState) -> Router {
     v2::routes()
         .merge(repository::routes())
         .merge(admin::routes())
+        .merge(features::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))

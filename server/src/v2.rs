@@ -278,7 +278,11 @@ fn parse_request(body: &[u8]) -> Result<InferRequest, ApiError> {
 
 /// The corridor of a request: the `x-corridor` header or `parameters.corridor` (they must
 /// agree when both are given), else the configured default.
-fn corridor_of(state: &AppState, headers: &HeaderMap, parameters: &Map<String, Value>) -> Result<CorridorId, ApiError> {
+pub(crate) fn corridor_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    parameters: &Map<String, Value>,
+) -> Result<CorridorId, ApiError> {
     let header = match headers.get(CORRIDOR_HEADER) {
         Some(v) => Some(
             v.to_str()

@@ -84,6 +84,8 @@ pub struct ServerOptions {
     pub extra: String,
     /// Extra keys of the `UK-NG` corridor table (e.g. `workers = 1`).
     pub uk_ng: String,
+    /// Extra top-level keys (e.g. `feature_store = "..."`).
+    pub top: String,
 }
 
 impl Default for ServerOptions {
@@ -95,6 +97,7 @@ impl Default for ServerOptions {
             golden_vectors: shipped_golden(),
             extra: String::new(),
             uk_ng: String::new(),
+            top: String::new(),
         }
     }
 }
@@ -209,6 +212,7 @@ fn config_text(options: &ServerOptions, state_dir: &Path) -> String {
 golden_vectors = "{}"
 state_dir = "{}"
 engine_instances = 2
+{top}
 [server]
 http_addr = "127.0.0.1:0"
 max_body_bytes = {}
@@ -234,6 +238,7 @@ region = "west-africa"
         options.max_body_bytes,
         extra = options.extra,
         uk_ng = options.uk_ng,
+        top = options.top,
     )
 }
 

@@ -1,0 +1,435 @@
+//! Corridor-sharded online feature store of Invariant.
+//!
+//! Feature definitions (entities, feature views with a max age, feature services) come from
+//! the TOML files of a feature repository ([`defs`]). Rows live in a corridor namespace of the
+//! embedded store ([`store`], a durable redb file): no call reads across corridors. Reads
+//! follow Feast's `get-online-features` shape and enforce each view's max age: a value older
+//! than the view's TTL is served as the declared default with status `OUTSIDE_MAX_AGE`, never
+//! silently. Pushes are idempotent on entity and event time, and an older event never
+//! overwrites a newer one. This crate knows nothing of models or HTTP.
+
+pub mod defs;
+pub mod store;
+
+use defs::{check_value, Definitions, FeatureRef, KeyType};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use store::{EmbeddedStore, Row, WriteOutcome};
+use thiserror::Error;
+
+/// Feature store errors.
+#[derive(Debug, Error)]
+pub enum FeatureError {
+    /// The definitions are invalid.
+    #[error("feature definitions: {0}")]
+    Definition(String),
+    /// A request is malformed; the message names the field.
+    #[error("{0}")]
+    Request(String),
+    /// The store failed.
+    #[error("feature store: {0}")]
+    Store(String),
+}
+
+/// `POST /v1/features/get-online` (Feast's shape).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetOnlineRequest {
+    /// `view:feature` references (or use `feature_service`).
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    /// A feature service name.
+    #[serde(default)]
+    pub feature_service: Option<String>,
+    /// One join key and its entity keys, e.g. `{"account_id": ["a1", "a2"]}`.
+    pub entities: BTreeMap<String, Vec<Value>>,
+    /// Name features `view__feature` instead of `feature`.
+    #[serde(default)]
+    pub full_feature_names: bool,
+}
+
+/// One column of a reply: a value, status and event time per entity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureColumn {
+    /// Values, one per entity.
+    pub values: Vec<Value>,
+    /// `PRESENT`, `NOT_FOUND` or `OUTSIDE_MAX_AGE`.
+    pub statuses: Vec<&'static str>,
+    /// RFC 3339 event times (`1970-01-01T00:00:00Z` where none).
+    pub event_timestamps: Vec<String>,
+}
+
+/// Reply metadata.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metadata {
+    /// Column names: the join key, then the features in requested order.
+    pub feature_names: Vec<String>,
+}
+
+/// The reply of `get-online`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GetOnlineResponse {
+    /// Column names.
+    pub metadata: Metadata,
+    /// Columns: the entity keys first, then one per feature.
+    pub results: Vec<FeatureColumn>,
+}
+
+/// `POST /v1/features/push`: columns of rows for one feature view.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// The view written.
+    pub feature_view: String,
+    /// Columns: the join key, `event_timestamp` (RFC 3339 text or Unix seconds), features.
+    pub df: BTreeMap<String, Vec<Value>>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PushOutcome {
+    /// Rows stored.
+    pub written: usize,
+    /// Rows not stored because the store holds a newer or identical event.
+    pub ignored: usize,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn event_ms(v: &Value, field: &str) -> Result<i64, FeatureError> {
+    match v {
+        Value::String(s) => humantime::parse_rfc3339_weak(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            .ok_or_else(|| FeatureError::Request(format!("{field}: '{s}' is not an RFC 3339 time"))),
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| (s * 1000.0).round() as i64)
+            .ok_or_else(|| FeatureError::Request(format!("{field}: {n} is not a Unix time in seconds"))),
+        other => Err(FeatureError::Request(format!("{field}: {other} is not a time"))),
+    }
+}
+
+/// The feature store: definitions and the embedded store.
+#[derive(Debug)]
+pub struct FeatureStore {
+    /// Definitions.
+    pub defs: Definitions,
+    store: EmbeddedStore,
+}
+
+impl FeatureStore {
+    /// Loads the definitions of `repository` and opens the store file.
+    pub fn open(repository: &Path, store_path: &Path) -> Result<Self, FeatureError> {
+        Ok(Self {
+            defs: Definitions::load_dir(repository)?,
+            store: EmbeddedStore::open(store_path)?,
+        })
+    }
+
+    fn entity_key(&self, key_type: KeyType, v: &Value, field: &str) -> Result<String, FeatureError> {
+        match (key_type, v) {
+            (KeyType::String, Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            (KeyType::Int64, Value::Number(n)) if n.as_i64().is_some() => Ok(n.to_string()),
+            (t, other) => Err(FeatureError::Request(format!(
+                "{field}: {other} is not a {t:?} entity key"
+            ))),
+        }
+    }
+
+    /// Reads features of entities in `corridor` at time `now_ms`.
+    pub fn get_online(
+        &self,
+        corridor: &str,
+        req: &GetOnlineRequest,
+        now_ms: i64,
+    ) -> Result<GetOnlineResponse, FeatureError> {
+        let refs: Vec<String> = match (&req.features, &req.feature_service) {
+            (Some(f), None) if !f.is_empty() => f.clone(),
+            (None, Some(s)) => self
+                .defs
+                .service(s)
+                .ok_or_else(|| FeatureError::Request(format!("feature_service: unknown feature service '{s}'")))?
+                .features
+                .clone(),
+            _ => {
+                return Err(FeatureError::Request(
+                    "give exactly one of features (non-empty) or feature_service".into(),
+                ))
+            }
+        };
+        let resolved: Vec<FeatureRef> = self.defs.resolve(&refs)?;
+        let (join_key, keys) = match req.entities.iter().next() {
+            Some((k, v)) if req.entities.len() == 1 => (k.clone(), v),
+            _ => {
+                return Err(FeatureError::Request(
+                    "entities: give exactly one join key with its entity keys".into(),
+                ))
+            }
+        };
+        let mut entity_keys = Vec::with_capacity(keys.len());
+        for r in &resolved {
+            let view = &self.defs.views[r.view];
+            let entity = self
+                .defs
+                .entity(&view.entity)
+                .ok_or_else(|| FeatureError::Definition(view.entity.clone()))?;
+            if entity.join_key != join_key {
+                return Err(FeatureError::Request(format!(
+                    "entities: feature view '{}' is keyed by '{}', not '{join_key}'",
+                    view.name, entity.join_key
+                )));
+            }
+            if entity_keys.is_empty() {
+                for (i, k) in keys.iter().enumerate() {
+                    entity_keys.push(self.entity_key(entity.key_type, k, &format!("entities.{join_key}[{i}]"))?);
+                }
+            }
+        }
+        // One read per view (all its entities at once), whatever the number of features.
+        let mut rows: BTreeMap<usize, Vec<Option<Row>>> = BTreeMap::new();
+        for r in &resolved {
+            if let std::collections::btree_map::Entry::Vacant(slot) = rows.entry(r.view) {
+                slot.insert(self.store.read(corridor, &self.defs.views[r.view].name, &entity_keys)?);
+            }
+        }
+        let mut names = vec![join_key.clone()];
+        let mut results = vec![FeatureColumn {
+            values: keys.clone(),
+            statuses: vec!["PRESENT"; keys.len()],
+            event_timestamps: vec![rfc3339(0); keys.len()],
+        }];
+        for r in &resolved {
+            let view = &self.defs.views[r.view];
+            let feature = &view.features[r.feature];
+            names.push(if req.full_feature_names {
+                format!("{}__{}", view.name, feature.name)
+            } else {
+                feature.name.clone()
+            });
+            let default = feature.default.clone().unwrap_or(Value::Null);
+            let mut column = FeatureColumn {
+                values: Vec::new(),
+                statuses: Vec::new(),
+                event_timestamps: Vec::new(),
+            };
+            for row in &rows[&r.view] {
+                let (value, status, ts) = match row {
+                    None => (default.clone(), "NOT_FOUND", 0),
+                    Some(row) => {
+                        let stale = view.ttl_seconds > 0 && now_ms - row.event_ms > (view.ttl_seconds as i64) * 1000;
+                        match row.values.get(r.feature) {
+                            _ if stale => (default.clone(), "OUTSIDE_MAX_AGE", row.event_ms),
+                            Some(v) if !v.is_null() => (v.clone(), "PRESENT", row.event_ms),
+                            _ => (default.clone(), "NOT_FOUND", row.event_ms),
+                        }
+                    }
+                };
+                column.values.push(value);
+                column.statuses.push(status);
+                column.event_timestamps.push(rfc3339(ts));
+            }
+            results.push(column);
+        }
+        Ok(GetOnlineResponse {
+            metadata: Metadata { feature_names: names },
+            results,
+        })
+    }
+
+    /// Writes rows of one view in `corridor`, written at `now_ms`. The whole request is checked
+    /// first (unknown columns, missing keys or times, values of the wrong type: 400 naming
+    /// `df.<column>[row]`), then written in one transaction.
+    pub fn push(&self, corridor: &str, req: &PushRequest, now_ms: i64) -> Result<PushOutcome, FeatureError> {
+        let (_, view) = self.defs.view(&req.feature_view).ok_or_else(|| {
+            FeatureError::Request(format!("feature_view: unknown feature view '{}'", req.feature_view))
+        })?;
+        let entity = self
+            .defs
+            .entity(&view.entity)
+            .ok_or_else(|| FeatureError::Definition(view.entity.clone()))?;
+        let column = |name: &str| {
+            req.df
+                .get(name)
+                .ok_or_else(|| FeatureError::Request(format!("df.{name}: required column is missing")))
+        };
+        let keys = column(&entity.join_key)?;
+        let times = column("event_timestamp")?;
+        let n = keys.len();
+        for (name, values) in &req.df {
+            if name != &entity.join_key && name != "event_timestamp" && !view.features.iter().any(|f| &f.name == name) {
+                return Err(FeatureError::Request(format!(
+                    "df.{name}: feature view '{}' has no such feature",
+                    view.name
+                )));
+            }
+            if values.len() != n {
+                return Err(FeatureError::Request(format!(
+                    "df.{name}: {} values, but {n} rows",
+                    values.len()
+                )));
+            }
+        }
+        let mut rows = Vec::with_capacity(n);
+        for i in 0..n {
+            let key = self.entity_key(entity.key_type, &keys[i], &format!("df.{}[{i}]", entity.join_key))?;
+            let event = event_ms(&times[i], &format!("df.event_timestamp[{i}]"))?;
+            let mut values = Vec::with_capacity(view.features.len());
+            for f in &view.features {
+                let v = req.df.get(&f.name).map(|c| c[i].clone()).unwrap_or(Value::Null);
+                if !v.is_null() {
+                    check_value(f.datatype, &v)
+                        .map_err(|m| FeatureError::Request(format!("df.{}[{i}]: {m}", f.name)))?;
+                }
+                values.push(v);
+            }
+            rows.push((
+                key,
+                Row {
+                    event_ms: event,
+                    written_ms: now_ms,
+                    schema_version: view.schema_version,
+                    values,
+                },
+            ));
+        }
+        let outcomes = self.store.write(corridor, &view.name, &rows)?;
+        let written = outcomes.iter().filter(|o| **o == WriteOutcome::Written).count();
+        Ok(PushOutcome {
+            written,
+            ignored: outcomes.len() - written,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> (tempfile::TempDir, FeatureStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../features");
+        let fs = FeatureStore::open(&repo, &dir.path().join("features.redb")).unwrap();
+        (dir, fs)
+    }
+
+    fn push(fs: &FeatureStore, corridor: &str, key: &str, ts: &str, orders: f64) -> PushOutcome {
+        let req: PushRequest = serde_json::from_value(json!({
+            "feature_view": "account_stats",
+            "df": {"account_id": [key], "event_timestamp": [ts], "completed_orders": [orders]}
+        }))
+        .unwrap();
+        fs.push(corridor, &req, 1_800_000_000_000).unwrap()
+    }
+
+    fn get(fs: &FeatureStore, corridor: &str, keys: &[&str], now_ms: i64) -> GetOnlineResponse {
+        let req: GetOnlineRequest = serde_json::from_value(json!({
+            "features": ["account_stats:completed_orders", "account_stats:avg_rating"],
+            "entities": {"account_id": keys},
+        }))
+        .unwrap();
+        fs.get_online(corridor, &req, now_ms).unwrap()
+    }
+
+    const NOW: i64 = 1_794_916_800_000; // 2026-11-17T12:00:00Z
+
+    #[test]
+    fn round_trip_defaults_and_not_found() {
+        let (_d, fs) = store();
+        assert_eq!(
+            push(&fs, "UAE-SA", "a1", "2026-11-17T00:00:00Z", 12.0),
+            PushOutcome { written: 1, ignored: 0 }
+        );
+        let r = get(&fs, "UAE-SA", &["a1", "zz"], NOW);
+        assert_eq!(
+            r.metadata.feature_names,
+            ["account_id", "completed_orders", "avg_rating"]
+        );
+        assert_eq!(r.results[1].values, [json!(12.0), json!(0.0)]);
+        assert_eq!(r.results[1].statuses, ["PRESENT", "NOT_FOUND"]);
+        assert_eq!(
+            r.results[2].statuses,
+            ["NOT_FOUND", "NOT_FOUND"],
+            "pushed without avg_rating"
+        );
+        assert_eq!(r.results[2].values, [json!(3.0), json!(3.0)], "the declared default");
+        assert_eq!(r.results[1].event_timestamps[0], "2026-11-17T00:00:00.000Z");
+    }
+
+    #[test]
+    fn stale_values_are_flagged_with_the_default() {
+        let (_d, fs) = store();
+        push(&fs, "UAE-SA", "a1", "2026-11-10T00:00:00Z", 12.0);
+        let r = get(&fs, "UAE-SA", &["a1"], NOW);
+        assert_eq!(r.results[1].statuses, ["OUTSIDE_MAX_AGE"]);
+        assert_eq!(r.results[1].values, [json!(0.0)]);
+    }
+
+    #[test]
+    fn pushes_are_idempotent_and_never_go_back_in_time() {
+        let (_d, fs) = store();
+        assert_eq!(push(&fs, "UAE-SA", "a1", "2026-11-17T00:00:00Z", 12.0).written, 1);
+        assert_eq!(push(&fs, "UAE-SA", "a1", "2026-11-17T00:00:00Z", 12.0).ignored, 1);
+        assert_eq!(push(&fs, "UAE-SA", "a1", "2026-11-16T00:00:00Z", 99.0).ignored, 1);
+        assert_eq!(get(&fs, "UAE-SA", &["a1"], NOW).results[1].values, [json!(12.0)]);
+        assert_eq!(push(&fs, "UAE-SA", "a1", "2026-11-17T12:00:00Z", 13.0).written, 1);
+        assert_eq!(get(&fs, "UAE-SA", &["a1"], NOW).results[1].values, [json!(13.0)]);
+    }
+
+    #[test]
+    fn corridors_never_see_each_other() {
+        let (_d, fs) = store();
+        push(&fs, "UAE-SA", "a1", "2026-11-17T00:00:00Z", 12.0);
+        assert_eq!(get(&fs, "US-EG", &["a1"], NOW).results[1].statuses, ["NOT_FOUND"]);
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let (_d, fs) = store();
+        let bad = |df: Value| {
+            let req: PushRequest = serde_json::from_value(json!({"feature_view": "account_stats", "df": df})).unwrap();
+            fs.push("UAE-SA", &req, NOW).unwrap_err().to_string()
+        };
+        assert!(bad(json!({"event_timestamp": ["2026-11-17T00:00:00Z"]})).contains("df.account_id"));
+        assert!(bad(json!({"account_id": ["a"], "event_timestamp": ["yesterday"]})).contains("df.event_timestamp[0]"));
+        let e = bad(json!({"account_id": ["a"], "event_timestamp": [1.0], "completed_orders": ["many"]}));
+        assert!(e.contains("df.completed_orders[0]"), "{e}");
+        assert!(bad(json!({"account_id": ["a"], "event_timestamp": [1.0], "bogus": [1]})).contains("df.bogus"));
+        let req: GetOnlineRequest =
+            serde_json::from_value(json!({"features": ["account_stats:nope"], "entities": {"account_id": ["a"]}}))
+                .unwrap();
+        assert!(fs
+            .get_online("UAE-SA", &req, NOW)
+            .unwrap_err()
+            .to_string()
+            .contains("features[0]"));
+        let req: GetOnlineRequest =
+            serde_json::from_value(json!({"feature_service": "trust_scorer_v1", "entities": {"user": ["a"]}})).unwrap();
+        assert!(fs
+            .get_online("UAE-SA", &req, NOW)
+            .unwrap_err()
+            .to_string()
+            .contains("account_id"));
+    }
+
+    #[test]
+    fn feature_service_order_and_full_names() {
+        let (_d, fs) = store();
+        let req: GetOnlineRequest = serde_json::from_value(
+            json!({"feature_service": "trust_scorer_v1", "entities": {"account_id": ["a1"]}, "full_feature_names": true}),
+        )
+        .unwrap();
+        let r = fs.get_online("UAE-SA", &req, NOW).unwrap();
+        assert_eq!(r.metadata.feature_names.len(), 9);
+        assert_eq!(r.metadata.feature_names[1], "account_stats__account_age_days");
+        assert_eq!(r.metadata.feature_names[8], "account_stats__chargebacks_365d");
+    }
+}

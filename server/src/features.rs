@@ -1,0 +1,96 @@
+//! Feature store API (Feast-compatible shapes): `POST /v1/features/get-online` and
+//! `POST /v1/features/push`, both in the request's corridor (`x-corridor` header, else the
+//! default corridor). See `docs/features.md`.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use invariant_featurestore::{FeatureError, FeatureStore, GetOnlineRequest, PushRequest};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The feature routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/features/get-online", post(get_online))
+        .route("/v1/features/push", post(push))
+}
+
+fn feature_error(e: FeatureError) -> ApiError {
+    match e {
+        FeatureError::Request(m) => ApiError::bad_request(m),
+        FeatureError::Definition(_) => ApiError::internal(e.to_string()),
+        FeatureError::Store(_) => ApiError::unavailable(e.to_string()),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn store(state: &AppState) -> Result<Arc<FeatureStore>, ApiError> {
+    match &state.features {
+        Ok(s) => Ok(s.clone()),
+        Err(why) => Err(ApiError::unavailable(format!(
+            "the feature store is not available: {why}"
+        ))),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|r| ApiError {
+        status: r.status(),
+        message: format!("request body: {}", r.body_text()),
+    })?;
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
+            ApiError::bad_request(format!("malformed JSON request: {}", e.inner()))
+        } else {
+            ApiError::bad_request(format!("{path}: {}", e.inner()))
+        }
+    })
+}
+
+async fn get_online(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state)?;
+    let corridor = crate::v2::corridor_of(&state, &headers, &serde_json::Map::new())?;
+    let request: GetOnlineRequest = parse(body)?;
+    let reply = tokio::task::spawn_blocking(move || store.get_online(corridor.as_str(), &request, now_ms()))
+        .await
+        .map_err(|e| ApiError::internal(format!("feature read failed: {e}")))?
+        .map_err(feature_error)?;
+    serde_json::to_value(reply)
+        .map(Json)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+async fn push(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let store = store(&state)?;
+    let corridor = crate::v2::corridor_of(&state, &headers, &serde_json::Map::new())?;
+    let request: PushRequest = parse(body)?;
+    let outcome = tokio::task::spawn_blocking(move || store.push(corridor.as_str(), &request, now_ms()))
+        .await
+        .map_err(|e| ApiError::internal(format!("feature write failed: {e}")))?
+        .map_err(feature_error)?;
+    serde_json::to_value(outcome)
+        .map(Json)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}

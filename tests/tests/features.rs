@@ -1,0 +1,139 @@
+//! The feature store over HTTP: pushes and online reads in Feast's shapes, max-age statuses,
+//! idempotent and ordered writes, corridor isolation, and durability across kill -9.
+
+use invariant_blackbox::*;
+use serde_json::json;
+
+/// Unix seconds, `offset_seconds` from now (the push API takes RFC 3339 text or Unix seconds).
+fn unix_seconds(offset_seconds: i64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    (now + offset_seconds) as f64
+}
+
+fn push_body(key: &str, at_unix: f64, orders: f64) -> serde_json::Value {
+    json!({"feature_view": "account_stats",
+           "df": {"account_id": [key], "event_timestamp": [at_unix], "completed_orders": [orders]}})
+}
+
+fn read_body(keys: &[&str]) -> serde_json::Value {
+    json!({"features": ["account_stats:completed_orders", "account_stats:avg_rating"], "entities": {"account_id": keys}})
+}
+
+async fn push(s: &Server, corridor: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    s.post_raw("/v1/features/push", body.to_string(), &[("x-corridor", corridor)])
+        .await
+}
+
+async fn read(s: &Server, corridor: &str, keys: &[&str]) -> serde_json::Value {
+    let (status, r) = s
+        .post_raw(
+            "/v1/features/get-online",
+            read_body(keys).to_string(),
+            &[("x-corridor", corridor)],
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    r
+}
+
+#[tokio::test]
+async fn push_and_read_with_statuses_order_and_isolation() {
+    let s = Server::start().await;
+    let (status, r) = push(&s, "UAE-SA", &push_body("a1", unix_seconds(-60), 12.0)).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r, json!({"written": 1, "ignored": 0}));
+    // A stale row (older than the view's 1-day max age) for another account.
+    push(&s, "UAE-SA", &push_body("old", unix_seconds(-3 * 86400), 7.0)).await;
+
+    let r = read(&s, "UAE-SA", &["a1", "old", "nobody"]).await;
+    assert_eq!(
+        r["metadata"]["feature_names"],
+        json!(["account_id", "completed_orders", "avg_rating"])
+    );
+    assert_eq!(r["results"][0]["values"], json!(["a1", "old", "nobody"]));
+    assert_eq!(r["results"][1]["values"], json!([12.0, 0.0, 0.0]));
+    assert_eq!(
+        r["results"][1]["statuses"],
+        json!(["PRESENT", "OUTSIDE_MAX_AGE", "NOT_FOUND"])
+    );
+    assert_eq!(
+        r["results"][2]["values"],
+        json!([3.0, 3.0, 3.0]),
+        "declared default of avg_rating"
+    );
+
+    // Idempotent, and an older event never overwrites a newer one.
+    let (_, again) = push(&s, "UAE-SA", &push_body("a1", unix_seconds(-60), 12.0)).await;
+    assert_eq!(again, json!({"written": 0, "ignored": 1}));
+    let (_, older) = push(&s, "UAE-SA", &push_body("a1", unix_seconds(-120), 99.0)).await;
+    assert_eq!(older, json!({"written": 0, "ignored": 1}));
+    assert_eq!(read(&s, "UAE-SA", &["a1"]).await["results"][1]["values"], json!([12.0]));
+
+    // Another corridor never sees UAE-SA's rows.
+    let r = read(&s, "US-EG", &["a1"]).await;
+    assert_eq!(r["results"][1]["statuses"], json!(["NOT_FOUND"]));
+}
+
+#[tokio::test]
+async fn bad_pushes_and_reads_are_400_naming_the_field() {
+    let s = Server::start().await;
+    let mut bad = push_body("a1", unix_seconds(0), 1.0);
+    bad["df"]["completed_orders"] = json!(["lots"]);
+    assert_error(
+        &push(&s, "UAE-SA", &bad).await,
+        400,
+        &["df.completed_orders[0]", "FP32"],
+    );
+    let bad = json!({"feature_view": "nope", "df": {}});
+    assert_error(&push(&s, "UAE-SA", &bad).await, 400, &["feature_view", "nope"]);
+    let bad = json!({"features": ["account_stats:nope"], "entities": {"account_id": ["a"]}});
+    let got = s.post_raw("/v1/features/get-online", bad.to_string(), &[]).await;
+    assert_error(&got, 400, &["features[0]", "nope"]);
+    let got = s.post_raw("/v1/features/get-online", "{".to_string(), &[]).await;
+    assert_error(&got, 400, &["malformed JSON"]);
+    let got = s
+        .post_raw(
+            "/v1/features/get-online",
+            read_body(&["a"]).to_string(),
+            &[("x-corridor", "FR-MA")],
+        )
+        .await;
+    assert_error(&got, 400, &["unknown corridor"]);
+    s.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = format!("feature_store = \"{}\"\n", dir.path().join("features.redb").display());
+    let mut s = Server::start_with(ServerOptions {
+        top: top.clone(),
+        ..Default::default()
+    })
+    .await;
+    for i in 0..20 {
+        let (status, _) = push(&s, "UK-NG", &push_body(&format!("k{i}"), unix_seconds(-10), i as f64)).await;
+        assert_eq!(status, 200);
+    }
+    s.kill_9();
+    let s = Server::start_with(ServerOptions {
+        top,
+        ..Default::default()
+    })
+    .await;
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let r = read(&s, "UK-NG", &refs).await;
+    assert!(
+        r["results"][1]["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s == "PRESENT"),
+        "{r}"
+    );
+    assert_eq!(r["results"][1]["values"][19], 19.0);
+}
