@@ -61,6 +61,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A 400 for a request body that does not deserialize: the field path and serde's message, or
+/// "malformed JSON request" when the text is not JSON at all.
+pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
+        ApiError::bad_request(format!("malformed JSON request: {}", e.inner()))
+    } else {
+        ApiError::bad_request(format!("{path}: {}", e.inner()))
+    }
+}
+
+/// Deserializes a whole JSON body (trailing text is an error), naming the field at fault.
+pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))?;
+    Ok(value)
+}
+
 impl From<invariant_core::CoreError> for ApiError {
     fn from(e: invariant_core::CoreError) -> Self {
         Self::bad_request(e.to_string())

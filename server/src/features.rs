@@ -45,20 +45,9 @@ fn store(state: &AppState) -> Result<Arc<FeatureStore>, ApiError> {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|r| ApiError {
-        status: r.status(),
-        message: format!("request body: {}", r.body_text()),
-    })?;
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
-            ApiError::bad_request(format!("malformed JSON request: {}", e.inner()))
-        } else {
-            ApiError::bad_request(format!("{path}: {}", e.inner()))
-        }
-    })
+fn parse<T: serde::de::DeserializeOwned>(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|r| crate::v2::body_error(r, state.config.server.max_body_bytes))?;
+    crate::error::parse_json(&body)
 }
 
 async fn get_online(
@@ -68,7 +57,7 @@ async fn get_online(
 ) -> Result<Json<Value>, ApiError> {
     let store = store(&state)?;
     let corridor = crate::v2::corridor_of(&state, &headers, &serde_json::Map::new())?;
-    let request: GetOnlineRequest = parse(body)?;
+    let request: GetOnlineRequest = parse(&state, body)?;
     let reply = tokio::task::spawn_blocking(move || store.get_online(corridor.as_str(), &request, now_ms()))
         .await
         .map_err(|e| ApiError::internal(format!("feature read failed: {e}")))?
@@ -85,7 +74,7 @@ async fn push(
 ) -> Result<Json<Value>, ApiError> {
     let store = store(&state)?;
     let corridor = crate::v2::corridor_of(&state, &headers, &serde_json::Map::new())?;
-    let request: PushRequest = parse(body)?;
+    let request: PushRequest = parse(&state, body)?;
     let outcome = tokio::task::spawn_blocking(move || store.push(corridor.as_str(), &request, now_ms()))
         .await
         .map_err(|e| ApiError::internal(format!("feature write failed: {e}")))?

@@ -5,7 +5,6 @@ mod models_cli;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use invariant_server::config::Config;
-use invariant_server::models::VersionState;
 use std::path::PathBuf;
 
 /// Deterministic AI inference server: hash-verified models served over the Open Inference
@@ -201,46 +200,4 @@ async fn shutdown_signal() {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
-}
-
-/// Loads and verifies every version as the server does; fails if any version fails.
-pub(crate) fn verify(config: &Config, json: bool) -> Result<()> {
-    let state = invariant_server::build_state(config.clone())?;
-    let table = state.models.load();
-    let rows: Vec<(String, String, String, Option<String>)> = table
-        .entries()
-        .map(|(name, e)| match &e.state {
-            VersionState::Ready(s) => (
-                name.to_string(),
-                e.version.clone(),
-                s.model.manifest().format.platform().to_string(),
-                None,
-            ),
-            VersionState::Failed { reason } => (name.to_string(), e.version.clone(), "-".into(), Some(reason.clone())),
-        })
-        .collect();
-    if json {
-        let out: Vec<_> = rows
-            .iter()
-            .map(|(m, v, p, e)| {
-                serde_json::json!({ "model": m, "version": v, "platform": p,
-                    "state": if e.is_some() { "FAILED" } else { "READY" }, "error": e })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(5);
-        let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(7);
-        let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(0).max(8);
-        println!("{:w0$}  {:w1$}  {:w2$}  STATE", "MODEL", "VERSION", "PLATFORM");
-        for (m, v, p, e) in &rows {
-            let state = e.as_ref().map_or("READY".to_string(), |e| format!("FAILED: {e}"));
-            println!("{m:w0$}  {v:w1$}  {p:w2$}  {state}");
-        }
-    }
-    let failures = rows.iter().filter(|r| r.3.is_some()).count();
-    if failures > 0 {
-        anyhow::bail!("{failures} model version(s) failed verification");
-    }
-    Ok(())
 }

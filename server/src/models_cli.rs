@@ -309,7 +309,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
                 );
             }
         }
-        ModelsCommand::Verify(common) => crate::verify(&common.config()?, common.json)?,
+        ModelsCommand::Verify(common) => verify(&common.config()?, common.json)?,
         ModelsCommand::Import(args) => import(args)?,
         ModelsCommand::Stage(t) => transition(t, Action::Stage, "stage", None)?,
         ModelsCommand::Promote(t) => {
@@ -353,6 +353,43 @@ pub fn run(command: ModelsCommand) -> Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Loads and verifies every version as the server does; fails if any version fails.
+fn verify(config: &invariant_server::config::Config, as_json: bool) -> Result<()> {
+    use invariant_server::models::VersionState;
+    let state = invariant_server::build_state(config.clone())?;
+    let models = state.models.load();
+    let rows: Vec<Value> = models
+        .entries()
+        .map(|(name, e)| match &e.state {
+            VersionState::Ready(s) => json!({ "model": name, "version": e.version,
+                "platform": s.model.manifest().format.platform(), "state": "READY", "error": null }),
+            VersionState::Failed { reason } => {
+                json!({ "model": name, "version": e.version, "platform": null, "state": "FAILED", "error": reason })
+            }
+        })
+        .collect();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                let state = match r["error"].as_str() {
+                    Some(e) => format!("FAILED: {e}"),
+                    None => "READY".into(),
+                };
+                vec![text(&r["model"]), text(&r["version"]), text(&r["platform"]), state]
+            })
+            .collect();
+        table(&["MODEL", "VERSION", "PLATFORM", "STATE"], &cells);
+    }
+    let failures = rows.iter().filter(|r| r["state"] == "FAILED").count();
+    if failures > 0 {
+        bail!("{failures} model version(s) failed verification");
     }
     Ok(())
 }

@@ -238,7 +238,7 @@ struct InferRequest {
     outputs: Option<Vec<String>>,
 }
 
-fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+pub(crate) fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
     let status = rejection.status();
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
         format!("request body is larger than the limit of {limit} bytes (server.max_body_bytes)")
@@ -249,17 +249,7 @@ fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
 }
 
 fn parse_request(body: &[u8]) -> Result<InferRequest, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let raw: RawRequest<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
-            ApiError::bad_request(format!("malformed JSON request: {}", e.inner()))
-        } else {
-            ApiError::bad_request(format!("{path}: {}", e.inner()))
-        }
-    })?;
-    de.end()
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))?;
+    let raw: RawRequest<'_> = crate::error::parse_json(body)?;
     let mut inputs = Vec::with_capacity(raw.inputs.len());
     for (i, input) in raw.inputs.iter().enumerate() {
         let field = format!("inputs[{i}]");
@@ -389,22 +379,22 @@ async fn infer(
         }
     }
     let table = state.models.load_full();
-    if let Some(v) = &version {
-        table
-            .resolve(&model_name, Some(v))
-            .map_err(|l| lookup_error(&model_name, Some(v), l))?;
-    } else if table.versions(&model_name).is_none() {
-        return Err(lookup_error(&model_name, None, Lookup::UnknownModel));
-    }
-    let request = parse_request(&body)?;
-    let corridor = corridor_of(&state, &headers, &request.parameters)?;
-    let (serving, routing) = match &version {
-        Some(v) => (
+    // A named version is looked up before the body is parsed: unknown ones are 404 whatever the body.
+    let explicit = match &version {
+        Some(v) => Some(
             table
                 .resolve(&model_name, Some(v))
                 .map_err(|l| lookup_error(&model_name, Some(v), l))?,
-            "explicit",
         ),
+        None if table.versions(&model_name).is_none() => {
+            return Err(lookup_error(&model_name, None, Lookup::UnknownModel))
+        }
+        None => None,
+    };
+    let request = parse_request(&body)?;
+    let corridor = corridor_of(&state, &headers, &request.parameters)?;
+    let (serving, routing) = match explicit {
+        Some(serving) => (serving, "explicit"),
         None => {
             let key = routing_key(&headers, &request)?;
             let default = table.default_version(&model_name);
