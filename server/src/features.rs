@@ -50,21 +50,35 @@ fn parse<T: serde::de::DeserializeOwned>(state: &AppState, body: Result<Bytes, B
     crate::error::parse_json(&body)
 }
 
+/// Parses the body, resolves the corridor, and runs `op` on the store off the async threads.
+async fn call<Req, Out>(
+    state: AppState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    op: fn(&FeatureStore, &str, &Req, i64) -> Result<Out, FeatureError>,
+) -> Result<Json<Value>, ApiError>
+where
+    Req: serde::de::DeserializeOwned + Send + 'static,
+    Out: serde::Serialize + Send + 'static,
+{
+    let store = store(&state)?;
+    let corridor = crate::v2::corridor_of(&state, &headers, &serde_json::Map::new())?;
+    let request: Req = parse(&state, body)?;
+    let reply = tokio::task::spawn_blocking(move || op(&store, corridor.as_str(), &request, now_ms()))
+        .await
+        .map_err(|e| ApiError::internal(format!("feature store task failed: {e}")))?
+        .map_err(feature_error)?;
+    serde_json::to_value(reply)
+        .map(Json)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
 async fn get_online(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
-    let corridor = crate::v2::corridor_of(&state, &headers, &serde_json::Map::new())?;
-    let request: GetOnlineRequest = parse(&state, body)?;
-    let reply = tokio::task::spawn_blocking(move || store.get_online(corridor.as_str(), &request, now_ms()))
-        .await
-        .map_err(|e| ApiError::internal(format!("feature read failed: {e}")))?
-        .map_err(feature_error)?;
-    serde_json::to_value(reply)
-        .map(Json)
-        .map_err(|e| ApiError::internal(e.to_string()))
+    call::<GetOnlineRequest, _>(state, headers, body, FeatureStore::get_online).await
 }
 
 async fn push(
@@ -72,14 +86,5 @@ async fn push(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = store(&state)?;
-    let corridor = crate::v2::corridor_of(&state, &headers, &serde_json::Map::new())?;
-    let request: PushRequest = parse(&state, body)?;
-    let outcome = tokio::task::spawn_blocking(move || store.push(corridor.as_str(), &request, now_ms()))
-        .await
-        .map_err(|e| ApiError::internal(format!("feature write failed: {e}")))?
-        .map_err(feature_error)?;
-    serde_json::to_value(outcome)
-        .map(Json)
-        .map_err(|e| ApiError::internal(e.to_string()))
+    call::<PushRequest, _>(state, headers, body, FeatureStore::push).await
 }
