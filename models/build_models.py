@@ -156,6 +156,8 @@ def write_manifest(version_dir: Path, *, name: str, version: str, fmt: str,
             assert all(math.isfinite(lo) and math.isfinite(hi) and lo <= hi
                        for lo, hi in ranges), f"{spec['name']}: bad ranges {ranges}"
             lines.append(f"ranges = {toml_value(ranges)}")
+        if spec.get("feature_service"):
+            lines.append(f"feature_service = {toml_str(spec['feature_service'])}")
     for spec in outputs:
         lines += ["", "[[outputs]]",
                   f"name = {toml_str(spec['name'])}",
@@ -488,7 +490,7 @@ Output `trust_score`, FP32 [batch, 1]: trust probability; higher is more trustwo
     write_manifest(
         vdir, name="trust-scorer", version=version, fmt="native",
         description=description, artifacts=["model.safetensors"],
-        inputs=[features_input(TRUST_COLUMNS)],
+        inputs=[{**features_input(TRUST_COLUMNS), "feature_service": "trust_scorer_v1"}],
         outputs=[{"name": "trust_score", "datatype": "FP32", "shape": [-1, 1]}],
         seed=seed,
         native={"weights": "model.safetensors", "input_size": 8,

@@ -128,6 +128,7 @@ pub fn graph_signature(bytes: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>
                     allow_non_finite: false,
                     columns: None,
                     ranges: None,
+                    feature_service: None,
                 })
             })
             .collect()

@@ -84,7 +84,30 @@ pub struct PushRequest {
     /// The view written.
     pub feature_view: String,
     /// Columns: the join key, `event_timestamp` (RFC 3339 text or Unix seconds), features.
-    pub df: BTreeMap<String, Vec<Value>>,
+    /// Cells are kept as JSON text so FP32 features are rounded once, straight to `f32`.
+    pub df: BTreeMap<String, Vec<Box<serde_json::value::RawValue>>>,
+}
+
+/// A pushed cell as a stored value: FP32 numbers parsed from their text straight to `f32`
+/// (stored as the f64 that equals it exactly), everything else as JSON.
+fn cell(
+    datatype: invariant_core::DataType,
+    raw: &serde_json::value::RawValue,
+    field: &str,
+) -> Result<Value, FeatureError> {
+    let text = raw.get().trim();
+    if datatype == invariant_core::DataType::Fp32 && text != "null" {
+        let v: f32 = text
+            .parse()
+            .map_err(|_| FeatureError::Request(format!("{field}: {text} is not a valid FP32 value")))?;
+        if !v.is_finite() {
+            return Err(FeatureError::Request(format!(
+                "{field}: {text} is not a finite FP32 value"
+            )));
+        }
+        return Ok(Value::from(f64::from(v)));
+    }
+    serde_json::from_str(text).map_err(|e| FeatureError::Request(format!("{field}: {e}")))
 }
 
 /// What a push did.
@@ -277,13 +300,21 @@ impl FeatureStore {
                 )));
             }
         }
+        let json = |raw: &serde_json::value::RawValue, field: String| {
+            serde_json::from_str::<Value>(raw.get()).map_err(|e| FeatureError::Request(format!("{field}: {e}")))
+        };
         let mut rows = Vec::with_capacity(n);
         for i in 0..n {
-            let key = self.entity_key(entity.key_type, &keys[i], &format!("df.{}[{i}]", entity.join_key))?;
-            let event = event_ms(&times[i], &format!("df.event_timestamp[{i}]"))?;
+            let key_field = format!("df.{}[{i}]", entity.join_key);
+            let key = self.entity_key(entity.key_type, &json(&keys[i], key_field.clone())?, &key_field)?;
+            let time_field = format!("df.event_timestamp[{i}]");
+            let event = event_ms(&json(&times[i], time_field.clone())?, &time_field)?;
             let mut values = Vec::with_capacity(view.features.len());
             for f in &view.features {
-                let v = req.df.get(&f.name).map(|c| c[i].clone()).unwrap_or(Value::Null);
+                let v = match req.df.get(&f.name) {
+                    Some(c) => cell(f.datatype, &c[i], &format!("df.{}[{i}]", f.name))?,
+                    None => Value::Null,
+                };
                 if !v.is_null() {
                     check_value(f.datatype, &v)
                         .map_err(|m| FeatureError::Request(format!("df.{}[{i}]: {m}", f.name)))?;
@@ -418,6 +449,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("account_id"));
+    }
+
+    #[test]
+    fn fp32_features_are_rounded_once() {
+        let (_d, fs) = store();
+        // Just above the midpoint between 1.0 and the next f32: one rounding gives 1.0000001.
+        let req: PushRequest = serde_json::from_str(
+            r#"{"feature_view": "account_stats", "df": {"account_id": ["a"], "event_timestamp": ["2026-11-17T11:00:00Z"],
+                "completed_orders": [1.00000005960464477539062500000001]}}"#,
+        )
+        .unwrap();
+        fs.push("UAE-SA", &req, NOW).unwrap();
+        let r = get(&fs, "UAE-SA", &["a"], NOW);
+        let v = r.results[1].values[0].as_f64().unwrap() as f32;
+        assert_eq!(v.to_bits(), 0x3f80_0001);
     }
 
     #[test]

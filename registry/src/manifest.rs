@@ -57,6 +57,10 @@ pub struct TensorSpec {
     /// are drawn from (edges included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranges: Option<Vec<[f64; 2]>>,
+    /// Optional feature service whose features, in order, make this input's columns: a request
+    /// may then send entity keys (`parameters.entities`) instead of the tensor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_service: Option<String>,
 }
 
 impl TensorSpec {
@@ -271,6 +275,11 @@ impl Manifest {
                         "{kind}[{i}].shape {:?}: dimensions must be positive, -1 allowed only first",
                         s.shape
                     ));
+                }
+                if s.feature_service.is_some()
+                    && (s.datatype != DataType::Fp32 || s.shape.len() != 2 || s.shape[0] != -1)
+                {
+                    return invalid(format!("{kind}[{i}].feature_service needs an FP32 [-1, n] tensor"));
                 }
                 if let Some(ranges) = &s.ranges {
                     if s.shape.last().copied() != Some(ranges.len() as i64) {

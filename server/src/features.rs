@@ -21,7 +21,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/features/push", post(push))
 }
 
-fn feature_error(e: FeatureError) -> ApiError {
+pub(crate) fn feature_error(e: FeatureError) -> ApiError {
     match e {
         FeatureError::Request(m) => ApiError::bad_request(m),
         FeatureError::Definition(_) => ApiError::internal(e.to_string()),
@@ -29,14 +29,14 @@ fn feature_error(e: FeatureError) -> ApiError {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-fn store(state: &AppState) -> Result<Arc<FeatureStore>, ApiError> {
+pub(crate) fn store(state: &AppState) -> Result<Arc<FeatureStore>, ApiError> {
     match &state.features {
         Ok(s) => Ok(s.clone()),
         Err(why) => Err(ApiError::unavailable(format!(
@@ -48,6 +48,89 @@ fn store(state: &AppState) -> Result<Arc<FeatureStore>, ApiError> {
 fn parse<T: serde::de::DeserializeOwned>(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|r| crate::v2::body_error(r, state.config.server.max_body_bytes))?;
     crate::error::parse_json(&body)
+}
+
+/// Fills the inputs of `manifest` bound to a feature service and left out of the request from
+/// the feature store of `corridor`, for the entities in `parameters.entities`. Returns the
+/// features used (names, values, statuses per entity), or `None` when the request names no
+/// entities.
+pub(crate) async fn enrich(
+    state: &AppState,
+    corridor: &str,
+    manifest: &invariant_registry::Manifest,
+    parameters: &serde_json::Map<String, Value>,
+    inputs: &mut Vec<invariant_core::Tensor>,
+) -> Result<Option<Value>, ApiError> {
+    let Some(entities) = parameters.get("entities") else {
+        return Ok(None);
+    };
+    let entities: std::collections::BTreeMap<String, Vec<Value>> = serde_json::from_value(entities.clone())
+        .map_err(|e| ApiError::bad_request(format!("parameters.entities: {e}")))?;
+    let bound: Vec<&invariant_registry::TensorSpec> = manifest
+        .inputs
+        .iter()
+        .filter(|s| s.feature_service.is_some() && !inputs.iter().any(|t| t.name == s.name))
+        .collect();
+    if bound.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "parameters.entities: model '{}' has no input bound to a feature service that the request leaves out",
+            manifest.name
+        )));
+    }
+    let store = store(state)?;
+    let mut used = Vec::new();
+    for spec in bound {
+        let service = spec.feature_service.clone().unwrap_or_default();
+        let request = GetOnlineRequest {
+            features: None,
+            feature_service: Some(service.clone()),
+            entities: entities.clone(),
+            full_feature_names: false,
+        };
+        let (s, c) = (store.clone(), corridor.to_string());
+        let reply = tokio::task::spawn_blocking(move || s.get_online(&c, &request, now_ms()))
+            .await
+            .map_err(|e| ApiError::internal(format!("feature read failed: {e}")))?
+            .map_err(feature_error)?;
+        let width = reply.results.len().saturating_sub(1);
+        if spec.shape.get(1).copied() != Some(width as i64) {
+            return Err(ApiError::internal(format!(
+                "input '{}' has {:?} columns but feature service '{service}' has {width} features",
+                spec.name,
+                spec.shape.get(1)
+            )));
+        }
+        let rows = reply.results[0].values.len();
+        let mut data = Vec::with_capacity(rows * width);
+        for r in 0..rows {
+            for column in &reply.results[1..] {
+                let value = column.values[r].as_f64().ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "parameters.entities: feature '{}' of entity {} is {} and has no default",
+                        reply.metadata.feature_names[1 + data.len() % width],
+                        reply.results[0].values[r],
+                        column.statuses[r]
+                    ))
+                })?;
+                data.push(value as f32);
+            }
+        }
+        let tensor = invariant_core::Tensor::new(
+            spec.name.clone(),
+            vec![rows, width],
+            invariant_core::TensorData::Fp32(data),
+            "parameters.entities",
+        )?;
+        inputs.push(tensor);
+        used.push(serde_json::json!({
+            "input": spec.name,
+            "feature_service": service,
+            "feature_names": reply.metadata.feature_names[1..],
+            "values": reply.results[1..].iter().map(|c| &c.values).collect::<Vec<_>>(),
+            "statuses": reply.results[1..].iter().map(|c| &c.statuses).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(Some(Value::Array(used)))
 }
 
 /// Parses the body, resolves the corridor, and runs `op` on the store off the async threads.

@@ -382,6 +382,16 @@ impl ModelTable {
         Self { models }
     }
 
+    /// Whether any loaded version of `model` binds an input to a feature service.
+    pub fn uses_features(&self, model: &str) -> bool {
+        self.models.get(model).is_some_and(|vs| {
+            vs.iter().any(|e| match &e.state {
+                VersionState::Ready(s) => s.model.manifest().inputs.iter().any(|i| i.feature_service.is_some()),
+                VersionState::Failed { .. } => false,
+            })
+        })
+    }
+
     /// The highest loaded and verified version of a model: what serves it before any promotion.
     pub fn default_version(&self, model: &str) -> Option<String> {
         self.models

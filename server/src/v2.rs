@@ -204,7 +204,8 @@ struct RawRequest<'a> {
     id: Option<String>,
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
-    #[serde(borrow)]
+    /// May be empty when `parameters.entities` fills the inputs from the feature store.
+    #[serde(borrow, default)]
     inputs: Vec<RawInput<'a>>,
     #[serde(default)]
     outputs: Option<Vec<RawOutput>>,
@@ -413,7 +414,15 @@ async fn infer(
     let model = &serving.model;
     let manifest = model.manifest();
     let selection = select_outputs(model, request.outputs.as_deref())?;
-    let (ordered, _) = invariant_engine::check_inputs(manifest, request.inputs)?;
+    let mut inputs = request.inputs;
+    let features_used =
+        crate::features::enrich(&state, corridor.as_str(), manifest, &request.parameters, &mut inputs).await?;
+    let return_features = request
+        .parameters
+        .get("return_features")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let (ordered, _) = invariant_engine::check_inputs(manifest, inputs)?;
     let runtime = state
         .corridors
         .get(corridor.as_str())
@@ -501,6 +510,7 @@ async fn infer(
             routing,
             cached: source.cached(),
             cache_key: key.to_hex().to_string(),
+            features: if return_features { features_used } else { None },
         },
         outputs: selection
             .iter()
@@ -545,6 +555,10 @@ fn reply_key(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Option<(String, invariant_cache::Key)> {
+    // Answers built from the feature store change when features do: never cache their replies.
+    if state.models.load().uses_features(model) {
+        return None;
+    }
     let corridor = match headers.get(CORRIDOR_HEADER) {
         Some(v) => state.config.corridor(v.to_str().ok()?)?.id.to_string(),
         None => state.config.server.default_corridor.as_ref()?.to_string(),
@@ -646,6 +660,9 @@ struct ReplyParameters<'a> {
     cached: bool,
     /// The inference cache key (blake3, hex).
     cache_key: String,
+    /// The feature values used, when the request asked (`parameters.return_features`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    features: Option<Value>,
 }
 
 #[derive(Serialize)]

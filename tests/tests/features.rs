@@ -137,3 +137,87 @@ async fn acknowledged_writes_survive_kill_9() {
     );
     assert_eq!(r["results"][1]["values"][19], 19.0);
 }
+
+fn trust_push(key: &str, at_unix: f64, row: [f64; 8]) -> serde_json::Value {
+    let names = [
+        "account_age_days",
+        "completed_orders",
+        "dispute_rate",
+        "avg_rating",
+        "response_time_hours",
+        "kyc_level",
+        "cancellations_90d",
+        "chargebacks_365d",
+    ];
+    let mut df = serde_json::Map::new();
+    df.insert("account_id".into(), json!([key]));
+    df.insert("event_timestamp".into(), json!([at_unix]));
+    for (n, v) in names.iter().zip(row) {
+        df.insert(n.to_string(), json!([v]));
+    }
+    json!({"feature_view": "account_stats", "df": df})
+}
+
+#[tokio::test]
+async fn enriched_inference_gives_the_bits_of_the_tensor_and_follows_updates() {
+    let s = Server::start().await;
+    let other = [30.0, 2.0, 0.1, 3.9, 12.0, 1.0, 4.0, 1.0];
+    assert_eq!(
+        push(&s, "UAE-SA", &trust_push("a1", unix_seconds(-60), TRUST_ROW))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        push(&s, "UAE-SA", &trust_push("a2", unix_seconds(-60), other)).await.0,
+        200
+    );
+    let infer = "/v2/models/trust-scorer/versions/1.2.0/infer";
+    let enriched = json!({"parameters": {"entities": {"account_id": ["a1", "a2"]}, "return_features": true}});
+    let (status, r) = s.post(infer, &enriched).await;
+    assert_eq!(status, 200, "{r}");
+    let (_, direct) = s.post(infer, &trust_request(&[TRUST_ROW, other])).await;
+    assert_eq!(
+        f32_bits(output(&r, "trust_score")),
+        f32_bits(output(&direct, "trust_score"))
+    );
+    let used = &r["parameters"]["features"][0];
+    assert_eq!(used["feature_service"], "trust_scorer_v1");
+    assert_eq!(used["feature_names"][1], "completed_orders");
+    assert_eq!(used["values"][1], json!([57.0, 2.0]));
+    assert_eq!(used["statuses"][0], json!(["PRESENT", "PRESENT"]));
+
+    // A feature update is never hidden by a cached answer.
+    let mut changed = TRUST_ROW;
+    changed[1] = 3.0;
+    assert_eq!(
+        push(&s, "UAE-SA", &trust_push("a1", unix_seconds(-30), changed))
+            .await
+            .0,
+        200
+    );
+    let (_, again) = s.post(infer, &enriched).await;
+    let (_, direct) = s.post(infer, &trust_request(&[changed, other])).await;
+    assert_eq!(
+        f32_bits(output(&again, "trust_score")),
+        f32_bits(output(&direct, "trust_score"))
+    );
+    assert_ne!(
+        f32_bits(output(&again, "trust_score")),
+        f32_bits(output(&r, "trust_score"))
+    );
+
+    // Unknown entities get the declared defaults, flagged; other corridors see none of it.
+    let (status, r) = s
+        .post_raw(infer, enriched.to_string(), &[("x-corridor", "US-EG")])
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["parameters"]["features"][0]["statuses"][0],
+        json!(["NOT_FOUND", "NOT_FOUND"])
+    );
+
+    // A model without a bound input cannot take entities.
+    let got = s.post("/v2/models/risk-assessor/infer", &enriched).await;
+    assert_error(&got, 400, &["parameters.entities", "risk-assessor"]);
+}
