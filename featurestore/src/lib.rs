@@ -9,6 +9,7 @@
 //! overwrites a newer one. This crate knows nothing of models or HTTP.
 
 pub mod defs;
+pub mod materialize;
 pub mod store;
 
 use defs::{check_value, Definitions, FeatureRef, KeyType};
@@ -155,6 +156,16 @@ impl FeatureStore {
             defs: Definitions::load_dir(repository)?,
             store: EmbeddedStore::open(store_path)?,
         })
+    }
+
+    /// Writes already-checked rows of one view (see [`store::EmbeddedStore::write`]).
+    pub fn write_rows(
+        &self,
+        corridor: &str,
+        view: &str,
+        rows: &[(String, Row)],
+    ) -> Result<Vec<WriteOutcome>, FeatureError> {
+        self.store.write(corridor, view, rows)
     }
 
     fn entity_key(&self, key_type: KeyType, v: &Value, field: &str) -> Result<String, FeatureError> {

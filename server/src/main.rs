@@ -31,6 +31,38 @@ enum Command {
     /// Golden vectors: record the exact output bits of a version.
     #[command(subcommand)]
     Golden(GoldenCommand),
+    /// The feature store: bulk loading.
+    #[command(subcommand)]
+    Features(FeaturesCommand),
+}
+
+#[derive(Subcommand)]
+enum FeaturesCommand {
+    /// Load rows of a feature view from a CSV file into one corridor (the server must not hold
+    /// the store file open): batched writes, a progress bar, and a summary with every rejected
+    /// row's line and reason.
+    Materialize {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The embedded store file (overrides feature_store).
+        #[arg(long)]
+        feature_store: Option<PathBuf>,
+        /// CSV file: a header naming the join key, event_timestamp and features.
+        #[arg(long = "from", value_name = "FILE")]
+        from: PathBuf,
+        /// Feature view.
+        #[arg(long)]
+        view: String,
+        /// Corridor.
+        #[arg(long)]
+        corridor: String,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -124,6 +156,68 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(args),
         Command::Models(command) => models_cli::run(command),
         Command::Gate(args) => gate(args),
+        Command::Features(FeaturesCommand::Materialize {
+            config,
+            feature_store,
+            from,
+            view,
+            corridor,
+            batch,
+            json,
+        }) => {
+            let mut config = config.load()?;
+            if let Some(path) = feature_store {
+                config.feature_store = path.display().to_string();
+            }
+            let corridor = config
+                .corridor(&corridor)
+                .map(|c| c.id.to_string())
+                .with_context(|| format!("unknown corridor '{corridor}'"))?;
+            let store =
+                invariant_featurestore::FeatureStore::open(&config.feature_repository, &config.feature_store_path())
+                    .with_context(|| {
+                        format!(
+                            "opening {} (is a server holding it?)",
+                            config.feature_store_path().display()
+                        )
+                    })?;
+            let file = std::fs::File::open(&from).with_context(|| format!("cannot read {}", from.display()))?;
+            let bar = indicatif::ProgressBar::new(file.metadata()?.len());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "materializing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = store.materialize_csv(&corridor, &view, std::io::BufReader::new(file), batch, |b| {
+                bar.set_position(b)
+            });
+            bar.finish_and_clear();
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} rows read, {} written, {} ignored (older or identical), {} rejected; {:.1} s, {:.0} rows/s",
+                    report.rows,
+                    report.written,
+                    report.ignored,
+                    report.rejected,
+                    report.seconds,
+                    report.rows_per_second
+                );
+                for r in &report.rejections {
+                    println!("  line {}: {}", r.line, r.reason);
+                }
+                if report.rejected as usize > report.rejections.len() {
+                    println!(
+                        "  ... and {} more rejected rows",
+                        report.rejected as usize - report.rejections.len()
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Golden(GoldenCommand::Record {
             config,
             golden_vectors,

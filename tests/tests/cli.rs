@@ -35,6 +35,8 @@ fn help_on_every_subcommand() {
         &["models", "deprecate", "--help"],
         &["models", "unload", "--help"],
         &["gate", "--help"],
+        &["features", "--help"],
+        &["features", "materialize", "--help"],
         &["golden", "--help"],
         &["golden", "record", "--help"],
     ] {

@@ -221,3 +221,77 @@ async fn enriched_inference_gives_the_bits_of_the_tensor_and_follows_updates() {
     let got = s.post("/v2/models/risk-assessor/infer", &enriched).await;
     assert_error(&got, 400, &["parameters.entities", "risk-assessor"]);
 }
+
+#[tokio::test]
+async fn materialize_loads_a_hundred_thousand_rows_and_reports_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("accounts.csv");
+    let now = unix_seconds(-120);
+    let mut text = String::from("account_id,event_timestamp,completed_orders,avg_rating\n");
+    let mut bad_lines = Vec::new();
+    for i in 0..100_000u32 {
+        let line = i + 2;
+        match i % 10_000 {
+            17 => {
+                text.push_str(&format!(",{now},1,4.0\n"));
+                bad_lines.push((line, "missing entity key"));
+            }
+            42 => {
+                text.push_str(&format!("m{i},{now},lots,4.0\n"));
+                bad_lines.push((line, "completed_orders"));
+            }
+            _ => text.push_str(&format!("m{i},{now},{},{}\n", i % 500, 1.0 + (i % 40) as f64 / 10.0)),
+        }
+    }
+    std::fs::write(&csv, text).unwrap();
+    let store = dir.path().join("features.redb");
+    let args: Vec<String> = [
+        "features",
+        "materialize",
+        "--feature-store",
+        store.to_str().unwrap(),
+        "--from",
+        csv.to_str().unwrap(),
+        "--view",
+        "account_stats",
+        "--corridor",
+        "UK-NG",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        invariant(&refs)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["rows"], 100_000);
+    assert_eq!(report["rejected"], 20);
+    assert_eq!(report["written"], 99_980);
+    let rejections = report["rejections"].as_array().unwrap();
+    assert_eq!(rejections.len(), 20);
+    for ((line, why), r) in bad_lines.iter().zip(rejections) {
+        assert_eq!(r["line"], *line);
+        assert!(r["reason"].as_str().unwrap().contains(why), "{r}");
+    }
+    assert!(report["rows_per_second"].as_f64().unwrap() > 0.0);
+
+    // The loaded rows serve, in their corridor only.
+    let top = format!("feature_store = \"{}\"\n", store.display());
+    let s = Server::start_with(ServerOptions {
+        top,
+        ..Default::default()
+    })
+    .await;
+    let r = read(&s, "UK-NG", &["m1", "m99999", "m42"]).await;
+    assert_eq!(r["results"][1]["values"], json!([1.0, 499.0, 0.0]));
+    assert_eq!(r["results"][1]["statuses"], json!(["PRESENT", "PRESENT", "NOT_FOUND"]));
+    assert_eq!(
+        read(&s, "UAE-SA", &["m1"]).await["results"][1]["statuses"],
+        json!(["NOT_FOUND"])
+    );
+}
