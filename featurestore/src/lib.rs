@@ -10,6 +10,7 @@
 
 pub mod defs;
 pub mod materialize;
+pub mod plan;
 pub mod store;
 
 use defs::{check_value, Definitions, FeatureRef, KeyType};
@@ -150,10 +151,15 @@ pub struct FeatureStore {
 }
 
 impl FeatureStore {
-    /// Loads the definitions of `repository` and opens the store file.
-    pub fn open(repository: &Path, store_path: &Path) -> Result<Self, FeatureError> {
+    /// Opens the store file with the definitions applied at `applied` (`invariant features
+    /// apply`), or, when nothing was applied yet, those of `repository`.
+    pub fn open(repository: &Path, applied: &Path, store_path: &Path) -> Result<Self, FeatureError> {
+        let defs = match plan::Applied::load(applied)? {
+            Some(a) => a.definitions(),
+            None => Definitions::load_dir(repository)?,
+        };
         Ok(Self {
-            defs: Definitions::load_dir(repository)?,
+            defs,
             store: EmbeddedStore::open(store_path)?,
         })
     }
@@ -359,7 +365,12 @@ mod tests {
     fn store() -> (tempfile::TempDir, FeatureStore) {
         let dir = tempfile::tempdir().unwrap();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../features");
-        let fs = FeatureStore::open(&repo, &dir.path().join("features.redb")).unwrap();
+        let fs = FeatureStore::open(
+            &repo,
+            &dir.path().join("applied.json"),
+            &dir.path().join("features.redb"),
+        )
+        .unwrap();
         (dir, fs)
     }
 

@@ -246,7 +246,7 @@ mod tests {
     fn loads_good_rows_and_reports_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../features");
-        let fs = FeatureStore::open(&repo, &dir.path().join("f.redb")).unwrap();
+        let fs = FeatureStore::open(&repo, &dir.path().join("applied.json"), &dir.path().join("f.redb")).unwrap();
         let csv = "account_id,event_timestamp,completed_orders,kyc_level\n\
                    a1,2026-11-17T00:00:00Z,12,2\n\
                    ,2026-11-17T00:00:00Z,1,1\n\

@@ -321,6 +321,11 @@ impl Config {
         std::time::Duration::from_secs_f64(seconds.max(0.0))
     }
 
+    /// Where `invariant features apply` records the definitions the server serves.
+    pub fn features_applied_path(&self) -> PathBuf {
+        self.state_dir.join("features-applied.json")
+    }
+
     /// Where the embedded feature store lives.
     pub fn feature_store_path(&self) -> PathBuf {
         if self.feature_store.is_empty() {

@@ -38,6 +38,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum FeaturesCommand {
+    /// Validate the feature repository and show what applying it would change; exit 1 on an
+    /// invalid definition or an incompatible change (one that needs a new schema_version).
+    Plan {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate and record the feature repository as the definitions the server serves
+    /// (refused on an incompatible change); restart the server to pick them up.
+    Apply {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load rows of a feature view from a CSV file into one corridor (the server must not hold
     /// the store file open): batched writes, a progress bar, and a summary with every rejected
     /// row's line and reason.
@@ -156,6 +174,8 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(args),
         Command::Models(command) => models_cli::run(command),
         Command::Gate(args) => gate(args),
+        Command::Features(FeaturesCommand::Plan { config, json }) => features_plan(config, json, false),
+        Command::Features(FeaturesCommand::Apply { config, json }) => features_plan(config, json, true),
         Command::Features(FeaturesCommand::Materialize {
             config,
             feature_store,
@@ -173,14 +193,17 @@ fn main() -> Result<()> {
                 .corridor(&corridor)
                 .map(|c| c.id.to_string())
                 .with_context(|| format!("unknown corridor '{corridor}'"))?;
-            let store =
-                invariant_featurestore::FeatureStore::open(&config.feature_repository, &config.feature_store_path())
-                    .with_context(|| {
-                        format!(
-                            "opening {} (is a server holding it?)",
-                            config.feature_store_path().display()
-                        )
-                    })?;
+            let store = invariant_featurestore::FeatureStore::open(
+                &config.feature_repository,
+                &config.features_applied_path(),
+                &config.feature_store_path(),
+            )
+            .with_context(|| {
+                format!(
+                    "opening {} (is a server holding it?)",
+                    config.feature_store_path().display()
+                )
+            })?;
             let file = std::fs::File::open(&from).with_context(|| format!("cannot read {}", from.display()))?;
             let bar = indicatif::ProgressBar::new(file.metadata()?.len());
             bar.set_style(
@@ -294,4 +317,38 @@ async fn shutdown_signal() {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
+}
+
+/// `features plan` (apply = false) and `features apply`.
+fn features_plan(args: ConfigArgs, json: bool, apply: bool) -> Result<()> {
+    use invariant_featurestore::plan;
+    let config = args.load()?;
+    let defs = invariant_featurestore::defs::Definitions::load_dir(&config.feature_repository)?;
+    let path = config.features_applied_path();
+    let changes = if apply {
+        plan::apply(&path, &defs)?
+    } else {
+        let old = plan::Applied::load(&path)?.map(|a| a.definitions());
+        plan::plan(old.as_ref(), &defs)
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&changes)?);
+    } else if changes.is_empty() {
+        println!("no changes");
+    } else {
+        for c in &changes {
+            let flag = if c.incompatible {
+                "  INCOMPATIBLE: bump schema_version"
+            } else {
+                ""
+            };
+            println!("{:<7} {:<16} {:<40} {}{flag}", c.action, c.kind, c.name, c.detail);
+        }
+    }
+    if apply && !json {
+        println!("applied {} change(s) to {}", changes.len(), path.display());
+    } else if !apply && changes.iter().any(|c| c.incompatible) {
+        anyhow::bail!("the plan has incompatible changes");
+    }
+    Ok(())
 }

@@ -37,6 +37,8 @@ fn help_on_every_subcommand() {
         &["gate", "--help"],
         &["features", "--help"],
         &["features", "materialize", "--help"],
+        &["features", "plan", "--help"],
+        &["features", "apply", "--help"],
         &["golden", "--help"],
         &["golden", "record", "--help"],
     ] {

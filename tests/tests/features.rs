@@ -295,3 +295,63 @@ async fn materialize_loads_a_hundred_thousand_rows_and_reports_bad_ones() {
         json!(["NOT_FOUND"])
     );
 }
+
+#[test]
+fn plan_and_apply_guard_incompatible_schema_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let features = dir.path().join("features");
+    copy_tree(&workspace_root().join("features"), &features);
+    let config = dir.path().join("invariant.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model_repository = \"{}\"\ngolden_vectors = \"{}\"\nstate_dir = \"{}\"\nfeature_repository = \"{}\"\n\
+             engine_instances = 1\n[server]\nhttp_addr = \"127.0.0.1:0\"\nmax_body_bytes = 1000\n\
+             [[corridors]]\nid = \"UAE-SA\"\nmarket = 0\nregion = \"gcc\"\n",
+            shipped_models().display(),
+            shipped_golden().display(),
+            dir.path().join("state").display(),
+            features.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = invariant(&["features", "plan", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("add") && l.contains("account_stats")),
+        "{out}"
+    );
+    let (code, out, err) = invariant(&["features", "apply", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied"), "{out}");
+    assert_eq!(invariant(&["features", "plan", "--config", cfg]).1.trim(), "no changes");
+
+    let file = features.join("accounts.toml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let retyped = original.replace(
+        r#"{ name = "completed_orders", datatype = "FP32", default = 0.0 }"#,
+        r#"{ name = "completed_orders", datatype = "INT64", default = 0 }"#,
+    );
+    assert_ne!(retyped, original);
+    std::fs::write(&file, &retyped).unwrap();
+    let (code, out, _) = invariant(&["features", "plan", "--config", cfg]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("account_stats:completed_orders") && out.contains("INCOMPATIBLE"),
+        "{out}"
+    );
+    let (code, _, err) = invariant(&["features", "apply", "--config", cfg]);
+    assert_ne!(code, 0);
+    assert!(err.contains("schema_version"), "{err}");
+
+    std::fs::write(&file, retyped.replace("schema_version = 1", "schema_version = 2")).unwrap();
+    let (code, out, err) = invariant(&["features", "apply", "--config", cfg, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "account_stats:completed_orders"));
+}
