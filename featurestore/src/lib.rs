@@ -77,6 +77,10 @@ pub struct GetOnlineResponse {
     pub metadata: Metadata,
     /// Columns: the entity keys first, then one per feature.
     pub results: Vec<FeatureColumn>,
+    /// Per view read: the event time of the oldest value served as `PRESENT` (for freshness
+    /// metrics; not part of the reply body).
+    #[serde(skip)]
+    pub oldest_served: Vec<(String, Option<i64>)>,
 }
 
 /// `POST /v1/features/push`: columns of rows for one feature view.
@@ -119,6 +123,10 @@ pub struct PushOutcome {
     pub written: usize,
     /// Rows not stored because the store holds a newer or identical event.
     pub ignored: usize,
+    /// The view written and the newest event time among the stored rows (for freshness
+    /// metrics; not part of the reply body).
+    #[serde(skip)]
+    pub newest_written: (String, Option<i64>),
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -278,9 +286,21 @@ impl FeatureStore {
             }
             results.push(column);
         }
+        let oldest_served = rows
+            .iter()
+            .map(|(&vi, rows)| {
+                let view = &self.defs.views[vi];
+                let fresh = |r: &&Row| view.ttl_seconds == 0 || now_ms - r.event_ms <= (view.ttl_seconds as i64) * 1000;
+                (
+                    view.name.clone(),
+                    rows.iter().flatten().filter(fresh).map(|r| r.event_ms).min(),
+                )
+            })
+            .collect();
         Ok(GetOnlineResponse {
             metadata: Metadata { feature_names: names },
             results,
+            oldest_served,
         })
     }
 
@@ -350,9 +370,16 @@ impl FeatureStore {
         }
         let outcomes = self.store.write(corridor, &view.name, &rows)?;
         let written = outcomes.iter().filter(|o| **o == WriteOutcome::Written).count();
+        let newest = rows
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == WriteOutcome::Written)
+            .map(|((_, r), _)| r.event_ms)
+            .max();
         Ok(PushOutcome {
             written,
             ignored: outcomes.len() - written,
+            newest_written: (view.name.clone(), newest),
         })
     }
 }
@@ -397,9 +424,15 @@ mod tests {
     #[test]
     fn round_trip_defaults_and_not_found() {
         let (_d, fs) = store();
+        let outcome = push(&fs, "UAE-SA", "a1", "2026-11-17T00:00:00Z", 12.0);
+        assert_eq!((outcome.written, outcome.ignored), (1, 0));
         assert_eq!(
-            push(&fs, "UAE-SA", "a1", "2026-11-17T00:00:00Z", 12.0),
-            PushOutcome { written: 1, ignored: 0 }
+            outcome.newest_written,
+            ("account_stats".to_string(), Some(1_794_873_600_000))
+        );
+        assert_eq!(
+            get(&fs, "UAE-SA", &["a1"], NOW).oldest_served,
+            vec![("account_stats".to_string(), Some(1_794_873_600_000))]
         );
         let r = get(&fs, "UAE-SA", &["a1", "zz"], NOW);
         assert_eq!(
@@ -415,6 +448,10 @@ mod tests {
         );
         assert_eq!(r.results[2].values, [json!(3.0), json!(3.0)], "the declared default");
         assert_eq!(r.results[1].event_timestamps[0], "2026-11-17T00:00:00.000Z");
+        assert_eq!(
+            r.oldest_served,
+            vec![("account_stats".to_string(), Some(1_794_873_600_000))]
+        );
     }
 
     #[test]

@@ -50,6 +50,31 @@ fn parse<T: serde::de::DeserializeOwned>(state: &AppState, body: Result<Bytes, B
     crate::error::parse_json(&body)
 }
 
+/// Freshness of reads: the age of the oldest value served as PRESENT, per view and corridor.
+fn observe_read(_: &AppState, corridor: &str, reply: &invariant_featurestore::GetOnlineResponse) {
+    let now = now_ms();
+    for (view, oldest) in &reply.oldest_served {
+        if let Some(oldest) = oldest {
+            metrics::histogram!("invariant_feature_served_age_seconds", "view" => view.clone(), "corridor" => corridor.to_string())
+                .record((now - oldest).max(0) as f64 / 1000.0);
+        }
+    }
+}
+
+/// Freshness of writes: the newest event time stored, per view and corridor.
+fn observe_push(state: &AppState, corridor: &str, outcome: &invariant_featurestore::PushOutcome) {
+    let (view, Some(newest)) = &outcome.newest_written else {
+        return;
+    };
+    let mut seen = state.feature_freshness.lock().unwrap_or_else(|p| p.into_inner());
+    let slot = seen.entry((corridor.to_string(), view.clone())).or_insert(i64::MIN);
+    if *newest > *slot {
+        *slot = *newest;
+        metrics::gauge!("invariant_feature_newest_event_timestamp_seconds", "view" => view.clone(), "corridor" => corridor.to_string())
+            .set(*newest as f64 / 1000.0);
+    }
+}
+
 /// Fills the inputs of `manifest` bound to a feature service and left out of the request from
 /// the feature store of `corridor`, for the entities in `parameters.entities`. Returns the
 /// features used (names, values, statuses per entity), or `None` when the request names no
@@ -92,6 +117,7 @@ pub(crate) async fn enrich(
             .await
             .map_err(|e| ApiError::internal(format!("feature read failed: {e}")))?
             .map_err(feature_error)?;
+        observe_read(state, corridor, &reply);
         let width = reply.results.len().saturating_sub(1);
         if spec.shape.get(1).copied() != Some(width as i64) {
             return Err(ApiError::internal(format!(
@@ -139,6 +165,7 @@ async fn call<Req, Out>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     op: fn(&FeatureStore, &str, &Req, i64) -> Result<Out, FeatureError>,
+    observe: fn(&AppState, &str, &Out),
 ) -> Result<Json<Value>, ApiError>
 where
     Req: serde::de::DeserializeOwned + Send + 'static,
@@ -147,10 +174,12 @@ where
     let store = store(&state)?;
     let corridor = crate::v2::corridor_of(&state, &headers, &serde_json::Map::new())?;
     let request: Req = parse(&state, body)?;
-    let reply = tokio::task::spawn_blocking(move || op(&store, corridor.as_str(), &request, now_ms()))
+    let c = corridor.clone();
+    let reply = tokio::task::spawn_blocking(move || op(&store, c.as_str(), &request, now_ms()))
         .await
         .map_err(|e| ApiError::internal(format!("feature store task failed: {e}")))?
         .map_err(feature_error)?;
+    observe(&state, corridor.as_str(), &reply);
     serde_json::to_value(reply)
         .map(Json)
         .map_err(|e| ApiError::internal(e.to_string()))
@@ -161,7 +190,7 @@ async fn get_online(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    call::<GetOnlineRequest, _>(state, headers, body, FeatureStore::get_online).await
+    call::<GetOnlineRequest, _>(state, headers, body, FeatureStore::get_online, observe_read).await
 }
 
 async fn push(
@@ -169,5 +198,5 @@ async fn push(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    call::<PushRequest, _>(state, headers, body, FeatureStore::push).await
+    call::<PushRequest, _>(state, headers, body, FeatureStore::push, observe_push).await
 }

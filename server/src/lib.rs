@@ -62,6 +62,8 @@ pub struct Shared {
     pub events: Option<redis::Client>,
     /// This process's id in replica events.
     pub server_id: String,
+    /// Newest event time pushed, per (corridor, view): the freshness gauge only moves forward.
+    pub feature_freshness: std::sync::Mutex<std::collections::BTreeMap<(String, String), i64>>,
     /// The feature store, or why it is not available.
     pub features: Result<Arc<invariant_featurestore::FeatureStore>, String>,
     /// Bumped whenever the model table or the registry state is replaced: part of every
@@ -216,6 +218,7 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         tracing::warn!("{why}; the feature endpoints answer 503");
     }
     let shared = Shared {
+        feature_freshness: Default::default(),
         features,
         corridors,
         events,

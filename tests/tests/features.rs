@@ -75,6 +75,13 @@ async fn push_and_read_with_statuses_order_and_isolation() {
     // Another corridor never sees UAE-SA's rows.
     let r = read(&s, "US-EG", &["a1"]).await;
     assert_eq!(r["results"][1]["statuses"], json!(["NOT_FOUND"]));
+
+    // Freshness: the newest event pushed and the age of the values served, per view.
+    let labels = [("view", "account_stats"), ("corridor", "UAE-SA")];
+    let newest = counter(&s, "invariant_feature_newest_event_timestamp_seconds", &labels).await;
+    assert!((newest - unix_seconds(-60)).abs() < 5.0, "newest event {newest}");
+    let served = counter(&s, "invariant_feature_served_age_seconds_count", &labels).await;
+    assert!(served >= 2.0, "served-age observations: {served}");
 }
 
 #[tokio::test]
