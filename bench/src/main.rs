@@ -31,6 +31,9 @@ struct Args {
     /// Skip the HTTP runs.
     #[arg(long)]
     engine_only: bool,
+    /// Run only the feature-store section.
+    #[arg(long)]
+    features_only: bool,
     /// Size in MB of the artifact for the import + verify + activate benchmark (0 skips it).
     #[arg(long, default_value_t = 100)]
     import_mb: usize,
@@ -431,8 +434,128 @@ fn start_server(binary: &Path, port: u16, env: &[(&str, String)]) -> Result<Serv
     bail!("server did not start listening on port {port}")
 }
 
+/// The feature store: materialization rows/s, and `get-online` for 1 and 10 entities × 20
+/// features over HTTP against the health floor of the same server.
+fn bench_features(args: &Args) -> Result<()> {
+    let work = std::env::temp_dir().join(format!("invariant-features-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let repo = work.join("features");
+    std::fs::create_dir_all(&repo)?;
+    let features: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
+    let mut toml = String::from(
+        "[[entities]]\nname = \"user\"\njoin_key = \"user_id\"\nkey_type = \"STRING\"\n\n\
+         [[feature_views]]\nname = \"user_stats\"\nentity = \"user\"\nttl_seconds = 0\nfeatures = [\n",
+    );
+    for f in &features {
+        toml.push_str(&format!(
+            "  {{ name = \"{f}\", datatype = \"FP32\", default = 0.0 }},\n"
+        ));
+    }
+    toml.push_str("]\n");
+    std::fs::write(repo.join("bench.toml"), toml)?;
+    let users = 100_000;
+    let mut csv = format!("user_id,event_timestamp,{}\n", features.join(","));
+    for u in 0..users {
+        csv.push_str(&format!("u{u},1794900000"));
+        for i in 0..20 {
+            csv.push_str(&format!(",{}", (u * 7 + i) % 1000));
+        }
+        csv.push('\n');
+    }
+    let csv_path = work.join("users.csv");
+    std::fs::write(&csv_path, csv)?;
+    let store = work.join("features.redb");
+    let out = Command::new(&args.binary)
+        .args([
+            "features",
+            "materialize",
+            "--json",
+            "--view",
+            "user_stats",
+            "--corridor",
+            "UAE-SA",
+            "--from",
+        ])
+        .arg(&csv_path)
+        .arg("--feature-store")
+        .arg(&store)
+        .env("INVARIANT_FEATURE_REPOSITORY", &repo)
+        .env("INVARIANT_LOG", "warn")
+        .output()?;
+    if !out.status.success() {
+        bail!("materialize failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    println!("\n# feature store (embedded redb): materialize {users} rows x 20 features from CSV");
+    println!(
+        "{} rows written in {:.2} s: {:.0} rows/s",
+        report["written"],
+        report["seconds"].as_f64().unwrap_or(0.0),
+        report["rows_per_second"].as_f64().unwrap_or(0.0)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _server = start_server(
+        &args.binary,
+        port,
+        &[
+            ("INVARIANT_FEATURE_REPOSITORY", repo.display().to_string()),
+            ("INVARIANT_FEATURE_STORE", store.display().to_string()),
+        ],
+    )?;
+    let base = format!("http://127.0.0.1:{port}");
+    let refs: Vec<String> = features.iter().map(|f| format!("\"user_stats:{f}\"")).collect();
+    println!(
+        "get-online over HTTP (wrk, {} s per run), against GET /v2/health/live of the same server",
+        args.http_seconds
+    );
+    println!(
+        "{:<24} {:>4} {:>10} {:>9} {:>9} {:>12}",
+        "target", "conc", "req/s", "p50 ms", "p99 ms", "served/floor"
+    );
+    for &c in &args.concurrency {
+        let floor = wrk(&format!("{base}/v2/health/live"), c, args.http_seconds, None)?;
+        println!(
+            "{:<24} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>12}",
+            "GET /v2/health/live", c, floor.requests_per_s, floor.p50_ms, floor.p99_ms, "1.000"
+        );
+        for entities in [1usize, 10] {
+            let keys: Vec<String> = (0..entities).map(|e| format!("\"u{}\"", e * 997)).collect();
+            let body = format!(
+                "{{\"features\": [{}], \"entities\": {{\"user_id\": [{}]}}}}",
+                refs.join(","),
+                keys.join(",")
+            );
+            let script = work.join(format!("get-{entities}.lua"));
+            std::fs::write(
+                &script,
+                format!("wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-corridor\"] = \"UAE-SA\"\n"),
+            )?;
+            let r = wrk(
+                &format!("{base}/v1/features/get-online"),
+                c,
+                args.http_seconds,
+                Some(&script),
+            )?;
+            println!(
+                "{:<24} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>12.3}",
+                format!("{entities} entities x 20"),
+                c,
+                r.requests_per_s,
+                r.p50_ms,
+                r.p99_ms,
+                r.requests_per_s / floor.requests_per_s
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.features_only {
+        return bench_features(&args);
+    }
     let config = Config::load(None)?;
     println!("# raw engine (in-process Model::infer: signature checks + engine, no HTTP)");
     let engines = bench_engines(config.clone(), args.engine_seconds)?;
@@ -687,5 +810,5 @@ fn main() -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&scripts);
-    Ok(())
+    bench_features(&args)
 }
