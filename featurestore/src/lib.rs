@@ -11,6 +11,7 @@
 pub mod defs;
 pub mod materialize;
 pub mod plan;
+pub mod redis_store;
 pub mod store;
 
 use defs::{check_value, Definitions, FeatureRef, KeyType};
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use store::{EmbeddedStore, Row, WriteOutcome};
+use store::{EmbeddedStore, OnlineStore, Row, WriteOutcome};
 use thiserror::Error;
 
 /// Feature store errors.
@@ -155,7 +156,7 @@ fn event_ms(v: &Value, field: &str) -> Result<i64, FeatureError> {
 pub struct FeatureStore {
     /// Definitions.
     pub defs: Definitions,
-    store: EmbeddedStore,
+    store: Box<dyn OnlineStore>,
 }
 
 impl FeatureStore {
@@ -168,7 +169,24 @@ impl FeatureStore {
         };
         Ok(Self {
             defs,
-            store: EmbeddedStore::open(store_path)?,
+            store: Box::new(EmbeddedStore::open(store_path)?),
+        })
+    }
+
+    /// Like [`FeatureStore::open`], with rows in Redis: `urls` maps each corridor to its Redis.
+    pub fn open_redis(
+        repository: &Path,
+        applied: &Path,
+        urls: &BTreeMap<String, String>,
+        timeout: std::time::Duration,
+    ) -> Result<Self, FeatureError> {
+        let defs = match plan::Applied::load(applied)? {
+            Some(a) => a.definitions(),
+            None => Definitions::load_dir(repository)?,
+        };
+        Ok(Self {
+            defs,
+            store: Box::new(redis_store::RedisStore::new(urls, timeout)?),
         })
     }
 

@@ -11,6 +11,15 @@ use std::path::Path;
 
 const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("online_rows");
 
+/// Where rows live: the embedded store or Redis.
+pub trait OnlineStore: Send + Sync + std::fmt::Debug {
+    /// Writes rows of one view; a row replaces the stored one only if its event is newer, or
+    /// equal with different values.
+    fn write(&self, corridor: &str, view: &str, rows: &[(String, Row)]) -> Result<Vec<WriteOutcome>, FeatureError>;
+    /// The rows of `entities` in `view` of `corridor`, in order.
+    fn read(&self, corridor: &str, view: &str, entities: &[String]) -> Result<Vec<Option<Row>>, FeatureError>;
+}
+
 /// One stored row of a feature view for one entity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
@@ -74,7 +83,12 @@ impl EmbeddedStore {
     /// Writes rows of one view in one transaction. A row replaces the stored one only if its
     /// event time is newer, or equal with different values; an older event never overwrites a
     /// newer one, and writing the same event twice changes nothing.
-    pub fn write(&self, corridor: &str, view: &str, rows: &[(String, Row)]) -> Result<Vec<WriteOutcome>, FeatureError> {
+    fn write_rows(
+        &self,
+        corridor: &str,
+        view: &str,
+        rows: &[(String, Row)],
+    ) -> Result<Vec<WriteOutcome>, FeatureError> {
         let txn = self.db.begin_write().map_err(store_err)?;
         let mut outcomes = Vec::with_capacity(rows.len());
         {
@@ -105,7 +119,7 @@ impl EmbeddedStore {
     }
 
     /// The rows of `entities` in `view` of `corridor`, in order (`None` where there is none).
-    pub fn read(&self, corridor: &str, view: &str, entities: &[String]) -> Result<Vec<Option<Row>>, FeatureError> {
+    fn read_rows(&self, corridor: &str, view: &str, entities: &[String]) -> Result<Vec<Option<Row>>, FeatureError> {
         let txn = self.db.begin_read().map_err(store_err)?;
         let table = txn.open_table(ROWS).map_err(store_err)?;
         entities
@@ -117,5 +131,15 @@ impl EmbeddedStore {
                 },
             )
             .collect()
+    }
+}
+
+impl OnlineStore for EmbeddedStore {
+    fn write(&self, corridor: &str, view: &str, rows: &[(String, Row)]) -> Result<Vec<WriteOutcome>, FeatureError> {
+        self.write_rows(corridor, view, rows)
+    }
+
+    fn read(&self, corridor: &str, view: &str, entities: &[String]) -> Result<Vec<Option<Row>>, FeatureError> {
+        self.read_rows(corridor, view, entities)
     }
 }

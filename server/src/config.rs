@@ -22,10 +22,12 @@ pub enum ConfigError {
 
 /// Top-level keys that environment variables may override; other `INVARIANT_*` variables
 /// (used by tools and tests) are not configuration.
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 14] = [
     "model_repository",
     "feature_repository",
     "feature_store",
+    "feature_backend",
+    "feature_redis_url",
     "golden_vectors",
     "state_dir",
     "registry_state",
@@ -67,6 +69,9 @@ pub struct CorridorConfig {
     /// This corridor's own Redis for the L2 cache (default: `cache.redis_url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// This corridor's own Redis for feature rows (default: `feature_redis_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_redis_url: Option<String>,
 }
 
 /// `[server]`
@@ -80,6 +85,10 @@ pub struct ServerConfig {
     /// Corridor for requests that name none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_corridor: Option<CorridorId>,
+}
+
+fn default_feature_backend() -> String {
+    "embedded".into()
 }
 
 fn default_feature_repository() -> PathBuf {
@@ -239,6 +248,12 @@ pub struct Config {
     /// The embedded online store file (empty: `features.redb` in `state_dir`).
     #[serde(default)]
     pub feature_store: String,
+    /// Where feature rows live: `embedded` (the redb file) or `redis`.
+    #[serde(default = "default_feature_backend")]
+    pub feature_backend: String,
+    /// Redis of the feature store for corridors that name none (`feature_backend = "redis"`).
+    #[serde(default)]
+    pub feature_redis_url: String,
     /// Registry state file (empty: `registry.json` in the model repository).
     #[serde(default)]
     pub registry_state: String,
@@ -319,6 +334,45 @@ impl Config {
         };
         let seconds = manifest_ttl.or(by_name).unwrap_or(self.cache.default_ttl_seconds);
         std::time::Duration::from_secs_f64(seconds.max(0.0))
+    }
+
+    /// Opens the feature store this configuration describes.
+    pub fn open_feature_store(
+        &self,
+    ) -> Result<invariant_featurestore::FeatureStore, invariant_featurestore::FeatureError> {
+        use invariant_featurestore::{FeatureError, FeatureStore};
+        match self.feature_backend.as_str() {
+            "embedded" => FeatureStore::open(
+                &self.feature_repository,
+                &self.features_applied_path(),
+                &self.feature_store_path(),
+            ),
+            "redis" => {
+                let mut urls = std::collections::BTreeMap::new();
+                for c in &self.corridors {
+                    let url = c
+                        .feature_redis_url
+                        .clone()
+                        .unwrap_or_else(|| self.feature_redis_url.clone());
+                    if url.is_empty() {
+                        return Err(FeatureError::Definition(format!(
+                            "feature_backend = \"redis\" but corridor {} has no feature_redis_url",
+                            c.id
+                        )));
+                    }
+                    urls.insert(c.id.to_string(), url);
+                }
+                FeatureStore::open_redis(
+                    &self.feature_repository,
+                    &self.features_applied_path(),
+                    &urls,
+                    std::time::Duration::from_millis(500),
+                )
+            }
+            other => Err(FeatureError::Definition(format!(
+                "feature_backend '{other}': use \"embedded\" or \"redis\""
+            ))),
+        }
     }
 
     /// Where `invariant features apply` records the definitions the server serves.

@@ -201,13 +201,7 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         })?)
     };
     let features = if config.feature_repository.is_dir() {
-        invariant_featurestore::FeatureStore::open(
-            &config.feature_repository,
-            &config.features_applied_path(),
-            &config.feature_store_path(),
-        )
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+        config.open_feature_store().map(Arc::new).map_err(|e| e.to_string())
     } else {
         Err(format!(
             "no feature repository at {}",

@@ -193,12 +193,7 @@ fn main() -> Result<()> {
                 .corridor(&corridor)
                 .map(|c| c.id.to_string())
                 .with_context(|| format!("unknown corridor '{corridor}'"))?;
-            let store = invariant_featurestore::FeatureStore::open(
-                &config.feature_repository,
-                &config.features_applied_path(),
-                &config.feature_store_path(),
-            )
-            .with_context(|| {
+            let store = config.open_feature_store().with_context(|| {
                 format!(
                     "opening {} (is a server holding it?)",
                     config.feature_store_path().display()

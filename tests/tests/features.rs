@@ -362,3 +362,62 @@ fn plan_and_apply_guard_incompatible_schema_changes() {
         .iter()
         .any(|c| c["name"] == "account_stats:completed_orders"));
 }
+
+#[tokio::test]
+async fn redis_backend_per_corridor_survives_an_outage() {
+    let mut uae = RedisServer::start();
+    let uk = RedisServer::start();
+    let options = ServerOptions {
+        top: format!("feature_backend = \"redis\"\nfeature_redis_url = \"{}\"\n", uae.url()),
+        uk_ng: format!("feature_redis_url = \"{}\"\n", uk.url()),
+        ..Default::default()
+    };
+    let s = Server::start_with(options).await;
+    assert_eq!(
+        push(&s, "UAE-SA", &push_body("a1", unix_seconds(-60), 12.0)).await.1,
+        json!({"written": 1, "ignored": 0})
+    );
+    assert_eq!(
+        push(&s, "UAE-SA", &push_body("a1", unix_seconds(-60), 12.0)).await.1,
+        json!({"written": 0, "ignored": 1})
+    );
+    assert_eq!(
+        push(&s, "UAE-SA", &push_body("a1", unix_seconds(-90), 5.0)).await.1,
+        json!({"written": 0, "ignored": 1})
+    );
+    assert_eq!(push(&s, "UK-NG", &push_body("k1", unix_seconds(-60), 3.0)).await.0, 200);
+    let r = read(&s, "UAE-SA", &["a1", "zz"]).await;
+    assert_eq!(r["results"][1]["values"], json!([12.0, 0.0]));
+    assert_eq!(r["results"][1]["statuses"], json!(["PRESENT", "NOT_FOUND"]));
+    // The documented key layout, in the corridor's own Redis only.
+    let hget = |port: u16, key: &str| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "HGET", key, "event_ms"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(!hget(uae.port, "inv:UAE-SA:fv:account_stats:a1").is_empty());
+    assert!(hget(uk.port, "inv:UAE-SA:fv:account_stats:a1").is_empty());
+    assert!(!hget(uk.port, "inv:UK-NG:fv:account_stats:k1").is_empty());
+
+    // UAE-SA's Redis goes down: its reads answer 503 clearly; UK-NG is unaffected.
+    uae.kill();
+    let got = s
+        .post_raw(
+            "/v1/features/get-online",
+            read_body(&["a1"]).to_string(),
+            &[("x-corridor", "UAE-SA")],
+        )
+        .await;
+    assert_error(&got, 503, &["Redis of corridor UAE-SA", "unavailable"]);
+    let r = read(&s, "UK-NG", &["k1"]).await;
+    assert_eq!(r["results"][1]["statuses"], json!(["PRESENT"]));
+    // It comes back (empty, no persistence here) and the server reconnects by itself.
+    let _uae = RedisServer::start_on(uae.port);
+    assert_eq!(
+        push(&s, "UAE-SA", &push_body("a2", unix_seconds(-10), 9.0)).await.0,
+        200
+    );
+    assert_eq!(read(&s, "UAE-SA", &["a2"]).await["results"][1]["values"], json!([9.0]));
+}
