@@ -86,6 +86,11 @@ pub struct InferenceSettings {
     /// Device wish, decided by the device layer.
     #[serde(default)]
     pub device: invariant_gpu::DeviceRequest,
+    /// What to do when the feature store cannot be read for an input bound to a feature
+    /// service: `defaults` answers with the service's declared defaults, flagged as degraded;
+    /// absent, such requests fail with 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_fallback: Option<FeatureFallback>,
     /// How long an answer stays in the inference cache (default: by model name, see DESIGN.md,
     /// else the server's `cache.default_ttl_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,8 +112,17 @@ impl Default for InferenceSettings {
             seed: 0,
             device: Default::default(),
             cache_ttl_seconds: None,
+            feature_fallback: None,
         }
     }
+}
+
+/// A model's answer when its features cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureFallback {
+    /// Use the declared defaults of every feature, and flag the answer as degraded.
+    Defaults,
 }
 
 /// `[onnx]`

@@ -75,6 +75,47 @@ fn observe_push(state: &AppState, corridor: &str, outcome: &invariant_featuresto
     }
 }
 
+/// A reply made of the service's declared defaults, every value flagged `UNAVAILABLE`.
+fn defaults_reply(
+    store: &FeatureStore,
+    service: &str,
+    entities: &std::collections::BTreeMap<String, Vec<Value>>,
+) -> Result<invariant_featurestore::GetOnlineResponse, ApiError> {
+    use invariant_featurestore::{FeatureColumn, GetOnlineResponse, Metadata};
+    let refs = store
+        .defs
+        .service(service)
+        .ok_or_else(|| ApiError::unavailable(format!("feature service '{service}' is not defined")))?
+        .features
+        .clone();
+    let resolved = store.defs.resolve(&refs).map_err(feature_error)?;
+    let (join_key, keys) = entities
+        .iter()
+        .next()
+        .ok_or_else(|| ApiError::bad_request("parameters.entities: give one join key with its entity keys"))?;
+    let n = keys.len();
+    let mut names = vec![join_key.clone()];
+    let mut results = vec![FeatureColumn {
+        values: keys.clone(),
+        statuses: vec!["PRESENT"; n],
+        event_timestamps: vec![String::new(); n],
+    }];
+    for r in resolved {
+        let feature = &store.defs.views[r.view].features[r.feature];
+        names.push(feature.name.clone());
+        results.push(FeatureColumn {
+            values: vec![feature.default.clone().unwrap_or(Value::Null); n],
+            statuses: vec!["UNAVAILABLE"; n],
+            event_timestamps: vec![String::new(); n],
+        });
+    }
+    Ok(GetOnlineResponse {
+        metadata: Metadata { feature_names: names },
+        results,
+        oldest_served: Vec::new(),
+    })
+}
+
 /// Fills the inputs of `manifest` bound to a feature service and left out of the request from
 /// the feature store of `corridor`, for the entities in `parameters.entities`. Returns the
 /// features used (names, values, statuses per entity), or `None` when the request names no
@@ -85,6 +126,7 @@ pub(crate) async fn enrich(
     manifest: &invariant_registry::Manifest,
     parameters: &serde_json::Map<String, Value>,
     inputs: &mut Vec<invariant_core::Tensor>,
+    degraded: &mut Option<String>,
 ) -> Result<Option<Value>, ApiError> {
     let Some(entities) = parameters.get("entities") else {
         return Ok(None);
@@ -113,10 +155,21 @@ pub(crate) async fn enrich(
             full_feature_names: false,
         };
         let (s, c) = (store.clone(), corridor.to_string());
-        let reply = tokio::task::spawn_blocking(move || s.get_online(&c, &request, now_ms()))
+        let read = tokio::task::spawn_blocking(move || s.get_online(&c, &request, now_ms()))
             .await
-            .map_err(|e| ApiError::internal(format!("feature read failed: {e}")))?
-            .map_err(feature_error)?;
+            .map_err(|e| ApiError::internal(format!("feature read failed: {e}")))?;
+        let reply = match read {
+            Err(FeatureError::Store(why))
+                if manifest.inference.feature_fallback == Some(invariant_registry::FeatureFallback::Defaults) =>
+            {
+                tracing::warn!(model = %manifest.name, %why, "feature store unavailable: answering from defaults");
+                *degraded = Some(format!(
+                    "feature store unavailable ({why}); features are the declared defaults"
+                ));
+                defaults_reply(&store, &service, &entities)?
+            }
+            other => other.map_err(feature_error)?,
+        };
         observe_read(state, corridor, &reply);
         let width = reply.results.len().saturating_sub(1);
         if spec.shape.get(1).copied() != Some(width as i64) {

@@ -415,8 +415,16 @@ async fn infer(
     let manifest = model.manifest();
     let selection = select_outputs(model, request.outputs.as_deref())?;
     let mut inputs = request.inputs;
-    let features_used =
-        crate::features::enrich(&state, corridor.as_str(), manifest, &request.parameters, &mut inputs).await?;
+    let mut degraded = None;
+    let features_used = crate::features::enrich(
+        &state,
+        corridor.as_str(),
+        manifest,
+        &request.parameters,
+        &mut inputs,
+        &mut degraded,
+    )
+    .await?;
     let return_features = request
         .parameters
         .get("return_features")
@@ -511,6 +519,7 @@ async fn infer(
             cached: source.cached(),
             cache_key: key.to_hex().to_string(),
             features: if return_features { features_used } else { None },
+            degraded,
         },
         outputs: selection
             .iter()
@@ -663,6 +672,9 @@ struct ReplyParameters<'a> {
     /// The feature values used, when the request asked (`parameters.return_features`).
     #[serde(skip_serializing_if = "Option::is_none")]
     features: Option<Value>,
+    /// Why the answer is degraded (features from declared defaults), when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -421,3 +421,50 @@ async fn redis_backend_per_corridor_survives_an_outage() {
     );
     assert_eq!(read(&s, "UAE-SA", &["a2"]).await["results"][1]["values"], json!([9.0]));
 }
+
+#[tokio::test]
+async fn a_model_with_a_fallback_answers_from_defaults_when_features_are_down() {
+    let mut redis = RedisServer::start();
+    let repo = RepoCopy::new();
+    let manifest = repo.version_dir("trust-scorer", "1.2.0").join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "device = \"auto\"",
+            "device = \"auto\"\nfeature_fallback = \"defaults\"",
+        ),
+    )
+    .unwrap();
+    let options = ServerOptions {
+        top: format!("feature_backend = \"redis\"\nfeature_redis_url = \"{}\"\n", redis.url()),
+        ..repo.options()
+    };
+    let s = Server::start_with(options).await;
+    redis.kill();
+    let enriched = json!({"parameters": {"entities": {"account_id": ["a1"]}, "return_features": true}});
+    let (status, r) = s.post("/v2/models/trust-scorer/versions/1.2.0/infer", &enriched).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(
+        r["parameters"]["degraded"]
+            .as_str()
+            .unwrap()
+            .contains("declared defaults"),
+        "{r}"
+    );
+    assert_eq!(r["parameters"]["features"][0]["statuses"][0], json!(["UNAVAILABLE"]));
+    let defaults = [0.0, 0.0, 0.0, 3.0, 24.0, 0.0, 0.0, 0.0];
+    let (_, direct) = s
+        .post(
+            "/v2/models/trust-scorer/versions/1.2.0/infer",
+            &trust_request(&[defaults]),
+        )
+        .await;
+    assert_eq!(
+        f32_bits(output(&r, "trust_score")),
+        f32_bits(output(&direct, "trust_score"))
+    );
+    // A version without a fallback fails clearly instead.
+    let got = s.post("/v2/models/trust-scorer/versions/1.1.0/infer", &enriched).await;
+    assert_error(&got, 503, &["Redis of corridor UAE-SA"]);
+}
