@@ -547,6 +547,129 @@ fn bench_features(args: &Args) -> Result<()> {
             );
         }
     }
+    // The same reads with rows in Redis, against a bare redis-benchmark of the same HGETs.
+    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _redis = ServerProcess(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let redis_env = [
+        ("INVARIANT_FEATURE_REPOSITORY", repo.display().to_string()),
+        ("INVARIANT_FEATURE_BACKEND", "redis".to_string()),
+        (
+            "INVARIANT_FEATURE_REDIS_URL",
+            format!("redis://127.0.0.1:{redis_port}/"),
+        ),
+    ];
+    let out = Command::new(&args.binary)
+        .args([
+            "features",
+            "materialize",
+            "--json",
+            "--view",
+            "user_stats",
+            "--corridor",
+            "UAE-SA",
+            "--from",
+        ])
+        .arg(&csv_path)
+        .envs(redis_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("INVARIANT_LOG", "warn")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "materialize into Redis failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    println!(
+        "\n# feature store (Redis): materialize {} rows x 20 features: {:.0} rows/s",
+        report["written"],
+        report["rows_per_second"].as_f64().unwrap_or(0.0)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _server = start_server(&args.binary, port, &redis_env)?;
+    let base = format!("http://127.0.0.1:{port}");
+    println!("get-online over HTTP against redis-benchmark of the same HGETs (pipelined 10 for 10 entities)");
+    println!(
+        "{:<24} {:>4} {:>10} {:>9} {:>9} {:>12}",
+        "target", "conc", "req/s", "p50 ms", "p99 ms", "served/floor"
+    );
+    for &c in &args.concurrency {
+        for entities in [1usize, 10] {
+            let bench = Command::new("redis-benchmark")
+                .args([
+                    "-p",
+                    &redis_port.to_string(),
+                    "-c",
+                    &c.to_string(),
+                    "-n",
+                    "100000",
+                    "-P",
+                    &entities.to_string(),
+                    "-q",
+                ])
+                .args(["HGET", "inv:UAE-SA:fv:user_stats:u0", "row"])
+                .output()
+                .context("running redis-benchmark")?;
+            let text = String::from_utf8_lossy(&bench.stdout).into_owned();
+            let ops: f64 = text
+                .split_whitespace()
+                .zip(text.split_whitespace().skip(1))
+                .find_map(|(n, w)| (w == "requests").then(|| n.parse().ok()).flatten())
+                .with_context(|| format!("redis-benchmark printed no rate: {text}"))?;
+            let floor = ops / entities as f64;
+            println!(
+                "{:<24} {:>4} {:>10.0} {:>9} {:>9} {:>12}",
+                format!("redis-benchmark x{entities}"),
+                c,
+                floor,
+                "-",
+                "-",
+                "1.000"
+            );
+            let keys: Vec<String> = (0..entities).map(|e| format!("\"u{}\"", e * 997)).collect();
+            let body = format!(
+                "{{\"features\": [{}], \"entities\": {{\"user_id\": [{}]}}}}",
+                refs.join(","),
+                keys.join(",")
+            );
+            let script = work.join(format!("redis-get-{entities}.lua"));
+            std::fs::write(
+                &script,
+                format!("wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-corridor\"] = \"UAE-SA\"\n"),
+            )?;
+            let r = wrk(
+                &format!("{base}/v1/features/get-online"),
+                c,
+                args.http_seconds,
+                Some(&script),
+            )?;
+            println!(
+                "{:<24} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>12.3}",
+                format!("{entities} entities x 20"),
+                c,
+                r.requests_per_s,
+                r.p50_ms,
+                r.p99_ms,
+                r.requests_per_s / floor
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
