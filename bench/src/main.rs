@@ -434,8 +434,31 @@ fn start_server(binary: &Path, port: u16, env: &[(&str, String)]) -> Result<Serv
     bail!("server did not start listening on port {port}")
 }
 
+/// A `redis-server` on `port` with no persistence, stopped on drop.
+fn start_redis(port: u16) -> Result<ServerProcess> {
+    let redis = ServerProcess(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(redis)
+}
+
 /// The feature store: materialization rows/s, and `get-online` for 1 and 10 entities × 20
-/// features over HTTP against the health floor of the same server.
+/// features over HTTP, with rows in the embedded store (floor: the health check of the same
+/// server) and in Redis (floor: a bare `redis-benchmark` of the same HGETs).
 fn bench_features(args: &Args) -> Result<()> {
     let work = std::env::temp_dir().join(format!("invariant-features-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -464,108 +487,109 @@ fn bench_features(args: &Args) -> Result<()> {
     }
     let csv_path = work.join("users.csv");
     std::fs::write(&csv_path, csv)?;
-    let store = work.join("features.redb");
-    let out = Command::new(&args.binary)
-        .args([
-            "features",
-            "materialize",
-            "--json",
-            "--view",
-            "user_stats",
-            "--corridor",
-            "UAE-SA",
-            "--from",
-        ])
-        .arg(&csv_path)
-        .arg("--feature-store")
-        .arg(&store)
-        .env("INVARIANT_FEATURE_REPOSITORY", &repo)
-        .env("INVARIANT_LOG", "warn")
-        .output()?;
-    if !out.status.success() {
-        bail!("materialize failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    println!("\n# feature store (embedded redb): materialize {users} rows x 20 features from CSV");
-    println!(
-        "{} rows written in {:.2} s: {:.0} rows/s",
-        report["written"],
-        report["seconds"].as_f64().unwrap_or(0.0),
-        report["rows_per_second"].as_f64().unwrap_or(0.0)
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _server = start_server(
-        &args.binary,
-        port,
-        &[
-            ("INVARIANT_FEATURE_REPOSITORY", repo.display().to_string()),
-            ("INVARIANT_FEATURE_STORE", store.display().to_string()),
-        ],
-    )?;
-    let base = format!("http://127.0.0.1:{port}");
     let refs: Vec<String> = features.iter().map(|f| format!("\"user_stats:{f}\"")).collect();
-    println!(
-        "get-online over HTTP (wrk, {} s per run), against GET /v2/health/live of the same server",
-        args.http_seconds
-    );
-    println!(
-        "{:<24} {:>4} {:>10} {:>9} {:>9} {:>12}",
-        "target", "conc", "req/s", "p50 ms", "p99 ms", "served/floor"
-    );
-    for &c in &args.concurrency {
-        let floor = wrk(&format!("{base}/v2/health/live"), c, args.http_seconds, None)?;
-        println!(
-            "{:<24} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>12}",
-            "GET /v2/health/live", c, floor.requests_per_s, floor.p50_ms, floor.p99_ms, "1.000"
-        );
-        for entities in [1usize, 10] {
-            let keys: Vec<String> = (0..entities).map(|e| format!("\"u{}\"", e * 997)).collect();
-            let body = format!(
-                "{{\"features\": [{}], \"entities\": {{\"user_id\": [{}]}}}}",
-                refs.join(","),
-                keys.join(",")
-            );
-            let script = work.join(format!("get-{entities}.lua"));
-            std::fs::write(
-                &script,
-                format!("wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-corridor\"] = \"UAE-SA\"\n"),
-            )?;
-            let r = wrk(
-                &format!("{base}/v1/features/get-online"),
-                c,
-                args.http_seconds,
-                Some(&script),
-            )?;
-            println!(
-                "{:<24} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>12.3}",
-                format!("{entities} entities x 20"),
-                c,
-                r.requests_per_s,
-                r.p50_ms,
-                r.p99_ms,
-                r.requests_per_s / floor.requests_per_s
+
+    let materialize = |label: &str, env: &[(&str, String)]| -> Result<()> {
+        let out = Command::new(&args.binary)
+            .args([
+                "features",
+                "materialize",
+                "--json",
+                "--view",
+                "user_stats",
+                "--corridor",
+                "UAE-SA",
+                "--from",
+            ])
+            .arg(&csv_path)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("INVARIANT_LOG", "warn")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "materialize into {label} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
             );
         }
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        println!(
+            "\n# feature store ({label}): materialize {} rows x 20 features from CSV in {:.2} s: {:.0} rows/s",
+            report["written"],
+            report["seconds"].as_f64().unwrap_or(0.0),
+            report["rows_per_second"].as_f64().unwrap_or(0.0)
+        );
+        Ok(())
+    };
+    let get_online = |base: &str, c: u32, entities: usize| -> Result<WrkResult> {
+        let keys: Vec<String> = (0..entities).map(|e| format!("\"u{}\"", e * 997)).collect();
+        let body = format!(
+            "{{\"features\": [{}], \"entities\": {{\"user_id\": [{}]}}}}",
+            refs.join(","),
+            keys.join(",")
+        );
+        let script = work.join(format!("get-{entities}.lua"));
+        std::fs::write(
+            &script,
+            format!("wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-corridor\"] = \"UAE-SA\"\n"),
+        )?;
+        wrk(
+            &format!("{base}/v1/features/get-online"),
+            c,
+            args.http_seconds,
+            Some(&script),
+        )
+    };
+    let row = |target: &str, c: u32, r: &WrkResult, floor: f64| {
+        println!(
+            "{:<24} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>12.3}",
+            target,
+            c,
+            r.requests_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.requests_per_s / floor
+        )
+    };
+    let header = || {
+        println!(
+            "{:<24} {:>4} {:>10} {:>9} {:>9} {:>12}",
+            "target", "conc", "req/s", "p50 ms", "p99 ms", "served/floor"
+        )
+    };
+
+    // Embedded store, against the health check of the same server.
+    let store = work.join("features.redb");
+    let embedded_env = [
+        ("INVARIANT_FEATURE_REPOSITORY", repo.display().to_string()),
+        ("INVARIANT_FEATURE_STORE", store.display().to_string()),
+    ];
+    materialize("embedded redb", &embedded_env)?;
+    {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let _server = start_server(&args.binary, port, &embedded_env)?;
+        let base = format!("http://127.0.0.1:{port}");
+        println!(
+            "get-online over HTTP (wrk, {} s per run), against GET /v2/health/live of the same server",
+            args.http_seconds
+        );
+        header();
+        for &c in &args.concurrency {
+            let floor = wrk(&format!("{base}/v2/health/live"), c, args.http_seconds, None)?;
+            row("GET /v2/health/live", c, &floor, floor.requests_per_s);
+            for entities in [1usize, 10] {
+                row(
+                    &format!("{entities} entities x 20"),
+                    c,
+                    &get_online(&base, c, entities)?,
+                    floor.requests_per_s,
+                );
+            }
+        }
     }
-    // The same reads with rows in Redis, against a bare redis-benchmark of the same HGETs.
+
+    // Redis, against a bare redis-benchmark of the same HGETs (pipelined 10 deep for 10).
     let redis_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _redis = ServerProcess(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server (apt-get install redis-server)")?,
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let _redis = start_redis(redis_port)?;
     let redis_env = [
         ("INVARIANT_FEATURE_REPOSITORY", repo.display().to_string()),
         ("INVARIANT_FEATURE_BACKEND", "redis".to_string()),
@@ -574,41 +598,12 @@ fn bench_features(args: &Args) -> Result<()> {
             format!("redis://127.0.0.1:{redis_port}/"),
         ),
     ];
-    let out = Command::new(&args.binary)
-        .args([
-            "features",
-            "materialize",
-            "--json",
-            "--view",
-            "user_stats",
-            "--corridor",
-            "UAE-SA",
-            "--from",
-        ])
-        .arg(&csv_path)
-        .envs(redis_env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("INVARIANT_LOG", "warn")
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "materialize into Redis failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    println!(
-        "\n# feature store (Redis): materialize {} rows x 20 features: {:.0} rows/s",
-        report["written"],
-        report["rows_per_second"].as_f64().unwrap_or(0.0)
-    );
+    materialize("Redis", &redis_env)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let _server = start_server(&args.binary, port, &redis_env)?;
     let base = format!("http://127.0.0.1:{port}");
     println!("get-online over HTTP against redis-benchmark of the same HGETs (pipelined 10 for 10 entities)");
-    println!(
-        "{:<24} {:>4} {:>10} {:>9} {:>9} {:>12}",
-        "target", "conc", "req/s", "p50 ms", "p99 ms", "served/floor"
-    );
+    header();
     for &c in &args.concurrency {
         for entities in [1usize, 10] {
             let bench = Command::new("redis-benchmark")
@@ -642,31 +637,11 @@ fn bench_features(args: &Args) -> Result<()> {
                 "-",
                 "1.000"
             );
-            let keys: Vec<String> = (0..entities).map(|e| format!("\"u{}\"", e * 997)).collect();
-            let body = format!(
-                "{{\"features\": [{}], \"entities\": {{\"user_id\": [{}]}}}}",
-                refs.join(","),
-                keys.join(",")
-            );
-            let script = work.join(format!("redis-get-{entities}.lua"));
-            std::fs::write(
-                &script,
-                format!("wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-corridor\"] = \"UAE-SA\"\n"),
-            )?;
-            let r = wrk(
-                &format!("{base}/v1/features/get-online"),
+            row(
+                &format!("{entities} entities x 20"),
                 c,
-                args.http_seconds,
-                Some(&script),
-            )?;
-            println!(
-                "{:<24} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>12.3}",
-                format!("{entities} entities x 20"),
-                c,
-                r.requests_per_s,
-                r.p50_ms,
-                r.p99_ms,
-                r.requests_per_s / floor
+                &get_online(&base, c, entities)?,
+                floor,
             );
         }
     }
@@ -824,23 +799,7 @@ fn main() -> Result<()> {
     // 3. Cache hits from Redis (L1 holding nothing) vs L1 hits, concurrency 32.
     {
         let redis_port = free_port()?;
-        let redis = ServerProcess(
-            Command::new("redis-server")
-                .args([
-                    "--port",
-                    &redis_port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting redis-server (apt-get install redis-server)")?,
-        );
-        std::thread::sleep(Duration::from_millis(300));
+        let redis = start_redis(redis_port)?;
         let url = format!("redis://127.0.0.1:{redis_port}/");
         let (p1, p2) = (free_port()?, free_port()?);
         let _l1 = start_server(&args.binary, p1, &[])?;
