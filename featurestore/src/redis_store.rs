@@ -1,5 +1,6 @@
 //! The Redis online store: how users grow past one machine. Each corridor may have its own
-//! Redis (a URL per corridor, else a shared one).
+//! Redis (a URL per corridor, else a shared one), a single server (`redis://…`) or a Redis
+//! Cluster (`redis+cluster://host:port,host:port/`, seed nodes; keys spread over the slots).
 //!
 //! Key layout: `inv:{corridor}:fv:{view}:{entity key}`, a hash with fields `row` (the row as
 //! JSON), `event_ms` and `vhash` (blake3 of the values). A write runs one Lua script per row
@@ -25,11 +26,24 @@ redis.call('HSET', KEYS[1], 'row', ARGV[1], 'event_ms', ARGV[2], 'vhash', ARGV[3
 return 1
 "#;
 
+/// A connection to one Redis, or to a Redis Cluster.
+enum Conn {
+    Single(redis::Connection),
+    Cluster(redis::cluster::ClusterConnection),
+}
+
+/// How to connect: a URL `redis://host:port/…`, or `redis+cluster://host:port,host:port/`
+/// naming seed nodes of a Redis Cluster.
+enum Endpoint {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
 /// One corridor's Redis.
 struct Target {
     url: String,
-    client: redis::Client,
-    conn: Mutex<Option<redis::Connection>>,
+    endpoint: Endpoint,
+    conn: Mutex<Option<Conn>>,
 }
 
 /// The Redis store: a Redis per corridor.
@@ -56,13 +70,31 @@ impl RedisStore {
     pub fn new(urls: &BTreeMap<String, String>, timeout: Duration) -> Result<Self, FeatureError> {
         let mut targets = BTreeMap::new();
         for (corridor, url) in urls {
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| FeatureError::Store(format!("invalid Redis URL '{url}' for {corridor}: {e}")))?;
+            let invalid =
+                |e: redis::RedisError| FeatureError::Store(format!("invalid Redis URL '{url}' for {corridor}: {e}"));
+            let endpoint = match url.strip_prefix("redis+cluster://") {
+                Some(nodes) => {
+                    let nodes: Vec<String> = nodes
+                        .trim_end_matches('/')
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(|n| format!("redis://{n}/"))
+                        .collect();
+                    Endpoint::Cluster(
+                        redis::cluster::ClusterClientBuilder::new(nodes)
+                            .connection_timeout(timeout)
+                            .response_timeout(timeout)
+                            .build()
+                            .map_err(invalid)?,
+                    )
+                }
+                None => Endpoint::Single(redis::Client::open(url.as_str()).map_err(invalid)?),
+            };
             targets.insert(
                 corridor.clone(),
                 Target {
                     url: url.clone(),
-                    client,
+                    endpoint,
                     conn: Mutex::new(None),
                 },
             );
@@ -76,11 +108,7 @@ impl RedisStore {
 
     /// Runs `op` on the corridor's connection, connecting first if needed; a failure drops the
     /// connection so the next call reconnects.
-    fn with<T>(
-        &self,
-        corridor: &str,
-        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, FeatureError> {
+    fn with<T>(&self, corridor: &str, op: impl FnOnce(&mut Conn) -> redis::RedisResult<T>) -> Result<T, FeatureError> {
         let target = self
             .targets
             .get(corridor)
@@ -93,13 +121,18 @@ impl RedisStore {
         };
         let mut guard = target.conn.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            let conn = target
-                .client
-                .get_connection_with_timeout(self.timeout)
-                .map_err(|e| unavailable(&e))?;
-            conn.set_read_timeout(Some(self.timeout)).map_err(|e| unavailable(&e))?;
-            conn.set_write_timeout(Some(self.timeout))
-                .map_err(|e| unavailable(&e))?;
+            let conn = match &target.endpoint {
+                Endpoint::Single(client) => {
+                    let conn = client
+                        .get_connection_with_timeout(self.timeout)
+                        .map_err(|e| unavailable(&e))?;
+                    conn.set_read_timeout(Some(self.timeout)).map_err(|e| unavailable(&e))?;
+                    conn.set_write_timeout(Some(self.timeout))
+                        .map_err(|e| unavailable(&e))?;
+                    Conn::Single(conn)
+                }
+                Endpoint::Cluster(client) => Conn::Cluster(client.get_connection().map_err(|e| unavailable(&e))?),
+            };
             *guard = Some(conn);
         }
         let conn = guard.as_mut().ok_or_else(|| unavailable(&"no connection"))?;
@@ -127,16 +160,25 @@ impl OnlineStore for RedisStore {
             payloads.push((key(corridor, view, entity), json, row.event_ms, vhash(&row.values)));
         }
         self.with(corridor, |conn| {
-            // Makes sure the script is cached so the pipelined EVALSHAs find it.
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(WRITE_IF_NEWER)
-                .query::<String>(conn)?;
-            let mut pipe = redis::pipe();
-            for (k, json, event, hash) in &payloads {
-                pipe.invoke_script(self.script.key(k).arg(json).arg(*event).arg(hash));
-            }
-            let done: Vec<i64> = pipe.query(conn)?;
+            let done: Vec<i64> = match conn {
+                Conn::Single(conn) => {
+                    // Makes sure the script is cached so the pipelined EVALSHAs find it.
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(WRITE_IF_NEWER)
+                        .query::<String>(conn)?;
+                    let mut pipe = redis::pipe();
+                    for (k, json, event, hash) in &payloads {
+                        pipe.invoke_script(self.script.key(k).arg(json).arg(*event).arg(hash));
+                    }
+                    pipe.query(conn)?
+                }
+                // In a cluster each row's script runs on the node that owns its key.
+                Conn::Cluster(conn) => payloads
+                    .iter()
+                    .map(|(k, json, event, hash)| self.script.key(k).arg(json).arg(*event).arg(hash).invoke(conn))
+                    .collect::<redis::RedisResult<Vec<i64>>>()?,
+            };
             Ok(done
                 .into_iter()
                 .map(|d| {
@@ -151,12 +193,21 @@ impl OnlineStore for RedisStore {
     }
 
     fn read(&self, corridor: &str, view: &str, entities: &[String]) -> Result<Vec<Option<Row>>, FeatureError> {
-        let raw: Vec<Option<String>> = self.with(corridor, |conn| {
-            let mut pipe = redis::pipe();
-            for e in entities {
-                pipe.hget(key(corridor, view, e), "row");
+        let raw: Vec<Option<String>> = self.with(corridor, |conn| match conn {
+            Conn::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for e in entities {
+                    pipe.hget(key(corridor, view, e), "row");
+                }
+                pipe.query(conn)
             }
-            pipe.query(conn)
+            Conn::Cluster(conn) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for e in entities {
+                    pipe.hget(key(corridor, view, e), "row");
+                }
+                pipe.query(conn)
+            }
         })?;
         raw.into_iter()
             .map(|r| match r {

@@ -172,6 +172,101 @@ impl Drop for RedisServer {
     }
 }
 
+/// A three-node Redis Cluster on free loopback ports (no replicas, no persistence).
+pub struct RedisCluster {
+    /// The nodes.
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts the nodes and joins them into a cluster (fails loudly if that does not work).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            let node = RedisServer { child, port };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !node.ping() {
+                assert!(Instant::now() < deadline, "cluster node on {port} did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = nodes.iter().all(|n| {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output();
+                info.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster never reached cluster_state:ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { nodes, _dir: dir }
+    }
+
+    /// `redis+cluster://127.0.0.1:a,127.0.0.1:b,127.0.0.1:c/`
+    pub fn url(&self) -> String {
+        let addrs: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis+cluster://{}/", addrs.join(","))
+    }
+
+    /// Keys stored on each node.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "dbsize"])
+                    .output()
+                    .expect("dbsize");
+                String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
 /// The sum of a Prometheus counter's samples whose labels contain every `label="value"` given.
 pub async fn counter(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = server

@@ -468,3 +468,43 @@ async fn a_model_with_a_fallback_answers_from_defaults_when_features_are_down() 
     let got = s.post("/v2/models/trust-scorer/versions/1.1.0/infer", &enriched).await;
     assert_error(&got, 503, &["Redis of corridor UAE-SA"]);
 }
+
+#[tokio::test]
+async fn redis_cluster_backend_spreads_keys_and_keeps_the_rules() {
+    let cluster = RedisCluster::start();
+    let options = ServerOptions {
+        top: format!(
+            "feature_backend = \"redis\"\nfeature_redis_url = \"{}\"\n",
+            cluster.url()
+        ),
+        ..Default::default()
+    };
+    let s = Server::start_with(options).await;
+    let keys: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
+    let at = unix_seconds(-60);
+    let body = json!({"feature_view": "account_stats",
+        "df": {"account_id": keys, "event_timestamp": vec![at; 60], "completed_orders": (0..60).map(|i| i as f64).collect::<Vec<_>>()}});
+    assert_eq!(push(&s, "UAE-SA", &body).await.1, json!({"written": 60, "ignored": 0}));
+    assert_eq!(push(&s, "UAE-SA", &body).await.1, json!({"written": 0, "ignored": 60}));
+    assert_eq!(
+        push(&s, "UAE-SA", &push_body("c7", at - 30.0, 99.0)).await.1,
+        json!({"written": 0, "ignored": 1})
+    );
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let r = read(&s, "UAE-SA", &refs).await;
+    assert!(
+        r["results"][1]["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s == "PRESENT"),
+        "{r}"
+    );
+    assert_eq!(r["results"][1]["values"][7], 7.0);
+    let spread = cluster.keys_per_node();
+    assert!(
+        spread.iter().filter(|&&n| n > 0).count() >= 2,
+        "keys on one node only: {spread:?}"
+    );
+    assert_eq!(spread.iter().sum::<u64>(), 60);
+}
