@@ -29,7 +29,7 @@ return 1
 /// A connection to one Redis, or to a Redis Cluster.
 enum Conn {
     Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 /// How to connect: a URL `redis://host:port/…`, or `redis+cluster://host:port,host:port/`
@@ -131,7 +131,9 @@ impl RedisStore {
                         .map_err(|e| unavailable(&e))?;
                     Conn::Single(conn)
                 }
-                Endpoint::Cluster(client) => Conn::Cluster(client.get_connection().map_err(|e| unavailable(&e))?),
+                Endpoint::Cluster(client) => {
+                    Conn::Cluster(Box::new(client.get_connection().map_err(|e| unavailable(&e))?))
+                }
             };
             *guard = Some(conn);
         }
@@ -176,7 +178,9 @@ impl OnlineStore for RedisStore {
                 // In a cluster each row's script runs on the node that owns its key.
                 Conn::Cluster(conn) => payloads
                     .iter()
-                    .map(|(k, json, event, hash)| self.script.key(k).arg(json).arg(*event).arg(hash).invoke(conn))
+                    .map(|(k, json, event, hash)| {
+                        self.script.key(k).arg(json).arg(*event).arg(hash).invoke(&mut **conn)
+                    })
                     .collect::<redis::RedisResult<Vec<i64>>>()?,
             };
             Ok(done
