@@ -86,19 +86,19 @@ fn parse_time(text: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("event_timestamp '{text}' is neither RFC 3339 nor Unix seconds"))
 }
 
-/// Column positions of a CSV header for a view.
+/// Column positions of a file's header for a view.
 struct Columns {
     key: usize,
     time: usize,
     features: Vec<Option<usize>>,
 }
 
-fn columns(view: &FeatureView, join_key: &str, header: &csv::StringRecord) -> Result<Columns, FeatureError> {
+fn columns(view: &FeatureView, join_key: &str, header: &[String]) -> Result<Columns, FeatureError> {
     let find = |name: &str| header.iter().position(|h| h.trim() == name);
     let key = find(join_key).ok_or_else(|| FeatureError::Request(format!("the file has no '{join_key}' column")))?;
     let time = find("event_timestamp")
         .ok_or_else(|| FeatureError::Request("the file has no 'event_timestamp' column".into()))?;
-    for h in header.iter() {
+    for h in header {
         let h = h.trim();
         if h != join_key && h != "event_timestamp" && !view.features.iter().any(|f| f.name == h) {
             return Err(FeatureError::Request(format!(
@@ -111,6 +111,29 @@ fn columns(view: &FeatureView, join_key: &str, header: &csv::StringRecord) -> Re
         key,
         time,
         features: view.features.iter().map(|f| find(&f.name)).collect(),
+    })
+}
+
+/// A Parquet cell as the text the CSV path would have read.
+fn parquet_text(field: &parquet::record::Field) -> Result<String, String> {
+    use parquet::record::Field;
+    Ok(match field {
+        Field::Null => String::new(),
+        Field::Bool(b) => b.to_string(),
+        Field::Byte(v) => v.to_string(),
+        Field::Short(v) => v.to_string(),
+        Field::Int(v) => v.to_string(),
+        Field::Long(v) => v.to_string(),
+        Field::UByte(v) => v.to_string(),
+        Field::UShort(v) => v.to_string(),
+        Field::UInt(v) => v.to_string(),
+        Field::ULong(v) => v.to_string(),
+        Field::Float(v) => v.to_string(),
+        Field::Double(v) => v.to_string(),
+        Field::Str(v) => v.clone(),
+        Field::TimestampMillis(ms) => format!("{}", *ms as f64 / 1e3),
+        Field::TimestampMicros(us) => format!("{}", *us as f64 / 1e6),
+        other => return Err(format!("unsupported Parquet value {other}")),
     })
 }
 
@@ -127,6 +150,78 @@ impl FeatureStore {
         batch: usize,
         mut progress: impl FnMut(u64),
     ) -> Result<MaterializeReport, FeatureError> {
+        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+        let header: Vec<String> = reader
+            .headers()
+            .map_err(|e| FeatureError::Request(format!("CSV header: {e}")))?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        let mut record = csv::StringRecord::new();
+        let records = std::iter::from_fn(move || {
+            let line = reader.position().line();
+            let next = match reader.read_record(&mut record) {
+                Ok(false) => return None,
+                Ok(true) => Ok(record.iter().map(str::to_string).collect()),
+                Err(e) => Err(format!("unreadable CSV: {e}")),
+            };
+            progress(reader.position().byte());
+            Some((line, next))
+        });
+        self.materialize_records(corridor, view_name, &header, records, batch)
+    }
+
+    /// Loads a Parquet file (columns named like the CSV header; uncompressed or Snappy) the same
+    /// way; rejections name the row (1-based) instead of a line. `progress` gets rows read.
+    pub fn materialize_parquet(
+        &self,
+        corridor: &str,
+        view_name: &str,
+        file: std::fs::File,
+        batch: usize,
+        mut progress: impl FnMut(u64),
+    ) -> Result<MaterializeReport, FeatureError> {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let bad = |e: parquet::errors::ParquetError| FeatureError::Request(format!("Parquet: {e}"));
+        let reader = SerializedFileReader::new(file).map_err(bad)?;
+        let header: Vec<String> = reader
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        let rows = reader.get_row_iter(None).map_err(bad)?;
+        let mut n = 0u64;
+        let records = rows.map(|row| {
+            n += 1;
+            progress(n);
+            let cells = row.map_err(|e| format!("unreadable Parquet row: {e}")).and_then(|row| {
+                let by_name: std::collections::BTreeMap<String, String> = row
+                    .get_column_iter()
+                    .map(|(name, field)| parquet_text(field).map(|t| (name.clone(), t)))
+                    .collect::<Result<_, _>>()?;
+                Ok(header
+                    .iter()
+                    .map(|h| by_name.get(h).cloned().unwrap_or_default())
+                    .collect())
+            });
+            (n, cells)
+        });
+        let header_copy = header.clone();
+        self.materialize_records(corridor, view_name, &header_copy, records, batch)
+    }
+
+    /// Checks and writes records (position, cells in header order), `batch` per transaction.
+    fn materialize_records(
+        &self,
+        corridor: &str,
+        view_name: &str,
+        header: &[String],
+        records: impl Iterator<Item = (u64, Result<Vec<String>, String>)>,
+        batch: usize,
+    ) -> Result<MaterializeReport, FeatureError> {
         let started = std::time::Instant::now();
         let (_, view) = self
             .defs
@@ -136,12 +231,7 @@ impl FeatureStore {
             .defs
             .entity(&view.entity)
             .ok_or_else(|| FeatureError::Definition(view.entity.clone()))?;
-        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
-        let header = reader
-            .headers()
-            .map_err(|e| FeatureError::Request(format!("CSV header: {e}")))?
-            .clone();
-        let cols = columns(view, &entity.join_key, &header)?;
+        let cols = columns(view, &entity.join_key, header)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -155,7 +245,6 @@ impl FeatureStore {
             seconds: 0.0,
             rows_per_second: 0.0,
         };
-        let mut pending: Vec<(String, Row)> = Vec::with_capacity(batch.max(1));
         let flush = |pending: &mut Vec<(String, Row)>, report: &mut MaterializeReport| -> Result<(), FeatureError> {
             if pending.is_empty() {
                 return Ok(());
@@ -169,39 +258,22 @@ impl FeatureStore {
             pending.clear();
             Ok(())
         };
-        let mut record = csv::StringRecord::new();
-        loop {
-            let line = reader.position().line();
-            match reader.read_record(&mut record) {
-                Ok(false) => break,
-                Ok(true) => {}
-                Err(e) => {
-                    report.rows += 1;
-                    report.rejected += 1;
-                    if report.rejections.len() < MAX_LISTED_REJECTIONS {
-                        report.rejections.push(Rejection {
-                            line,
-                            reason: format!("unreadable CSV: {e}"),
-                        });
-                    }
-                    continue;
-                }
-            }
+        let mut pending: Vec<(String, Row)> = Vec::with_capacity(batch.max(1));
+        for (line, cells) in records {
             report.rows += 1;
-            let row = (|| -> Result<(String, Row), String> {
-                let key = record
-                    .get(cols.key)
-                    .map(str::trim)
+            let row = cells.and_then(|cells| -> Result<(String, Row), String> {
+                let cell = |i: usize| cells.get(i).map(String::as_str).unwrap_or("");
+                let key = Some(cell(cols.key).trim())
                     .filter(|k| !k.is_empty())
                     .ok_or("missing entity key")?;
                 if entity.key_type == KeyType::Int64 && key.parse::<i64>().is_err() {
                     return Err(format!("entity key '{key}' is not an INT64"));
                 }
-                let time = parse_time(record.get(cols.time).ok_or("missing event_timestamp")?)?;
+                let time = parse_time(cell(cols.time))?;
                 let mut values = Vec::with_capacity(view.features.len());
                 for (f, col) in view.features.iter().zip(&cols.features) {
-                    let v = match col.and_then(|c| record.get(c)) {
-                        Some(text) => parse_cell(f.datatype, text).map_err(|m| format!("{}: {m}", f.name))?,
+                    let v = match col {
+                        Some(c) => parse_cell(f.datatype, cell(*c)).map_err(|m| format!("{}: {m}", f.name))?,
                         None => Value::Null,
                     };
                     values.push(v);
@@ -215,7 +287,7 @@ impl FeatureStore {
                         values,
                     },
                 ))
-            })();
+            });
             match row {
                 Ok(r) => pending.push(r),
                 Err(reason) => {
@@ -227,11 +299,9 @@ impl FeatureStore {
             }
             if pending.len() >= batch.max(1) {
                 flush(&mut pending, &mut report)?;
-                progress(reader.position().byte());
             }
         }
         flush(&mut pending, &mut report)?;
-        progress(reader.position().byte());
         report.seconds = started.elapsed().as_secs_f64();
         report.rows_per_second = report.rows as f64 / report.seconds.max(1e-9);
         Ok(report)
@@ -241,6 +311,83 @@ impl FeatureStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loads_parquet_like_csv() {
+        use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, FloatType};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.parquet");
+        let schema = Arc::new(
+            parquet::schema::parser::parse_message_type(
+                "message rows { REQUIRED BYTE_ARRAY account_id (UTF8); REQUIRED DOUBLE event_timestamp; \
+                 OPTIONAL FLOAT completed_orders; }",
+            )
+            .unwrap(),
+        );
+        let mut writer = SerializedFileWriter::new(
+            std::fs::File::create(&path).unwrap(),
+            schema,
+            Arc::new(WriterProperties::builder().build()),
+        )
+        .unwrap();
+        let mut group = writer.next_row_group().unwrap();
+        let mut col = group.next_column().unwrap().unwrap();
+        let keys: Vec<ByteArray> = ["p1", "", "p3"].iter().map(|k| ByteArray::from(*k)).collect();
+        col.typed::<ByteArrayType>().write_batch(&keys, None, None).unwrap();
+        col.close().unwrap();
+        let mut col = group.next_column().unwrap().unwrap();
+        col.typed::<DoubleType>()
+            .write_batch(&[1794900000.0, 1794900000.0, 1794900000.5], None, None)
+            .unwrap();
+        col.close().unwrap();
+        let mut col = group.next_column().unwrap().unwrap();
+        col.typed::<FloatType>()
+            .write_batch(&[0.1, 2.0], Some(&[1, 1, 0]), None)
+            .unwrap();
+        col.close().unwrap();
+        group.close().unwrap();
+        writer.close().unwrap();
+
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../features");
+        let fs = FeatureStore::open(&repo, &dir.path().join("applied.json"), &dir.path().join("f.redb")).unwrap();
+        let mut rows_seen = 0;
+        let r = fs
+            .materialize_parquet(
+                "UAE-SA",
+                "account_stats",
+                std::fs::File::open(&path).unwrap(),
+                10,
+                |n| rows_seen = n,
+            )
+            .unwrap();
+        assert_eq!((r.rows, r.written, r.rejected), (3, 2, 1));
+        assert_eq!(
+            r.rejections[0],
+            Rejection {
+                line: 2,
+                reason: "missing entity key".into()
+            }
+        );
+        assert_eq!(rows_seen, 3);
+        let req: crate::GetOnlineRequest = serde_json::from_value(serde_json::json!({
+            "features": ["account_stats:completed_orders"], "entities": {"account_id": ["p1", "p3"]}
+        }))
+        .unwrap();
+        let got = fs.get_online("UAE-SA", &req, 1_794_900_010_000).unwrap();
+        assert_eq!(
+            (got.results[1].values[0].as_f64().unwrap() as f32).to_bits(),
+            0.1f32.to_bits(),
+            "FP32 kept exactly"
+        );
+        assert_eq!(
+            got.results[1].statuses,
+            ["PRESENT", "NOT_FOUND"],
+            "a null cell is a missing value"
+        );
+    }
 
     #[test]
     fn loads_good_rows_and_reports_bad_ones() {

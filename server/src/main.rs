@@ -56,7 +56,7 @@ enum FeaturesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Load rows of a feature view from a CSV file into one corridor (the server must not hold
+    /// Load rows of a feature view from a CSV or Parquet file into one corridor (the server must not hold
     /// the store file open): batched writes, a progress bar, and a summary with every rejected
     /// row's line and reason.
     Materialize {
@@ -65,7 +65,8 @@ enum FeaturesCommand {
         /// The embedded store file (overrides feature_store).
         #[arg(long)]
         feature_store: Option<PathBuf>,
-        /// CSV file: a header naming the join key, event_timestamp and features.
+        /// CSV file (a header naming the join key, event_timestamp and features), or a Parquet
+        /// file (`.parquet`, uncompressed or Snappy) with columns of those names.
         #[arg(long = "from", value_name = "FILE")]
         from: PathBuf,
         /// Feature view.
@@ -200,17 +201,30 @@ fn main() -> Result<()> {
                 )
             })?;
             let file = std::fs::File::open(&from).with_context(|| format!("cannot read {}", from.display()))?;
-            let bar = indicatif::ProgressBar::new(file.metadata()?.len());
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "materializing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let report = store.materialize_csv(&corridor, &view, std::io::BufReader::new(file), batch, |b| {
-                bar.set_position(b)
-            });
-            bar.finish_and_clear();
+            let parquet = from.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+            let report = if parquet {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("materializing {spinner} {pos} rows {per_sec}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                let report = store.materialize_parquet(&corridor, &view, file, batch, |n| bar.set_position(n));
+                bar.finish_and_clear();
+                report
+            } else {
+                let bar = indicatif::ProgressBar::new(file.metadata()?.len());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "materializing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                let report = store.materialize_csv(&corridor, &view, std::io::BufReader::new(file), batch, |b| {
+                    bar.set_position(b)
+                });
+                bar.finish_and_clear();
+                report
+            };
             let report = report?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -508,3 +508,64 @@ async fn redis_cluster_backend_spreads_keys_and_keeps_the_rules() {
     );
     assert_eq!(spread.iter().sum::<u64>(), 60);
 }
+
+#[test]
+fn materialize_reads_parquet() {
+    use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, FloatType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.parquet");
+    let schema = Arc::new(
+        parquet::schema::parser::parse_message_type(
+            "message rows { REQUIRED BYTE_ARRAY account_id (UTF8); REQUIRED DOUBLE event_timestamp; \
+             REQUIRED FLOAT completed_orders; }",
+        )
+        .unwrap(),
+    );
+    let props = Arc::new(WriterProperties::builder().build());
+    let mut writer = SerializedFileWriter::new(std::fs::File::create(&path).unwrap(), schema, props).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let mut col = group.next_column().unwrap().unwrap();
+    let keys: Vec<ByteArray> = ["q1", "q2", ""].iter().map(|k| ByteArray::from(*k)).collect();
+    col.typed::<ByteArrayType>().write_batch(&keys, None, None).unwrap();
+    col.close().unwrap();
+    let mut col = group.next_column().unwrap().unwrap();
+    col.typed::<DoubleType>()
+        .write_batch(&[unix_seconds(-5); 3], None, None)
+        .unwrap();
+    col.close().unwrap();
+    let mut col = group.next_column().unwrap().unwrap();
+    col.typed::<FloatType>()
+        .write_batch(&[1.0, 2.0, 3.0], None, None)
+        .unwrap();
+    col.close().unwrap();
+    group.close().unwrap();
+    writer.close().unwrap();
+    let store = dir.path().join("features.redb");
+    let (code, out, err) = invariant(&[
+        "features",
+        "materialize",
+        "--feature-store",
+        store.to_str().unwrap(),
+        "--from",
+        path.to_str().unwrap(),
+        "--view",
+        "account_stats",
+        "--corridor",
+        "UAE-SA",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            report["rows"].clone(),
+            report["written"].clone(),
+            report["rejected"].clone()
+        ),
+        (json!(3), json!(2), json!(1))
+    );
+    assert_eq!(report["rejections"][0]["line"], 3);
+}
