@@ -386,9 +386,19 @@ async fn redis_backend_per_corridor_survives_an_outage() {
         json!({"written": 0, "ignored": 1})
     );
     assert_eq!(push(&s, "UK-NG", &push_body("k1", unix_seconds(-60), 3.0)).await.0, 200);
-    let r = read(&s, "UAE-SA", &["a1", "zz"]).await;
-    assert_eq!(r["results"][1]["values"], json!([12.0, 0.0]));
-    assert_eq!(r["results"][1]["statuses"], json!(["PRESENT", "NOT_FOUND"]));
+    // A row older than the view's max age, stored in Redis too.
+    assert_eq!(
+        push(&s, "UAE-SA", &push_body("stale", unix_seconds(-3 * 86400), 4.0))
+            .await
+            .0,
+        200
+    );
+    let r = read(&s, "UAE-SA", &["a1", "zz", "stale"]).await;
+    assert_eq!(r["results"][1]["values"], json!([12.0, 0.0, 0.0]));
+    assert_eq!(
+        r["results"][1]["statuses"],
+        json!(["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE"])
+    );
     // The documented key layout, in the corridor's own Redis only.
     let hget = |port: u16, key: &str| {
         let out = std::process::Command::new("redis-cli")
