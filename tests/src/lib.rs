@@ -118,6 +118,11 @@ impl RedisServer {
 
     /// Starts one on `port` (to restart a killed one at the same address).
     pub fn start_on(port: u16) -> Self {
+        Self::spawn(port, &[])
+    }
+
+    /// Starts `redis-server` on `port` with `extra` arguments and waits until it answers PING.
+    fn spawn(port: u16, extra: &[String]) -> Self {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -129,6 +134,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -186,36 +192,15 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server");
-            let node = RedisServer { child, port };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !node.ping() {
-                assert!(Instant::now() < deadline, "cluster node on {port} did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            nodes.push(node);
+            let extra = [
+                "--cluster-enabled".to_string(),
+                "yes".to_string(),
+                "--cluster-config-file".to_string(),
+                format!("nodes-{port}.conf"),
+                "--dir".to_string(),
+                dir.path().display().to_string(),
+            ];
+            nodes.push(RedisServer::spawn(port, &extra));
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")

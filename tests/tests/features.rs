@@ -22,6 +22,18 @@ fn read_body(keys: &[&str]) -> serde_json::Value {
     json!({"features": ["account_stats:completed_orders", "account_stats:avg_rating"], "entities": {"account_id": keys}})
 }
 
+/// Every feature value of the first feature column is PRESENT.
+fn assert_all_present(r: &serde_json::Value) {
+    assert!(
+        r["results"][1]["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s == "PRESENT"),
+        "{r}"
+    );
+}
+
 async fn push(s: &Server, corridor: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
     s.post_raw("/v1/features/push", body.to_string(), &[("x-corridor", corridor)])
         .await
@@ -134,14 +146,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let r = read(&s, "UK-NG", &refs).await;
-    assert!(
-        r["results"][1]["statuses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s == "PRESENT"),
-        "{r}"
-    );
+    assert_all_present(&r);
     assert_eq!(r["results"][1]["values"][19], 19.0);
 }
 
@@ -502,14 +507,7 @@ async fn redis_cluster_backend_spreads_keys_and_keeps_the_rules() {
     );
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let r = read(&s, "UAE-SA", &refs).await;
-    assert!(
-        r["results"][1]["statuses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s == "PRESENT"),
-        "{r}"
-    );
+    assert_all_present(&r);
     assert_eq!(r["results"][1]["values"][7], 7.0);
     let spread = cluster.keys_per_node();
     assert!(
