@@ -37,6 +37,12 @@ struct Args {
     /// Size in MB of the artifact for the import + verify + activate benchmark (0 skips it).
     #[arg(long, default_value_t = 100)]
     import_mb: usize,
+    /// Run only the inference-cache sections (cache hits against the HTTP floor, L1 vs L2).
+    #[arg(long)]
+    cache_only: bool,
+    /// Interleaved rounds of the cache-hit runs; the medians are printed.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 /// Deterministic, plausible inputs: small non-negative values varying by position.
@@ -342,10 +348,57 @@ layers = [{{ size = 4096, activation = "relu" }}, {{ size = {hidden}, activation
     Ok(())
 }
 
+#[derive(Clone, Copy)]
 struct WrkResult {
     requests_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    requests: f64,
+}
+
+/// CPU seconds (user + system) of this process's waited-for children (wrk) so far.
+fn children_cpu_seconds() -> f64 {
+    proc_cpu_seconds("/proc/self/stat", 15)
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    proc_cpu_seconds(&format!("/proc/{pid}/stat"), 13)
+}
+
+/// Sums two consecutive clock-tick fields of a `/proc/<pid>/stat` line (fields counted from 0
+/// after the command name): 13/14 are the process's own user/system time, 15/16 its children's.
+fn proc_cpu_seconds(path: &str, first: usize) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let after_name = text.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // `after_name` starts at field 2 (the state).
+    let tick = |i: usize| fields.get(i - 2).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(first) + tick(first + 1)) / 100.0
+}
+
+/// A wrk run with the CPU time per request that the server and wrk itself spent.
+struct Measured {
+    wrk: WrkResult,
+    server_us: f64,
+    wrk_us: f64,
+}
+
+fn wrk_measured(server_pid: u32, url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> Result<Measured> {
+    let (s0, w0) = (process_cpu_seconds(server_pid), children_cpu_seconds());
+    let r = wrk(url, connections, seconds, script)?;
+    let (s1, w1) = (process_cpu_seconds(server_pid), children_cpu_seconds());
+    let per = |d: f64| d * 1e6 / r.requests.max(1.0);
+    Ok(Measured {
+        wrk: r,
+        server_us: per(s1 - s0),
+        wrk_us: per(w1 - w0),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn parse_latency_ms(text: &str) -> Option<f64> {
@@ -398,10 +451,17 @@ fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> Resu
     let p99 = field("99%")
         .and_then(|v| parse_latency_ms(&v))
         .context("wrk printed no p99")?;
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("wrk printed no request count")?;
     Ok(WrkResult {
         requests_per_s: rps,
         p50_ms: p50,
         p99_ms: p99,
+        requests,
     })
 }
 
@@ -649,14 +709,11 @@ fn bench_features(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    if args.features_only {
-        return bench_features(&args);
-    }
-    let config = Config::load(None)?;
+/// The in-process sections: raw engines, native kernels, the gate, routing, import.
+fn run_engine_sections(args: &Args, config: &Config) -> Result<Vec<EngineResult>> {
     println!("# raw engine (in-process Model::infer: signature checks + engine, no HTTP)");
     let engines = bench_engines(config.clone(), args.engine_seconds)?;
+
     println!(
         "{:<15} {:<8} {:>5} {:>12} {:>12}",
         "model", "version", "batch", "req/s", "rows/s"
@@ -671,12 +728,26 @@ fn main() -> Result<()> {
             r.requests_per_s * r.batch as f64
         );
     }
-    bench_kernels(&config, args.engine_seconds / 2.0)?;
-    bench_gate(&config)?;
+    bench_kernels(config, args.engine_seconds / 2.0)?;
+    bench_gate(config)?;
     bench_routing()?;
     if args.import_mb > 0 {
-        bench_import(&config, args.import_mb)?;
+        bench_import(config, args.import_mb)?;
     }
+    Ok(engines)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.features_only {
+        return bench_features(&args);
+    }
+    let config = Config::load(None)?;
+    let engines = if args.cache_only {
+        Vec::new()
+    } else {
+        run_engine_sections(&args, &config)?
+    };
     if args.engine_only {
         return Ok(());
     }
@@ -748,7 +819,7 @@ fn main() -> Result<()> {
     };
 
     // 1. Computed answers (cache off), against the raw engine and the HTTP floor.
-    {
+    if !args.cache_only {
         let port = free_port()?;
         let _server = start_server(&args.binary, port, &[("INVARIANT_CACHE__ENABLED", "false".into())])?;
         let base = format!("http://127.0.0.1:{port}");
@@ -767,31 +838,66 @@ fn main() -> Result<()> {
         }
     }
 
-    // 2. Cache hits (L1), against the HTTP floor of the same server.
+    // 2. Cache hits (L1), against the HTTP floor of the same server: interleaved rounds, so
+    // every ratio compares runs made next to each other; medians are printed.
     {
         let port = free_port()?;
-        let _server = start_server(&args.binary, port, &[])?;
+        let server = start_server(&args.binary, port, &[])?;
+        let pid = server.0.id();
         let base = format!("http://127.0.0.1:{port}");
         println!("\n# cache hits (L1) vs the HTTP floor of the same server (target >= 0.90)");
-        header();
+        println!(
+            "# medians of {} interleaved rounds; cpu = microseconds of CPU per request, server / wrk",
+            args.rounds
+        );
+        println!(
+            "{:<26} {:>4} {:>10} {:>9} {:>9} {:>12} {:>11} {:>8}",
+            "target", "conc", "req/s", "p50 ms", "p99 ms", "served/floor", "server cpu", "wrk cpu"
+        );
         // The same floor carrying the request body: what reading a body costs in the HTTP stack.
         let with_body = scripts.join("floor-with-body.lua");
         let body = &bodies.first().context("no models")?.3;
         let constant = std::fs::read_to_string(body)?.replace("wrk.method = \"POST\"", "wrk.method = \"GET\"");
         std::fs::write(&with_body, constant)?;
+        let live = format!("{base}/v2/health/live");
+        let mut targets: Vec<(String, String, Option<&Path>)> = vec![
+            ("GET /v2/health/live".into(), live.clone(), None),
+            ("  same, with the body".into(), live.clone(), Some(with_body.as_path())),
+        ];
+        for (name, version, path, constant, _, _) in &bodies {
+            targets.push((
+                format!("{name} {version} hit"),
+                format!("{base}{path}"),
+                Some(constant.as_path()),
+            ));
+        }
         for &c in &args.concurrency {
-            let floor = wrk(&format!("{base}/v2/health/live"), c, args.http_seconds, None)?;
-            row("GET /v2/health/live", c, &floor, None, floor.requests_per_s);
-            let body_floor = wrk(
-                &format!("{base}/v2/health/live"),
-                c,
-                args.http_seconds,
-                Some(&with_body),
-            )?;
-            row("  same, with the body", c, &body_floor, None, floor.requests_per_s);
-            for (name, version, path, constant, _, _) in &bodies {
-                let r = wrk(&format!("{base}{path}"), c, args.http_seconds, Some(constant))?;
-                row(&format!("{name} {version} hit"), c, &r, None, floor.requests_per_s);
+            let mut runs: Vec<Vec<Measured>> = targets.iter().map(|_| Vec::new()).collect();
+            for _ in 0..args.rounds.max(1) {
+                for (i, (_, url, script)) in targets.iter().enumerate() {
+                    runs[i].push(wrk_measured(pid, url, c, args.http_seconds, *script)?);
+                }
+            }
+            for (i, (label, _, _)) in targets.iter().enumerate() {
+                let m = &runs[i];
+                let of = |f: fn(&Measured) -> f64| median(m.iter().map(f).collect());
+                let ratio = median(
+                    m.iter()
+                        .zip(&runs[0])
+                        .map(|(r, floor)| r.wrk.requests_per_s / floor.wrk.requests_per_s)
+                        .collect(),
+                );
+                println!(
+                    "{:<26} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>12.3} {:>11.1} {:>8.1}",
+                    label,
+                    c,
+                    of(|r| r.wrk.requests_per_s),
+                    of(|r| r.wrk.p50_ms),
+                    of(|r| r.wrk.p99_ms),
+                    ratio,
+                    of(|r| r.server_us),
+                    of(|r| r.wrk_us)
+                );
             }
         }
     }
@@ -850,7 +956,7 @@ fn main() -> Result<()> {
     }
 
     // 4. Uncached throughput at concurrency 32 with and without dynamic batching.
-    {
+    if !args.cache_only {
         let (p_off, p_on) = (free_port()?, free_port()?);
         let off = vec![
             ("INVARIANT_CACHE__ENABLED", "false".to_string()),
@@ -892,5 +998,8 @@ fn main() -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&scripts);
+    if args.cache_only {
+        return Ok(());
+    }
     bench_features(&args)
 }

@@ -8,6 +8,7 @@
 //! values are opaque bytes stored and returned unchanged. Redis errors never fail a request:
 //! they count as misses, and the connection is re-established in the background.
 
+use bytes::Bytes;
 use moka::future::Cache;
 use redis::AsyncCommands;
 use std::future::Future;
@@ -26,10 +27,13 @@ pub struct Entry {
     pub model: String,
     /// Model version.
     pub version: String,
-    /// The stored bytes.
-    pub bytes: Vec<u8>,
+    /// The stored bytes (shared, so a hit is served without copying them).
+    pub bytes: Bytes,
     /// Time to live from insertion.
     pub ttl: Duration,
+    /// Counts the hits served from this entry: the owner registers it with its own labels
+    /// once, so a hit costs one atomic add ([`metrics::Counter::noop`] when not counted).
+    pub hits: metrics::Counter,
 }
 
 /// Where an answer came from.
@@ -229,12 +233,13 @@ impl CorridorCache {
         const FROM_L2: u8 = 1;
         const COMPUTED: u8 = 2;
         let origin = AtomicU8::new(NONE);
-        let make = |bytes| {
+        let make = |bytes: Vec<u8>| {
             Arc::new(Entry {
                 model: model.to_string(),
                 version: version.to_string(),
-                bytes,
+                bytes: Bytes::from(bytes),
                 ttl,
+                hits: metrics::Counter::noop(),
             })
         };
         let entry = self
@@ -307,18 +312,18 @@ mod tests {
             .get_or_compute::<(), _>(key, "m", "1", Duration::from_millis(200), async { Ok(vec![1, 2, 3]) })
             .await
             .unwrap();
-        assert_eq!((e.bytes.clone(), s), (vec![1, 2, 3], Source::Computed));
+        assert_eq!((e.bytes.to_vec(), s), (vec![1, 2, 3], Source::Computed));
         let (e, s) = c
             .get_or_compute::<(), _>(key, "m", "1", Duration::from_millis(200), async { Ok(vec![9]) })
             .await
             .unwrap();
-        assert_eq!((e.bytes.clone(), s), (vec![1, 2, 3], Source::L1));
+        assert_eq!((e.bytes.to_vec(), s), (vec![1, 2, 3], Source::L1));
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (e, s) = c
             .get_or_compute::<(), _>(key, "m", "1", Duration::from_millis(200), async { Ok(vec![9]) })
             .await
             .unwrap();
-        assert_eq!((e.bytes.clone(), s), (vec![9], Source::Computed));
+        assert_eq!((e.bytes.to_vec(), s), (vec![9], Source::Computed));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,6 +381,6 @@ mod tests {
             .get_or_compute::<(), _>([5; 32], "m", "1", Duration::from_secs(60), async { Ok(vec![5]) })
             .await
             .unwrap();
-        assert_eq!((e.bytes.clone(), s), (vec![5], Source::Computed));
+        assert_eq!((e.bytes.to_vec(), s), (vec![5], Source::Computed));
     }
 }

@@ -55,6 +55,11 @@ pub trait Engine: Send + Sync {
     /// Runs one batch. `inputs` are in signature order and already checked against it;
     /// outputs are returned in the manifest's output order.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError>;
+    /// How many runs can proceed at once when the runtime holds a fixed pool of sessions (one
+    /// run per session); `None` when runs share immutable state and need no session.
+    fn sessions(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Settings that belong to the server rather than to a model version.
@@ -157,6 +162,11 @@ impl Model {
     /// Which runtime runs it.
     pub fn runtime(&self) -> RuntimeInfo {
         self.engine.runtime()
+    }
+
+    /// The runtime's session pool size, if it has one (see [`Engine::sessions`]).
+    pub fn sessions(&self) -> Option<usize> {
+        self.engine.sessions()
     }
 
     /// Checks `inputs` (in request order) against the signature, runs them, and checks the

@@ -294,6 +294,10 @@ impl OnnxEngine {
 }
 
 impl Engine for OnnxEngine {
+    fn sessions(&self) -> Option<usize> {
+        Some(self.sessions.len())
+    }
+
     fn runtime(&self) -> RuntimeInfo {
         RuntimeInfo {
             name: "onnxruntime",

@@ -269,7 +269,8 @@ pub struct Config {
     /// Explicit path of `libonnxruntime.so` (empty: search).
     #[serde(default)]
     pub onnxruntime_lib: String,
-    /// ONNX Runtime sessions per ONNX model version.
+    /// ONNX Runtime sessions of the instance of each ONNX version that verification, the gate
+    /// and metadata use (each corridor serves from its own instance, sized to its workers).
     pub engine_instances: usize,
     /// HTTP server settings.
     pub server: ServerConfig,

@@ -101,6 +101,12 @@ impl Shared {
             onnx_unavailable: self.onnx_unavailable.as_deref(),
             golden_dir: &self.config.golden_vectors,
             audit: &self.audit,
+            corridors: self
+                .config
+                .corridors
+                .iter()
+                .map(|c| (c.id.to_string(), c.workers.unwrap_or(self.config.pools.workers)))
+                .collect(),
         }
     }
 }

@@ -8,7 +8,7 @@ use invariant_core::Tensor;
 use invariant_engine::{EngineError, EngineOptions, Model};
 use invariant_gpu::DeviceLayer;
 use invariant_registry::{Format, RegistryError, VerifiedVersion};
-use invariant_verify::{verify_deploy, GoldenFile};
+use invariant_verify::{verify_deploy, verify_golden, GoldenFile};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,8 +16,16 @@ use std::sync::Arc;
 /// A verified version that serves.
 #[derive(Debug)]
 pub struct ServingVersion {
-    /// The loaded model.
+    /// The instance that passed deploy-time verification: metadata, the gate, and corridors
+    /// without an instance of their own.
     pub model: Model,
+    /// Each corridor's own instance (bulkheads), by corridor id: ONNX versions get one per
+    /// declared corridor, with as many sessions as the corridor has workers, each checked
+    /// against the golden vectors before it serves; so one corridor's load never waits on
+    /// another corridor's sessions. Native versions hold no per-run state (immutable weights,
+    /// no sessions to lock), so every corridor shares `model` and the corridor's worker budget
+    /// is its bulkhead.
+    pub corridor_models: BTreeMap<String, Model>,
     /// Whether batches leave every row's bits unchanged. When false (only possible for ONNX
     /// models, whose kernels are not ours), the rows of a request run one at a time.
     pub batch_invariant: bool,
@@ -30,10 +38,16 @@ pub struct ServingVersion {
 }
 
 impl ServingVersion {
-    /// Runs a request. Rows run one at a time when the version is not batch-invariant, so a
-    /// row's answer never depends on the rows sent with it.
-    pub fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
-        let specs = &self.model.manifest().inputs;
+    /// The instance serving `corridor`: its own, else the verified one.
+    pub fn instance(&self, corridor: &str) -> &Model {
+        self.corridor_models.get(corridor).unwrap_or(&self.model)
+    }
+
+    /// Runs a request on `corridor`'s instance. Rows run one at a time when the version is not
+    /// batch-invariant, so a row's answer never depends on the rows sent with it.
+    pub fn infer(&self, corridor: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+        let model = self.instance(corridor);
+        let specs = &model.manifest().inputs;
         let rows = inputs
             .iter()
             .zip(specs)
@@ -41,10 +55,10 @@ impl ServingVersion {
             .and_then(|(t, _)| t.shape.first().copied())
             .unwrap_or(1);
         if self.batch_invariant || rows <= 1 {
-            return self.model.infer(inputs);
+            return model.infer(inputs);
         }
         // Signature errors are reported for the whole request, as a batched run would.
-        invariant_engine::check_inputs(self.model.manifest(), inputs.clone())?;
+        invariant_engine::check_inputs(model.manifest(), inputs.clone())?;
         let mut per_row: Vec<Vec<Tensor>> = Vec::with_capacity(rows);
         for r in 0..rows {
             let row_inputs = inputs
@@ -59,9 +73,9 @@ impl ServingVersion {
                     }
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            per_row.push(self.model.infer(row_inputs)?);
+            per_row.push(model.infer(row_inputs)?);
         }
-        let outputs = self.model.manifest().outputs.len();
+        let outputs = model.manifest().outputs.len();
         (0..outputs)
             .map(|k| {
                 let parts: Vec<&Tensor> = per_row.iter().map(|r| &r[k]).collect();
@@ -121,6 +135,9 @@ pub struct Loader<'a> {
     pub golden_dir: &'a Path,
     /// Audit log for verification records.
     pub audit: &'a AuditLog,
+    /// Declared corridors with their worker budgets: each gets its own instance of every ONNX
+    /// version, with that many sessions.
+    pub corridors: Vec<(String, usize)>,
 }
 
 impl Loader<'_> {
@@ -197,18 +214,74 @@ impl Loader<'_> {
         if let Err(e) = self.audit.append(&record) {
             tracing::error!(error = %e, "cannot write the verification audit record");
         }
-        match outcome {
-            Ok((batch_invariant, golden_hash, golden_vectors)) => VersionState::Ready(Arc::new(ServingVersion {
-                model,
-                batch_invariant,
-                verification_hash,
-                golden_hash,
-                golden_vectors,
-            })),
-            Err(reason) => VersionState::Failed {
-                reason: format!("verification failed: {reason}"),
-            },
+        let (batch_invariant, golden_hash, golden_vectors) = match outcome {
+            Ok(verified) => verified,
+            Err(reason) => {
+                return VersionState::Failed {
+                    reason: format!("verification failed: {reason}"),
+                }
+            }
+        };
+        let corridor_models = match self.corridor_instances(v, &golden_path) {
+            Ok(models) => models,
+            Err(reason) => return VersionState::Failed { reason },
+        };
+        VersionState::Ready(Arc::new(ServingVersion {
+            model,
+            corridor_models,
+            batch_invariant,
+            verification_hash,
+            golden_hash,
+            golden_vectors,
+        }))
+    }
+
+    /// One instance of an ONNX version per corridor, sized to the corridor's workers, each
+    /// matching the golden vectors bit for bit (native versions share one instance).
+    fn corridor_instances(&self, v: &VerifiedVersion, golden_path: &Path) -> Result<BTreeMap<String, Model>, String> {
+        let mut out = BTreeMap::new();
+        if v.manifest.format != Format::Onnx {
+            return Ok(out);
         }
+        let (golden, _) = GoldenFile::read(golden_path).map_err(|e| format!("golden vectors: {e}"))?;
+        let build = |corridor: &str, workers: usize| -> Result<Model, String> {
+            let options = EngineOptions {
+                instances: workers.max(1),
+                threads: self.options.threads,
+            };
+            let model = Model::load(v, self.devices, &options)
+                .map_err(|e| format!("{}: instance for corridor {corridor}: {e}", v.dir.display()))?;
+            let violations = verify_golden(&model, &golden)
+                .map_err(|e| format!("instance for corridor {corridor}: verification could not run: {e}"))?;
+            if !violations.is_empty() {
+                return Err(format!(
+                    "verification failed: instance for corridor {corridor}: {}",
+                    summarize(&violations)
+                ));
+            }
+            Ok(model)
+        };
+        // Built and checked side by side; results are taken in corridor order.
+        let built: Vec<(String, Result<Model, String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .corridors
+                .iter()
+                .map(|(corridor, workers)| (corridor, scope.spawn(|| build(corridor, *workers))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(corridor, h)| {
+                    let result = h
+                        .join()
+                        .unwrap_or_else(|_| Err(format!("instance for corridor {corridor}: loading panicked")));
+                    (corridor.clone(), result)
+                })
+                .collect()
+        });
+        for (corridor, model) in built {
+            out.insert(corridor, model?);
+        }
+        Ok(out)
     }
 }
 
@@ -381,17 +454,6 @@ impl ModelTable {
         }
         Self { models }
     }
-
-    /// Whether any loaded version of `model` binds an input to a feature service.
-    pub fn uses_features(&self, model: &str) -> bool {
-        self.models.get(model).is_some_and(|vs| {
-            vs.iter().any(|e| match &e.state {
-                VersionState::Ready(s) => s.model.manifest().inputs.iter().any(|i| i.feature_service.is_some()),
-                VersionState::Failed { .. } => false,
-            })
-        })
-    }
-
     /// The highest loaded and verified version of a model: what serves it before any promotion.
     pub fn default_version(&self, model: &str) -> Option<String> {
         self.models
@@ -425,6 +487,7 @@ mod tests {
         let model = Model::load(&version, &DeviceLayer::discover(), &EngineOptions::default()).unwrap();
         ServingVersion {
             model,
+            corridor_models: BTreeMap::new(),
             batch_invariant,
             verification_hash: String::new(),
             golden_hash: String::new(),
@@ -451,13 +514,13 @@ mod tests {
                 bits(&out[0])
             })
             .collect();
-        let batched = batch_dependent(true).infer(vec![batch.clone()]).unwrap();
+        let batched = batch_dependent(true).infer("UAE-SA", vec![batch.clone()]).unwrap();
         assert_ne!(
             bits(&batched[0]),
             alone,
             "this model must depend on the batch for the test to mean anything"
         );
-        let row_by_row = batch_dependent(false).infer(vec![batch]).unwrap();
+        let row_by_row = batch_dependent(false).infer("UAE-SA", vec![batch]).unwrap();
         assert_eq!(row_by_row[0].shape, vec![n, 1]);
         assert_eq!(bits(&row_by_row[0]), alone);
     }

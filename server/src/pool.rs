@@ -152,7 +152,7 @@ impl CorridorPool {
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             count_run(&serving, &corridor, 1);
-            serving.infer(inputs)
+            serving.infer(&corridor, inputs)
         });
         match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(r)) => r.map_err(ApiError::from),
@@ -258,7 +258,7 @@ async fn batch_loop(
                     Tensor::concat_rows(&column).ok_or_else(|| ApiError::internal("cannot stack batched inputs"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let outputs = runner.infer(inputs).map_err(ApiError::from)?;
+            let outputs = runner.infer(&corridor, inputs).map_err(ApiError::from)?;
             split(&outputs, &counts)
         })
         .await

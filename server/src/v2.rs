@@ -6,11 +6,12 @@ use crate::models::{Lookup, ServingVersion, VersionState};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use invariant_core::json::parse_data;
 use invariant_core::tensor::concrete_shape;
 use invariant_core::{CorridorId, DataType, Tensor, TensorData};
@@ -159,7 +160,22 @@ fn metadata(state: &AppState, serving: &ServingVersion) -> Value {
             "rows_run": if serving.batch_invariant { "batched" } else { "one at a time (not batch-invariant)" },
         },
         "failed_versions": failed,
+        "instances": instances_json(serving),
     })
+}
+
+/// Which instances serve the version: one per corridor with its session count (ONNX), or
+/// one shared by every corridor (native: immutable weights, no sessions).
+fn instances_json(serving: &ServingVersion) -> Value {
+    if serving.corridor_models.is_empty() {
+        return json!({ "per_corridor": false, "sessions": serving.model.sessions() });
+    }
+    let sessions: Map<String, Value> = serving
+        .corridor_models
+        .iter()
+        .map(|(corridor, m)| (corridor.clone(), json!(m.sessions())))
+        .collect();
+    json!({ "per_corridor": true, "sessions": sessions })
 }
 
 async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -327,58 +343,88 @@ struct OutputJson<'a> {
     data: &'a TensorData,
 }
 
-async fn infer_latest(
-    State(state): State<AppState>,
-    Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    infer(state, model, None, headers, body).await
+async fn infer_latest(State(state): State<AppState>, request: Request) -> Response {
+    serve_infer(&state, request, false).await
 }
 
-async fn infer_version(
-    State(state): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    infer(state, model, Some(version), headers, body).await
+async fn infer_version(State(state): State<AppState>, request: Request) -> Response {
+    serve_infer(&state, request, true).await
+}
+
+/// `x-corridor` as a header name, so the hot path never parses it.
+const CORRIDOR_NAME: HeaderName = HeaderName::from_static(CORRIDOR_HEADER);
+
+/// `x-routing-key` as a header name.
+const ROUTING_KEY_NAME: HeaderName = HeaderName::from_static(ROUTING_KEY_HEADER);
+
+/// Reads the body, answers from the reply cache when the exact request was answered before,
+/// else decodes and runs it ([`infer`]). A hit parses nothing, routes nothing and runs no engine.
+async fn serve_infer(state: &AppState, request: Request, versioned: bool) -> Response {
+    let started = tokio::time::Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let body = match read_body(body, state.config.server.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let slot = reply_slot(state, parts.uri.path(), &parts.headers, &body);
+    if let Some(slot) = &slot {
+        if let Some(hit) = slot.runtime.cache.peek(&slot.key).await {
+            hit.hits.increment(1);
+            return json_reply(hit.bytes.clone());
+        }
+    }
+    let names = if versioned {
+        Path::<(String, String)>::from_request_parts(&mut parts, state)
+            .await
+            .map(|Path((model, version))| (model, Some(version)))
+            .map_err(IntoResponse::into_response)
+    } else {
+        Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map(|Path(model)| (model, None))
+            .map_err(IntoResponse::into_response)
+    };
+    let (model, version) = match names {
+        Ok(names) => names,
+        Err(rejection) => return rejection,
+    };
+    // Boxed: the slow path's state is large, and the hit path should not carry (and move) it.
+    Box::pin(infer(state, model, version, &parts.headers, body, slot, started))
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A JSON response carrying `bytes` as they are.
+fn json_reply(bytes: Bytes) -> Response {
+    let mut response = Response::new(axum::body::Body::from(bytes));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The whole request body, at most `limit` bytes (413 past it).
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body is larger than the limit of {limit} bytes (server.max_body_bytes)"),
+        }),
+        Err(e) => Err(ApiError::bad_request(format!("request body: {e}"))),
+    }
 }
 
 async fn infer(
-    state: AppState,
+    state: &AppState,
     model_name: String,
     version: Option<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    headers: &HeaderMap,
+    body: Bytes,
+    slot: Option<ReplySlot<'_>>,
+    started: tokio::time::Instant,
 ) -> Result<Response, ApiError> {
-    let started = tokio::time::Instant::now();
-    let body = body.map_err(|r| body_error(r, state.config.server.max_body_bytes))?;
-    // The reply cache: the exact request (corridor, model, version, routing key, body) under
-    // the current model table and registry generation maps to the exact reply bytes.
-    let front = reply_key(&state, &model_name, version.as_deref(), &headers, &body);
-    if let Some((corridor_id, key)) = &front {
-        if let Some(hit) = match state.corridors.get(corridor_id) {
-            Some(rt) => rt.cache.peek(key).await,
-            None => None,
-        } {
-            metrics::counter!(
-                "invariant_inference_requests_total",
-                "model" => hit.model.clone(),
-                "version" => hit.version.clone(),
-                "routing" => "cached",
-                "corridor" => corridor_id.clone(),
-                "status" => "200",
-                "source" => "l1"
-            )
-            .increment(1);
-            return Ok((
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                hit.bytes.clone(),
-            )
-                .into_response());
-        }
-    }
     let table = state.models.load_full();
     // A named version is looked up before the body is parsed: unknown ones are 404 whatever the body.
     let explicit = match &version {
@@ -393,11 +439,11 @@ async fn infer(
         None => None,
     };
     let request = parse_request(&body)?;
-    let corridor = corridor_of(&state, &headers, &request.parameters)?;
+    let corridor = corridor_of(state, headers, &request.parameters)?;
     let (serving, routing) = match explicit {
         Some(serving) => (serving, "explicit"),
         None => {
-            let key = routing_key(&headers, &request)?;
+            let key = routing_key(headers, &request)?;
             let default = table.default_version(&model_name);
             let registry = state.registry.load();
             let ready = |v: &str| crate::lifecycle::ready(&table, &model_name, v);
@@ -417,7 +463,7 @@ async fn infer(
     let mut inputs = request.inputs;
     let mut degraded = None;
     let features_used = crate::features::enrich(
-        &state,
+        state,
         corridor.as_str(),
         manifest,
         &request.parameters,
@@ -435,7 +481,7 @@ async fn infer(
         .corridors
         .get(corridor.as_str())
         .ok_or_else(|| ApiError::internal(format!("corridor {corridor} has no pool")))?;
-    let deadline_ms = deadline_of(&state, &headers)?;
+    let deadline_ms = deadline_of(state, headers)?;
     let deadline = started + std::time::Duration::from_millis(deadline_ms);
     let version_text = manifest.version.to_string();
     let requested: Vec<String> = selection.iter().map(|&i| manifest.outputs[i].name.clone()).collect();
@@ -484,8 +530,9 @@ async fn infer(
             let entry = invariant_cache::Entry {
                 model: String::new(),
                 version: String::new(),
-                bytes,
+                bytes: Bytes::from(bytes),
                 ttl,
+                hits: metrics::Counter::noop(),
             };
             (Arc::new(entry), invariant_cache::Source::Computed)
         })
@@ -502,7 +549,7 @@ async fn infer(
     )
     .increment(1);
     if routing == "canary" {
-        observe_canary(&state, &manifest.name, &version_text, status < 500, started.elapsed());
+        observe_canary(state, &manifest.name, &version_text, status < 500, started.elapsed());
     }
     let (entry, source) = result?;
     let outputs = invariant_core::hash::decode_list(&entry.bytes)
@@ -536,63 +583,80 @@ async fn infer(
     // print 0.1f32 as 0.10000000149011612).
     let encode = |r: &InferResponse<'_>| serde_json::to_vec(r).map_err(|e| ApiError::internal(e.to_string()));
     let bytes = encode(&reply)?;
-    if let (true, Some((corridor_id, front_key))) = (caching, front) {
-        if corridor_id == corridor.as_str() {
+    // Replies built from the feature store change when features do: only answers computed
+    // from the request's own tensors are kept for the reply cache.
+    let enriched = request.parameters.contains_key("entities");
+    if let (true, false, Some(slot)) = (caching, enriched, slot) {
+        if slot.corridor == corridor.as_str() {
             reply.parameters.cached = true;
             let stored = encode(&reply)?;
+            let hits = metrics::counter!(
+                "invariant_inference_requests_total",
+                "model" => manifest.name.clone(),
+                "version" => version_text.clone(),
+                "routing" => "cached",
+                "corridor" => corridor.to_string(),
+                "status" => "200",
+                "source" => "l1"
+            );
             let entry = invariant_cache::Entry {
                 model: manifest.name.clone(),
                 version: version_text,
-                bytes: stored,
+                bytes: Bytes::from(stored),
                 ttl,
+                hits,
             };
-            runtime.cache.insert_l1(front_key, Arc::new(entry)).await;
+            slot.runtime.cache.insert_l1(slot.key, Arc::new(entry)).await;
         }
     }
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
+    Ok(json_reply(Bytes::from(bytes)))
 }
 
-/// The reply-cache key of a request, with the corridor whose cache holds it: blake3 over the
-/// state generation, corridor, model, version, routing-key header and the raw body. The
-/// corridor is the `x-corridor` header's, else the default; `None` (no fast path) when neither
-/// names a declared corridor. A reply is stored only when the request resolved to that same
-/// corridor, so a body naming another corridor in `parameters.corridor` never hits.
-fn reply_key(
-    state: &AppState,
-    model: &str,
-    version: Option<&str>,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Option<(String, invariant_cache::Key)> {
-    // Answers built from the feature store change when features do: never cache their replies.
-    if state.models.load().uses_features(model) {
-        return None;
-    }
-    let corridor = match headers.get(CORRIDOR_HEADER) {
-        Some(v) => state.config.corridor(v.to_str().ok()?)?.id.to_string(),
-        None => state.config.server.default_corridor.as_ref()?.to_string(),
+/// Where a request's reply is cached: the corridor whose cache holds it, and the key.
+struct ReplySlot<'a> {
+    corridor: &'a str,
+    runtime: &'a crate::CorridorRuntime,
+    key: invariant_cache::Key,
+}
+
+/// The reply-cache slot of a request: blake3 over the state generation, corridor, request
+/// path (model and version), routing-key header and the raw body. The corridor is the
+/// `x-corridor` header's, else the default; `None` (no fast path) when neither names a declared
+/// corridor. A reply is stored only when the request resolved to that same corridor and used
+/// no feature-store values, so a body naming another corridor in `parameters.corridor`, or
+/// asking for enrichment, never hits.
+fn reply_slot<'a>(state: &'a AppState, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<ReplySlot<'a>> {
+    let named = match headers.get(&CORRIDOR_NAME) {
+        Some(v) => {
+            let v = v.to_str().ok()?;
+            match state.corridors.get_key_value(v) {
+                Some((id, _)) => id.as_str(),
+                None => state.config.corridor(v)?.id.as_str(),
+            }
+        }
+        None => state.config.server.default_corridor.as_ref()?.as_str(),
     };
+    let (corridor, runtime) = state.corridors.get_key_value(named)?;
     let mut h = blake3::Hasher::new();
-    h.update(b"invariant/reply-key/v1");
+    h.update(b"invariant/reply-key/v2");
     h.update(
         &state
             .generation
             .load(std::sync::atomic::Ordering::Acquire)
             .to_le_bytes(),
     );
-    let routing = headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes());
-    for part in [
-        corridor.as_bytes(),
-        model.as_bytes(),
-        version.unwrap_or("").as_bytes(),
-        routing.unwrap_or(b""),
-    ] {
+    let routing = headers.get(&ROUTING_KEY_NAME).map(|v| v.as_bytes());
+    for part in [corridor.as_bytes(), path.as_bytes(), routing.unwrap_or(b"")] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }
-    h.update(&[u8::from(version.is_some()), u8::from(routing.is_some())]);
+    h.update(&[u8::from(routing.is_some())]);
     h.update(body);
-    Some((corridor, *h.finalize().as_bytes()))
+    Some(ReplySlot {
+        corridor,
+        runtime,
+        key: *h.finalize().as_bytes(),
+    })
 }
 
 /// The request's deadline in milliseconds: the `x-deadline-ms` header, else

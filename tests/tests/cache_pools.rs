@@ -221,6 +221,70 @@ async fn a_full_queue_answers_429_at_once_while_another_corridor_serves() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_corridor_runs_onnx_versions_on_its_own_instances() {
+    let repo = RepoCopy::new().with_fixture("slow-probe");
+    let s = Arc::new(
+        Server::start_with(ServerOptions {
+            uk_ng: "workers = 2\nqueue = 4\n".into(),
+            extra: "[cache]\nenabled = false\n[pools]\nbatching = false\nworkers = 1\n".into(),
+            ..repo.options()
+        })
+        .await,
+    );
+    // One instance per corridor, with as many sessions as the corridor has workers.
+    let (status, meta) = s.get("/v2/models/slow-probe").await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["instances"]["per_corridor"], true, "{meta}");
+    assert_eq!(
+        meta["instances"]["sessions"],
+        json!({"UAE-SA": 1, "UK-NG": 2, "US-EG": 1}),
+        "{meta}"
+    );
+    // Native versions share immutable weights: no sessions, no per-corridor copies.
+    let (_, native) = s.get("/v2/models/trust-scorer").await;
+    assert_eq!(native["instances"], json!({"per_corridor": false, "sessions": null}));
+
+    // UK-NG keeps both of its sessions busy with 64-row runs (~200 ms each). Were sessions
+    // shared, a UAE-SA request would wait for one of them; with its own instance it is
+    // answered while UK-NG's runs are still going.
+    let mut flood = Vec::new();
+    for i in 0..2 {
+        let s = s.clone();
+        flood.push(tokio::spawn(async move {
+            let (status, body) = s
+                .post_raw(
+                    "/v2/models/slow-probe/infer",
+                    slow_request(i).to_string(),
+                    &[("x-corridor", "UK-NG")],
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            Instant::now()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let one_row: Vec<f64> = (0..256).map(|k| (k % 200) as f64 / 100.0 - 1.0).collect();
+    let small = json!({"inputs": [{"name": "x", "shape": [1, 256], "datatype": "FP32", "data": one_row}]});
+    let (status, body) = s
+        .post_raw(
+            "/v2/models/slow-probe/infer",
+            small.to_string(),
+            &[("x-corridor", "UAE-SA")],
+        )
+        .await;
+    let uae_done = Instant::now();
+    assert_eq!(status, 200, "{body}");
+    for t in flood {
+        let uk_done = t.await.unwrap();
+        assert!(
+            uae_done < uk_done,
+            "UAE-SA waited for UK-NG's runs: it finished {:?} after one of them",
+            uae_done - uk_done
+        );
+    }
+}
+
 #[tokio::test]
 async fn requests_past_their_deadline_get_504() {
     let repo = RepoCopy::new().with_fixture("slow-probe");
@@ -331,6 +395,28 @@ async fn the_reply_cache_follows_promotions_and_corridors() {
     assert_eq!(
         (first["model_version"].clone(), again["parameters"]["cached"].clone()),
         (json!("1.2.0"), json!(true))
+    );
+    // The repeat came from the reply cache: trust-scorer binds an input to a
+    // feature service (1.1.0), but a request sending its own tensor uses no feature values.
+    let reply_hits = [("model", "trust-scorer"), ("routing", "cached"), ("source", "l1")];
+    assert_eq!(
+        counter(&s, "invariant_inference_requests_total", &reply_hits).await,
+        1.0
+    );
+    let raw = s
+        .client
+        .post(format!("{}{unversioned}", s.url))
+        .body(req.to_string())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&raw).unwrap(), again);
+    assert_eq!(
+        counter(&s, "invariant_inference_requests_total", &reply_hits).await,
+        2.0
     );
     // The identical request after a promotion is answered by the new version.
     assert_eq!(s.admin("trust-scorer", "1.1.0", "promote", json!({})).await.0, 200);

@@ -325,26 +325,7 @@ pub fn batch_sizes(max: usize) -> Vec<usize> {
 pub fn verify_deploy(model: &Model, golden: &GoldenFile) -> Result<DeployVerification, VerifyError> {
     let manifest = model.manifest();
     let version = manifest.version.to_string();
-    let mut c = Collector::new(&manifest.name, &version);
-    let h = &golden.header;
-    if h.model != manifest.name || h.version != version {
-        c.fail(
-            Check::Golden,
-            None,
-            format!("golden file is for {} {}", h.model, h.version),
-        );
-    }
-    if h.content_hash != model.content_hash() {
-        c.fail(
-            Check::Golden,
-            None,
-            format!(
-                "golden vectors were recorded for artifacts {} but these are {}",
-                h.content_hash,
-                model.content_hash()
-            ),
-        );
-    }
+    let mut c = identity(model, golden);
     let mut alone = Vec::with_capacity(golden.vectors.len());
     for v in &golden.vectors {
         let first = run(model, &v.id, &v.inputs)?;
@@ -370,6 +351,45 @@ pub fn verify_deploy(model: &Model, golden: &GoldenFile) -> Result<DeployVerific
         batch_violations: b.finish(),
         alone,
     })
+}
+
+/// A collector holding the golden file's identity check: it must name this model and version
+/// and the artifacts' content hash.
+fn identity(model: &Model, golden: &GoldenFile) -> Collector {
+    let manifest = model.manifest();
+    let version = manifest.version.to_string();
+    let mut c = Collector::new(&manifest.name, &version);
+    let h = &golden.header;
+    if h.model != manifest.name || h.version != version {
+        c.fail(
+            Check::Golden,
+            None,
+            format!("golden file is for {} {}", h.model, h.version),
+        );
+    }
+    if h.content_hash != model.content_hash() {
+        c.fail(
+            Check::Golden,
+            None,
+            format!(
+                "golden vectors were recorded for artifacts {} but these are {}",
+                h.content_hash,
+                model.content_hash()
+            ),
+        );
+    }
+    c
+}
+
+/// The golden check alone (every vector once, bit for bit): for further instances of a version
+/// whose full [`verify_deploy`] already passed, e.g. one instance per serving corridor.
+pub fn verify_golden(model: &Model, golden: &GoldenFile) -> Result<Vec<Violation>, VerifyError> {
+    let mut c = identity(model, golden);
+    for v in &golden.vectors {
+        let outputs = run(model, &v.id, &v.inputs)?;
+        c.compare(Check::Golden, &v.id, &v.outputs, &outputs, "");
+    }
+    Ok(c.finish())
 }
 
 fn batch_invariance(

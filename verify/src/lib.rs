@@ -11,7 +11,7 @@ pub mod checks;
 pub mod generate;
 pub mod golden;
 
-pub use checks::{record, verify_deploy, Check, DeployVerification, Violation};
+pub use checks::{record, verify_deploy, verify_golden, Check, DeployVerification, Violation};
 pub use golden::{GoldenFile, GoldenHeader, GoldenOutput, GoldenVector};
 
 use std::path::PathBuf;
