@@ -494,28 +494,6 @@ fn start_server(binary: &Path, port: u16, env: &[(&str, String)]) -> Result<Serv
     bail!("server did not start listening on port {port}")
 }
 
-/// A `redis-server` on `port` with no persistence, stopped on drop.
-fn start_redis(port: u16) -> Result<ServerProcess> {
-    let redis = ServerProcess(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server (apt-get install redis-server)")?,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(redis)
-}
-
 /// The feature store: materialization rows/s, and `get-online` for 1 and 10 entities × 20
 /// features over HTTP, with rows in the embedded store (floor: the health check of the same
 /// server) and in Redis (floor: a bare `redis-benchmark` of the same HGETs).
@@ -648,15 +626,12 @@ fn bench_features(args: &Args) -> Result<()> {
     }
 
     // Redis, against a bare redis-benchmark of the same HGETs (pipelined 10 deep for 10).
-    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _redis = start_redis(redis_port)?;
+    let redis = invariant_blackbox::RedisServer::start();
+    let redis_port = redis.port;
     let redis_env = [
         ("INVARIANT_FEATURE_REPOSITORY", repo.display().to_string()),
         ("INVARIANT_FEATURE_BACKEND", "redis".to_string()),
-        (
-            "INVARIANT_FEATURE_REDIS_URL",
-            format!("redis://127.0.0.1:{redis_port}/"),
-        ),
+        ("INVARIANT_FEATURE_REDIS_URL", redis.url()),
     ];
     materialize("Redis", &redis_env)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -904,9 +879,8 @@ fn main() -> Result<()> {
 
     // 3. Cache hits from Redis (L1 holding nothing) vs L1 hits, concurrency 32.
     {
-        let redis_port = free_port()?;
-        let redis = start_redis(redis_port)?;
-        let url = format!("redis://127.0.0.1:{redis_port}/");
+        let redis = invariant_blackbox::RedisServer::start();
+        let url = redis.url();
         let (p1, p2) = (free_port()?, free_port()?);
         let _l1 = start_server(&args.binary, p1, &[])?;
         let _l2 = start_server(

@@ -538,14 +538,14 @@ async fn infer(
         })
     };
     let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status.as_u16());
-    metrics::counter!(
-        "invariant_inference_requests_total",
-        "model" => manifest.name.clone(),
-        "version" => version_text.clone(),
-        "routing" => routing,
-        "corridor" => corridor.to_string(),
-        "status" => status.to_string(),
-        "source" => result.as_ref().map(|(_, s)| s.name()).unwrap_or("error")
+    let source = result.as_ref().map(|(_, s)| s.name()).unwrap_or("error");
+    requests_counter(
+        &manifest.name,
+        &version_text,
+        routing,
+        &corridor,
+        &status.to_string(),
+        source,
     )
     .increment(1);
     if routing == "canary" {
@@ -590,15 +590,7 @@ async fn infer(
         if slot.corridor == corridor.as_str() {
             reply.parameters.cached = true;
             let stored = encode(&reply)?;
-            let hits = metrics::counter!(
-                "invariant_inference_requests_total",
-                "model" => manifest.name.clone(),
-                "version" => version_text.clone(),
-                "routing" => "cached",
-                "corridor" => corridor.to_string(),
-                "status" => "200",
-                "source" => "l1"
-            );
+            let hits = requests_counter(&manifest.name, &version_text, "cached", &corridor, "200", "l1");
             let entry = invariant_cache::Entry {
                 model: manifest.name.clone(),
                 version: version_text,
@@ -610,6 +602,26 @@ async fn infer(
         }
     }
     Ok(json_reply(Bytes::from(bytes)))
+}
+
+/// The `invariant_inference_requests_total` counter of one label set.
+fn requests_counter(
+    model: &str,
+    version: &str,
+    routing: &'static str,
+    corridor: &CorridorId,
+    status: &str,
+    source: &'static str,
+) -> metrics::Counter {
+    metrics::counter!(
+        "invariant_inference_requests_total",
+        "model" => model.to_string(),
+        "version" => version.to_string(),
+        "routing" => routing,
+        "corridor" => corridor.to_string(),
+        "status" => status.to_string(),
+        "source" => source
+    )
 }
 
 /// Where a request's reply is cached: the corridor whose cache holds it, and the key.
@@ -626,17 +638,20 @@ struct ReplySlot<'a> {
 /// no feature-store values, so a body naming another corridor in `parameters.corridor`, or
 /// asking for enrichment, never hits.
 fn reply_slot<'a>(state: &'a AppState, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<ReplySlot<'a>> {
-    let named = match headers.get(&CORRIDOR_NAME) {
+    // The header usually spells a corridor exactly as declared: one lookup; other spellings
+    // (e.g. lower case) go through the configuration's parser first.
+    let (corridor, runtime) = match headers.get(&CORRIDOR_NAME) {
         Some(v) => {
             let v = v.to_str().ok()?;
             match state.corridors.get_key_value(v) {
-                Some((id, _)) => id.as_str(),
-                None => state.config.corridor(v)?.id.as_str(),
+                Some(found) => found,
+                None => state.corridors.get_key_value(state.config.corridor(v)?.id.as_str())?,
             }
         }
-        None => state.config.server.default_corridor.as_ref()?.as_str(),
+        None => state
+            .corridors
+            .get_key_value(state.config.server.default_corridor.as_ref()?.as_str())?,
     };
-    let (corridor, runtime) = state.corridors.get_key_value(named)?;
     let mut h = blake3::Hasher::new();
     h.update(b"invariant/reply-key/v2");
     h.update(
