@@ -4,8 +4,9 @@
 //! time-to-live per entry, and an optional Redis L2 ([`RedisL2`]) under a key prefix of the
 //! corridor's own. Concurrent misses of the same key compute once (single flight): the first
 //! caller computes, the others wait for its result. Keys are opaque 32-byte hashes (the
-//! server's blake3 over corridor, model, version, artifact hash and the canonical inputs);
-//! values are opaque bytes stored and returned unchanged. Redis errors never fail a request:
+//! server's blake3 over corridor, model, version, artifact hash and the canonical inputs, or,
+//! for its reply cache, a fast hash whose entries carry the exact request to compare, see
+//! [`Entry::request`]); values are opaque bytes stored and returned unchanged. Redis errors never fail a request:
 //! they count as misses, and the connection is re-established in the background.
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// A cache key: 32 bytes of a cryptographic hash.
+/// A cache key: 32 bytes of a hash (cryptographic, unless the entry carries its request).
 pub type Key = [u8; 32];
 
 /// A cached answer.
@@ -29,6 +30,10 @@ pub struct Entry {
     pub version: String,
     /// The stored bytes (shared, so a hit is served without copying them).
     pub bytes: Bytes,
+    /// For an entry found under a fast, non-cryptographic key (the server's reply cache): the
+    /// exact request it answers, which a hit must match byte for byte. Empty for entries under
+    /// a cryptographic [`Key`].
+    pub request: Bytes,
     /// Time to live from insertion.
     pub ttl: Duration,
     /// Counts the hits served from this entry: the owner registers it with its own labels
@@ -178,7 +183,8 @@ impl RedisL2 {
 
 /// The cache of one corridor.
 pub struct CorridorCache {
-    l1: Cache<Key, Arc<Entry>>,
+    /// Keys are already uniform hashes: a fast seeded hasher is enough for the map.
+    l1: Cache<Key, Arc<Entry>, foldhash::fast::RandomState>,
     /// False when L1 was given no room: every lookup goes to L2 (or computes).
     l1_enabled: bool,
     l2: Option<RedisL2>,
@@ -198,10 +204,12 @@ impl CorridorCache {
     pub fn new(max_bytes: u64, l2: Option<RedisL2>) -> Self {
         let l1 = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_k: &Key, v: &Arc<Entry>| u32::try_from(v.bytes.len() + 128).unwrap_or(u32::MAX))
+            .weigher(|_k: &Key, v: &Arc<Entry>| {
+                u32::try_from(v.bytes.len() + v.request.len() + 128).unwrap_or(u32::MAX)
+            })
             .expire_after(TtlExpiry)
             .support_invalidation_closures()
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             l1,
             l1_enabled: max_bytes > 0,
@@ -238,6 +246,7 @@ impl CorridorCache {
                 model: model.to_string(),
                 version: version.to_string(),
                 bytes: Bytes::from(bytes),
+                request: Bytes::new(),
                 ttl,
                 hits: metrics::Counter::noop(),
             })

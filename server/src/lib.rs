@@ -14,6 +14,7 @@ pub mod import;
 pub mod lifecycle;
 pub mod models;
 pub mod pool;
+pub mod reply_cache;
 pub mod repository;
 pub mod v2;
 
@@ -247,7 +248,7 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         message: "internal error while handling the request".into(),
@@ -266,4 +267,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// What the server serves: the [`router`] behind the reply cache ([`reply_cache::App`]).
+pub fn app(state: AppState) -> reply_cache::App {
+    let router = router(state.clone());
+    reply_cache::App::new(state, router)
 }

@@ -3,6 +3,7 @@
 mod models_cli;
 
 use anyhow::{Context, Result};
+use axum::ServiceExt;
 use clap::{Args, Parser, Subcommand};
 use invariant_server::config::Config;
 use std::path::PathBuf;
@@ -305,7 +306,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, versions_ready = ready, versions_failed = failed, "serving");
-        axum::serve(listener, invariant_server::router(state))
+        axum::serve(listener, invariant_server::app(state).into_make_service())
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("HTTP server")

@@ -3,11 +3,12 @@
 
 use crate::error::ApiError;
 use crate::models::{Lookup, ServingVersion, VersionState};
+use crate::reply_cache::{reply_slot, ReplySlot, Started};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -351,28 +352,19 @@ async fn infer_version(State(state): State<AppState>, request: Request) -> Respo
     serve_infer(&state, request, true).await
 }
 
-/// `x-corridor` as a header name, so the hot path never parses it.
-const CORRIDOR_NAME: HeaderName = HeaderName::from_static(CORRIDOR_HEADER);
-
-/// `x-routing-key` as a header name.
-const ROUTING_KEY_NAME: HeaderName = HeaderName::from_static(ROUTING_KEY_HEADER);
-
-/// Reads the body, answers from the reply cache when the exact request was answered before,
-/// else decodes and runs it ([`infer`]). A hit parses nothing, routes nothing and runs no engine.
+/// Reads the body, decodes and runs it ([`infer`]), and keeps the reply for the reply cache.
+/// Repeated requests are answered before routing, by [`crate::reply_cache::App`].
 async fn serve_infer(state: &AppState, request: Request, versioned: bool) -> Response {
-    let started = tokio::time::Instant::now();
+    let started = request
+        .extensions()
+        .get::<Started>()
+        .map_or_else(tokio::time::Instant::now, |s| s.0);
     let (mut parts, body) = request.into_parts();
     let body = match read_body(body, state.config.server.max_body_bytes).await {
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
     let slot = reply_slot(state, parts.uri.path(), &parts.headers, &body);
-    if let Some(slot) = &slot {
-        if let Some(hit) = slot.runtime.cache.peek(&slot.key).await {
-            hit.hits.increment(1);
-            return json_reply(hit.bytes.clone());
-        }
-    }
     let names = if versioned {
         Path::<(String, String)>::from_request_parts(&mut parts, state)
             .await
@@ -388,14 +380,13 @@ async fn serve_infer(state: &AppState, request: Request, versioned: bool) -> Res
         Ok(names) => names,
         Err(rejection) => return rejection,
     };
-    // Boxed: the slow path's state is large, and the hit path should not carry (and move) it.
-    Box::pin(infer(state, model, version, &parts.headers, body, slot, started))
+    infer(state, model, version, &parts.headers, body, slot, started)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// A JSON response carrying `bytes` as they are.
-fn json_reply(bytes: Bytes) -> Response {
+pub(crate) fn json_reply(bytes: Bytes) -> Response {
     let mut response = Response::new(axum::body::Body::from(bytes));
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
@@ -404,16 +395,39 @@ fn json_reply(bytes: Bytes) -> Response {
     response
 }
 
-/// The whole request body, at most `limit` bytes (413 past it).
-async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("request body is larger than the limit of {limit} bytes (server.max_body_bytes)"),
-        }),
-        Err(e) => Err(ApiError::bad_request(format!("request body: {e}"))),
+/// The whole request body, at most `limit` bytes (413 past it). A body that arrives in one
+/// piece (the usual case) is returned as it is, without copying.
+pub(crate) async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("request body is larger than the limit of {limit} bytes (server.max_body_bytes)"),
+    };
+    if axum::body::HttpBody::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
     }
+    let mut whole = Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let so_far = joined.as_ref().map_or(whole.len(), |j| j.len());
+        if so_far + data.len() > limit {
+            return Err(too_large());
+        }
+        match &mut joined {
+            Some(j) => j.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut j = bytes::BytesMut::with_capacity(so_far + data.len());
+                j.extend_from_slice(&whole);
+                j.extend_from_slice(&data);
+                joined = Some(j);
+            }
+        }
+    }
+    Ok(joined.map_or(whole, bytes::BytesMut::freeze))
 }
 
 async fn infer(
@@ -531,6 +545,7 @@ async fn infer(
                 model: String::new(),
                 version: String::new(),
                 bytes: Bytes::from(bytes),
+                request: Bytes::new(),
                 ttl,
                 hits: metrics::Counter::noop(),
             };
@@ -595,6 +610,7 @@ async fn infer(
                 model: manifest.name.clone(),
                 version: version_text,
                 bytes: Bytes::from(stored),
+                request: slot.request,
                 ttl,
                 hits,
             };
@@ -622,56 +638,6 @@ fn requests_counter(
         "status" => status.to_string(),
         "source" => source
     )
-}
-
-/// Where a request's reply is cached: the corridor whose cache holds it, and the key.
-struct ReplySlot<'a> {
-    corridor: &'a str,
-    runtime: &'a crate::CorridorRuntime,
-    key: invariant_cache::Key,
-}
-
-/// The reply-cache slot of a request: blake3 over the state generation, corridor, request
-/// path (model and version), routing-key header and the raw body. The corridor is the
-/// `x-corridor` header's, else the default; `None` (no fast path) when neither names a declared
-/// corridor. A reply is stored only when the request resolved to that same corridor and used
-/// no feature-store values, so a body naming another corridor in `parameters.corridor`, or
-/// asking for enrichment, never hits.
-fn reply_slot<'a>(state: &'a AppState, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<ReplySlot<'a>> {
-    // The header usually spells a corridor exactly as declared: one lookup; other spellings
-    // (e.g. lower case) go through the configuration's parser first.
-    let (corridor, runtime) = match headers.get(&CORRIDOR_NAME) {
-        Some(v) => {
-            let v = v.to_str().ok()?;
-            match state.corridors.get_key_value(v) {
-                Some(found) => found,
-                None => state.corridors.get_key_value(state.config.corridor(v)?.id.as_str())?,
-            }
-        }
-        None => state
-            .corridors
-            .get_key_value(state.config.server.default_corridor.as_ref()?.as_str())?,
-    };
-    let mut h = blake3::Hasher::new();
-    h.update(b"invariant/reply-key/v2");
-    h.update(
-        &state
-            .generation
-            .load(std::sync::atomic::Ordering::Acquire)
-            .to_le_bytes(),
-    );
-    let routing = headers.get(&ROUTING_KEY_NAME).map(|v| v.as_bytes());
-    for part in [corridor.as_bytes(), path.as_bytes(), routing.unwrap_or(b"")] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    h.update(&[u8::from(routing.is_some())]);
-    h.update(body);
-    Some(ReplySlot {
-        corridor,
-        runtime,
-        key: *h.finalize().as_bytes(),
-    })
 }
 
 /// The request's deadline in milliseconds: the `x-deadline-ms` header, else

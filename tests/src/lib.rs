@@ -420,6 +420,55 @@ impl Server {
         )
     }
 
+    /// POST a body with `Transfer-Encoding: chunked`, one chunk per element of `chunks`, each
+    /// written after a pause (so the server receives them separately), over a plain loopback
+    /// socket; returns status and JSON body.
+    pub async fn post_chunked(&self, path: &str, chunks: Vec<Vec<u8>>) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let path = path.to_string();
+        let response = tokio::task::spawn_blocking(move || {
+            let mut socket = std::net::TcpStream::connect(&addr).expect("connect");
+            socket.set_nodelay(true).expect("nodelay");
+            write!(
+                socket,
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )
+            .expect("head");
+            for chunk in chunks {
+                socket
+                    .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .expect("size");
+                socket.write_all(&chunk).expect("chunk");
+                socket.write_all(b"\r\n").expect("chunk end");
+                socket.flush().expect("flush");
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            // The server may answer (413) before the last chunk; it may then close the socket.
+            let _ = socket.write_all(b"0\r\n\r\n");
+            let mut response = Vec::new();
+            socket.read_to_end(&mut response).expect("response");
+            String::from_utf8(response).expect("UTF-8 response")
+        })
+        .await
+        .expect("chunked POST");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head}"));
+        assert!(
+            head.to_ascii_lowercase().contains("content-length"),
+            "replies carry a length: {head}"
+        );
+        (
+            status,
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("non-JSON body ({e}): {body}")),
+        )
+    }
+
     /// POST a JSON value.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, body.to_string(), &[]).await

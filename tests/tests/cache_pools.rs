@@ -435,3 +435,31 @@ async fn the_reply_cache_follows_promotions_and_corridors() {
     assert_eq!(us2["parameters"]["corridor"], "US-EG");
     assert_eq!(us2["parameters"]["cached"], true);
 }
+
+#[tokio::test]
+async fn a_body_sent_in_chunks_is_read_whole_and_then_answered_from_the_reply_cache() {
+    let s = Server::start().await;
+    let body = trust_request(&[row(9)]).to_string().into_bytes();
+    let thirds = |b: &[u8]| b.chunks(b.len() / 3 + 1).map(<[u8]>::to_vec).collect::<Vec<_>>();
+    let (status, chunked) = s.post_chunked(INFER, thirds(&body)).await;
+    assert_eq!(status, 200, "{chunked}");
+    assert_eq!(chunked["parameters"]["cached"], false);
+    // The same bytes sent in one piece: the same request, so the stored reply.
+    let (_, whole) = s.post_raw(INFER, body.clone(), &[]).await;
+    assert_eq!(whole["parameters"]["cached"], true);
+    assert_eq!(
+        f32_bits(output(&whole, "trust_score")),
+        f32_bits(output(&chunked, "trust_score"))
+    );
+    let (_, again) = s.post_chunked(INFER, thirds(&body)).await;
+    assert_eq!(again, whole, "a chunked repeat is a reply-cache hit too");
+    let reply_hits = [("model", "trust-scorer"), ("routing", "cached"), ("source", "l1")];
+    assert_eq!(
+        counter(&s, "invariant_inference_requests_total", &reply_hits).await,
+        2.0
+    );
+    // A body cut short is a different request: decoded (and refused) by the full path.
+    let (status, cut) = s.post_chunked(INFER, vec![body[..body.len() - 1].to_vec()]).await;
+    assert_error(&(status, cut), 400, &["malformed JSON"]);
+    s.assert_still_serving().await;
+}

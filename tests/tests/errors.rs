@@ -181,7 +181,14 @@ async fn body_over_the_limit_is_413() {
     let body = trust_request(&rows).to_string();
     assert!(body.len() > 64 * 1024);
     assert_error(
-        &s.post_raw(INFER, body, &[]).await,
+        &s.post_raw(INFER, body.clone(), &[]).await,
+        413,
+        &["larger than the limit of 65536 bytes"],
+    );
+    // Without a Content-Length the limit applies as the chunks arrive.
+    let chunks = body.as_bytes().chunks(16 * 1024).map(<[u8]>::to_vec).collect();
+    assert_error(
+        &s.post_chunked(INFER, chunks).await,
         413,
         &["larger than the limit of 65536 bytes"],
     );
