@@ -40,7 +40,8 @@ struct Args {
     /// Run only the inference-cache sections (cache hits against the HTTP floor, L1 vs L2).
     #[arg(long)]
     cache_only: bool,
-    /// Interleaved rounds of the cache-hit runs; the medians are printed.
+    /// Rounds of the cache-hit runs (each target run between two floor runs); the medians are
+    /// printed.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
 }
@@ -813,8 +814,8 @@ fn main() -> Result<()> {
         }
     }
 
-    // 2. Cache hits (L1), against the HTTP floor of the same server: interleaved rounds, so
-    // every ratio compares runs made next to each other; medians are printed.
+    // 2. Cache hits (L1), against the HTTP floor of the same server: interleaved rounds, each
+    // target run between two floor runs; medians are printed.
     {
         let port = free_port()?;
         let server = start_server(&args.binary, port, &[])?;
@@ -822,7 +823,8 @@ fn main() -> Result<()> {
         let base = format!("http://127.0.0.1:{port}");
         println!("\n# cache hits (L1) vs the HTTP floor of the same server (target >= 0.90)");
         println!(
-            "# medians of {} interleaved rounds; cpu = microseconds of CPU per request, server / wrk",
+            "# medians of {} rounds, each target run between two floor runs and compared with their \
+             mean; cpu = microseconds of CPU per request, server / wrk",
             args.rounds
         );
         println!(
@@ -847,21 +849,29 @@ fn main() -> Result<()> {
             ));
         }
         for &c in &args.concurrency {
+            // Each round runs the floor between every two targets (F T1 F T2 … Tn F), and each
+            // target's ratio is to the mean of the floor runs just before and just after it:
+            // drift on this shared machine over a round then hits both sides alike.
             let mut runs: Vec<Vec<Measured>> = targets.iter().map(|_| Vec::new()).collect();
+            let mut ratios: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
+            let (floor_url, floor_script) = (&targets[0].1, targets[0].2);
             for _ in 0..args.rounds.max(1) {
-                for (i, (_, url, script)) in targets.iter().enumerate() {
-                    runs[i].push(wrk_measured(pid, url, c, args.http_seconds, *script)?);
+                let mut before = wrk_measured(pid, floor_url, c, args.http_seconds, floor_script)?;
+                ratios[0].push(1.0);
+                for (i, (_, url, script)) in targets.iter().enumerate().skip(1) {
+                    let m = wrk_measured(pid, url, c, args.http_seconds, *script)?;
+                    let after = wrk_measured(pid, floor_url, c, args.http_seconds, floor_script)?;
+                    let floor = (before.wrk.requests_per_s + after.wrk.requests_per_s) / 2.0;
+                    ratios[i].push(m.wrk.requests_per_s / floor);
+                    runs[i].push(m);
+                    runs[0].push(std::mem::replace(&mut before, after));
                 }
+                runs[0].push(before);
             }
             for (i, (label, _, _)) in targets.iter().enumerate() {
                 let m = &runs[i];
                 let of = |f: fn(&Measured) -> f64| median(m.iter().map(f).collect());
-                let ratio = median(
-                    m.iter()
-                        .zip(&runs[0])
-                        .map(|(r, floor)| r.wrk.requests_per_s / floor.wrk.requests_per_s)
-                        .collect(),
-                );
+                let ratio = median(ratios[i].clone());
                 println!(
                     "{:<26} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>12.3} {:>11.1} {:>8.1}",
                     label,
