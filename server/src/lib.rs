@@ -82,9 +82,13 @@ pub struct CorridorRuntime {
 }
 
 impl Shared {
-    /// Replaces the model table (atomically for requests in flight).
+    /// Replaces the model table (atomically for requests in flight) and retires the batchers of
+    /// instances it no longer holds.
     pub fn set_models(&self, table: Arc<ModelTable>) {
-        self.models.store(table);
+        self.models.store(table.clone());
+        for runtime in self.corridors.values() {
+            runtime.pool.retire_batchers(&table);
+        }
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 

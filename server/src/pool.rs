@@ -4,7 +4,7 @@
 //! `Retry-After` at once, while other corridors keep their workers.
 
 use crate::error::ApiError;
-use crate::models::ServingVersion;
+use crate::models::{ModelTable, ServingVersion, VersionState};
 use axum::http::StatusCode;
 use invariant_core::Tensor;
 use std::collections::BTreeMap;
@@ -45,7 +45,13 @@ pub struct CorridorPool {
     batching: BatchSettings,
     workers: Arc<Semaphore>,
     in_flight: AtomicUsize,
-    batchers: Mutex<BTreeMap<(String, String), mpsc::UnboundedSender<Job>>>,
+    batchers: Mutex<BTreeMap<(String, String), Batcher>>,
+}
+
+/// A running batcher: the instance it runs on and its queue.
+struct Batcher {
+    serving: Arc<ServingVersion>,
+    jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl std::fmt::Debug for CorridorPool {
@@ -161,13 +167,17 @@ impl CorridorPool {
         }
     }
 
-    /// The batcher task of a version in this corridor, started on first use.
+    /// The batcher task of `serving` in this corridor, started on first use. A version reloaded
+    /// with a new instance gets a new batcher; the old one answers what it has queued, then ends.
     fn batcher(&self, serving: &Arc<ServingVersion>) -> mpsc::UnboundedSender<Job> {
         let m = serving.model.manifest();
         let key = (m.name.clone(), m.version.to_string());
         let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = batchers.get(&key).filter(|s| !s.is_closed()) {
-            return s.clone();
+        if let Some(b) = batchers
+            .get(&key)
+            .filter(|b| Arc::ptr_eq(&b.serving, serving) && !b.jobs.is_closed())
+        {
+            return b.jobs.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(
@@ -177,8 +187,26 @@ impl CorridorPool {
             self.batching.max_queue_delay,
             self.corridor.clone(),
         ));
-        batchers.insert(key, tx.clone());
+        batchers.insert(
+            key,
+            Batcher {
+                serving: serving.clone(),
+                jobs: tx.clone(),
+            },
+        );
         tx
+    }
+
+    /// Stops the batchers of instances that no longer serve: versions `table` does not hold, or
+    /// holds with another instance (unloaded, reloaded). Each answers what it has queued, then
+    /// ends, releasing its instance.
+    pub fn retire_batchers(&self, table: &ModelTable) {
+        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        batchers.retain(|(model, version), b| {
+            table.versions(model).into_iter().flatten().any(|e| {
+                e.version == *version && matches!(&e.state, VersionState::Ready(s) if Arc::ptr_eq(s, &b.serving))
+            })
+        });
     }
 }
 

@@ -165,3 +165,73 @@ async fn activating_a_failing_version_leaves_the_old_one_serving_under_load() {
     let (status, _) = s.post("/v2/repository/models/nope/load", &json!({})).await;
     assert_eq!(status, 404);
 }
+
+/// The golden inputs of trust-scorer 1.2.0 as requests of at most 128 rows.
+fn golden_batches(repo: &RepoCopy) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(repo.golden().join("trust-scorer/1.2.0.jsonl")).unwrap();
+    let data: Vec<serde_json::Value> = text
+        .lines()
+        .skip(1)
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["inputs"][0]["data"].as_array().unwrap().clone()
+        })
+        .collect();
+    data.chunks(8 * 128)
+        .map(|c| json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [c.len() / 8, 8], "data": c}]}))
+        .collect()
+}
+
+/// The trust scores of `requests`, in order.
+async fn scores(s: &Server, path: &str, requests: &[serde_json::Value]) -> Vec<u32> {
+    let mut bits = Vec::new();
+    for r in requests {
+        let (status, reply) = s.post(path, r).await;
+        assert_eq!(status, 200, "{reply}");
+        bits.extend(f32_bits(output(&reply, "trust_score")));
+    }
+    bits
+}
+
+#[tokio::test]
+async fn a_version_reloaded_with_new_weights_is_batched_on_its_new_instance() {
+    let repo = RepoCopy::new();
+    let s = Server::start_with(repo.options()).await;
+    let path = "/v2/models/trust-scorer/versions/1.2.0/infer";
+    let requests = golden_batches(&repo);
+    let before = scores(&s, path, &requests).await;
+    let runs = [("model", "trust-scorer"), ("version", "1.2.0")];
+    assert_eq!(
+        counter(&s, "invariant_engine_runs_total", &runs).await,
+        requests.len() as f64,
+        "one engine run per request"
+    );
+
+    // New weights under the same version, with golden vectors recorded for them.
+    let dir = repo.version_dir("trust-scorer", "1.2.0");
+    bump_weight_one_ulp(&dir.join("model.safetensors"), "layers.2.weight", 0);
+    rehash_manifest(&dir);
+    let args = repo.args();
+    let mut record: Vec<&str> = vec!["golden", "record", "trust-scorer", "1.2.0", "--force"];
+    record.extend(args.iter().map(String::as_str));
+    let (code, out, err) = invariant(&record);
+    assert_eq!(code, 0, "{out}{err}");
+    let (status, r) = s
+        .client
+        .post(format!("{}/v2/repository/models/trust-scorer/load", s.url))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(status, 200, "{:?}", r.text().await);
+
+    // What the new weights answer, from a server that never saw the old ones.
+    let fresh = Server::start_with(repo.options()).await;
+    let expected = scores(&fresh, path, &requests).await;
+    assert_ne!(before, expected, "the new weights change some golden output");
+    assert_eq!(
+        scores(&s, path, &requests).await,
+        expected,
+        "answered by the reloaded instance"
+    );
+}
