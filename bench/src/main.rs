@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use invariant_blackbox::free_port;
 use invariant_core::{DataType, Tensor, TensorData};
 use invariant_server::config::Config;
 use invariant_server::models::VersionState;
@@ -604,7 +605,7 @@ fn bench_features(args: &Args) -> Result<()> {
     ];
     materialize("embedded redb", &embedded_env)?;
     {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port();
         let _server = start_server(&args.binary, port, &embedded_env)?;
         let base = format!("http://127.0.0.1:{port}");
         println!(
@@ -635,7 +636,7 @@ fn bench_features(args: &Args) -> Result<()> {
         ("INVARIANT_FEATURE_REDIS_URL", redis.url()),
     ];
     materialize("Redis", &redis_env)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port();
     let _server = start_server(&args.binary, port, &redis_env)?;
     let base = format!("http://127.0.0.1:{port}");
     println!("get-online over HTTP against redis-benchmark of the same HGETs (pipelined 10 for 10 entities)");
@@ -772,7 +773,6 @@ fn main() -> Result<()> {
         let path = format!("/v2/models/{name}/versions/{version}/infer");
         bodies.push((name.to_string(), version, path, constant, varying, engine));
     }
-    let free_port = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
     let row = |target: &str, c: u32, r: &WrkResult, engine: Option<f64>, floor: f64| {
         println!(
             "{:<26} {:>4} {:>10.0} {:>9.3} {:>9.3} {:>14} {:>12.3}",
@@ -796,7 +796,7 @@ fn main() -> Result<()> {
 
     // 1. Computed answers (cache off), against the raw engine and the HTTP floor.
     if !args.cache_only {
-        let port = free_port()?;
+        let port = free_port();
         let _server = start_server(&args.binary, port, &[("INVARIANT_CACHE__ENABLED", "false".into())])?;
         let base = format!("http://127.0.0.1:{port}");
         println!(
@@ -817,7 +817,7 @@ fn main() -> Result<()> {
     // 2. Cache hits (L1), against the HTTP floor of the same server: interleaved rounds, each
     // target run between two floor runs; medians are printed.
     {
-        let port = free_port()?;
+        let port = free_port();
         let server = start_server(&args.binary, port, &[])?;
         let pid = server.0.id();
         let base = format!("http://127.0.0.1:{port}");
@@ -891,7 +891,7 @@ fn main() -> Result<()> {
     {
         let redis = invariant_blackbox::RedisServer::start();
         let url = redis.url();
-        let (p1, p2) = (free_port()?, free_port()?);
+        let (p1, p2) = (free_port(), free_port());
         let _l1 = start_server(&args.binary, p1, &[])?;
         let _l2 = start_server(
             &args.binary,
@@ -941,7 +941,7 @@ fn main() -> Result<()> {
 
     // 4. Uncached throughput at concurrency 32 with and without dynamic batching.
     if !args.cache_only {
-        let (p_off, p_on) = (free_port()?, free_port()?);
+        let (p_off, p_on) = (free_port(), free_port());
         let off = vec![
             ("INVARIANT_CACHE__ENABLED", "false".to_string()),
             ("INVARIANT_POOLS__BATCHING", "false".into()),
