@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use invariant_blackbox::free_port;
 use invariant_core::{DataType, Tensor, TensorData};
-use invariant_server::config::Config;
-use invariant_server::models::VersionState;
+use invariant_serving::config::Config;
+use invariant_serving::models::VersionState;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,8 +84,9 @@ struct EngineResult {
 }
 
 fn bench_engines(config: Config, seconds: f64) -> Result<Vec<EngineResult>> {
-    let state = invariant_server::build_state(config)?;
-    let table = state.models.load();
+    let state = invariant_serving::InferenceService::build(config)?;
+    let snapshot = state.snapshot();
+    let table = &snapshot.table;
     let mut results = Vec::new();
     for (name, entry) in table.entries() {
         let VersionState::Ready(serving) = &entry.state else {
@@ -168,7 +169,7 @@ fn bench_kernels(config: &Config, seconds: f64) -> Result<()> {
 
 /// Wall time of the determinism gate over the shipped repository.
 fn bench_gate(config: &Config) -> Result<()> {
-    let report = invariant_server::gate::run_gate(config, &Default::default())?;
+    let report = invariant_cli::gate::run_gate(config, &Default::default())?;
     println!(
         "\n# determinism gate over the shipped repository: {} versions, passed={}, {:.2} s wall",
         report.versions.len(),
@@ -308,7 +309,7 @@ layers = [{{ size = 4096, activation = "relu" }}, {{ size = {hidden}, activation
     cfg.registry_state = work.join("registry.json").display().to_string();
 
     let total = Instant::now();
-    let request = invariant_server::import::ImportRequest {
+    let request = invariant_cli::import::ImportRequest {
         artifact: artifact.clone(),
         name: "big".into(),
         version: "1.0.0".into(),
@@ -316,14 +317,14 @@ layers = [{{ size = 4096, activation = "relu" }}, {{ size = {hidden}, activation
         description: None,
         record_golden: true,
     };
-    let outcome = invariant_server::import::import(&cfg, &request, |_, _| {})?;
+    let outcome = invariant_cli::import::import(&cfg, &request, |_, _| {})?;
     std::fs::remove_dir_all(&template)?;
     // Activation: the server loads the new version (hashes, parse, deploy-time verification);
     // as the model's only version it serves from then on.
     let load = Instant::now();
-    let state = invariant_server::build_state(cfg)?;
+    let state = invariant_serving::InferenceService::build(cfg)?;
     let load_seconds = load.elapsed().as_secs_f64();
-    let serving = state.models.load().resolve("big", None).is_ok();
+    let serving = state.snapshot().table.resolve("big", None).is_ok();
     if !serving {
         bail!("the imported version does not serve");
     }
@@ -731,8 +732,9 @@ fn main() -> Result<()> {
 
     let scripts = std::env::temp_dir().join(format!("invariant-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scripts)?;
-    let state = invariant_server::build_state(config)?;
-    let table = state.models.load();
+    let state = invariant_serving::InferenceService::build(config)?;
+    let snapshot = state.snapshot();
+    let table = &snapshot.table;
     // Per model: a batch-1 JSON body, and the same body with its first element left open so
     // every request of a run differs (cache misses).
     let mut bodies = Vec::new();

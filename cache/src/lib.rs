@@ -36,9 +36,10 @@ pub struct Entry {
     pub request: Bytes,
     /// Time to live from insertion.
     pub ttl: Duration,
-    /// Counts the hits served from this entry: the owner registers it with its own labels
-    /// once, so a hit costs one atomic add ([`metrics::Counter::noop`] when not counted).
-    pub hits: metrics::Counter,
+    /// What the owner keeps with the entry (e.g. which model version and routing produced a
+    /// stored reply, so a hit is admitted and observed like the answer it repeats). `None`
+    /// for inference-cache entries.
+    pub meta: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Where an answer came from.
@@ -248,7 +249,7 @@ impl CorridorCache {
                 bytes: Bytes::from(bytes),
                 request: Bytes::new(),
                 ttl,
-                hits: metrics::Counter::noop(),
+                meta: None,
             })
         };
         let entry = self

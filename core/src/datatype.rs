@@ -23,11 +23,14 @@ pub enum DataType {
     Fp32,
     /// `FP64`: IEEE-754 binary64.
     Fp64,
+    /// `BYTES`: variable-length byte strings (in binary form, each element is a 4-byte
+    /// little-endian length followed by its bytes; in JSON, a string).
+    Bytes,
 }
 
 impl DataType {
     /// Every supported datatype, in a fixed order.
-    pub const ALL: [DataType; 8] = [
+    pub const ALL: [DataType; 9] = [
         DataType::Bool,
         DataType::Uint8,
         DataType::Int8,
@@ -36,6 +39,7 @@ impl DataType {
         DataType::Int64,
         DataType::Fp32,
         DataType::Fp64,
+        DataType::Bytes,
     ];
 
     /// The V2 name, e.g. `FP32`.
@@ -49,12 +53,15 @@ impl DataType {
             DataType::Int64 => "INT64",
             DataType::Fp32 => "FP32",
             DataType::Fp64 => "FP64",
+            DataType::Bytes => "BYTES",
         }
     }
 
-    /// Bytes per element in the canonical (little-endian) encoding.
+    /// Bytes per element in the canonical (little-endian) encoding; 0 for BYTES, whose
+    /// elements vary in length.
     pub fn size_bytes(self) -> usize {
         match self {
+            DataType::Bytes => 0,
             DataType::Bool | DataType::Uint8 | DataType::Int8 => 1,
             DataType::Int16 => 2,
             DataType::Int32 | DataType::Fp32 => 4,

@@ -154,6 +154,12 @@ pub fn parse_data(raw: &str, datatype: DataType, field: &str) -> Result<TensorDa
         DataType::Int64 => collect!(Int64, |i, s| parse_int::<i64>(field, i, s, datatype)),
         DataType::Fp32 => collect!(Fp32, |i, s| parse_float::<f32>(field, i, s, datatype)),
         DataType::Fp64 => collect!(Fp64, |i, s| parse_float::<f64>(field, i, s, datatype)),
+        DataType::Bytes => collect!(Bytes, |i, s: &Scalar<'_>| match s {
+            Scalar::Str(raw) => serde_json::from_str::<String>(&format!("\"{raw}\""))
+                .map(String::into_bytes)
+                .map_err(|e| invalid(field, i, s, datatype, &e.to_string())),
+            other => Err(invalid(field, i, other, datatype, "expected a string")),
+        }),
     })
 }
 

@@ -23,6 +23,8 @@ pub enum TensorData {
     Fp32(Vec<f32>),
     /// `FP64`
     Fp64(Vec<f64>),
+    /// `BYTES`
+    Bytes(Vec<Vec<u8>>),
 }
 
 /// Applies `$body` to the vector inside any [`TensorData`] variant, bound as `$v`.
@@ -37,6 +39,7 @@ macro_rules! for_each_variant {
             TensorData::Int64($v) => $body,
             TensorData::Fp32($v) => $body,
             TensorData::Fp64($v) => $body,
+            TensorData::Bytes($v) => $body,
         }
     };
 }
@@ -53,6 +56,7 @@ impl TensorData {
             TensorData::Int64(_) => DataType::Int64,
             TensorData::Fp32(_) => DataType::Fp32,
             TensorData::Fp64(_) => DataType::Fp64,
+            TensorData::Bytes(_) => DataType::Bytes,
         }
     }
 
@@ -66,11 +70,18 @@ impl TensorData {
         self.len() == 0
     }
 
-    /// Appends the elements as little-endian bytes (BOOL as one byte, 0 or 1): the canonical
-    /// encoding used by hashes and by the binary tensor wire format.
+    /// Appends the elements as little-endian bytes (BOOL as one byte, 0 or 1; each BYTES
+    /// element as a 4-byte little-endian length and its bytes): the canonical encoding used
+    /// by hashes and by the binary tensor wire format.
     pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
         out.reserve(self.len() * self.datatype().size_bytes());
         match self {
+            TensorData::Bytes(v) => {
+                for e in v {
+                    out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+                    out.extend_from_slice(e);
+                }
+            }
             TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
             TensorData::Uint8(v) => out.extend_from_slice(v),
             TensorData::Int8(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
@@ -85,6 +96,9 @@ impl TensorData {
     /// Elements of `datatype` from their little-endian bytes (inverse of
     /// [`TensorData::to_le_bytes`]); `None` when the length is not a multiple of the element size.
     pub fn from_le_bytes(datatype: DataType, bytes: &[u8]) -> Option<TensorData> {
+        if datatype == DataType::Bytes {
+            return Self::bytes_from_wire(bytes, usize::MAX);
+        }
         let width = datatype.size_bytes();
         if !bytes.len().is_multiple_of(width) {
             return None;
@@ -109,7 +123,30 @@ impl TensorData {
                     .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
                     .collect(),
             ),
+            DataType::Bytes => return None,
         })
+    }
+
+    /// BYTES elements from their wire form (each a 4-byte little-endian length, then that many
+    /// bytes), exactly `count` of them filling `bytes` (`usize::MAX`: as many as there are);
+    /// `None` when a length runs past the end, or the count or the end do not match. Nothing is
+    /// reserved in proportion to a claimed length before the bytes are seen to be there.
+    pub fn bytes_from_wire(mut bytes: &[u8], count: usize) -> Option<TensorData> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            if out.len() == count {
+                return None;
+            }
+            let (len, rest) = bytes.split_first_chunk::<4>()?;
+            let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+            if len > rest.len() {
+                return None;
+            }
+            let (element, rest) = rest.split_at(len);
+            out.push(element.to_vec());
+            bytes = rest;
+        }
+        (count == usize::MAX || out.len() == count).then_some(TensorData::Bytes(out))
     }
 
     /// The elements as little-endian bytes.
@@ -128,7 +165,7 @@ impl TensorData {
                 }
             };
         }
-        cut!(Bool, Uint8, Int8, Int16, Int32, Int64, Fp32, Fp64)
+        cut!(Bool, Uint8, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes)
     }
 
     /// Appends the elements of `other`; `false` (and nothing appended) when the datatypes differ.
@@ -141,12 +178,24 @@ impl TensorData {
                 }
             };
         }
-        join!(Bool, Uint8, Int8, Int16, Int32, Int64, Fp32, Fp64)
+        join!(Bool, Uint8, Int8, Int16, Int32, Int64, Fp32, Fp64, Bytes)
     }
 
     /// Each element's bits as an unsigned integer (its little-endian bytes, zero-extended):
-    /// what golden vectors record and compare.
+    /// what golden vectors record and compare. A BYTES element, having no fixed width, is
+    /// given as the first 8 bytes (little-endian) of the blake3 of its bytes.
     pub fn element_bits(&self) -> Vec<u64> {
+        if let TensorData::Bytes(v) = self {
+            return v
+                .iter()
+                .map(|e| {
+                    let h = blake3::hash(e);
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&h.as_bytes()[..8]);
+                    u64::from_le_bytes(b)
+                })
+                .collect();
+        }
         let width = self.datatype().size_bytes();
         self.to_le_bytes()
             .chunks_exact(width)
@@ -200,6 +249,11 @@ impl Serialize for TensorData {
                     } else {
                         seq.serialize_element(non_finite_name(x.is_nan(), *x < 0.0))?;
                     }
+                }
+            }
+            TensorData::Bytes(v) => {
+                for x in v {
+                    seq.serialize_element(&String::from_utf8_lossy(x))?;
                 }
             }
             other => for_each_variant!(other, v => for x in v { seq.serialize_element(x)?; }),

@@ -89,6 +89,7 @@ fn element_type(d: DataType) -> TensorElementType {
         DataType::Int64 => TensorElementType::Int64,
         DataType::Fp32 => TensorElementType::Float32,
         DataType::Fp64 => TensorElementType::Float64,
+        DataType::Bytes => TensorElementType::String,
     }
 }
 
@@ -249,6 +250,12 @@ impl OnnxEngine {
             TensorData::Int64(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
             TensorData::Fp32(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
             TensorData::Fp64(v) => ort::value::Tensor::from_array((shape, v.clone())).map(|t| t.into_dyn()),
+            TensorData::Bytes(_) => {
+                return Err(EngineError::Runtime(format!(
+                    "input '{}': BYTES (string) tensors are not supported by the ONNX engine",
+                    t.name
+                )))
+            }
         };
         v.map_err(run_err)
     }
@@ -273,6 +280,12 @@ impl OnnxEngine {
             DataType::Int64 => extract::<i64>(value).map(|(s, d)| (s, TensorData::Int64(d)))?,
             DataType::Fp32 => extract::<f32>(value).map(|(s, d)| (s, TensorData::Fp32(d)))?,
             DataType::Fp64 => extract::<f64>(value).map(|(s, d)| (s, TensorData::Fp64(d)))?,
+            DataType::Bytes => {
+                return Err(EngineError::Runtime(format!(
+                    "output '{}': BYTES (string) tensors are not supported by the ONNX engine",
+                    spec.name
+                )))
+            }
         };
         Tensor::new(spec.name.clone(), shape, data, &spec.name).map_err(run_err)
     }

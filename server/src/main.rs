@@ -1,15 +1,11 @@
 //! `invariant`: the deterministic inference server and its command-line tools.
 
-mod models_cli;
-
 use anyhow::{Context, Result};
-use axum::ServiceExt;
 use clap::{Args, Parser, Subcommand};
-use invariant_server::config::Config;
-use std::path::PathBuf;
+use invariant_cli::ConfigArgs;
 
 /// Deterministic AI inference server: hash-verified models served over the Open Inference
-/// Protocol (KServe V2).
+/// Protocol (KServe V2), over HTTP and gRPC.
 #[derive(Parser)]
 #[command(name = "invariant", version, propagate_version = true)]
 struct Cli {
@@ -19,148 +15,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the model repository and serve the V2 HTTP API.
+    /// Load the model repository and serve the V2 API over HTTP and gRPC.
     Serve(ServeArgs),
-    /// The model registry: list, show, import, verify, stage, canary, promote, rollback,
-    /// deprecate, history (on the repository, or a running server with --server).
-    #[command(subcommand)]
-    Models(models_cli::ModelsCommand),
-    /// The CI determinism gate: hashes, golden bits, repeatability, batch and thread
-    /// invariance (and a running server with --server) for every version; exits 1 on any
-    /// violation.
-    Gate(GateArgs),
-    /// Golden vectors: record the exact output bits of a version.
-    #[command(subcommand)]
-    Golden(GoldenCommand),
-    /// The feature store: bulk loading.
-    #[command(subcommand)]
-    Features(FeaturesCommand),
-}
-
-#[derive(Subcommand)]
-enum FeaturesCommand {
-    /// Validate the feature repository and show what applying it would change; exit 1 on an
-    /// invalid definition or an incompatible change (one that needs a new schema_version).
-    Plan {
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Validate and record the feature repository as the definitions the server serves
-    /// (refused on an incompatible change); restart the server to pick them up.
-    Apply {
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Load rows of a feature view from a CSV or Parquet file into one corridor (the server must not hold
-    /// the store file open): batched writes, a progress bar, and a summary with every rejected
-    /// row's line and reason.
-    Materialize {
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// The embedded store file (overrides feature_store).
-        #[arg(long)]
-        feature_store: Option<PathBuf>,
-        /// CSV file (a header naming the join key, event_timestamp and features), or a Parquet
-        /// file (`.parquet`, uncompressed or Snappy) with columns of those names.
-        #[arg(long = "from", value_name = "FILE")]
-        from: PathBuf,
-        /// Feature view.
-        #[arg(long)]
-        view: String,
-        /// Corridor.
-        #[arg(long)]
-        corridor: String,
-        /// Rows per transaction.
-        #[arg(long, default_value_t = 5000)]
-        batch: usize,
-        /// Print the summary as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Args)]
-struct GateArgs {
     #[command(flatten)]
-    config: ConfigArgs,
-    /// Golden vector directory (overrides golden_vectors).
-    #[arg(long)]
-    golden_vectors: Option<PathBuf>,
-    /// Versions to check, as MODEL or MODEL:VERSION (default: every version).
-    #[arg(value_name = "MODEL[:VERSION]")]
-    select: Vec<String>,
-    /// Also send every golden vector to this running server and compare its bits with the
-    /// in-process engine's, e.g. http://127.0.0.1:8000.
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum GoldenCommand {
-    /// Compute golden vectors of MODEL VERSION and write golden-vectors/MODEL/VERSION.jsonl.
-    Record {
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// Golden vector directory (overrides golden_vectors).
-        #[arg(long)]
-        golden_vectors: Option<PathBuf>,
-        /// Model name.
-        model: String,
-        /// Model version.
-        #[arg(value_name = "VERSION")]
-        model_version: String,
-        /// Replace an existing file.
-        #[arg(long)]
-        force: bool,
-    },
-}
-
-/// Where the configuration comes from.
-#[derive(Args, Clone)]
-pub struct ConfigArgs {
-    /// Configuration file (default: ./invariant.toml if present, else the embedded defaults).
-    #[arg(long, env = "INVARIANT_CONFIG")]
-    config: Option<PathBuf>,
-    /// Model repository directory (overrides model_repository).
-    #[arg(long)]
-    model_repository: Option<PathBuf>,
-}
-
-impl ConfigArgs {
-    pub fn load(&self) -> Result<Config> {
-        let file = self.config.clone().or_else(|| {
-            let local = PathBuf::from("invariant.toml");
-            local.exists().then_some(local)
-        });
-        let mut config = Config::load(file.as_deref())?;
-        if let Some(repo) = &self.model_repository {
-            config.model_repository = repo.clone();
-        }
-        tracing::info!(
-            config = %file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "embedded defaults".into()),
-            repository = %config.model_repository.display(),
-            "configuration loaded"
-        );
-        Ok(config)
-    }
+    Tools(invariant_cli::Command),
 }
 
 #[derive(Args)]
 struct ServeArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Listen address (overrides server.http_addr), e.g. 127.0.0.1:8000.
+    /// HTTP listen address (overrides server.http_addr), e.g. 127.0.0.1:8000.
     #[arg(long)]
     http_addr: Option<String>,
+    /// gRPC listen address (overrides server.grpc_addr), e.g. 127.0.0.1:8001; an empty value
+    /// turns gRPC off.
+    #[arg(long)]
+    grpc_addr: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -174,142 +45,81 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Models(command) => models_cli::run(command),
-        Command::Gate(args) => gate(args),
-        Command::Features(FeaturesCommand::Plan { config, json }) => features_plan(config, json, false),
-        Command::Features(FeaturesCommand::Apply { config, json }) => features_plan(config, json, true),
-        Command::Features(FeaturesCommand::Materialize {
-            config,
-            feature_store,
-            from,
-            view,
-            corridor,
-            batch,
-            json,
-        }) => {
-            let mut config = config.load()?;
-            if let Some(path) = feature_store {
-                config.feature_store = path.display().to_string();
-            }
-            let corridor = config
-                .corridor(&corridor)
-                .map(|c| c.id.to_string())
-                .with_context(|| format!("unknown corridor '{corridor}'"))?;
-            let store = config.open_feature_store().with_context(|| {
-                format!(
-                    "opening {} (is a server holding it?)",
-                    config.feature_store_path().display()
-                )
-            })?;
-            let file = std::fs::File::open(&from).with_context(|| format!("cannot read {}", from.display()))?;
-            let parquet = from.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
-            let report = if parquet {
-                let bar = indicatif::ProgressBar::new_spinner();
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template("materializing {spinner} {pos} rows {per_sec}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                );
-                let report = store.materialize_parquet(&corridor, &view, file, batch, |n| bar.set_position(n));
-                bar.finish_and_clear();
-                report
-            } else {
-                let bar = indicatif::ProgressBar::new(file.metadata()?.len());
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "materializing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                let report = store.materialize_csv(&corridor, &view, std::io::BufReader::new(file), batch, |b| {
-                    bar.set_position(b)
-                });
-                bar.finish_and_clear();
-                report
-            };
-            let report = report?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "{} rows read, {} written, {} ignored (older or identical), {} rejected; {:.1} s, {:.0} rows/s",
-                    report.rows,
-                    report.written,
-                    report.ignored,
-                    report.rejected,
-                    report.seconds,
-                    report.rows_per_second
-                );
-                for r in &report.rejections {
-                    println!("  line {}: {}", r.line, r.reason);
-                }
-                if report.rejected as usize > report.rejections.len() {
-                    println!(
-                        "  ... and {} more rejected rows",
-                        report.rejected as usize - report.rejections.len()
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Golden(GoldenCommand::Record {
-            config,
-            golden_vectors,
-            model,
-            model_version: version,
-            force,
-        }) => {
-            let mut config = config.load()?;
-            if let Some(dir) = golden_vectors {
-                config.golden_vectors = dir;
-            }
-            let (path, n) = invariant_server::gate::record_golden(&config, &model, &version, force)?;
-            println!("recorded {n} golden vectors of {model} {version} in {}", path.display());
-            Ok(())
-        }
+        Command::Tools(command) => invariant_cli::run(command),
     }
-}
-
-fn gate(args: GateArgs) -> Result<()> {
-    let mut config = args.config.load()?;
-    if let Some(dir) = args.golden_vectors {
-        config.golden_vectors = dir;
-    }
-    let options = invariant_server::gate::GateOptions {
-        selectors: args.select,
-        server: args.server,
-    };
-    let report = invariant_server::gate::run_gate(&config, &options)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.render());
-    }
-    if !report.passed {
-        let failed = report.versions.iter().filter(|v| !v.passed).count();
-        anyhow::bail!("determinism gate failed: {failed} version(s) with violations");
-    }
-    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    use axum::ServiceExt;
     let mut config = args.config.load()?;
     if let Some(addr) = args.http_addr {
         config.server.http_addr = addr;
     }
+    if let Some(addr) = args.grpc_addr {
+        config.server.grpc_addr = addr;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let addr = config.server.http_addr.clone();
-        let state = invariant_server::build_state(config)?;
-        invariant_server::events::spawn_subscriber(state.clone());
-        let (ready, failed) = state.models.load().counts();
-        let listener = tokio::net::TcpListener::bind(&addr)
+        let http_addr = config.server.http_addr.clone();
+        let grpc_addr = config.server.grpc_addr.clone();
+        let service = invariant_serving::InferenceService::build(config)?;
+        invariant_serving::events::spawn_subscriber(service.clone());
+        let readiness = service.server_readiness();
+        let listener = tokio::net::TcpListener::bind(&http_addr)
             .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, versions_ready = ready, versions_failed = failed, "serving");
-        axum::serve(listener, invariant_server::app(state).into_make_service())
-            .with_graceful_shutdown(shutdown_signal())
+            .with_context(|| format!("cannot listen on {http_addr}"))?;
+        let grpc = if grpc_addr.is_empty() {
+            None
+        } else {
+            let l = tokio::net::TcpListener::bind(&grpc_addr)
+                .await
+                .with_context(|| format!("cannot listen on {grpc_addr} (gRPC)"))?;
+            tracing::info!(addr = %l.local_addr()?, "serving gRPC (inference.GRPCInferenceService)");
+            Some(l)
+        };
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            versions_ready = readiness.versions_ready,
+            versions_failed = readiness.versions_failed,
+            "serving"
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let grpc_task = grpc.map(|l| {
+            let mut stop = stop_rx.clone();
+            let svc = invariant_server::grpc::service(service.clone());
+            tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(tokio_stream_of(l), async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await
+            })
+        });
+        let http = axum::serve(listener, invariant_server::app(service).into_make_service())
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            })
             .await
-            .context("HTTP server")
+            .context("HTTP server");
+        if let Some(task) = grpc_task {
+            task.await.context("gRPC server task")?.context("gRPC server")?;
+        }
+        http
+    })
+}
+
+/// Accepted connections of `listener` as the stream tonic serves.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |l| async move {
+        let accepted = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((accepted, l))
     })
 }
 
@@ -327,38 +137,4 @@ async fn shutdown_signal() {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
-}
-
-/// `features plan` (apply = false) and `features apply`.
-fn features_plan(args: ConfigArgs, json: bool, apply: bool) -> Result<()> {
-    use invariant_featurestore::plan;
-    let config = args.load()?;
-    let defs = invariant_featurestore::defs::Definitions::load_dir(&config.feature_repository)?;
-    let path = config.features_applied_path();
-    let changes = if apply {
-        plan::apply(&path, &defs)?
-    } else {
-        let old = plan::Applied::load(&path)?.map(|a| a.definitions());
-        plan::plan(old.as_ref(), &defs)
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&changes)?);
-    } else if changes.is_empty() {
-        println!("no changes");
-    } else {
-        for c in &changes {
-            let flag = if c.incompatible {
-                "  INCOMPATIBLE: bump schema_version"
-            } else {
-                ""
-            };
-            println!("{:<7} {:<16} {:<40} {}{flag}", c.action, c.kind, c.name, c.detail);
-        }
-    }
-    if apply && !json {
-        println!("applied {} change(s) to {}", changes.len(), path.display());
-    } else if !apply && changes.iter().any(|c| c.incompatible) {
-        anyhow::bail!("the plan has incompatible changes");
-    }
-    Ok(())
 }

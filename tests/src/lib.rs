@@ -275,6 +275,8 @@ pub struct Server {
     child: Child,
     /// Base URL, e.g. `http://127.0.0.1:40123`.
     pub url: String,
+    /// gRPC address, e.g. `127.0.0.1:40124`.
+    pub grpc: String,
     /// Shared HTTP client.
     pub client: reqwest::Client,
     dir: tempfile::TempDir,
@@ -334,11 +336,13 @@ impl Server {
         let config = dir.path().join("invariant.toml");
         std::fs::write(&config, config_text(&options, &dir.path().join("state"))).expect("write config");
         let port = free_port();
+        let grpc_port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(&config)
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
             .current_dir(workspace_root())
             .stdout(Stdio::null())
             .stderr(log)
@@ -347,6 +351,7 @@ impl Server {
         let server = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            grpc: format!("127.0.0.1:{grpc_port}"),
             client: reqwest::Client::new(),
             dir,
         };

@@ -134,7 +134,7 @@ pub fn ulp_distance(a: u64, b: u64, d: DataType) -> u128 {
         DataType::Int16 => (signed(a, 16), signed(b, 16)),
         DataType::Int32 => (signed(a, 32), signed(b, 32)),
         DataType::Int64 => (signed(a, 64), signed(b, 64)),
-        DataType::Bool | DataType::Uint8 => (a as i128, b as i128),
+        DataType::Bool | DataType::Uint8 | DataType::Bytes => (a as i128, b as i128),
     };
     x.abs_diff(y)
 }

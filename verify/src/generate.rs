@@ -86,6 +86,7 @@ fn data_of(d: DataType, values: Vec<f64>) -> TensorData {
         DataType::Int64 => TensorData::Int64(values.iter().map(|&v| v.round() as i64).collect()),
         DataType::Fp32 => TensorData::Fp32(values.iter().map(|&v| v as f32).collect()),
         DataType::Fp64 => TensorData::Fp64(values),
+        DataType::Bytes => TensorData::Bytes(values.iter().map(|v| v.to_string().into_bytes()).collect()),
     }
 }
 

@@ -310,6 +310,8 @@ pub fn tensor_from_bits(o: &GoldenOutput) -> Tensor {
         DataType::Int64 => TensorData::Int64(o.bits.iter().map(|&b| b as i64).collect()),
         DataType::Fp32 => TensorData::Fp32(o.bits.iter().map(|&b| f32::from_bits(b as u32)).collect()),
         DataType::Fp64 => TensorData::Fp64(o.bits.iter().map(|&b| f64::from_bits(b)).collect()),
+        // BYTES goldens keep a hash per element, not the bytes: shown as that hash in hex.
+        DataType::Bytes => TensorData::Bytes(o.bits.iter().map(|&b| format!("{b:016x}").into_bytes()).collect()),
     };
     Tensor {
         name: o.name.clone(),

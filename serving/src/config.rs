@@ -80,6 +80,10 @@ pub struct CorridorConfig {
 pub struct ServerConfig {
     /// Listen address of the HTTP API.
     pub http_addr: String,
+    /// Listen address of the gRPC API (`inference.GRPCInferenceService`); empty (the default
+    /// when the key is absent): no gRPC listener.
+    #[serde(default)]
+    pub grpc_addr: String,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
     /// Corridor for requests that name none.
@@ -157,6 +161,9 @@ pub struct CacheConfig {
     /// Timeout of each Redis operation; a slower Redis counts as a miss.
     #[serde(default = "default_redis_timeout")]
     pub redis_timeout_ms: u64,
+    /// `[cache.ttl]`: TTL in seconds by model name, for models whose manifest gives none.
+    #[serde(default)]
+    pub ttl: std::collections::BTreeMap<String, f64>,
 }
 
 fn yes() -> bool {
@@ -180,6 +187,7 @@ impl Default for CacheConfig {
             default_ttl_seconds: default_ttl(),
             redis_url: String::new(),
             redis_timeout_ms: default_redis_timeout(),
+            ttl: Default::default(),
         }
     }
 }
@@ -323,16 +331,10 @@ impl Config {
         Ok(())
     }
 
-    /// The TTL of a model's cached answers: its manifest's `cache_ttl_seconds`, else the
-    /// DESIGN.md default for its name, else `cache.default_ttl_seconds`.
+    /// The TTL of a model's cached answers: its manifest's `cache_ttl_seconds`, else
+    /// `[cache.ttl]` for its name, else `cache.default_ttl_seconds`.
     pub fn cache_ttl(&self, model: &str, manifest_ttl: Option<f64>) -> std::time::Duration {
-        let by_name = match model {
-            "trust-scorer" => Some(300.0),
-            "intent-classifier" => Some(60.0),
-            "risk-assessor" => Some(600.0),
-            "decision-recommender" => Some(30.0),
-            _ => None,
-        };
+        let by_name = self.cache.ttl.get(model).copied();
         let seconds = manifest_ttl.or(by_name).unwrap_or(self.cache.default_ttl_seconds);
         std::time::Duration::from_secs_f64(seconds.max(0.0))
     }

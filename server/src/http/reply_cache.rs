@@ -1,20 +1,22 @@
 //! The reply cache: whole inference replies kept under the exact request that produced them,
 //! answered in front of the router.
 //!
-//! [`App`] wraps the HTTP router. A `POST` to an inference path (`/v2/models/…/infer`) has its
-//! body read and is looked up before any routing, path decoding or JSON parsing: a request
-//! that matches a stored one byte for byte (same corridor, path, routing-key header, body and
-//! serving generation) gets the stored reply. Anything else goes to the router unchanged
-//! (with the body already read), where [`crate::v2`] decodes and runs it and stores the reply
-//! for the next identical request.
+//! [`App`] wraps the HTTP router. A `POST` to an inference path (`/v2/models/…/infer`) with a
+//! plain body (no `Content-Encoding`, no binary tensors) has its body read and is looked up
+//! before any routing, path decoding or JSON parsing: a request that matches a stored one byte
+//! for byte (same corridor, path, routing-key header, body and serving generation) gets the
+//! stored reply, once the serving core's guard pipeline has admitted it (and it is observed
+//! like every other answer: [`InferenceService::stored_reply`]). Anything else goes to the
+//! router unchanged (with the body already read), where [`crate::http::v2`] decodes and runs
+//! it and stores the reply for the next identical request.
 //!
 //! The lookup key is a seeded, non-cryptographic 128-bit hash (`foldhash`) of the request,
 //! which is cheap enough for the hot path; it only finds a candidate, and a hit also compares
 //! the stored request byte for byte, so a hash collision can never serve another request's
 //! reply.
 
-use crate::v2::{json_reply, read_body, CORRIDOR_HEADER, ROUTING_KEY_HEADER};
-use crate::{AppState, CorridorRuntime};
+use crate::http::{json_reply, metadata_of, read_body, AppState, CORRIDOR_HEADER, ROUTING_KEY_HEADER};
+use invariant_serving::{InferenceService, Transport};
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, Method};
@@ -26,7 +28,6 @@ use futures_util::FutureExt;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use tower::{Service, ServiceExt};
@@ -73,7 +74,9 @@ impl Service<Request> for App {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        if request.method() != Method::POST || !is_infer_path(request.uri().path()) {
+        let plain = !request.headers().contains_key(axum::http::header::CONTENT_ENCODING)
+            && !request.headers().contains_key(crate::http::binary::HEADER_LENGTH);
+        if request.method() != Method::POST || !plain || !is_infer_path(request.uri().path()) {
             return Either::Left(self.router.call(request));
         }
         let state = self.state.clone();
@@ -84,7 +87,7 @@ impl Service<Request> for App {
             match answered {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(request)) => router.oneshot(request).await,
-                Err(panic) => Ok(crate::panic_response(panic)),
+                Err(panic) => Ok(crate::http::panic_response(panic)),
             }
         }))
     }
@@ -104,12 +107,22 @@ async fn answer(state: &AppState, request: Request) -> Result<Response, Request>
         Ok(body) => body,
         Err(e) => return Ok(e.into_response()),
     };
-    if let Some((_, runtime, request)) = identify(state, parts.uri.path(), &parts.headers, &body) {
-        if let Some(hit) = runtime.cache.peek(&request.key()).await {
-            if request.matches(&hit.request) {
-                hit.hits.increment(1);
-                return Ok(json_reply(hit.bytes.clone()));
-            }
+    if let Some((corridor, request)) = identify(state, parts.uri.path(), &parts.headers, &body) {
+        let metadata = metadata_of(&parts.headers);
+        let stored = state
+            .stored_reply(
+                corridor,
+                &request.key(),
+                |stored| request.matches(stored),
+                &metadata,
+                Transport::HttpJson,
+                started,
+            )
+            .await;
+        match stored {
+            Some(Ok(reply)) => return Ok(json_reply(reply.bytes)),
+            Some(Err(e)) => return Ok(crate::http::error_response(e)),
+            None => {}
         }
     }
     parts.extensions.insert(Started(started));
@@ -121,8 +134,6 @@ async fn answer(state: &AppState, request: Request) -> Result<Response, Request>
 pub(crate) struct ReplySlot<'a> {
     /// The corridor (as declared).
     pub(crate) corridor: &'a str,
-    /// That corridor's pool and cache.
-    pub(crate) runtime: &'a CorridorRuntime,
     /// The lookup key.
     pub(crate) key: invariant_cache::Key,
     /// The request's identity, stored with the reply and compared on every hit.
@@ -136,10 +147,9 @@ pub(crate) fn reply_slot<'a>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Option<ReplySlot<'a>> {
-    let (corridor, runtime, request) = identify(state, path, headers, body)?;
+    let (corridor, request) = identify(state, path, headers, body)?;
     Some(ReplySlot {
         corridor,
-        runtime,
         key: request.key(),
         request: request.to_bytes(),
     })
@@ -152,17 +162,17 @@ pub(crate) fn reply_slot<'a>(
 /// used no feature-store values, so a body naming another corridor in `parameters.corridor`,
 /// or asking for enrichment, never hits.
 fn identify<'a, 'r>(
-    state: &'a AppState,
+    state: &'a InferenceService,
     path: &'r str,
     headers: &'r HeaderMap,
     body: &'r [u8],
-) -> Option<(&'a str, &'a CorridorRuntime, Identity<'r>)>
+) -> Option<(&'a str, Identity<'r>)>
 where
     'a: 'r,
 {
     // The header usually spells a corridor exactly as declared: one lookup; other spellings
     // (e.g. lower case) go through the configuration's parser first.
-    let (corridor, runtime) = match headers.get(&CORRIDOR_NAME) {
+    let (corridor, _) = match headers.get(&CORRIDOR_NAME) {
         Some(v) => {
             let v = v.to_str().ok()?;
             match state.corridors.get_key_value(v) {
@@ -176,7 +186,7 @@ where
     };
     let routing = headers.get(&ROUTING_KEY_NAME).map(|v| v.as_bytes());
     let identity = Identity {
-        generation: state.generation.load(Ordering::Acquire).to_le_bytes(),
+        generation: state.generation().to_le_bytes(),
         corridor: corridor.as_bytes(),
         path: path.as_bytes(),
         routed: [u8::from(routing.is_some())],
@@ -185,7 +195,7 @@ where
         lengths: [corridor.len(), path.len(), routing.map_or(0, <[u8]>::len), body.len()]
             .map(|n| (n as u64).to_le_bytes()),
     };
-    Some((corridor, runtime, identity))
+    Some((corridor.as_str(), identity))
 }
 
 /// The byte pieces that tell requests apart, each variable piece preceded by its length so

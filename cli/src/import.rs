@@ -3,7 +3,7 @@
 //! version with `--like`, or from the ONNX graph's signature), loads it exactly as the server
 //! would, and records its golden vectors.
 
-use crate::config::Config;
+use invariant_serving::config::Config;
 use invariant_engine::{EngineOptions, Model};
 use invariant_gpu::DeviceLayer;
 use invariant_registry::{ArtifactEntry, Format, InferenceSettings, Manifest, OnnxSection, MANIFEST_FILE};
@@ -175,7 +175,7 @@ fn onnx_manifest(config: &Config, req: &ImportRequest) -> Result<Manifest, Impor
                 .into(),
         ));
     }
-    if let Some(why) = crate::init_onnx(config) {
+    if let Some(why) = invariant_serving::init_onnx(config) {
         return Err(ImportError::Load(why));
     }
     let bytes =

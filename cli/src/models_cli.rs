@@ -124,7 +124,7 @@ pub struct ImportArgs {
 }
 
 impl Common {
-    fn config(&self) -> Result<invariant_server::config::Config> {
+    fn config(&self) -> Result<invariant_serving::config::Config> {
         let mut config = self.config.load()?;
         if let Some(dir) = &self.golden_vectors {
             config.golden_vectors = dir.clone();
@@ -169,18 +169,15 @@ fn views(common: &Common, model: Option<&str>) -> Result<Vec<Value>> {
             }
         };
     }
-    let state = invariant_server::build_state(common.config()?)?;
-    let table = state.models.load();
-    let registry = state.registry.load();
+    let state = invariant_serving::InferenceService::build(common.config()?)?;
+    let snapshot = state.snapshot();
     let names: Vec<String> = match model {
         Some(m) => vec![m.to_string()],
-        None => table.names().map(str::to_string).collect(),
+        None => snapshot.table.names().map(str::to_string).collect(),
     };
     names
         .iter()
-        .map(|m| {
-            invariant_server::admin::model_view(&table, &registry, m).with_context(|| format!("unknown model '{m}'"))
-        })
+        .map(|m| invariant_serving::control::model_view(&snapshot, m).with_context(|| format!("unknown model '{m}'")))
         .collect()
 }
 
@@ -358,11 +355,12 @@ pub fn run(command: ModelsCommand) -> Result<()> {
 }
 
 /// Loads and verifies every version as the server does; fails if any version fails.
-fn verify(config: &invariant_server::config::Config, as_json: bool) -> Result<()> {
-    use invariant_server::models::VersionState;
-    let state = invariant_server::build_state(config.clone())?;
-    let models = state.models.load();
-    let rows: Vec<Value> = models
+fn verify(config: &invariant_serving::config::Config, as_json: bool) -> Result<()> {
+    use invariant_serving::models::VersionState;
+    let state = invariant_serving::InferenceService::build(config.clone())?;
+    let snapshot = state.snapshot();
+    let rows: Vec<Value> = snapshot
+        .table
         .entries()
         .map(|(name, e)| match &e.state {
             VersionState::Ready(s) => json!({ "model": name, "version": e.version,
@@ -410,7 +408,7 @@ fn transition(t: TransitionArgs, action: Action, name: &str, percent: Option<f64
             call(server, reqwest::Method::POST, &path, Some(body))?["transition"].clone()
         }
         None => {
-            let state = invariant_server::build_state(t.common.config()?)?;
+            let state = invariant_serving::InferenceService::build(t.common.config()?)?;
             let transition = state.transition(&t.model, &t.model_version, &action, &actor, &t.reason)?;
             serde_json::to_value(transition)?
         }
@@ -433,7 +431,7 @@ fn transition(t: TransitionArgs, action: Action, name: &str, percent: Option<f64
 
 fn import(args: ImportArgs) -> Result<()> {
     let config = args.common.config()?;
-    let request = invariant_server::import::ImportRequest {
+    let request = crate::import::ImportRequest {
         artifact: args.artifact.clone(),
         name: args.name.clone(),
         version: args.model_version.clone(),
@@ -447,7 +445,7 @@ fn import(args: ImportArgs) -> Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message("copying and hashing");
-    let outcome = invariant_server::import::import(&config, &request, |done, total| {
+    let outcome = crate::import::import(&config, &request, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });

@@ -1,57 +1,86 @@
-//! Feature store API (Feast-compatible shapes): `POST /v1/features/get-online` and
-//! `POST /v1/features/push`, both in the request's corridor (`x-corridor` header, else the
-//! default corridor). See `docs/features.md`.
+//! Feature-store reads and writes of the serving core (Feast-compatible shapes), in a
+//! corridor's namespace, and feature enrichment: model inputs bound to a feature service
+//! filled from the request corridor's store. See `docs/features.md`.
 
-use crate::error::ApiError;
-use crate::AppState;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::{Json, Router};
-use invariant_featurestore::{FeatureError, FeatureStore, GetOnlineRequest, PushRequest};
+use crate::{InferenceService, ServeError};
+use invariant_core::CorridorId;
+use invariant_featurestore::{FeatureError, FeatureStore, GetOnlineRequest, GetOnlineResponse, PushOutcome, PushRequest};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// The feature routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/features/get-online", post(get_online))
-        .route("/v1/features/push", post(push))
-}
-
-pub(crate) fn feature_error(e: FeatureError) -> ApiError {
-    match e {
-        FeatureError::Request(m) => ApiError::bad_request(m),
-        FeatureError::Definition(_) => ApiError::internal(e.to_string()),
-        FeatureError::Store(_) => ApiError::unavailable(e.to_string()),
-    }
-}
-
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-pub(crate) fn store(state: &AppState) -> Result<Arc<FeatureStore>, ApiError> {
-    match &state.features {
-        Ok(s) => Ok(s.clone()),
-        Err(why) => Err(ApiError::unavailable(format!(
-            "the feature store is not available: {why}"
-        ))),
+impl InferenceService {
+    /// The feature store, or 503 with why it is not available.
+    pub fn feature_store(&self) -> Result<Arc<FeatureStore>, ServeError> {
+        match &self.features {
+            Ok(s) => Ok(s.clone()),
+            Err(why) => Err(ServeError::unavailable(format!(
+                "the feature store is not available: {why}"
+            ))),
+        }
+    }
+
+    /// Feast-shaped online read in `corridor` (see [`FeatureStore::get_online`]).
+    pub async fn get_online_features(
+        &self,
+        corridor: &CorridorId,
+        request: GetOnlineRequest,
+    ) -> Result<GetOnlineResponse, ServeError> {
+        let reply = self.on_store(corridor, request, FeatureStore::get_online).await?;
+        observe_read(corridor.as_str(), &reply);
+        Ok(reply)
+    }
+
+    /// Idempotent, ordered push of feature rows in `corridor` (see [`FeatureStore::push`]).
+    pub async fn push_features(&self, corridor: &CorridorId, request: PushRequest) -> Result<PushOutcome, ServeError> {
+        let outcome = self.on_store(corridor, request, FeatureStore::push).await?;
+        self.observe_push(corridor.as_str(), &outcome);
+        Ok(outcome)
+    }
+
+    /// Runs `op` on the store off the async threads.
+    async fn on_store<Req, Out>(
+        &self,
+        corridor: &CorridorId,
+        request: Req,
+        op: fn(&FeatureStore, &str, &Req, i64) -> Result<Out, FeatureError>,
+    ) -> Result<Out, ServeError>
+    where
+        Req: Send + 'static,
+        Out: Send + 'static,
+    {
+        let store = self.feature_store()?;
+        let c = corridor.clone();
+        tokio::task::spawn_blocking(move || op(&store, c.as_str(), &request, now_ms()))
+            .await
+            .map_err(|e| ServeError::internal(format!("feature store task failed: {e}")))?
+            .map_err(ServeError::from)
+    }
+
+    /// Freshness of writes: the newest event time stored, per view and corridor.
+    fn observe_push(&self, corridor: &str, outcome: &PushOutcome) {
+        let (view, Some(newest)) = &outcome.newest_written else {
+            return;
+        };
+        let mut seen = self.feature_freshness.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = seen.entry((corridor.to_string(), view.clone())).or_insert(i64::MIN);
+        if *newest > *slot {
+            *slot = *newest;
+            metrics::gauge!("invariant_feature_newest_event_timestamp_seconds", "view" => view.clone(), "corridor" => corridor.to_string())
+                .set(*newest as f64 / 1000.0);
+        }
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|r| crate::v2::body_error(r, state.config.server.max_body_bytes))?;
-    crate::error::parse_json(&body)
-}
-
 /// Freshness of reads: the age of the oldest value served as PRESENT, per view and corridor.
-fn observe_read(_: &AppState, corridor: &str, reply: &invariant_featurestore::GetOnlineResponse) {
+fn observe_read(corridor: &str, reply: &GetOnlineResponse) {
     let now = now_ms();
     for (view, oldest) in &reply.oldest_served {
         if let Some(oldest) = oldest {
@@ -61,38 +90,24 @@ fn observe_read(_: &AppState, corridor: &str, reply: &invariant_featurestore::Ge
     }
 }
 
-/// Freshness of writes: the newest event time stored, per view and corridor.
-fn observe_push(state: &AppState, corridor: &str, outcome: &invariant_featurestore::PushOutcome) {
-    let (view, Some(newest)) = &outcome.newest_written else {
-        return;
-    };
-    let mut seen = state.feature_freshness.lock().unwrap_or_else(|p| p.into_inner());
-    let slot = seen.entry((corridor.to_string(), view.clone())).or_insert(i64::MIN);
-    if *newest > *slot {
-        *slot = *newest;
-        metrics::gauge!("invariant_feature_newest_event_timestamp_seconds", "view" => view.clone(), "corridor" => corridor.to_string())
-            .set(*newest as f64 / 1000.0);
-    }
-}
-
 /// A reply made of the service's declared defaults, every value flagged `UNAVAILABLE`.
 fn defaults_reply(
     store: &FeatureStore,
     service: &str,
     entities: &std::collections::BTreeMap<String, Vec<Value>>,
-) -> Result<invariant_featurestore::GetOnlineResponse, ApiError> {
-    use invariant_featurestore::{FeatureColumn, GetOnlineResponse, Metadata};
+) -> Result<GetOnlineResponse, ServeError> {
+    use invariant_featurestore::{FeatureColumn, Metadata};
     let refs = store
         .defs
         .service(service)
-        .ok_or_else(|| ApiError::unavailable(format!("feature service '{service}' is not defined")))?
+        .ok_or_else(|| ServeError::unavailable(format!("feature service '{service}' is not defined")))?
         .features
         .clone();
-    let resolved = store.defs.resolve(&refs).map_err(feature_error)?;
+    let resolved = store.defs.resolve(&refs).map_err(ServeError::from)?;
     let (join_key, keys) = entities
         .iter()
         .next()
-        .ok_or_else(|| ApiError::bad_request("parameters.entities: give one join key with its entity keys"))?;
+        .ok_or_else(|| ServeError::invalid("parameters.entities: give one join key with its entity keys"))?;
     let n = keys.len();
     let mut names = vec![join_key.clone()];
     let mut results = vec![FeatureColumn {
@@ -121,30 +136,30 @@ fn defaults_reply(
 /// features used (names, values, statuses per entity), or `None` when the request names no
 /// entities.
 pub(crate) async fn enrich(
-    state: &AppState,
+    service: &InferenceService,
     corridor: &str,
     manifest: &invariant_registry::Manifest,
-    parameters: &serde_json::Map<String, Value>,
+    entities: Option<&Value>,
     inputs: &mut Vec<invariant_core::Tensor>,
     degraded: &mut Option<String>,
-) -> Result<Option<Value>, ApiError> {
-    let Some(entities) = parameters.get("entities") else {
+) -> Result<Option<Value>, ServeError> {
+    let Some(entities) = entities else {
         return Ok(None);
     };
     let entities: std::collections::BTreeMap<String, Vec<Value>> = serde_json::from_value(entities.clone())
-        .map_err(|e| ApiError::bad_request(format!("parameters.entities: {e}")))?;
+        .map_err(|e| ServeError::invalid(format!("parameters.entities: {e}")))?;
     let bound: Vec<&invariant_registry::TensorSpec> = manifest
         .inputs
         .iter()
         .filter(|s| s.feature_service.is_some() && !inputs.iter().any(|t| t.name == s.name))
         .collect();
     if bound.is_empty() {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServeError::invalid(format!(
             "parameters.entities: model '{}' has no input bound to a feature service that the request leaves out",
             manifest.name
         )));
     }
-    let store = store(state)?;
+    let store = service.feature_store()?;
     let mut used = Vec::new();
     for spec in bound {
         let service = spec.feature_service.clone().unwrap_or_default();
@@ -157,7 +172,7 @@ pub(crate) async fn enrich(
         let (s, c) = (store.clone(), corridor.to_string());
         let read = tokio::task::spawn_blocking(move || s.get_online(&c, &request, now_ms()))
             .await
-            .map_err(|e| ApiError::internal(format!("feature read failed: {e}")))?;
+            .map_err(|e| ServeError::internal(format!("feature read failed: {e}")))?;
         let reply = match read {
             Err(FeatureError::Store(why))
                 if manifest.inference.feature_fallback == Some(invariant_registry::FeatureFallback::Defaults) =>
@@ -168,12 +183,12 @@ pub(crate) async fn enrich(
                 ));
                 defaults_reply(&store, &service, &entities)?
             }
-            other => other.map_err(feature_error)?,
+            other => other.map_err(ServeError::from)?,
         };
-        observe_read(state, corridor, &reply);
+        observe_read(corridor, &reply);
         let width = reply.results.len().saturating_sub(1);
         if spec.shape.get(1).copied() != Some(width as i64) {
-            return Err(ApiError::internal(format!(
+            return Err(ServeError::internal(format!(
                 "input '{}' has {:?} columns but feature service '{service}' has {width} features",
                 spec.name,
                 spec.shape.get(1)
@@ -184,7 +199,7 @@ pub(crate) async fn enrich(
         for r in 0..rows {
             for column in &reply.results[1..] {
                 let value = column.values[r].as_f64().ok_or_else(|| {
-                    ApiError::bad_request(format!(
+                    ServeError::invalid(format!(
                         "parameters.entities: feature '{}' of entity {} is {} and has no default",
                         reply.metadata.feature_names[1 + data.len() % width],
                         reply.results[0].values[r],
@@ -212,44 +227,3 @@ pub(crate) async fn enrich(
     Ok(Some(Value::Array(used)))
 }
 
-/// Parses the body, resolves the corridor, and runs `op` on the store off the async threads.
-async fn call<Req, Out>(
-    state: AppState,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    op: fn(&FeatureStore, &str, &Req, i64) -> Result<Out, FeatureError>,
-    observe: fn(&AppState, &str, &Out),
-) -> Result<Json<Value>, ApiError>
-where
-    Req: serde::de::DeserializeOwned + Send + 'static,
-    Out: serde::Serialize + Send + 'static,
-{
-    let store = store(&state)?;
-    let corridor = crate::v2::corridor_of(&state, &headers, &serde_json::Map::new())?;
-    let request: Req = parse(&state, body)?;
-    let c = corridor.clone();
-    let reply = tokio::task::spawn_blocking(move || op(&store, c.as_str(), &request, now_ms()))
-        .await
-        .map_err(|e| ApiError::internal(format!("feature store task failed: {e}")))?
-        .map_err(feature_error)?;
-    observe(&state, corridor.as_str(), &reply);
-    serde_json::to_value(reply)
-        .map(Json)
-        .map_err(|e| ApiError::internal(e.to_string()))
-}
-
-async fn get_online(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    call::<GetOnlineRequest, _>(state, headers, body, FeatureStore::get_online, observe_read).await
-}
-
-async fn push(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    call::<PushRequest, _>(state, headers, body, FeatureStore::push, observe_push).await
-}

@@ -3,7 +3,7 @@
 //! replicas reload the registry state file they share and drop their L1 cache entries of that
 //! model. Without `cache.redis_url` a server runs alone and publishes nothing.
 
-use crate::AppState;
+use crate::InferenceService;
 use invariant_registry::lifecycle::RegistryState;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ pub fn server_id() -> String {
 }
 
 /// Publishes an event (best effort: a missing Redis only means no other replica hears it).
-pub async fn publish(state: &AppState, model: &str, kind: &str) {
+pub async fn publish(state: &InferenceService, model: &str, kind: &str) {
     let Some(client) = &state.events else { return };
     let event = Event {
         origin: state.server_id.clone(),
@@ -56,7 +56,7 @@ pub async fn publish(state: &AppState, model: &str, kind: &str) {
 
 /// Applies an event from another replica: reloads the shared registry state and drops the
 /// model's L1 entries in every corridor.
-pub fn apply(state: &AppState, event: &Event) {
+pub fn apply(state: &InferenceService, event: &Event) {
     if event.origin == state.server_id {
         return;
     }
@@ -71,7 +71,7 @@ pub fn apply(state: &AppState, event: &Event) {
 }
 
 /// Subscribes to the channel for as long as the process runs, reconnecting after failures.
-pub fn spawn_subscriber(state: AppState) {
+pub fn spawn_subscriber(state: Arc<InferenceService>) {
     let Some(client) = state.events.clone() else { return };
     tokio::spawn(async move {
         use futures_util::StreamExt;

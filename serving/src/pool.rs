@@ -3,9 +3,8 @@
 //! version. One corridor's flood fills only its own queue: it is answered 429 with
 //! `Retry-After` at once, while other corridors keep their workers.
 
-use crate::error::ApiError;
+use crate::error::ServeError;
 use crate::models::{ModelTable, ServingVersion, VersionState};
-use axum::http::StatusCode;
 use invariant_core::Tensor;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,7 +34,19 @@ struct Job {
     inputs: Vec<Tensor>,
     rows: usize,
     deadline: Instant,
-    reply: oneshot::Sender<Result<Vec<Tensor>, ApiError>>,
+    queued: Instant,
+    reply: oneshot::Sender<Result<(Vec<Tensor>, RunTimings), ServeError>>,
+}
+
+/// Where an engine run's time went, for the serving statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunTimings {
+    /// From the request reaching the pool to its engine run starting.
+    pub queue: std::time::Duration,
+    /// The engine run (of the whole batch the request was part of).
+    pub compute: std::time::Duration,
+    /// Requests in that run (1 when not batched).
+    pub batch_requests: usize,
 }
 
 /// One corridor's pool.
@@ -74,11 +85,8 @@ impl Drop for Admission<'_> {
     }
 }
 
-fn deadline_error(deadline_ms: u64) -> ApiError {
-    ApiError {
-        status: StatusCode::GATEWAY_TIMEOUT,
-        message: format!("deadline of {deadline_ms} ms exceeded"),
-    }
+fn deadline_error(deadline_ms: u64) -> ServeError {
+    ServeError::deadline(deadline_ms)
 }
 
 fn rows_of(serving: &ServingVersion, inputs: &[Tensor]) -> Option<usize> {
@@ -104,15 +112,15 @@ impl CorridorPool {
 
     /// Takes a place, or answers 429 with the reason when `workers + queue` requests are
     /// already in flight.
-    pub fn admit(&self) -> Result<Admission<'_>, ApiError> {
+    pub fn admit(&self) -> Result<Admission<'_>, ServeError> {
         let capacity = self.sizes.workers.max(1) + self.sizes.queue;
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if before >= capacity {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!("invariant_rejected_requests_total", "corridor" => self.corridor.clone(), "reason" => "queue_full")
                 .increment(1);
-            return Err(ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
+            return Err(ServeError::Overloaded {
+                retry_after_s: 1,
                 message: format!(
                     "corridor {} is at capacity ({} workers, {} queued); retry later",
                     self.corridor, self.sizes.workers, self.sizes.queue
@@ -130,7 +138,8 @@ impl CorridorPool {
         inputs: Vec<Tensor>,
         deadline: Instant,
         deadline_ms: u64,
-    ) -> Result<Vec<Tensor>, ApiError> {
+    ) -> Result<(Vec<Tensor>, RunTimings), ServeError> {
+        let queued = Instant::now();
         let rows = rows_of(&serving, &inputs);
         let batchable = self.batching.enabled && serving.batch_invariant;
         if let (true, Some(rows)) = (batchable, rows) {
@@ -141,28 +150,36 @@ impl CorridorPool {
                     inputs,
                     rows,
                     deadline,
+                    queued,
                     reply,
                 })
-                .map_err(|_| ApiError::internal("the batcher of this model stopped"))?;
+                .map_err(|_| ServeError::internal("the batcher of this model stopped"))?;
             return match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(ApiError::internal("the batcher dropped the request")),
+                Ok(Err(_)) => Err(ServeError::internal("the batcher dropped the request")),
                 Err(_) => Err(deadline_error(deadline_ms)),
             };
         }
         let permit = tokio::time::timeout_at(deadline, self.workers.clone().acquire_owned())
             .await
             .map_err(|_| deadline_error(deadline_ms))?
-            .map_err(|_| ApiError::internal("worker pool closed"))?;
+            .map_err(|_| ServeError::internal("worker pool closed"))?;
         let corridor = self.corridor.clone();
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             count_run(&serving, &corridor, 1);
-            serving.infer(&corridor, inputs)
+            let start = Instant::now();
+            let outputs = serving.infer(&corridor, inputs)?;
+            let timings = RunTimings {
+                queue: start.duration_since(queued),
+                compute: start.elapsed(),
+                batch_requests: 1,
+            };
+            Ok::<_, invariant_engine::EngineError>((outputs, timings))
         });
         match tokio::time::timeout_at(deadline, task).await {
-            Ok(Ok(r)) => r.map_err(ApiError::from),
-            Ok(Err(e)) => Err(ApiError::internal(format!("inference task failed: {e}"))),
+            Ok(Ok(r)) => r.map_err(ServeError::from),
+            Ok(Err(e)) => Err(ServeError::internal(format!("inference task failed: {e}"))),
             Err(_) => Err(deadline_error(deadline_ms)),
         }
     }
@@ -277,24 +294,32 @@ async fn batch_loop(
         let counts: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
         let runner = serving.clone();
         let corridor = corridor.clone();
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             count_run(&runner, &corridor, parts.len());
             let inputs = (0..parts[0].len())
                 .map(|k| {
                     let column: Vec<&Tensor> = parts.iter().map(|p| &p[k]).collect();
-                    Tensor::concat_rows(&column).ok_or_else(|| ApiError::internal("cannot stack batched inputs"))
+                    Tensor::concat_rows(&column).ok_or_else(|| ServeError::internal("cannot stack batched inputs"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let outputs = runner.infer(&corridor, inputs).map_err(ApiError::from)?;
+            let outputs = runner.infer(&corridor, inputs).map_err(ServeError::from)?;
             split(&outputs, &counts)
         })
         .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("inference task failed: {e}"))));
+        .unwrap_or_else(|e| Err(ServeError::internal(format!("inference task failed: {e}"))));
+        let compute = started.elapsed();
+        let batch_requests = jobs.len();
         match result {
             Ok(per_job) => {
                 for (job, outputs) in jobs.into_iter().zip(per_job) {
-                    let _ = job.reply.send(Ok(outputs));
+                    let timings = RunTimings {
+                        queue: started.saturating_duration_since(job.queued),
+                        compute,
+                        batch_requests,
+                    };
+                    let _ = job.reply.send(Ok((outputs, timings)));
                 }
             }
             Err(e) => {
@@ -307,7 +332,7 @@ async fn batch_loop(
 }
 
 /// Splits batched outputs back into each job's rows.
-fn split(outputs: &[Tensor], counts: &[usize]) -> Result<Vec<Vec<Tensor>>, ApiError> {
+fn split(outputs: &[Tensor], counts: &[usize]) -> Result<Vec<Vec<Tensor>>, ServeError> {
     let mut per_job = vec![Vec::with_capacity(outputs.len()); counts.len()];
     for t in outputs {
         let width: usize = t.shape.iter().skip(1).product();
@@ -316,7 +341,7 @@ fn split(outputs: &[Tensor], counts: &[usize]) -> Result<Vec<Vec<Tensor>>, ApiEr
             let mut shape = t.shape.clone();
             shape[0] = n;
             if (start + n) * width > t.data.len() {
-                return Err(ApiError::internal("batched output has fewer rows than requested"));
+                return Err(ServeError::internal("batched output has fewer rows than requested"));
             }
             per_job[j].push(Tensor {
                 name: t.name.clone(),

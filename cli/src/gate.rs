@@ -7,7 +7,7 @@
 //! the machine's cores); and, with a server URL, that the running server returns the same bits
 //! over HTTP as the in-process engine.
 
-use crate::config::Config;
+use invariant_serving::config::Config;
 use invariant_core::json::parse_data;
 use invariant_core::tensor::concrete_shape;
 use invariant_core::{DataType, Tensor};
@@ -149,7 +149,7 @@ pub fn thread_counts() -> Vec<usize> {
 /// Runs the gate over the configured repository.
 pub fn run_gate(config: &Config, options: &GateOptions) -> Result<GateReport, GateError> {
     let started = Instant::now();
-    let onnx_unavailable = crate::init_onnx(config);
+    let onnx_unavailable = invariant_serving::init_onnx(config);
     let devices = DeviceLayer::discover();
     let scanned = invariant_registry::scan(&config.model_repository)?;
     for s in &options.selectors {
@@ -386,7 +386,7 @@ pub fn record_golden(config: &Config, model: &str, version: &str, force: bool) -
     }
     let verified = invariant_registry::load_version(&dir)?;
     if verified.manifest.format == invariant_registry::Format::Onnx {
-        if let Some(why) = crate::init_onnx(config) {
+        if let Some(why) = invariant_serving::init_onnx(config) {
             return Err(GateError::Load(why));
         }
     }

@@ -1,0 +1,309 @@
+//! The operator and CI tools of the `invariant` binary, apart from serving: the determinism
+//! gate (`gate`), golden vector recording (`golden record`), model import and the registry
+//! commands (`models …`, on the repository or a running server), and the feature store's
+//! `features plan|apply|materialize`. Transport-free: it works on the repository through the
+//! serving core, or on a running server through its HTTP admin API.
+
+pub mod gate;
+pub mod import;
+pub mod models_cli;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use invariant_serving::config::Config;
+use std::path::PathBuf;
+
+/// Every tool command of the `invariant` binary.
+#[derive(Subcommand)]
+pub enum Command {
+    /// The model registry: list, show, import, verify, stage, canary, promote, rollback,
+    /// deprecate, history (on the repository, or a running server with --server).
+    #[command(subcommand)]
+    Models(models_cli::ModelsCommand),
+    /// The CI determinism gate: hashes, golden bits, repeatability, batch and thread
+    /// invariance (and a running server with --server) for every version; exits 1 on any
+    /// violation.
+    Gate(GateArgs),
+    /// Golden vectors: record the exact output bits of a version.
+    #[command(subcommand)]
+    Golden(GoldenCommand),
+    /// The feature store: plan, apply, bulk loading.
+    #[command(subcommand)]
+    Features(FeaturesCommand),
+}
+
+/// `invariant features …`
+#[derive(Subcommand)]
+pub enum FeaturesCommand {
+    /// Validate the feature repository and show what applying it would change; exit 1 on an
+    /// invalid definition or an incompatible change (one that needs a new schema_version).
+    Plan {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate and record the feature repository as the definitions the server serves
+    /// (refused on an incompatible change); restart the server to pick them up.
+    Apply {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load rows of a feature view from a CSV or Parquet file into one corridor (the server must not hold
+    /// the store file open): batched writes, a progress bar, and a summary with every rejected
+    /// row's line and reason.
+    Materialize {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The embedded store file (overrides feature_store).
+        #[arg(long)]
+        feature_store: Option<PathBuf>,
+        /// CSV file (a header naming the join key, event_timestamp and features), or a Parquet
+        /// file (`.parquet`, uncompressed or Snappy) with columns of those names.
+        #[arg(long = "from", value_name = "FILE")]
+        from: PathBuf,
+        /// Feature view.
+        #[arg(long)]
+        view: String,
+        /// Corridor.
+        #[arg(long)]
+        corridor: String,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `invariant gate`
+#[derive(Args)]
+pub struct GateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Golden vector directory (overrides golden_vectors).
+    #[arg(long)]
+    golden_vectors: Option<PathBuf>,
+    /// Versions to check, as MODEL or MODEL:VERSION (default: every version).
+    #[arg(value_name = "MODEL[:VERSION]")]
+    select: Vec<String>,
+    /// Also send every golden vector to this running server and compare its bits with the
+    /// in-process engine's, e.g. http://127.0.0.1:8000.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `invariant golden …`
+#[derive(Subcommand)]
+pub enum GoldenCommand {
+    /// Compute golden vectors of MODEL VERSION and write golden-vectors/MODEL/VERSION.jsonl.
+    Record {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Golden vector directory (overrides golden_vectors).
+        #[arg(long)]
+        golden_vectors: Option<PathBuf>,
+        /// Model name.
+        model: String,
+        /// Model version.
+        #[arg(value_name = "VERSION")]
+        model_version: String,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Where the configuration comes from.
+#[derive(Args, Clone)]
+pub struct ConfigArgs {
+    /// Configuration file (default: ./invariant.toml if present, else the embedded defaults).
+    #[arg(long, env = "INVARIANT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Model repository directory (overrides model_repository).
+    #[arg(long)]
+    model_repository: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// The configuration these arguments name (file, then environment, then flags).
+    pub fn load(&self) -> Result<Config> {
+        let file = self.config.clone().or_else(|| {
+            let local = PathBuf::from("invariant.toml");
+            local.exists().then_some(local)
+        });
+        let mut config = Config::load(file.as_deref())?;
+        if let Some(repo) = &self.model_repository {
+            config.model_repository = repo.clone();
+        }
+        tracing::info!(
+            config = %file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "embedded defaults".into()),
+            repository = %config.model_repository.display(),
+            "configuration loaded"
+        );
+        Ok(config)
+    }
+}
+
+/// Runs one tool command.
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Models(command) => models_cli::run(command),
+        Command::Gate(args) => gate(args),
+        Command::Features(FeaturesCommand::Plan { config, json }) => features_plan(config, json, false),
+        Command::Features(FeaturesCommand::Apply { config, json }) => features_plan(config, json, true),
+        Command::Features(FeaturesCommand::Materialize {
+            config,
+            feature_store,
+            from,
+            view,
+            corridor,
+            batch,
+            json,
+        }) => {
+            let mut config = config.load()?;
+            if let Some(path) = feature_store {
+                config.feature_store = path.display().to_string();
+            }
+            let corridor = config
+                .corridor(&corridor)
+                .map(|c| c.id.to_string())
+                .with_context(|| format!("unknown corridor '{corridor}'"))?;
+            let store = config.open_feature_store().with_context(|| {
+                format!(
+                    "opening {} (is a server holding it?)",
+                    config.feature_store_path().display()
+                )
+            })?;
+            let file = std::fs::File::open(&from).with_context(|| format!("cannot read {}", from.display()))?;
+            let parquet = from.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+            let report = if parquet {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("materializing {spinner} {pos} rows {per_sec}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                let report = store.materialize_parquet(&corridor, &view, file, batch, |n| bar.set_position(n));
+                bar.finish_and_clear();
+                report
+            } else {
+                let bar = indicatif::ProgressBar::new(file.metadata()?.len());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "materializing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                let report = store.materialize_csv(&corridor, &view, std::io::BufReader::new(file), batch, |b| {
+                    bar.set_position(b)
+                });
+                bar.finish_and_clear();
+                report
+            };
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} rows read, {} written, {} ignored (older or identical), {} rejected; {:.1} s, {:.0} rows/s",
+                    report.rows,
+                    report.written,
+                    report.ignored,
+                    report.rejected,
+                    report.seconds,
+                    report.rows_per_second
+                );
+                for r in &report.rejections {
+                    println!("  line {}: {}", r.line, r.reason);
+                }
+                if report.rejected as usize > report.rejections.len() {
+                    println!(
+                        "  ... and {} more rejected rows",
+                        report.rejected as usize - report.rejections.len()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Golden(GoldenCommand::Record {
+            config,
+            golden_vectors,
+            model,
+            model_version: version,
+            force,
+        }) => {
+            let mut config = config.load()?;
+            if let Some(dir) = golden_vectors {
+                config.golden_vectors = dir;
+            }
+            let (path, n) = gate::record_golden(&config, &model, &version, force)?;
+            println!("recorded {n} golden vectors of {model} {version} in {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+
+fn gate(args: GateArgs) -> Result<()> {
+    let mut config = args.config.load()?;
+    if let Some(dir) = args.golden_vectors {
+        config.golden_vectors = dir;
+    }
+    let options = gate::GateOptions {
+        selectors: args.select,
+        server: args.server,
+    };
+    let report = gate::run_gate(&config, &options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if !report.passed {
+        let failed = report.versions.iter().filter(|v| !v.passed).count();
+        anyhow::bail!("determinism gate failed: {failed} version(s) with violations");
+    }
+    Ok(())
+}
+
+/// `features plan` (apply = false) and `features apply`.
+fn features_plan(args: ConfigArgs, json: bool, apply: bool) -> Result<()> {
+    use invariant_featurestore::plan;
+    let config = args.load()?;
+    let defs = invariant_featurestore::defs::Definitions::load_dir(&config.feature_repository)?;
+    let path = config.features_applied_path();
+    let changes = if apply {
+        plan::apply(&path, &defs)?
+    } else {
+        let old = plan::Applied::load(&path)?.map(|a| a.definitions());
+        plan::plan(old.as_ref(), &defs)
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&changes)?);
+    } else if changes.is_empty() {
+        println!("no changes");
+    } else {
+        for c in &changes {
+            let flag = if c.incompatible {
+                "  INCOMPATIBLE: bump schema_version"
+            } else {
+                ""
+            };
+            println!("{:<7} {:<16} {:<40} {}{flag}", c.action, c.kind, c.name, c.detail);
+        }
+    }
+    if apply && !json {
+        println!("applied {} change(s) to {}", changes.len(), path.display());
+    } else if !apply && changes.iter().any(|c| c.incompatible) {
+        anyhow::bail!("the plan has incompatible changes");
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Admin API (`/admin/v1`): the model registry's state, lifecycle transitions, load and
+//! unload at run time (all through the serving core's control plane), and `/metrics` in the
+//! Prometheus text format.
+
+use crate::http::error::{parse_json, ApiError};
+use crate::http::{body_of, AppState};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use invariant_core::CorridorId;
+use invariant_registry::lifecycle::Action;
+use invariant_serving::control::model_view;
+use invariant_serving::ServeError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The admin routes and `/metrics`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/admin/v1/models", get(list))
+        .route("/admin/v1/models/{model}", get(show))
+        .route("/admin/v1/models/{model}/load", post(crate::http::repository::load))
+        .route("/admin/v1/models/{model}/versions/{version}/{action}", post(act))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
+        None => ApiError::from(ServeError::unavailable("metrics recorder not installed in this process")).into_response(),
+    }
+}
+
+async fn list(State(state): State<AppState>) -> Json<Value> {
+    let snapshot = state.snapshot();
+    let models: Vec<Value> = snapshot
+        .table
+        .names()
+        .filter_map(|m| model_view(&snapshot, m))
+        .collect();
+    Json(json!({ "revision": snapshot.registry.revision, "models": models }))
+}
+
+async fn show(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    model_view(&state.snapshot(), &model)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("unknown model '{model}'")))
+}
+
+/// Body of a transition request; every field optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    percent: Option<f64>,
+    #[serde(default)]
+    corridors: Vec<String>,
+}
+
+/// `POST /admin/v1/models/{model}/versions/{version}/{stage|canary|promote|rollback|deprecate|unload}`.
+async fn act(
+    State(state): State<AppState>,
+    Path((model, version, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = body_of(&state, &headers, body).await?;
+    let body: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ActionBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    let actor = body
+        .actor
+        .clone()
+        .or_else(|| headers.get("x-actor").and_then(|v| v.to_str().ok()).map(str::to_string))
+        .unwrap_or_else(|| "admin-api".into());
+    let reason = body.reason.clone().unwrap_or_default();
+    let mut corridors = Vec::with_capacity(body.corridors.len());
+    for (i, c) in body.corridors.iter().enumerate() {
+        let id = CorridorId::parse(c).map_err(|e| ApiError::bad_request(format!("corridors[{i}]: {e}")))?;
+        if state.config.corridor(id.as_str()).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "corridors[{i}]: unknown corridor '{id}'"
+            )));
+        }
+        corridors.push(id.to_string());
+    }
+    let control = state.control();
+    let action = match action.as_str() {
+        "stage" => Action::Stage,
+        "deprecate" => Action::Deprecate,
+        "promote" => Action::Promote { corridors },
+        "rollback" => Action::Rollback { corridors },
+        "canary" => Action::Canary {
+            percent: body
+                .percent
+                .ok_or_else(|| ApiError::bad_request("percent: required for a canary, e.g. 5"))?,
+            corridors,
+        },
+        "unload" => {
+            control.unload(&model, &version, &actor, &reason).await?;
+            let view = model_view(&state.snapshot(), &model);
+            return Ok(Json(json!({ "unloaded": version, "model": view })).into_response());
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown action '{other}' (stage, canary, promote, rollback, deprecate, unload)"
+            )))
+        }
+    };
+    let transition = control.transition(&model, &version, action, &actor, &reason).await?;
+    let view = model_view(&state.snapshot(), &model);
+    Ok(Json(json!({ "transition": transition, "model": view })).into_response())
+}

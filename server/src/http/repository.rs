@@ -1,0 +1,46 @@
+//! Model repository API (Triton's repository extension): the index of every version with
+//! its state, and loading (or reloading) a model at run time without a restart, through the
+//! serving core's control plane.
+
+use crate::http::error::ApiError;
+use crate::http::AppState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// The repository routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2/repository/index", post(index))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
+}
+
+/// Every version with its state (`READY` or `UNAVAILABLE` with the reason).
+async fn index(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state.repository_index()))
+}
+
+/// Reloads `models/<model>/`: 200 when every version is ready, 400 with the per-version
+/// outcome otherwise (the versions that serve keep serving).
+pub(crate) async fn load(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    let report = state.control().reload(&model).await?;
+    let mut body = json!({ "model": model, "versions": report.versions });
+    match report.failure(&model) {
+        None => Ok((StatusCode::OK, Json(body)).into_response()),
+        Some(why) => {
+            body["error"] = json!(why);
+            Ok((StatusCode::BAD_REQUEST, Json(body)).into_response())
+        }
+    }
+}
+
+/// Unloads every version of `model` (Triton's unload: the model stops serving until it is
+/// loaded again).
+async fn unload(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    let unloaded = state.control().unload_model(&model, "repository-api").await?;
+    Ok(Json(json!({ "model": model, "unloaded": unloaded })))
+}

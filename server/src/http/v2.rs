@@ -1,0 +1,213 @@
+//! Open Inference Protocol (KServe V2) over HTTP: health, server and model metadata,
+//! readiness, inference with JSON or binary tensors, and Triton's model configuration and
+//! statistics extensions. Each handler decodes, calls the serving core, and encodes.
+
+use crate::http::binary::{self, OutputEncoding, HEADER_LENGTH};
+use crate::http::error::ApiError;
+use crate::http::reply_cache::{reply_slot, Started};
+use crate::http::{body_of, error_response, json_reply, metadata_of, AppState};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use invariant_serving::{Target, Transport};
+use serde_json::{json, Value};
+
+/// The V2 routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(version_config))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(version_stats))
+        .route("/v2/models/{model}/infer", post(infer_latest))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+}
+
+/// The protocol extensions this server implements (`GET /v2` and gRPC ServerMetadata).
+pub const EXTENSIONS: [&str; 5] = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "parameters",
+];
+
+async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+/// Ready once the repository is loaded and at least one model version serves.
+async fn ready(State(state): State<AppState>) -> Response {
+    let r = state.server_readiness();
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!(r))).into_response()
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "invariant",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    }))
+}
+
+async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.metadata_json(&model, None)?))
+}
+
+async fn version_metadata(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.metadata_json(&model, Some(&version))?))
+}
+
+fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Response {
+    match state.readiness(model, version) {
+        Ok(r) if r.ready => Json(json!({ "name": model, "version": r.version, "ready": true })).into_response(),
+        Ok(r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "name": model, "version": r.version, "ready": false, "error": r.error })),
+        )
+            .into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn model_ready(State(state): State<AppState>, Path(model): Path<String>) -> Response {
+    readiness(&state, &model, None)
+}
+
+async fn version_ready(State(state): State<AppState>, Path((model, version)): Path<(String, String)>) -> Response {
+    readiness(&state, &model, Some(&version))
+}
+
+async fn model_config(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(state.model_config(&model, None)?)))
+}
+
+async fn version_config(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(state.model_config(&model, Some(&version))?)))
+}
+
+fn stats_reply(state: &AppState, model: Option<&str>, version: Option<&str>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "model_stats": state.statistics(model, version)? })))
+}
+
+async fn all_stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    stats_reply(&state, None, None)
+}
+
+async fn model_stats(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    stats_reply(&state, Some(&model), None)
+}
+
+async fn version_stats(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    stats_reply(&state, Some(&model), Some(&version))
+}
+
+async fn infer_latest(State(state): State<AppState>, Path(model): Path<String>, request: Request) -> Response {
+    serve_infer(&state, model, None, request).await
+}
+
+async fn infer_version(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    serve_infer(&state, model, Some(version), request).await
+}
+
+/// Reads and decodes the body, runs it through the serving core, encodes the answer, and keeps
+/// a plain JSON reply for the reply cache ([`crate::http::reply_cache::App`] answers repeats).
+async fn serve_infer(state: &AppState, model: String, version: Option<String>, request: Request) -> Response {
+    let started = request
+        .extensions()
+        .get::<Started>()
+        .map_or_else(tokio::time::Instant::now, |s| s.0);
+    let (parts, body) = request.into_parts();
+    let body = match body_of(state, &parts.headers, body).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let header_length = parts
+        .headers
+        .get(HEADER_LENGTH)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let target = Target {
+        model,
+        version,
+        metadata: metadata_of(&parts.headers),
+        transport: if header_length.is_some() {
+            Transport::HttpBinary
+        } else {
+            Transport::HttpJson
+        },
+        caller: Default::default(),
+        started,
+    };
+    let mut encoding = OutputEncoding::default();
+    let result = state
+        .infer(target, || {
+            let (decoded, wants) = binary::decode(&body, header_length.as_deref())?;
+            encoding = wants;
+            Ok(decoded)
+        })
+        .await;
+    let response = match result {
+        Ok(r) => r,
+        Err(e) => return error_response(e),
+    };
+    let encoded = match binary::encode(&response, &encoding, response.source.cached()) {
+        Ok(e) => e,
+        Err(e) => return error_response(e),
+    };
+    let Some(n) = encoded.header_length else {
+        // A plain JSON exchange: kept for the identical request, when the core allows it and the
+        // request's reply-cache identity names the corridor that answered.
+        let plain = header_length.is_none()
+            && !parts.headers.contains_key(axum::http::header::CONTENT_ENCODING)
+            && !encoding.any_binary()
+            && response.reply_ttl.is_some();
+        if let Some(slot) = plain
+            .then(|| reply_slot(state, parts.uri.path(), &parts.headers, &body))
+            .flatten()
+            .filter(|s| s.corridor == response.corridor.as_str())
+        {
+            if let Ok(stored) = binary::encode(&response, &encoding, true) {
+                state.store_reply(&response, slot.key, slot.request, stored.body).await;
+            }
+        }
+        return json_reply(encoded.body);
+    };
+    let mut reply = Response::new(axum::body::Body::from(encoded.body));
+    let headers = reply.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
+        headers.insert(HEADER_LENGTH, v);
+    }
+    reply
+}

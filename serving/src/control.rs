@@ -1,0 +1,336 @@
+//! The control plane: every change of what serves, in one place. Lifecycle transitions
+//! (stage, canary, promote, rollback, deprecate), reloads and unloads each take the reload
+//! lock, do their blocking work off the async threads, swap the serving snapshot, write the
+//! audit record and publish the replica event. Transitions run the deploy-time verification
+//! first and are written atomically to the registry state file before they are acknowledged.
+//! Used by the admin APIs of every transport, by the `invariant models` CLI when no server
+//! runs, and by canary auto-rollback.
+
+use crate::guards::RollbackOrder;
+use crate::models::{ModelTable, ReloadOutcome, VersionState};
+use crate::{InferenceService, ServeError};
+use serde_json::{json, Value};
+use invariant_registry::lifecycle::{Action, LifecycleError, Transition, TransitionContext};
+use invariant_verify::{verify_deploy, GoldenFile};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why a transition did not happen.
+#[derive(Debug, Error)]
+pub enum TransitionError {
+    /// Unknown model or version.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not allowed in the current state.
+    #[error(transparent)]
+    Invalid(#[from] LifecycleError),
+    /// The version failed its verification just now.
+    #[error("{0}")]
+    Verification(String),
+}
+
+impl From<TransitionError> for ServeError {
+    fn from(e: TransitionError) -> Self {
+        match e {
+            TransitionError::NotFound(m) => ServeError::NotFound(m),
+            TransitionError::Invalid(LifecycleError::File { .. }) => ServeError::Internal(e.to_string()),
+            TransitionError::Invalid(_) | TransitionError::Verification(_) => ServeError::Conflict(e.to_string()),
+        }
+    }
+}
+
+/// The audit record of a transition.
+#[derive(Serialize)]
+struct TransitionRecord<'a> {
+    event: &'static str,
+    #[serde(flatten)]
+    transition: &'a Transition,
+}
+
+/// Whether a version is loaded and verified.
+pub fn ready(table: &ModelTable, model: &str, version: &str) -> bool {
+    table.versions(model).is_some_and(|vs| {
+        vs.iter()
+            .any(|e| e.version == version && matches!(e.state, VersionState::Ready(_)))
+    })
+}
+
+/// Runs the deploy-time checks again (golden file re-read from disk) before a version
+/// receives traffic.
+fn reverify(table: &ModelTable, golden_dir: &Path, model: &str, version: &str) -> Result<(), TransitionError> {
+    let serving = table
+        .resolve(model, Some(version))
+        .map_err(|_| TransitionError::Verification(format!("{model} {version} is not loaded and verified")))?;
+    let path = GoldenFile::path(golden_dir, model, version);
+    let (golden, _) = GoldenFile::read(&path).map_err(|e| TransitionError::Verification(e.to_string()))?;
+    let report = verify_deploy(&serving.model, &golden).map_err(|e| TransitionError::Verification(e.to_string()))?;
+    if let Some(v) = report.violations.first() {
+        return Err(TransitionError::Verification(format!("verification failed: {v}")));
+    }
+    Ok(())
+}
+
+impl InferenceService {
+    /// One transition, blocking: canary and promotion re-verify the version first; the new
+    /// state is written atomically to the registry state file, swapped in for routing, and
+    /// audited. Callers serialise admin changes ([`ControlPlane`] takes the reload lock; the
+    /// CLI runs alone).
+    pub fn transition(
+        &self,
+        model: &str,
+        version: &str,
+        action: &Action,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Transition, TransitionError> {
+        let snapshot = self.snapshot();
+        let table = &snapshot.table;
+        let versions = table
+            .versions(model)
+            .ok_or_else(|| TransitionError::NotFound(format!("unknown model '{model}'")))?;
+        if !versions.iter().any(|e| e.version == version) {
+            return Err(TransitionError::NotFound(format!(
+                "model '{model}' has no version '{version}'"
+            )));
+        }
+        if matches!(action, Action::Canary { .. } | Action::Promote { .. }) {
+            reverify(table, &self.config.golden_vectors, model, version)?;
+        }
+        let default_active = table.default_version(model);
+        let is_ready = |v: &str| ready(table, model, v);
+        let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let ctx = TransitionContext {
+            actor,
+            reason,
+            time: &time,
+            ready: &is_ready,
+            default_active: default_active.as_deref(),
+        };
+        let (next, transition) = snapshot.registry.apply(model, version, action, &ctx)?;
+        next.save(&self.config.registry_state_path())?;
+        self.set_registry(Arc::new(next));
+        if let Err(e) = self.audit.append(&TransitionRecord {
+            event: "transition",
+            transition: &transition,
+        }) {
+            tracing::error!(error = %e, "cannot write the transition audit record");
+        }
+        tracing::info!(
+            model,
+            version,
+            action = action.name(),
+            to = %transition.to,
+            actor,
+            reason,
+            revision = transition.revision,
+            "lifecycle transition"
+        );
+        Ok(transition)
+    }
+}
+
+/// Changes what serves, for one service; cheap to create ([`InferenceService::control`]).
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    service: Arc<InferenceService>,
+}
+
+/// What an unload or reload did.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    /// Each version's outcome.
+    pub versions: Vec<ReloadOutcome>,
+}
+
+impl ReloadReport {
+    /// The failures as one message, or `None` when every version is ready.
+    pub fn failure(&self, model: &str) -> Option<String> {
+        let failed: Vec<String> = self
+            .versions
+            .iter()
+            .filter(|o| o.state == "FAILED")
+            .map(|o| format!("{}: {}", o.version, o.error.as_deref().unwrap_or("failed")))
+            .collect();
+        (!failed.is_empty()).then(|| format!("model '{model}': {}", failed.join("; ")))
+    }
+}
+
+impl ControlPlane {
+    /// The control plane of `service`.
+    pub fn new(service: Arc<InferenceService>) -> Self {
+        Self { service }
+    }
+
+    /// One lifecycle transition (serialised with every other change), then the replica event.
+    pub async fn transition(
+        &self,
+        model: &str,
+        version: &str,
+        action: Action,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Transition, ServeError> {
+        let _one_at_a_time = self.service.reload_lock.lock().await;
+        let worker = self.service.clone();
+        let (m, v, a, r) = (model.to_string(), version.to_string(), actor.to_string(), reason.to_string());
+        let transition = tokio::task::spawn_blocking(move || worker.transition(&m, &v, &action, &a, &r))
+            .await
+            .map_err(|e| ServeError::internal(format!("transition task failed: {e}")))??;
+        crate::events::publish(&self.service, model, "transition").await;
+        Ok(transition)
+    }
+
+    /// Re-reads `models/<model>/` and verifies new or changed versions, then swaps the model
+    /// table atomically. In-flight requests finish on the instances they started with; a
+    /// version that fails verification never serves, and a serving version whose reload fails
+    /// keeps serving.
+    pub async fn reload(&self, model: &str) -> Result<ReloadReport, ServeError> {
+        if model.is_empty() || model.contains(['/', '\\']) || model.starts_with('.') {
+            return Err(ServeError::invalid(format!("invalid model name '{model}'")));
+        }
+        let root = self.service.config.model_repository.clone();
+        if !root.join(model).is_dir() {
+            return Err(ServeError::not_found(format!(
+                "model '{model}' is not in the repository {}",
+                root.display()
+            )));
+        }
+        let _one_at_a_time = self.service.reload_lock.lock().await;
+        let worker = self.service.clone();
+        let name = model.to_string();
+        let (table, versions) = tokio::task::spawn_blocking(move || {
+            let current = worker.snapshot().table.clone();
+            current.reload_model(&worker.config.model_repository, &name, &worker.loader())
+        })
+        .await
+        .map_err(|e| ServeError::internal(format!("reload task failed: {e}")))?
+        .map_err(|e| ServeError::internal(e.to_string()))?;
+        self.service.set_models(Arc::new(table));
+        crate::events::publish(&self.service, model, "reload").await;
+        Ok(ReloadReport { versions })
+    }
+
+    /// Takes a version out of memory (audited). Refused while it receives traffic (active,
+    /// corridor-active or canary).
+    pub async fn unload(&self, model: &str, version: &str, actor: &str, reason: &str) -> Result<(), ServeError> {
+        let _one_at_a_time = self.service.reload_lock.lock().await;
+        let snapshot = self.service.snapshot();
+        let table = &snapshot.table;
+        table
+            .resolve(model, Some(version))
+            .map_err(|_| ServeError::not_found(format!("model '{model}' has no loaded version '{version}'")))?;
+        let routing = snapshot.registry.models.get(model);
+        let receives_traffic = snapshot.active_version(model).as_deref() == Some(version)
+            || routing.is_some_and(|r| {
+                r.corridor_active.values().any(|v| v == version) || r.canary.as_ref().is_some_and(|c| c.version == version)
+            });
+        if receives_traffic {
+            return Err(ServeError::Conflict(format!(
+                "cannot unload {model} {version}: it receives traffic; promote another version or roll it back first"
+            )));
+        }
+        let next = table.without_version(model, version, &format!("unloaded by {actor}: {reason}"));
+        self.service.set_models(Arc::new(next));
+        let record = json!({
+            "event": "unload", "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            "actor": actor, "model": model, "version": version, "reason": reason,
+        });
+        if let Err(e) = self.service.audit.append(&record) {
+            tracing::error!(error = %e, "cannot write the unload audit record");
+        }
+        crate::events::publish(&self.service, model, "reload").await;
+        Ok(())
+    }
+}
+
+impl ControlPlane {
+    /// Takes every loaded version of `model` out of memory (Triton's repository unload: the
+    /// model stops serving until it is loaded again), audited. Returns the versions unloaded.
+    pub async fn unload_model(&self, model: &str, actor: &str) -> Result<Vec<String>, ServeError> {
+        let _one_at_a_time = self.service.reload_lock.lock().await;
+        let snapshot = self.service.snapshot();
+        let versions = snapshot
+            .table
+            .versions(model)
+            .ok_or_else(|| ServeError::not_found(format!("unknown model '{model}'")))?;
+        let ready: Vec<String> = versions
+            .iter()
+            .filter(|e| matches!(e.state, VersionState::Ready(_)))
+            .map(|e| e.version.clone())
+            .collect();
+        let mut next = (*snapshot.table).clone();
+        for v in &ready {
+            next = next.without_version(model, v, &format!("unloaded by {actor}"));
+        }
+        self.service.set_models(Arc::new(next));
+        let record = json!({
+            "event": "unload", "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            "actor": actor, "model": model, "versions": ready, "reason": "repository unload",
+        });
+        if let Err(e) = self.service.audit.append(&record) {
+            tracing::error!(error = %e, "cannot write the unload audit record");
+        }
+        crate::events::publish(&self.service, model, "reload").await;
+        Ok(ready)
+    }
+}
+
+/// Carries out the canary guard's rollback orders, one at a time, through the control plane.
+pub(crate) fn spawn_auto_rollback(
+    service: &Arc<InferenceService>,
+    mut orders: tokio::sync::mpsc::UnboundedReceiver<RollbackOrder>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return; // no runtime (a CLI tool): nothing serves, nothing to roll back
+    };
+    let control = ControlPlane::new(service.clone());
+    runtime.spawn(async move {
+        while let Some(order) = orders.recv().await {
+            let action = Action::Rollback { corridors: vec![] };
+            match control
+                .transition(&order.model, &order.version, action, "auto-rollback", &order.reason)
+                .await
+            {
+                Ok(_) => metrics::counter!("invariant_canary_auto_rollbacks_total", "model" => order.model.clone(), "version" => order.version.clone())
+                    .increment(1),
+                Err(e) => tracing::warn!(model = %order.model, version = %order.version, error = %e, "automatic canary rollback not applied"),
+            }
+        }
+    });
+}
+
+/// One model's registry view: every version with lifecycle and verification state, the
+/// routing (active, corridor overrides, canary, previous) and its transition history.
+pub fn model_view(snapshot: &crate::Snapshot, model: &str) -> Option<Value> {
+    let (table, registry) = (&snapshot.table, &snapshot.registry);
+    let versions = table.versions(model)?;
+    let default = table.default_version(model);
+    let rows: Vec<Value> = versions
+        .iter()
+        .map(|e| {
+            let (state, error, format) = match &e.state {
+                VersionState::Ready(s) => ("READY", None, Some(s.model.manifest().format.platform())),
+                VersionState::Failed { reason } => ("FAILED", Some(reason.clone()), None),
+            };
+            let lifecycle = match &e.state {
+                VersionState::Ready(_) => registry.lifecycle(model, &e.version, default.as_deref()).to_string(),
+                VersionState::Failed { .. } => "FAILED".to_string(),
+            };
+            json!({ "version": e.version, "lifecycle": lifecycle, "state": state, "platform": format, "error": error })
+        })
+        .collect();
+    let routing = registry.models.get(model);
+    let history: Vec<_> = registry.history.iter().filter(|t| t.model == model).collect();
+    Some(json!({
+        "name": model,
+        "versions": rows,
+        "active": snapshot.active_version(model),
+        "corridor_active": routing.map(|r| json!(r.corridor_active)).unwrap_or(json!({})),
+        "canary": routing.and_then(|r| r.canary.clone()),
+        "previous": routing.map(|r| r.previous.clone()).unwrap_or_default(),
+        "revision": registry.revision,
+        "history": history,
+    }))
+}

@@ -1,0 +1,448 @@
+//! [`InferenceService::infer`]: the request path every transport calls, and
+//! [`InferenceService::stored_reply`] / [`InferenceService::store_reply`]: a transport's
+//! reply cache, admitted and observed by the same guards.
+
+use crate::guards::{Outcome, RequestContext};
+use crate::models::{Lookup, ServingVersion};
+use crate::pool::RunTimings;
+use crate::request::{InferBody, InferResponse, Metadata, Routing, Source, Target, Transport};
+use crate::{CorridorRuntime, InferenceService, ServeError, Snapshot};
+use bytes::Bytes;
+use invariant_core::{CorridorId, Tensor};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The error of a failed lookup of `model` (`version`).
+pub fn lookup_error(model: &str, version: Option<&str>, lookup: Lookup) -> ServeError {
+    match (lookup, version) {
+        (Lookup::UnknownModel, _) => ServeError::not_found(format!("unknown model '{model}'")),
+        (Lookup::UnknownVersion, Some(v)) => ServeError::not_found(format!("model '{model}' has no version '{v}'")),
+        (Lookup::UnknownVersion, None) => ServeError::not_found(format!("unknown model '{model}'")),
+        (Lookup::Failed(reason), Some(v)) => {
+            ServeError::unavailable(format!("model '{model}' version '{v}' failed to load: {reason}"))
+        }
+        (Lookup::Failed(reason), None) => ServeError::unavailable(reason),
+    }
+}
+
+/// What the pipeline learns of a request as it goes (the owned side of a [`RequestContext`]).
+struct Progress {
+    model_known: bool,
+    version: Option<String>,
+    routing: Option<Routing>,
+    corridor: Option<CorridorId>,
+    request_id: Option<String>,
+    run: Option<RunTimings>,
+    rows: usize,
+}
+
+impl Progress {
+    fn context<'a>(&'a self, target: &'a Target) -> RequestContext<'a> {
+        RequestContext {
+            transport: target.transport,
+            started: target.started,
+            model: &target.model,
+            model_known: self.model_known,
+            version: self.version.as_deref(),
+            routing: self.routing,
+            corridor: self.corridor.as_ref().map(CorridorId::as_str),
+            request_id: self.request_id.as_deref(),
+            caller: &target.caller,
+        }
+    }
+}
+
+/// What a stored reply remembers of the answer it repeats, so a hit is admitted and observed
+/// as that answer.
+#[derive(Debug)]
+struct StoredMeta {
+    model: String,
+    version: String,
+    routing: Routing,
+}
+
+/// A reply a transport found for an exact repeat of a request.
+#[derive(Debug, Clone)]
+pub struct StoredReply {
+    /// The stored bytes, as the transport encoded them.
+    pub bytes: Bytes,
+}
+
+impl InferenceService {
+    /// The corridor of a request: `metadata` (header) or `parameters.corridor` (they must
+    /// agree when both are given), else the configured default; it must be declared.
+    pub fn corridor_of(&self, named: Option<&str>, parameters: &Map<String, Value>) -> Result<CorridorId, ServeError> {
+        let param = match parameters.get("corridor") {
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => {
+                return Err(ServeError::invalid(
+                    "parameters.corridor: must be a string such as \"UAE-SA\"",
+                ))
+            }
+            None => None,
+        };
+        let named = match (named, param) {
+            (Some(h), Some(p)) if !h.eq_ignore_ascii_case(p) => {
+                return Err(ServeError::invalid(format!(
+                    "x-corridor '{h}' and parameters.corridor '{p}' name different corridors"
+                )))
+            }
+            (Some(h), _) => Some(h),
+            (None, p) => p,
+        };
+        let Some(named) = named else {
+            return self.config.server.default_corridor.clone().ok_or_else(|| {
+                ServeError::invalid(
+                    "no corridor: send the x-corridor header (gRPC metadata) or parameters.corridor (no default is configured)",
+                )
+            });
+        };
+        let id = CorridorId::parse(named).map_err(|e| ServeError::invalid(format!("corridor: {e}")))?;
+        match self.config.corridor(id.as_str()) {
+            Some(c) => Ok(c.id.clone()),
+            None => {
+                let declared: Vec<&str> = self.config.corridors.iter().map(|c| c.id.as_str()).collect();
+                Err(ServeError::invalid(format!(
+                    "unknown corridor '{id}' (declared: {})",
+                    declared.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// The request's deadline: `x-deadline-ms` (a positive number of milliseconds), else the
+    /// transport's own timeout, else `pools.request_timeout_ms`; the earliest of those given.
+    pub fn deadline_of(&self, metadata: &Metadata) -> Result<Duration, ServeError> {
+        let header = match &metadata.deadline_ms {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&ms| ms > 0)
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| {
+                        ServeError::invalid("x-deadline-ms: must be a positive number of milliseconds")
+                    })?,
+            ),
+        };
+        Ok(match (header, metadata.timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => Duration::from_millis(self.config.pools.request_timeout_ms),
+        })
+    }
+
+    /// Serves one inference request. `decode` turns the transport's body into tensors; it runs
+    /// after the named model and version are looked up (so an unknown one is 404 whatever the
+    /// body), and its errors are answered and observed like every other.
+    pub async fn infer(
+        &self,
+        target: Target,
+        decode: impl FnOnce() -> Result<InferBody, ServeError>,
+    ) -> Result<InferResponse, ServeError> {
+        let snapshot = self.snapshot();
+        let mut progress = Progress {
+            model_known: false,
+            version: None,
+            routing: None,
+            corridor: None,
+            request_id: None,
+            run: None,
+            rows: 0,
+        };
+        let result = self.serve(&snapshot, &target, decode, &mut progress).await;
+        let outcome = Outcome {
+            result: result.as_ref().map(|r| r.source),
+            elapsed: target.started.elapsed(),
+            run: progress.run,
+            rows: progress.rows,
+        };
+        self.guards.observe(&progress.context(&target), &outcome);
+        result
+    }
+
+    /// [`InferenceService::infer`] for a body already decoded (in-process callers, tests).
+    pub async fn infer_body(&self, target: Target, body: InferBody) -> Result<InferResponse, ServeError> {
+        self.infer(target, move || Ok(body)).await
+    }
+
+    async fn serve(
+        &self,
+        snapshot: &Snapshot,
+        target: &Target,
+        decode: impl FnOnce() -> Result<InferBody, ServeError>,
+        progress: &mut Progress,
+    ) -> Result<InferResponse, ServeError> {
+        let table = &snapshot.table;
+        let model_name = target.model.as_str();
+        progress.model_known = table.versions(model_name).is_some();
+        // A named version is looked up before the body is decoded.
+        let explicit = match &target.version {
+            Some(v) => Some(
+                table
+                    .resolve(model_name, Some(v))
+                    .map_err(|l| lookup_error(model_name, Some(v), l))?,
+            ),
+            None if !progress.model_known => return Err(lookup_error(model_name, None, Lookup::UnknownModel)),
+            None => None,
+        };
+        let body = decode()?;
+        progress.request_id = body.id.clone();
+        let corridor = self.corridor_of(target.metadata.corridor.as_deref(), &body.parameters)?;
+        progress.corridor = Some(corridor.clone());
+        let deadline_in = self.deadline_of(&target.metadata)?;
+        let (serving, routing) = match explicit {
+            Some(serving) => (serving, Routing::Explicit),
+            None => {
+                let key = routing_key(&target.metadata, &body)?;
+                let default = table.default_version(model_name);
+                let ready = |v: &str| snapshot.ready(model_name, v);
+                let Some(route) = snapshot
+                    .registry
+                    .route(model_name, corridor.as_str(), &key, &ready, default.as_deref())
+                else {
+                    let why = table.resolve(model_name, None).err().unwrap_or(Lookup::UnknownModel);
+                    return Err(lookup_error(model_name, None, why));
+                };
+                let serving = table
+                    .resolve(model_name, Some(&route.version))
+                    .map_err(|l| lookup_error(model_name, None, l))?;
+                (serving, Routing::from_reason(route.reason))
+            }
+        };
+        let manifest = serving.model.manifest();
+        let version_text = manifest.version.to_string();
+        progress.version = Some(version_text.clone());
+        progress.routing = Some(routing);
+        self.guards.admit(&progress.context(target))?;
+
+        let selection = select_outputs(&serving, &body.outputs)?;
+        let mut inputs = body.inputs;
+        let mut degraded = None;
+        let entities = body.parameters.get("entities");
+        let features_used = crate::features::enrich(self, corridor.as_str(), manifest, entities, &mut inputs, &mut degraded).await?;
+        let return_features = body
+            .parameters
+            .get("return_features")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let (ordered, _) = invariant_engine::check_inputs(manifest, inputs)?;
+        progress.rows = ordered.first().and_then(|t| t.shape.first().copied()).unwrap_or(1);
+        let runtime = self
+            .corridors
+            .get(corridor.as_str())
+            .ok_or_else(|| ServeError::internal(format!("corridor {corridor} has no pool")))?;
+        let deadline = target.started + deadline_in;
+        let deadline_ms = deadline_in.as_millis() as u64;
+        let requested: Vec<String> = selection.iter().map(|&i| manifest.outputs[i].name.clone()).collect();
+        let key = invariant_core::hash::inference_key(invariant_core::hash::InferenceKeyParts {
+            corridor: &corridor,
+            model: &manifest.name,
+            version: &version_text,
+            artifact_hash: serving.model.content_hash(),
+            inputs: &ordered,
+            outputs: &requested,
+        });
+        let ttl = self.config.cache_ttl(&manifest.name, manifest.inference.cache_ttl_seconds);
+        let caching = self.config.cache.enabled && !ttl.is_zero();
+        let (bytes, source) = self
+            .compute_or_cached(
+                runtime,
+                &serving,
+                ordered,
+                (*key.as_bytes(), caching, ttl),
+                (deadline, deadline_ms),
+                progress,
+            )
+            .await?;
+        let outputs = invariant_core::hash::decode_list(&bytes)
+            .ok_or_else(|| ServeError::internal("a cached answer could not be decoded"))?;
+        let outputs: Vec<Tensor> = selection.iter().filter_map(|&i| outputs.get(i).cloned()).collect();
+        // Replies built from the feature store change when features do: only answers computed
+        // from the request's own tensors may be kept by a transport's reply cache.
+        let enriched = entities.is_some();
+        let source = if degraded.is_some() { Source::Fallback } else { source };
+        Ok(InferResponse {
+            model: manifest.name.clone(),
+            version: version_text,
+            id: body.id,
+            corridor,
+            device: serving.model.placement().device,
+            routing,
+            source,
+            cache_key: key.to_hex().to_string(),
+            outputs,
+            features: if return_features { features_used } else { None },
+            degraded,
+            reply_ttl: (caching && !enriched).then_some(ttl),
+        })
+    }
+
+    /// The answer's canonical bytes: from the corridor's cache, or computed in its pool.
+    async fn compute_or_cached(
+        &self,
+        runtime: &CorridorRuntime,
+        serving: &Arc<ServingVersion>,
+        ordered: Vec<Tensor>,
+        (key, caching, ttl): (invariant_cache::Key, bool, Duration),
+        (deadline, deadline_ms): (tokio::time::Instant, u64),
+        progress: &mut Progress,
+    ) -> Result<(Bytes, Source), ServeError> {
+        let timings = std::sync::Mutex::new(None);
+        let compute = async {
+            let _admission = runtime.pool.admit()?;
+            let (outputs, run) = runtime.pool.run(serving.clone(), ordered, deadline, deadline_ms).await?;
+            *timings.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+            let refs: Vec<&Tensor> = outputs.iter().collect();
+            Ok::<_, ServeError>(invariant_core::hash::encode_list(&refs))
+        };
+        let m = serving.model.manifest();
+        let result = if !caching {
+            compute.await.map(|bytes| (Bytes::from(bytes), Source::Computed))
+        } else if let Some(entry) = runtime.cache.peek(&key).await {
+            // An L1 hit needs no admission, timer or coalescing.
+            Ok((entry.bytes.clone(), Source::L1))
+        } else {
+            let version = m.version.to_string();
+            let lookup = runtime.cache.get_or_compute(key, &m.name, &version, ttl, compute);
+            match tokio::time::timeout_at(deadline, lookup).await {
+                Err(_) => Err(ServeError::deadline(deadline_ms)),
+                Ok(Ok((entry, source))) => Ok((
+                    entry.bytes.clone(),
+                    match source {
+                        invariant_cache::Source::Computed => Source::Computed,
+                        invariant_cache::Source::L1 => Source::L1,
+                        invariant_cache::Source::L2 => Source::L2,
+                    },
+                )),
+                Ok(Err(e)) => Err((*e).clone()),
+            }
+        };
+        progress.run = *timings.lock().unwrap_or_else(|p| p.into_inner());
+        result
+    }
+
+    /// A transport's stored reply to the exact repeat of a request, found under `key` in
+    /// `corridor`'s cache and confirmed by `matches` (which compares the stored request
+    /// identity with this one). A hit is admitted and observed by the guard pipeline like the
+    /// answer it repeats (`None`: no stored reply; the request takes the full path).
+    pub async fn stored_reply(
+        &self,
+        corridor: &str,
+        key: &invariant_cache::Key,
+        matches: impl FnOnce(&[u8]) -> bool,
+        metadata: &Metadata,
+        transport: Transport,
+        started: tokio::time::Instant,
+    ) -> Option<Result<StoredReply, ServeError>> {
+        let runtime = self.corridors.get(corridor)?;
+        let hit = runtime.cache.peek(key).await?;
+        if !matches(&hit.request) {
+            return None;
+        }
+        let meta = hit.meta.as_ref()?.downcast_ref::<StoredMeta>()?;
+        let caller = crate::Caller::default();
+        let ctx = RequestContext {
+            transport,
+            started,
+            model: &meta.model,
+            model_known: true,
+            version: Some(&meta.version),
+            routing: Some(meta.routing),
+            corridor: Some(corridor),
+            request_id: None,
+            caller: &caller,
+        };
+        let result = self
+            .deadline_of(metadata)
+            .and_then(|_| self.guards.admit(&ctx))
+            .map(|()| StoredReply {
+                bytes: hit.bytes.clone(),
+            });
+        let outcome = Outcome {
+            result: result.as_ref().map(|_| Source::Reply),
+            elapsed: started.elapsed(),
+            run: None,
+            rows: 0,
+        };
+        self.guards.observe(&ctx, &outcome);
+        Some(result)
+    }
+
+    /// Keeps `bytes`, the transport's encoding of `response`, as the reply to the exact
+    /// request `identity` under `key` in the response's corridor, for the response's
+    /// `reply_ttl` (nothing is kept when it has none).
+    pub async fn store_reply(&self, response: &InferResponse, key: invariant_cache::Key, identity: Bytes, bytes: Bytes) {
+        let (Some(ttl), Some(runtime)) = (response.reply_ttl, self.corridors.get(response.corridor.as_str())) else {
+            return;
+        };
+        let meta = StoredMeta {
+            model: response.model.clone(),
+            version: response.version.clone(),
+            routing: response.routing,
+        };
+        let entry = invariant_cache::Entry {
+            model: response.model.clone(),
+            version: response.version.clone(),
+            bytes,
+            request: identity,
+            ttl,
+            meta: Some(Arc::new(meta)),
+        };
+        runtime.cache.insert_l1(key, Arc::new(entry)).await;
+    }
+}
+
+/// The routing key of a request: the metadata's (`x-routing-key`), else
+/// `parameters.routing_key`, else the request id, else the blake3 of the canonical encoding of
+/// its inputs.
+fn routing_key(metadata: &Metadata, body: &InferBody) -> Result<Vec<u8>, ServeError> {
+    if let Some(v) = &metadata.routing_key {
+        return Ok(v.clone());
+    }
+    match body.parameters.get("routing_key") {
+        Some(Value::String(s)) => return Ok(s.as_bytes().to_vec()),
+        Some(Value::Number(n)) => return Ok(n.to_string().into_bytes()),
+        Some(_) => {
+            return Err(ServeError::invalid(
+                "parameters.routing_key: must be a string or a number",
+            ))
+        }
+        None => {}
+    }
+    if let Some(id) = &body.id {
+        return Ok(id.as_bytes().to_vec());
+    }
+    Ok(blake3::hash(&invariant_core::hash::encode_tensors(&body.inputs))
+        .as_bytes()
+        .to_vec())
+}
+
+/// Indexes (into the manifest's outputs) of the outputs to return, in the requested order;
+/// all outputs in manifest order when none are requested.
+fn select_outputs(serving: &ServingVersion, requested: &[String]) -> Result<Vec<usize>, ServeError> {
+    let specs = &serving.model.manifest().outputs;
+    if requested.is_empty() {
+        return Ok((0..specs.len()).collect());
+    }
+    let mut picked = Vec::with_capacity(requested.len());
+    for (i, name) in requested.iter().enumerate() {
+        let Some(pos) = specs.iter().position(|s| &s.name == name) else {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(ServeError::invalid(format!(
+                "outputs[{i}].name: model '{}' has no output '{name}' (outputs: {})",
+                serving.model.manifest().name,
+                names.join(", ")
+            )));
+        };
+        if picked.contains(&pos) {
+            return Err(ServeError::invalid(format!(
+                "outputs[{i}].name: output '{name}' requested twice"
+            )));
+        }
+        picked.push(pos);
+    }
+    Ok(picked)
+}
