@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+# The real Triton and KServe clients for the conformance tests, in a project-local venv.
+bash scripts/setup-python.sh
 # The tests start their own redis-server on free loopback ports; install it when missing.
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "test: installing redis-server"

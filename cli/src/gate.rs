@@ -7,13 +7,13 @@
 //! the machine's cores); and, with a server URL, that the running server returns the same bits
 //! over HTTP as the in-process engine.
 
-use invariant_serving::config::Config;
 use invariant_core::json::parse_data;
 use invariant_core::tensor::concrete_shape;
 use invariant_core::{DataType, Tensor};
 use invariant_engine::{EngineOptions, Model};
 use invariant_gpu::DeviceLayer;
 use invariant_registry::RegistryError;
+use invariant_serving::config::Config;
 use invariant_verify::checks::{thread_invariance, Check, Collector};
 use invariant_verify::{record, verify_deploy, GoldenFile, GoldenOutput, Violation};
 use serde::{Deserialize, Serialize};

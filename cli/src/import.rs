@@ -3,10 +3,10 @@
 //! version with `--like`, or from the ONNX graph's signature), loads it exactly as the server
 //! would, and records its golden vectors.
 
-use invariant_serving::config::Config;
 use invariant_engine::{EngineOptions, Model};
 use invariant_gpu::DeviceLayer;
 use invariant_registry::{ArtifactEntry, Format, InferenceSettings, Manifest, OnnxSection, MANIFEST_FILE};
+use invariant_serving::config::Config;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 

@@ -251,7 +251,6 @@ pub fn run(command: Command) -> Result<()> {
     }
 }
 
-
 fn gate(args: GateArgs) -> Result<()> {
     let mut config = args.config.load()?;
     if let Some(dir) = args.golden_vectors {

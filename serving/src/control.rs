@@ -9,10 +9,10 @@
 use crate::guards::RollbackOrder;
 use crate::models::{ModelTable, ReloadOutcome, VersionState};
 use crate::{InferenceService, ServeError};
-use serde_json::{json, Value};
 use invariant_registry::lifecycle::{Action, LifecycleError, Transition, TransitionContext};
 use invariant_verify::{verify_deploy, GoldenFile};
 use serde::Serialize;
+use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
@@ -174,7 +174,12 @@ impl ControlPlane {
     ) -> Result<Transition, ServeError> {
         let _one_at_a_time = self.service.reload_lock.lock().await;
         let worker = self.service.clone();
-        let (m, v, a, r) = (model.to_string(), version.to_string(), actor.to_string(), reason.to_string());
+        let (m, v, a, r) = (
+            model.to_string(),
+            version.to_string(),
+            actor.to_string(),
+            reason.to_string(),
+        );
         let transition = tokio::task::spawn_blocking(move || worker.transition(&m, &v, &action, &a, &r))
             .await
             .map_err(|e| ServeError::internal(format!("transition task failed: {e}")))??;
@@ -224,7 +229,8 @@ impl ControlPlane {
         let routing = snapshot.registry.models.get(model);
         let receives_traffic = snapshot.active_version(model).as_deref() == Some(version)
             || routing.is_some_and(|r| {
-                r.corridor_active.values().any(|v| v == version) || r.canary.as_ref().is_some_and(|c| c.version == version)
+                r.corridor_active.values().any(|v| v == version)
+                    || r.canary.as_ref().is_some_and(|c| c.version == version)
             });
         if receives_traffic {
             return Err(ServeError::Conflict(format!(

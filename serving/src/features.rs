@@ -4,7 +4,9 @@
 
 use crate::{InferenceService, ServeError};
 use invariant_core::CorridorId;
-use invariant_featurestore::{FeatureError, FeatureStore, GetOnlineRequest, GetOnlineResponse, PushOutcome, PushRequest};
+use invariant_featurestore::{
+    FeatureError, FeatureStore, GetOnlineRequest, GetOnlineResponse, PushOutcome, PushRequest,
+};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -226,4 +228,3 @@ pub(crate) async fn enrich(
     }
     Ok(Some(Value::Array(used)))
 }
-

@@ -200,6 +200,12 @@ impl InferenceService {
     /// statistics and the request metrics; a canary that breaks its limits is rolled back by a
     /// background task of the control plane (started here when a Tokio runtime is running).
     pub fn build(config: Config) -> Result<Arc<Self>, StartError> {
+        Self::build_with(config, Vec::new())
+    }
+
+    /// [`InferenceService::build`] with `first` placed at the head of the guard pipeline,
+    /// before the canary, statistics and metrics guards.
+    pub fn build_with(config: Config, first: Vec<Box<dyn guards::Guard>>) -> Result<Arc<Self>, StartError> {
         let onnx_unavailable = init_onnx(&config);
         let registry = RegistryState::load(&config.registry_state_path())?;
         let corridors = corridor_runtimes(&config)?;
@@ -226,11 +232,11 @@ impl InferenceService {
         }
         let stats = Arc::new(stats::Statistics::default());
         let (canary, rollbacks) = guards::CanaryGuard::new(canary::CanaryMonitor::new(config.canary.clone()));
-        let pipeline = guards::Pipeline::new(vec![
-            Box::new(canary),
-            Box::new(guards::StatsGuard::new(stats.clone())),
-            Box::new(guards::MetricsGuard::default()),
-        ]);
+        let mut all = first;
+        all.push(Box::new(canary));
+        all.push(Box::new(guards::StatsGuard::new(stats.clone())));
+        all.push(Box::new(guards::MetricsGuard::default()));
+        let pipeline = guards::Pipeline::new(all);
         let service = Self {
             feature_freshness: Default::default(),
             features,

@@ -286,7 +286,18 @@ async fn batch_loop(
             return;
         };
         let now = Instant::now();
-        jobs.retain(|j| j.deadline > now && !j.reply.is_closed());
+        // Jobs whose deadline passed are answered so (not dropped); callers that left are dropped.
+        let (live, expired): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .filter(|j| !j.reply.is_closed())
+            .partition(|j| j.deadline > now);
+        for job in expired {
+            let ms = job.deadline.saturating_duration_since(job.queued).as_millis() as u64;
+            let _ = job.reply.send(Err(ServeError::DeadlineExceeded(format!(
+                "deadline exceeded after {ms} ms in the queue"
+            ))));
+        }
+        let mut jobs = live;
         if jobs.is_empty() {
             continue;
         }

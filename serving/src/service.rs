@@ -122,9 +122,7 @@ impl InferenceService {
                     .ok()
                     .filter(|&ms| ms > 0)
                     .map(Duration::from_millis)
-                    .ok_or_else(|| {
-                        ServeError::invalid("x-deadline-ms: must be a positive number of milliseconds")
-                    })?,
+                    .ok_or_else(|| ServeError::invalid("x-deadline-ms: must be a positive number of milliseconds"))?,
             ),
         };
         Ok(match (header, metadata.timeout) {
@@ -199,9 +197,10 @@ impl InferenceService {
                 let key = routing_key(&target.metadata, &body)?;
                 let default = table.default_version(model_name);
                 let ready = |v: &str| snapshot.ready(model_name, v);
-                let Some(route) = snapshot
-                    .registry
-                    .route(model_name, corridor.as_str(), &key, &ready, default.as_deref())
+                let Some(route) =
+                    snapshot
+                        .registry
+                        .route(model_name, corridor.as_str(), &key, &ready, default.as_deref())
                 else {
                     let why = table.resolve(model_name, None).err().unwrap_or(Lookup::UnknownModel);
                     return Err(lookup_error(model_name, None, why));
@@ -222,7 +221,8 @@ impl InferenceService {
         let mut inputs = body.inputs;
         let mut degraded = None;
         let entities = body.parameters.get("entities");
-        let features_used = crate::features::enrich(self, corridor.as_str(), manifest, entities, &mut inputs, &mut degraded).await?;
+        let features_used =
+            crate::features::enrich(self, corridor.as_str(), manifest, entities, &mut inputs, &mut degraded).await?;
         let return_features = body
             .parameters
             .get("return_features")
@@ -245,7 +245,9 @@ impl InferenceService {
             inputs: &ordered,
             outputs: &requested,
         });
-        let ttl = self.config.cache_ttl(&manifest.name, manifest.inference.cache_ttl_seconds);
+        let ttl = self
+            .config
+            .cache_ttl(&manifest.name, manifest.inference.cache_ttl_seconds);
         let caching = self.config.cache.enabled && !ttl.is_zero();
         let (bytes, source) = self
             .compute_or_cached(
@@ -293,7 +295,10 @@ impl InferenceService {
         let timings = std::sync::Mutex::new(None);
         let compute = async {
             let _admission = runtime.pool.admit()?;
-            let (outputs, run) = runtime.pool.run(serving.clone(), ordered, deadline, deadline_ms).await?;
+            let (outputs, run) = runtime
+                .pool
+                .run(serving.clone(), ordered, deadline, deadline_ms)
+                .await?;
             *timings.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
             let refs: Vec<&Tensor> = outputs.iter().collect();
             Ok::<_, ServeError>(invariant_core::hash::encode_list(&refs))
@@ -374,7 +379,13 @@ impl InferenceService {
     /// Keeps `bytes`, the transport's encoding of `response`, as the reply to the exact
     /// request `identity` under `key` in the response's corridor, for the response's
     /// `reply_ttl` (nothing is kept when it has none).
-    pub async fn store_reply(&self, response: &InferResponse, key: invariant_cache::Key, identity: Bytes, bytes: Bytes) {
+    pub async fn store_reply(
+        &self,
+        response: &InferResponse,
+        key: invariant_cache::Key,
+        identity: Bytes,
+        bytes: Bytes,
+    ) {
         let (Some(ttl), Some(runtime)) = (response.reply_ttl, self.corridors.get(response.corridor.as_str())) else {
             return;
         };

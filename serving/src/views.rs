@@ -129,7 +129,11 @@ impl InferenceService {
 
     /// The version that answers `model` (`version` when named, else the active one), with the
     /// snapshot it was found in.
-    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<(Arc<Snapshot>, Arc<ServingVersion>), ServeError> {
+    pub fn resolve(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<(Arc<Snapshot>, Arc<ServingVersion>), ServeError> {
         let snapshot = self.snapshot();
         let version = match version {
             Some(v) => Some(v.to_string()),
@@ -205,16 +209,17 @@ impl InferenceService {
             dynamic_batching: batching && self.config.pools.batching && serving.batch_invariant,
             max_queue_delay_microseconds: self.config.pools.max_queue_delay_us,
             response_cache: self.config.cache.enabled
-                && !self
-                    .config
-                    .cache_ttl(&m.name, m.inference.cache_ttl_seconds)
-                    .is_zero(),
+                && !self.config.cache_ttl(&m.name, m.inference.cache_ttl_seconds).is_zero(),
             instance_count: serving.model.sessions().unwrap_or(1),
         })
     }
 
     /// Like [`InferenceService::resolve`], naming the version in errors.
-    fn resolve_named(&self, model: &str, version: Option<&str>) -> Result<(Arc<Snapshot>, Arc<ServingVersion>), ServeError> {
+    fn resolve_named(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<(Arc<Snapshot>, Arc<ServingVersion>), ServeError> {
         match version {
             None => self.resolve(model, None),
             Some(v) => {

@@ -398,7 +398,11 @@ async fn the_reply_cache_follows_promotions_and_corridors() {
     );
     // The repeat came from the reply cache: trust-scorer binds an input to a
     // feature service (1.1.0), but a request sending its own tensor uses no feature values.
-    let reply_hits = [("model", "trust-scorer"), ("routing", "cached"), ("source", "l1")];
+    let reply_hits = [
+        ("model", "trust-scorer"),
+        ("source", "reply"),
+        ("transport", "http_json"),
+    ];
     assert_eq!(
         counter(&s, "invariant_inference_requests_total", &reply_hits).await,
         1.0
@@ -453,7 +457,11 @@ async fn a_body_sent_in_chunks_is_read_whole_and_then_answered_from_the_reply_ca
     );
     let (_, again) = s.post_chunked(INFER, thirds(&body)).await;
     assert_eq!(again, whole, "a chunked repeat is a reply-cache hit too");
-    let reply_hits = [("model", "trust-scorer"), ("routing", "cached"), ("source", "l1")];
+    let reply_hits = [
+        ("model", "trust-scorer"),
+        ("source", "reply"),
+        ("transport", "http_json"),
+    ];
     assert_eq!(
         counter(&s, "invariant_inference_requests_total", &reply_hits).await,
         2.0

@@ -17,7 +17,9 @@ pub mod proto {
 
 use invariant_core::tensor::{concrete_shape, element_count};
 use invariant_core::{DataType, Tensor, TensorData};
-use invariant_serving::{ErrorKind, InferBody, InferResponse, InferenceService, Metadata, ServeError, Target, Transport};
+use invariant_serving::{
+    ErrorKind, InferBody, InferResponse, InferenceService, Metadata, ServeError, Target, Transport,
+};
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::infer_parameter::ParameterChoice;
 use proto::*;
@@ -127,13 +129,16 @@ fn bool_param(b: bool) -> InferParameter {
 
 /// Typed `contents` of an input, as elements of `datatype`, checking narrowing conversions.
 fn from_contents(c: InferTensorContents, datatype: DataType, field: &str) -> Result<TensorData, ServeError> {
-    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(v: Vec<S>, field: &str, dt: DataType) -> Result<Vec<T>, ServeError> {
+    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
+        v: Vec<S>,
+        field: &str,
+        dt: DataType,
+    ) -> Result<Vec<T>, ServeError> {
         v.into_iter()
             .enumerate()
             .map(|(i, x)| {
-                T::try_from(x).map_err(|_| {
-                    ServeError::invalid(format!("{field}.contents[{i}]: {x} is out of range for {dt}"))
-                })
+                T::try_from(x)
+                    .map_err(|_| ServeError::invalid(format!("{field}.contents[{i}]: {x} is out of range for {dt}")))
             })
             .collect()
     }
@@ -258,7 +263,10 @@ fn version_of(v: &str) -> Option<&str> {
 }
 
 fn duration(d: invariant_serving::stats::DurationStat) -> Option<StatisticDuration> {
-    Some(StatisticDuration { count: d.count, ns: d.ns })
+    Some(StatisticDuration {
+        count: d.count,
+        ns: d.ns,
+    })
 }
 
 impl Grpc {
@@ -388,7 +396,10 @@ impl GrpcInferenceService for Grpc {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn model_config(&self, request: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
         let r = request.into_inner();
         let c = self
             .service
@@ -426,7 +437,9 @@ impl GrpcInferenceService for Grpc {
                 count: i32::try_from(c.instance_count).unwrap_or(i32::MAX),
                 ..Default::default()
             }],
-            response_cache: Some(ModelResponseCache { enable: c.response_cache }),
+            response_cache: Some(ModelResponseCache {
+                enable: c.response_cache,
+            }),
             scheduling_choice: c.dynamic_batching.then(|| {
                 model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
                     max_queue_delay_microseconds: c.max_queue_delay_microseconds,

@@ -30,7 +30,10 @@ pub fn routes() -> Router<AppState> {
 async fn metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
-        None => ApiError::from(ServeError::unavailable("metrics recorder not installed in this process")).into_response(),
+        None => ApiError::from(ServeError::unavailable(
+            "metrics recorder not installed in this process",
+        ))
+        .into_response(),
     }
 }
 

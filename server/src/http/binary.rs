@@ -113,13 +113,19 @@ fn flag(parameters: Option<&Map<String, Value>>, key: &str, field: &str) -> Resu
     match parameters.and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ServeError::invalid(format!("{field}.parameters.{key}: must be true or false"))),
+        Some(_) => Err(ServeError::invalid(format!(
+            "{field}.parameters.{key}: must be true or false"
+        ))),
     }
 }
 
 /// Refuses parameters of extensions this server does not implement, naming them.
 fn unsupported(parameters: Option<&Map<String, Value>>, field: &str) -> Result<(), ServeError> {
-    for key in ["shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"] {
+    for key in [
+        "shared_memory_region",
+        "shared_memory_byte_size",
+        "shared_memory_offset",
+    ] {
         if parameters.is_some_and(|p| p.contains_key(key)) {
             return Err(ServeError::invalid(format!(
                 "{field}.parameters.{key}: shared memory is not supported by this server"
@@ -247,7 +253,13 @@ pub fn decode(body: &[u8], header_length: Option<&str>) -> Result<(InferBody, Ou
 
 /// Elements of `datatype` from binary tensor bytes: fixed-size little-endian elements, or for
 /// BYTES, elements each preceded by a 4-byte little-endian length.
-fn from_binary(bytes: &[u8], datatype: DataType, count: usize, shape: &[usize], field: &str) -> Result<TensorData, ServeError> {
+fn from_binary(
+    bytes: &[u8],
+    datatype: DataType,
+    count: usize,
+    shape: &[usize],
+    field: &str,
+) -> Result<TensorData, ServeError> {
     let mismatch = |expected: String| {
         ServeError::invalid(format!(
             "{field}.parameters.binary_data_size: {} bytes do not match shape {shape:?} of {datatype} ({expected})",
@@ -459,9 +471,16 @@ mod tests {
         let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
         assert_eq!(nesting_depth(deep(50).as_bytes(), 100), 50);
         assert!(nesting_depth(deep(120).as_bytes(), 100) > 100);
-        assert_eq!(nesting_depth(br#"{"a":"[[[[[[["}"#, 100), 1, "brackets in strings do not count");
+        assert_eq!(
+            nesting_depth(br#"{"a":"[[[[[[["}"#, 100),
+            1,
+            "brackets in strings do not count"
+        );
         let dup = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#;
         let err = decode(dup, None).unwrap_err().to_string();
-        assert!(err.contains("inputs[1].name") && err.contains("more than once"), "{err}");
+        assert!(
+            err.contains("inputs[1].name") && err.contains("more than once"),
+            "{err}"
+        );
     }
 }

@@ -36,7 +36,11 @@ pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
 
 /// The request facts the core reads from headers (the same keys as gRPC metadata).
 pub fn metadata_of(headers: &HeaderMap) -> Metadata {
-    let text = |name: &str| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
     Metadata {
         corridor: text(CORRIDOR_HEADER),
         routing_key: headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes().to_vec()),

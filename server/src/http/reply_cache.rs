@@ -16,7 +16,6 @@
 //! reply.
 
 use crate::http::{json_reply, metadata_of, read_body, AppState, CORRIDOR_HEADER, ROUTING_KEY_HEADER};
-use invariant_serving::{InferenceService, Transport};
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, Method};
@@ -25,6 +24,7 @@ use axum::routing::future::RouteFuture;
 use axum::Router;
 use futures_util::future::{BoxFuture, Either};
 use futures_util::FutureExt;
+use invariant_serving::{InferenceService, Transport};
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;

@@ -1,0 +1,74 @@
+//! Conformance with the real clients: tritonclient (HTTP binary and JSON, gRPC, async, the
+//! gRPC stream) and KServe's REST and gRPC clients, run from the project venv
+//! (`scripts/setup-python.sh`) against a server started here. Every golden vector of every
+//! shipped version must come back bit-exact over every transport, errors must surface as the
+//! client's exception with the server's message, and the parity table (corridors, cache hits,
+//! batching, routing keys, feature enrichment) must give the same bits over gRPC as over HTTP.
+//! See `tests/conformance/clients.py`.
+
+use invariant_blackbox::*;
+use std::process::Command;
+
+fn python() -> std::path::PathBuf {
+    let p = workspace_root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup-python.sh (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+async fn suite(s: &Server, name: &str) {
+    let script = workspace_root().join("tests/conformance/clients.py");
+    let http = s.url.trim_start_matches("http://").to_string();
+    let grpc = s.grpc.clone();
+    let golden = shipped_golden();
+    let py = python();
+    let name = name.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg(script)
+            .env("CONFORMANCE_HTTP", http)
+            .env("CONFORMANCE_GRPC", grpc)
+            .env("CONFORMANCE_GOLDEN", golden)
+            .env("CONFORMANCE_SUITE", &name)
+            .output()
+            .expect("run the conformance script")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(" 0 failures"),
+        "conformance suite failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        s.log()
+    );
+    // A suite that checked nothing would also print "0 failures".
+    let checks: usize = stdout
+        .lines()
+        .find_map(|l| {
+            l.split(": ")
+                .nth(1)?
+                .strip_suffix(" failures")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(checks > 50, "too few checks ran:\n{stdout}");
+}
+
+#[tokio::test]
+async fn tritonclient_over_http_binary_json_and_grpc() {
+    let s = Server::start().await;
+    suite(&s, "triton").await;
+}
+
+#[tokio::test]
+async fn kserve_clients_over_rest_and_grpc() {
+    let s = Server::start().await;
+    suite(&s, "kserve").await;
+}
