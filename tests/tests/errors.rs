@@ -103,10 +103,17 @@ async fn wrong_or_unknown_datatype_is_400() {
         400,
         &["inputs[0].datatype", "FP16"],
     );
+    // BYTES is a V2 datatype the server decodes; a model declaring FP32 still refuses it.
+    let strings = json!(["a", "b", "c", "d", "e", "f", "g", "h"]);
+    assert_error(
+        &s.post(INFER, &input(json!([1, 8]), "BYTES", strings)).await,
+        400,
+        &["inputs[0].datatype", "FP32", "BYTES"],
+    );
     assert_error(
         &s.post(INFER, &input(json!([1, 8]), "BYTES", ints)).await,
         400,
-        &["inputs[0].datatype", "BYTES"],
+        &["inputs[0].data[0]", "BYTES", "expected a string"],
     );
     let mut bad = TRUST_ROW.map(|x| json!(x)).to_vec();
     bad[3] = json!("high");

@@ -171,7 +171,7 @@ fn decode(request: ModelInferRequest) -> Result<InferBody, ServeError> {
         let field = format!("inputs[{i}]");
         if inputs.iter().any(|t| t.name == input.name) {
             return Err(ServeError::invalid(format!(
-                "{field}.name: input '{}' is given more than once",
+                "{field}.name: input '{}' is given twice",
                 input.name
             )));
         }

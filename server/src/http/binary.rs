@@ -170,7 +170,7 @@ pub fn decode(body: &[u8], header_length: Option<&str>) -> Result<(InferBody, Ou
         let field = format!("inputs[{i}]");
         if inputs.iter().any(|t| t.name == input.name) {
             return Err(ServeError::invalid(format!(
-                "{field}.name: input '{}' is given more than once",
+                "{field}.name: input '{}' is given twice",
                 input.name
             )));
         }
@@ -478,9 +478,6 @@ mod tests {
         );
         let dup = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#;
         let err = decode(dup, None).unwrap_err().to_string();
-        assert!(
-            err.contains("inputs[1].name") && err.contains("more than once"),
-            "{err}"
-        );
+        assert!(err.contains("inputs[1].name") && err.contains("twice"), "{err}");
     }
 }
