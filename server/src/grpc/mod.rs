@@ -169,12 +169,6 @@ fn decode(request: ModelInferRequest) -> Result<InferBody, ServeError> {
     let mut inputs: Vec<Tensor> = Vec::with_capacity(request.inputs.len().min(64));
     for (i, input) in request.inputs.into_iter().enumerate() {
         let field = format!("inputs[{i}]");
-        if inputs.iter().any(|t| t.name == input.name) {
-            return Err(ServeError::invalid(format!(
-                "{field}.name: input '{}' is given twice",
-                input.name
-            )));
-        }
         if input.parameters.contains_key("shared_memory_region") {
             return Err(ServeError::invalid(format!(
                 "{field}.parameters.shared_memory_region: shared memory is not supported by this server"

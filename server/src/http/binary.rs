@@ -168,12 +168,6 @@ pub fn decode(body: &[u8], header_length: Option<&str>) -> Result<(InferBody, Ou
     let mut inputs: Vec<Tensor> = Vec::with_capacity(raw.inputs.len().min(64));
     for (i, input) in raw.inputs.iter().enumerate() {
         let field = format!("inputs[{i}]");
-        if inputs.iter().any(|t| t.name == input.name) {
-            return Err(ServeError::invalid(format!(
-                "{field}.name: input '{}' is given twice",
-                input.name
-            )));
-        }
         let params = input.parameters.as_ref();
         unsupported(params, &field)?;
         let datatype = DataType::parse(&input.datatype, &format!("{field}.datatype"))?;
@@ -467,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn nesting_is_bounded_and_duplicates_refused() {
+    fn nesting_is_bounded() {
         let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
         assert_eq!(nesting_depth(deep(50).as_bytes(), 100), 50);
         assert!(nesting_depth(deep(120).as_bytes(), 100) > 100);
@@ -476,8 +470,5 @@ mod tests {
             1,
             "brackets in strings do not count"
         );
-        let dup = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#;
-        let err = decode(dup, None).unwrap_err().to_string();
-        assert!(err.contains("inputs[1].name") && err.contains("twice"), "{err}");
     }
 }
