@@ -135,14 +135,15 @@ impl InferenceService {
         version: Option<&str>,
     ) -> Result<(Arc<Snapshot>, Arc<ServingVersion>), ServeError> {
         let snapshot = self.snapshot();
-        let version = match version {
+        let chosen = match version {
             Some(v) => Some(v.to_string()),
             None => snapshot.active_version(model),
         };
+        // A named version is named in errors; the active one is not the caller's choice.
         let serving = snapshot
             .table
-            .resolve(model, version.as_deref())
-            .map_err(|l| lookup_error(model, None, l))?;
+            .resolve(model, chosen.as_deref())
+            .map_err(|l| lookup_error(model, version, l))?;
         Ok((snapshot, serving))
     }
 
@@ -193,7 +194,7 @@ impl InferenceService {
 
     /// The model configuration of `model` (`version`).
     pub fn model_config(&self, model: &str, version: Option<&str>) -> Result<ModelConfig, ServeError> {
-        let (_, serving) = self.resolve_named(model, version)?;
+        let (_, serving) = self.resolve(model, version)?;
         let m = serving.model.manifest();
         let batching = m.inference.max_batch_size > 1
             && m.inputs.iter().all(TensorSpec::is_batched)
@@ -212,25 +213,6 @@ impl InferenceService {
                 && !self.config.cache_ttl(&m.name, m.inference.cache_ttl_seconds).is_zero(),
             instance_count: serving.model.sessions().unwrap_or(1),
         })
-    }
-
-    /// Like [`InferenceService::resolve`], naming the version in errors.
-    fn resolve_named(
-        &self,
-        model: &str,
-        version: Option<&str>,
-    ) -> Result<(Arc<Snapshot>, Arc<ServingVersion>), ServeError> {
-        match version {
-            None => self.resolve(model, None),
-            Some(v) => {
-                let snapshot = self.snapshot();
-                let serving = snapshot
-                    .table
-                    .resolve(model, Some(v))
-                    .map_err(|l| lookup_error(model, Some(v), l))?;
-                Ok((snapshot, serving))
-            }
-        }
     }
 
     /// Statistics of every ready version of `model` (or of every model when `None`), or of one
@@ -265,7 +247,7 @@ impl InferenceService {
     /// The metadata of a version as JSON: the V2 fields (name, versions, platform, inputs,
     /// outputs) and Invariant's (device, runtime, content hash, verification, instances).
     pub fn metadata_json(&self, model: &str, version: Option<&str>) -> Result<Value, ServeError> {
-        let (snapshot, serving) = self.resolve_named(model, version)?;
+        let (snapshot, serving) = self.resolve(model, version)?;
         Ok(metadata_json(&snapshot, &serving))
     }
 }
