@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod governance;
+mod transports;
+
 /// Raw engine and served-over-HTTP benchmarks of the shipped models.
 #[derive(Parser)]
 #[command(name = "invariant-bench")]
@@ -45,6 +48,16 @@ struct Args {
     /// printed.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Run only the transport section (HTTP JSON, HTTP binary and gRPC, cache off and on).
+    #[arg(long)]
+    transports_only: bool,
+    /// Run only the governance section (in-process cost, served on vs off).
+    #[arg(long)]
+    governance_only: bool,
+    /// Model of the transport section (its active version); the first served model when
+    /// absent.
+    #[arg(long)]
+    transport_model: Option<String>,
 }
 
 /// Deterministic, plausible inputs: small non-negative values varying by position.
@@ -84,7 +97,7 @@ struct EngineResult {
 }
 
 fn bench_engines(config: Config, seconds: f64) -> Result<Vec<EngineResult>> {
-    let state = invariant_serving::InferenceService::build(config)?;
+    let state = invariant_serving::InferenceService::build(config.clone())?;
     let snapshot = state.snapshot();
     let table = &snapshot.table;
     let mut results = Vec::new();
@@ -468,33 +481,54 @@ fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> Resu
     })
 }
 
-struct ServerProcess(Child);
+/// A running `invariant serve`, killed when dropped.
+struct ServerProcess {
+    child: Child,
+    /// Its gRPC port (every server gets its own, so several can run side by side).
+    grpc_port: u16,
+}
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 fn start_server(binary: &Path, port: u16, env: &[(&str, String)]) -> Result<ServerProcess> {
+    let grpc_port = free_port();
     let child = Command::new(binary)
-        .args(["serve", "--http-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc_port}"),
+        ])
         .env("INVARIANT_LOG", "warn")
+        // The shipped limits (200 and 100 requests/s per corridor) would cap every run: the
+        // benchmarks lift them (the buckets still run) unless a run sets its own.
+        .env("INVARIANT_GOVERNANCE__CORRIDOR_RATE__0", "100000000")
+        .env("INVARIANT_GOVERNANCE__CORRIDOR_RATE__1", "100000000")
+        .env(
+            "INVARIANT_STATE_DIR",
+            std::env::temp_dir().join(format!("invariant-bench-state-{port}")),
+        )
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    let server = ServerProcess(child);
+    let server = ServerProcess { child, grpc_port };
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+        if up(port) && up(grpc_port) {
             return Ok(server);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("server did not start listening on port {port}")
+    bail!("server did not start listening on ports {port} (HTTP) and {grpc_port} (gRPC)")
 }
 
 /// The feature store: materialization rows/s, and `get-online` for 1 and 10 entities × 20
@@ -721,7 +755,7 @@ fn main() -> Result<()> {
         return bench_features(&args);
     }
     let config = Config::load(None)?;
-    let engines = if args.cache_only {
+    let engines = if args.cache_only || args.transports_only || args.governance_only {
         Vec::new()
     } else {
         run_engine_sections(&args, &config)?
@@ -732,12 +766,13 @@ fn main() -> Result<()> {
 
     let scripts = std::env::temp_dir().join(format!("invariant-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scripts)?;
-    let state = invariant_serving::InferenceService::build(config)?;
+    let state = invariant_serving::InferenceService::build(config.clone())?;
     let snapshot = state.snapshot();
     let table = &snapshot.table;
     // Per model: a batch-1 JSON body, and the same body with its first element left open so
     // every request of a run differs (cache misses).
     let mut bodies = Vec::new();
+    let mut transport_work = None;
     for name in table.names() {
         let serving = table
             .resolve(name, None)
@@ -745,6 +780,14 @@ fn main() -> Result<()> {
         let model = &serving.model;
         let version = model.manifest().version.to_string();
         let inputs = inputs_for(model, 1);
+        if transport_work.is_none() && args.transport_model.as_deref().is_none_or(|m| m == name) {
+            transport_work = Some(transports::Workload {
+                model: name.to_string(),
+                version: version.clone(),
+                inputs: inputs.clone(),
+                outputs: model.manifest().outputs.iter().map(|o| o.name.clone()).collect(),
+            });
+        }
         let body = serde_json::json!({ "inputs": inputs.iter().map(|t| serde_json::json!({
             "name": t.name, "shape": t.shape, "datatype": t.datatype(), "data": t.data,
         })).collect::<Vec<_>>() })
@@ -816,12 +859,32 @@ fn main() -> Result<()> {
         }
     }
 
+    let transport_work = transport_work.context("the transport model is not served")?;
+    let (_, _, governance_path, governance_body, _, _) = bodies
+        .iter()
+        .find(|b| b.0 == transport_work.model)
+        .context("no body for the transport model")?;
+    if args.transports_only || args.governance_only {
+        if args.transports_only {
+            transports::bench_transports(&args, &transport_work, &scripts)?;
+        }
+        if args.governance_only {
+            governance::bench_governance(&args, &config, &transport_work.model, governance_path, governance_body)?;
+        }
+        let _ = std::fs::remove_dir_all(&scripts);
+        return Ok(());
+    }
+    if !args.cache_only {
+        transports::bench_transports(&args, &transport_work, &scripts)?;
+        governance::bench_governance(&args, &config, &transport_work.model, governance_path, governance_body)?;
+    }
+
     // 2. Cache hits (L1), against the HTTP floor of the same server: interleaved rounds, each
     // target run between two floor runs; medians are printed.
     {
         let port = free_port();
         let server = start_server(&args.binary, port, &[])?;
-        let pid = server.0.id();
+        let pid = server.child.id();
         let base = format!("http://127.0.0.1:{port}");
         println!("\n# cache hits (L1) vs the HTTP floor of the same server (target >= 0.90)");
         println!(

@@ -287,6 +287,16 @@ impl CorridorCache {
         }
     }
 
+    /// The cached answer for `key` from L1, else from L2, without computing anything (a
+    /// degraded corridor's cache-only read); `None` on a miss.
+    pub async fn lookup(&self, key: &Key) -> Option<(Bytes, Source)> {
+        if let Some(e) = self.peek(key).await {
+            return Some((e.bytes.clone(), Source::L1));
+        }
+        let l2 = self.l2.as_ref()?;
+        l2.get(key).await.map(|b| (Bytes::from(b), Source::L2))
+    }
+
     /// Stores an entry in L1 only (e.g. a rendered reply under its own key space).
     pub async fn insert_l1(&self, key: Key, entry: Arc<Entry>) {
         if self.l1_enabled {

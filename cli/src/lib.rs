@@ -1,10 +1,12 @@
 //! The operator and CI tools of the `invariant` binary, apart from serving: the determinism
 //! gate (`gate`), golden vector recording (`golden record`), model import and the registry
 //! commands (`models …`, on the repository or a running server), and the feature store's
-//! `features plan|apply|materialize`. Transport-free: it works on the repository through the
+//! `features plan|apply|materialize`, and corridor governance (`switches …`, `corridors …`,
+//! `flags …`). Transport-free: it works on the repository through the
 //! serving core, or on a running server through its HTTP admin API.
 
 pub mod gate;
+pub mod governance_cli;
 pub mod import;
 pub mod models_cli;
 
@@ -30,6 +32,16 @@ pub enum Command {
     /// The feature store: plan, apply, bulk loading.
     #[command(subcommand)]
     Features(FeaturesCommand),
+    /// Kill switches: list, kill, revive (global, market, corridor, model, model in a
+    /// corridor).
+    #[command(subcommand)]
+    Switches(governance_cli::SwitchesCommand),
+    /// Corridor governance: status, freeze, unfreeze, degradation level, rate limits.
+    #[command(subcommand)]
+    Corridors(governance_cli::CorridorsCommand),
+    /// Feature flags per scope: list, set, clear.
+    #[command(subcommand)]
+    Flags(governance_cli::FlagsCommand),
 }
 
 /// `invariant features …`
@@ -157,6 +169,9 @@ impl ConfigArgs {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Models(command) => models_cli::run(command),
+        Command::Switches(command) => governance_cli::switches(command),
+        Command::Corridors(command) => governance_cli::corridors(command),
+        Command::Flags(command) => governance_cli::flags(command),
         Command::Gate(args) => gate(args),
         Command::Features(FeaturesCommand::Plan { config, json }) => features_plan(config, json, false),
         Command::Features(FeaturesCommand::Apply { config, json }) => features_plan(config, json, true),

@@ -134,7 +134,7 @@ impl Common {
 }
 
 /// Calls the admin API of a running server.
-fn call(server: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+pub(crate) fn call(server: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -189,7 +189,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let widths: Vec<usize> = (0..headers.len())
         .map(|i| {
             rows.iter()

@@ -13,8 +13,8 @@ mod repository;
 
 pub use hashing::{copy_and_hash, hash_bytes, hash_file, FileHashes};
 pub use manifest::{
-    Activation, ArtifactEntry, FeatureFallback, Format, InferenceSettings, Kernel, LayerSpec, Manifest, NativeSection,
-    OnnxSection, TensorSpec,
+    Activation, ArtifactEntry, Fallback, FeatureFallback, Format, InferenceSettings, Kernel, LayerSpec, Manifest,
+    NativeSection, OnnxSection, TensorSpec,
 };
 pub use repository::{load_version, scan, ScannedVersion, VerifiedVersion, MANIFEST_FILE};
 

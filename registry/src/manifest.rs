@@ -95,6 +95,10 @@ pub struct InferenceSettings {
     /// else the server's `cache.default_ttl_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_ttl_seconds: Option<f64>,
+    /// The answer when the model's circuit breaker is open or its corridor is degraded
+    /// (default: `refuse`).
+    #[serde(default)]
+    pub fallback: Fallback,
 }
 
 fn default_max_batch_size() -> usize {
@@ -113,8 +117,20 @@ impl Default for InferenceSettings {
             device: Default::default(),
             cache_ttl_seconds: None,
             feature_fallback: None,
+            fallback: Fallback::Refuse,
         }
     }
+}
+
+/// A model's answer when it cannot compute (breaker open, corridor degraded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Refuse with 503.
+    #[default]
+    Refuse,
+    /// Serve the cached answer for the same input, flagged as degraded; refuse on a miss.
+    Cache,
 }
 
 /// A model's answer when its features cannot be read.

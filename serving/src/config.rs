@@ -22,7 +22,7 @@ pub enum ConfigError {
 
 /// Top-level keys that environment variables may override; other `INVARIANT_*` variables
 /// (used by tools and tests) are not configuration.
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 15] = [
     "model_repository",
     "feature_repository",
     "feature_store",
@@ -37,6 +37,7 @@ const ENV_KEYS: [&str; 14] = [
     "canary__",
     "cache__",
     "pools__",
+    "governance__",
 ];
 
 fn is_config_key(key: &str) -> bool {
@@ -72,6 +73,10 @@ pub struct CorridorConfig {
     /// This corridor's own Redis for feature rows (default: `feature_redis_url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feature_redis_url: Option<String>,
+    /// Inference requests per second admitted in this corridor (default: by its market, from
+    /// `governance.corridor_rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
 }
 
 /// `[server]`
@@ -274,6 +279,9 @@ pub struct Config {
     /// Per-corridor pools and batching.
     #[serde(default)]
     pub pools: PoolsConfig,
+    /// Corridor governance: switches, limits, breakers, degradation levels.
+    #[serde(default)]
+    pub governance: invariant_governance::Settings,
     /// Explicit path of `libonnxruntime.so` (empty: search).
     #[serde(default)]
     pub onnxruntime_lib: String,
@@ -328,6 +336,9 @@ impl Config {
         if self.engine_instances == 0 {
             return Err(ConfigError::Invalid("engine_instances must be at least 1".into()));
         }
+        self.governance
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 
@@ -390,6 +401,37 @@ impl Config {
         } else {
             PathBuf::from(&self.feature_store)
         }
+    }
+
+    /// Where the governance control state is stored.
+    pub fn governance_state_path(&self) -> PathBuf {
+        if self.governance.state.is_empty() {
+            self.state_dir.join("governance.json")
+        } else {
+            PathBuf::from(&self.governance.state)
+        }
+    }
+
+    /// The corridors and their markets, as governance names them.
+    pub fn topology(&self) -> invariant_governance::state::Topology {
+        invariant_governance::state::Topology {
+            corridors: self.corridors.iter().map(|c| (c.id.to_string(), c.market)).collect(),
+        }
+    }
+
+    /// Opens governance over this configuration's corridors (its state file, its limits).
+    pub fn open_governance(&self) -> Result<invariant_governance::Governance, invariant_governance::store::StoreError> {
+        let rates = self
+            .corridors
+            .iter()
+            .filter_map(|c| c.rate_limit.map(|r| (c.id.to_string(), f64::from(r))))
+            .collect();
+        invariant_governance::Governance::open(
+            self.governance.clone(),
+            self.topology(),
+            &rates,
+            self.governance_state_path(),
+        )
     }
 
     /// Where the registry state (lifecycle, canaries, history) is stored.

@@ -35,13 +35,22 @@ impl InferenceService {
         corridor: &CorridorId,
         request: GetOnlineRequest,
     ) -> Result<GetOnlineResponse, ServeError> {
+        if let Some(g) = &self.governance {
+            g.feature_read(corridor.as_str())
+                .map_err(|r| crate::governance::refusal_error(&r))?;
+        }
         let reply = self.on_store(corridor, request, FeatureStore::get_online).await?;
         observe_read(corridor.as_str(), &reply);
         Ok(reply)
     }
 
     /// Idempotent, ordered push of feature rows in `corridor` (see [`FeatureStore::push`]).
+    /// Refused while the corridor is killed, frozen or isolated (degradation level 3 or more).
     pub async fn push_features(&self, corridor: &CorridorId, request: PushRequest) -> Result<PushOutcome, ServeError> {
+        if let Some(g) = &self.governance {
+            g.feature_write(corridor.as_str())
+                .map_err(|r| crate::governance::refusal_error(&r))?;
+        }
         let outcome = self.on_store(corridor, request, FeatureStore::push).await?;
         self.observe_push(corridor.as_str(), &outcome);
         Ok(outcome)
@@ -143,7 +152,7 @@ pub(crate) async fn enrich(
     manifest: &invariant_registry::Manifest,
     entities: Option<&Value>,
     inputs: &mut Vec<invariant_core::Tensor>,
-    degraded: &mut Option<String>,
+    degraded: &mut Option<crate::request::Degraded>,
 ) -> Result<Option<Value>, ServeError> {
     let Some(entities) = entities else {
         return Ok(None);
@@ -180,9 +189,10 @@ pub(crate) async fn enrich(
                 if manifest.inference.feature_fallback == Some(invariant_registry::FeatureFallback::Defaults) =>
             {
                 tracing::warn!(model = %manifest.name, %why, "feature store unavailable: answering from defaults");
-                *degraded = Some(format!(
-                    "feature store unavailable ({why}); features are the declared defaults"
-                ));
+                *degraded = Some(crate::request::Degraded {
+                    source: "feature-defaults",
+                    reason: format!("feature store unavailable ({why}); features are the declared defaults"),
+                });
                 defaults_reply(&store, &service, &entities)?
             }
             other => other.map_err(ServeError::from)?,

@@ -3,9 +3,14 @@
 //! outcome, refused, failed or answered, from a computed answer to a stored reply, is then
 //! observed by every guard in order.
 //!
-//! Today the pipeline holds the canary monitor ([`CanaryGuard`]), the serving statistics
-//! ([`StatsGuard`]) and the request metrics ([`MetricsGuard`]); kill switches, rate limits,
-//! circuit breakers, authorisation and the audit record are guards of the same kind.
+//! A guard may also admit a request early, before its body is parsed, when the transport
+//! named its corridor outside the body ([`Guard::admit_early`]): corridor governance refuses
+//! over-limit and killed work there, before it costs a parse.
+//!
+//! The pipeline holds corridor governance ([`crate::governance::GovernanceGuard`]: kill
+//! switches, freezes, rate limits, circuit breakers, degradation levels), the canary monitor
+//! ([`CanaryGuard`]), the serving statistics ([`StatsGuard`]) and the request metrics
+//! ([`MetricsGuard`]).
 
 use crate::canary::CanaryMonitor;
 use crate::pool::RunTimings;
@@ -38,6 +43,22 @@ pub struct RequestContext<'a> {
     pub request_id: Option<&'a str>,
     /// The caller.
     pub caller: &'a Caller,
+    /// Whether the guards already admitted this request before its body was parsed.
+    pub admitted_early: bool,
+    /// Whether the routed version declares the `cache` fallback.
+    pub cache_fallback: bool,
+}
+
+/// How a guard lets a request through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Serve it in full.
+    Full,
+    /// Serve it only from the cache, flagged as degraded (a miss is refused with `reason`).
+    CacheOnly {
+        /// Why (for the reply's `degraded_reason` and the refusal of a miss).
+        reason: String,
+    },
 }
 
 /// How a request ended.
@@ -51,6 +72,8 @@ pub struct Outcome<'a> {
     pub run: Option<RunTimings>,
     /// Rows (batch entries) the request carried, when known.
     pub rows: usize,
+    /// Whether a guard refused it (its error is a refusal, not a failure of the model).
+    pub refused: bool,
 }
 
 /// One step of the pipeline.
@@ -58,9 +81,22 @@ pub trait Guard: Send + Sync + std::fmt::Debug {
     /// A short name (for logs and tests).
     fn name(&self) -> &'static str;
 
-    /// Admits the request, or refuses it with the error its caller gets.
-    fn admit(&self, _ctx: &RequestContext<'_>) -> Result<(), ServeError> {
+    /// Admits the request before its body is parsed (the context has its model and corridor,
+    /// no version), or refuses it. A request admitted early is admitted again after routing
+    /// with `admitted_early` set.
+    fn admit_early(&self, _ctx: &RequestContext<'_>) -> Result<(), ServeError> {
         Ok(())
+    }
+
+    /// Admits the routed request, or refuses it with the error its caller gets.
+    fn admit(&self, _ctx: &RequestContext<'_>) -> Result<Admit, ServeError> {
+        Ok(Admit::Full)
+    }
+
+    /// Whether a transport's stored reply may answer this request as it is (false when the
+    /// answer would have to be flagged or refused).
+    fn allows_stored_reply(&self, _ctx: &RequestContext<'_>) -> bool {
+        true
     }
 
     /// Sees how the request ended (every request, admitted or not).
@@ -79,9 +115,28 @@ impl Pipeline {
         Self { guards }
     }
 
-    /// Every guard's admission, in order; the first refusal is the answer.
-    pub fn admit(&self, ctx: &RequestContext<'_>) -> Result<(), ServeError> {
-        self.guards.iter().try_for_each(|g| g.admit(ctx))
+    /// Every guard's early admission, in order; the first refusal is the answer.
+    pub fn admit_early(&self, ctx: &RequestContext<'_>) -> Result<(), ServeError> {
+        self.guards.iter().try_for_each(|g| g.admit_early(ctx))
+    }
+
+    /// Every guard's admission, in order; the first refusal is the answer, the first
+    /// cache-only admission holds.
+    pub fn admit(&self, ctx: &RequestContext<'_>) -> Result<Admit, ServeError> {
+        let mut admit = Admit::Full;
+        for g in &self.guards {
+            match g.admit(ctx)? {
+                Admit::Full => {}
+                cache_only if admit == Admit::Full => admit = cache_only,
+                Admit::CacheOnly { .. } => {}
+            }
+        }
+        Ok(admit)
+    }
+
+    /// Whether every guard lets a stored reply answer as it is.
+    pub fn allows_stored_reply(&self, ctx: &RequestContext<'_>) -> bool {
+        self.guards.iter().all(|g| g.allows_stored_reply(ctx))
     }
 
     /// Every guard's observation, in order.
@@ -130,7 +185,7 @@ impl Guard for CanaryGuard {
     }
 
     fn observe(&self, ctx: &RequestContext<'_>, outcome: &Outcome<'_>) {
-        let (Some(Routing::Canary), Some(version)) = (ctx.routing, ctx.version) else {
+        let (Some(Routing::Canary), Some(version), false) = (ctx.routing, ctx.version, outcome.refused) else {
             return;
         };
         let ok = outcome.result.map_or_else(|e| !e.kind().is_server_fault(), |_| true);

@@ -10,7 +10,8 @@
 //! The crate also owns what serving needs around that path: the model table and deploy-time
 //! verification ([`models`]), per-corridor pools and batchers ([`pool`]), the serving
 //! [`Snapshot`] (model table + registry state + generation, swapped together), the
-//! [control plane](control) (transitions, reloads, unloads), feature enrichment
+//! [control plane](control) (transitions, reloads, unloads), corridor
+//! [governance](governance) (switches, freezes, limits, breakers, levels), feature enrichment
 //! ([`features`]), serving statistics ([`stats`]), replica events ([`events`]), the audit log
 //! ([`audit`]) and the configuration ([`config`]).
 
@@ -21,6 +22,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod features;
+pub mod governance;
 pub mod guards;
 pub mod models;
 pub mod pool;
@@ -116,6 +118,8 @@ pub struct InferenceService {
     pub(crate) feature_freshness: std::sync::Mutex<BTreeMap<(String, String), i64>>,
     /// The feature store, or why it is not available.
     pub features: Result<Arc<invariant_featurestore::FeatureStore>, String>,
+    /// Corridor governance (`None` when `governance.enabled` is false).
+    pub governance: Option<Arc<invariant_governance::Governance>>,
 }
 
 /// Start-up failures.
@@ -130,6 +134,9 @@ pub enum StartError {
     /// A cache setting cannot be used.
     #[error(transparent)]
     Cache(#[from] invariant_cache::CacheError),
+    /// The governance control state cannot be used.
+    #[error(transparent)]
+    Governance(#[from] invariant_governance::store::StoreError),
 }
 
 /// Builds each declared corridor's pool and cache.
@@ -196,15 +203,15 @@ pub fn init_onnx(config: &Config) -> Option<String> {
 impl InferenceService {
     /// Loads ONNX Runtime (when found), then verifies and loads every model version of the
     /// configured repository. Versions that fail are kept with their reason; only an unreadable
-    /// repository is an error. The guard pipeline holds the canary monitor, the serving
-    /// statistics and the request metrics; a canary that breaks its limits is rolled back by a
+    /// repository is an error. The guard pipeline holds corridor governance, the canary
+    /// monitor, the serving statistics and the request metrics; a canary that breaks its limits is rolled back by a
     /// background task of the control plane (started here when a Tokio runtime is running).
     pub fn build(config: Config) -> Result<Arc<Self>, StartError> {
         Self::build_with(config, Vec::new())
     }
 
     /// [`InferenceService::build`] with `first` placed at the head of the guard pipeline,
-    /// before the canary, statistics and metrics guards.
+    /// before the governance, canary, statistics and metrics guards.
     pub fn build_with(config: Config, first: Vec<Box<dyn guards::Guard>>) -> Result<Arc<Self>, StartError> {
         let onnx_unavailable = init_onnx(&config);
         let registry = RegistryState::load(&config.registry_state_path())?;
@@ -232,7 +239,17 @@ impl InferenceService {
         }
         let stats = Arc::new(stats::Statistics::default());
         let (canary, rollbacks) = guards::CanaryGuard::new(canary::CanaryMonitor::new(config.canary.clone()));
+        let governance = if config.governance.enabled {
+            Some(Arc::new(config.open_governance()?))
+        } else {
+            None
+        };
         let mut all = first;
+        let governance_events = governance.as_ref().map(|g| {
+            let (guard, events) = governance::GovernanceGuard::new(g.clone());
+            all.push(Box::new(guard));
+            events
+        });
         all.push(Box::new(canary));
         all.push(Box::new(guards::StatsGuard::new(stats.clone())));
         all.push(Box::new(guards::MetricsGuard::default()));
@@ -240,6 +257,7 @@ impl InferenceService {
         let service = Self {
             feature_freshness: Default::default(),
             features,
+            governance,
             corridors,
             events,
             server_id: events::server_id(),
@@ -266,6 +284,9 @@ impl InferenceService {
         service.set_models(Arc::new(table));
         let service = Arc::new(service);
         control::spawn_auto_rollback(&service, rollbacks);
+        if let Some(events) = governance_events {
+            governance::spawn_governance_task(&service, events);
+        }
         Ok(service)
     }
 

@@ -185,9 +185,19 @@ pub struct InferResponse {
     pub outputs: Vec<Tensor>,
     /// The feature values used, when the request asked (`parameters.return_features`).
     pub features: Option<Value>,
-    /// Why the answer is degraded, when it is.
-    pub degraded: Option<String>,
+    /// How and why the answer is degraded, when it is.
+    pub degraded: Option<Degraded>,
     /// How long a transport may keep this exact reply for an identical request; `None` when
     /// it must not (caching off, or built from feature-store values that can change).
     pub reply_ttl: Option<Duration>,
+}
+
+/// A degraded answer: where it came from instead of the model, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degraded {
+    /// `cache` (the cached answer for the same input, served by a fallback) or
+    /// `feature-defaults` (computed from the features' declared defaults).
+    pub source: &'static str,
+    /// Why.
+    pub reason: String,
 }

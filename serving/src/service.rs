@@ -2,7 +2,7 @@
 //! [`InferenceService::stored_reply`] / [`InferenceService::store_reply`]: a transport's
 //! reply cache, admitted and observed by the same guards.
 
-use crate::guards::{Outcome, RequestContext};
+use crate::guards::{Admit, Outcome, RequestContext};
 use crate::models::{Lookup, ServingVersion};
 use crate::pool::RunTimings;
 use crate::request::{InferBody, InferResponse, Metadata, Routing, Source, Target, Transport};
@@ -35,6 +35,10 @@ struct Progress {
     request_id: Option<String>,
     run: Option<RunTimings>,
     rows: usize,
+    admitted_early: bool,
+    cache_fallback: bool,
+    /// A guard refused it.
+    refused: bool,
 }
 
 impl Progress {
@@ -49,6 +53,8 @@ impl Progress {
             corridor: self.corridor.as_ref().map(CorridorId::as_str),
             request_id: self.request_id.as_deref(),
             caller: &target.caller,
+            admitted_early: self.admitted_early,
+            cache_fallback: self.cache_fallback,
         }
     }
 }
@@ -149,6 +155,9 @@ impl InferenceService {
             request_id: None,
             run: None,
             rows: 0,
+            admitted_early: false,
+            cache_fallback: false,
+            refused: false,
         };
         let result = self.serve(&snapshot, &target, decode, &mut progress).await;
         let outcome = Outcome {
@@ -156,6 +165,7 @@ impl InferenceService {
             elapsed: target.started.elapsed(),
             run: progress.run,
             rows: progress.rows,
+            refused: progress.refused,
         };
         self.guards.observe(&progress.context(&target), &outcome);
         result
@@ -186,6 +196,16 @@ impl InferenceService {
             None if !progress.model_known => return Err(lookup_error(model_name, None, Lookup::UnknownModel)),
             None => None,
         };
+        // A corridor named outside the body is admitted before the body is parsed: killed,
+        // frozen and over-limit work is refused before it costs a parse.
+        if let Some(named) = target.metadata.corridor.as_deref() {
+            progress.corridor = Some(self.corridor_of(Some(named), &Map::new())?);
+            if let Err(e) = self.guards.admit_early(&progress.context(target)) {
+                progress.refused = true;
+                return Err(e);
+            }
+            progress.admitted_early = true;
+        }
         let body = decode()?;
         progress.request_id = body.id.clone();
         let corridor = self.corridor_of(target.metadata.corridor.as_deref(), &body.parameters)?;
@@ -215,7 +235,11 @@ impl InferenceService {
         let version_text = manifest.version.to_string();
         progress.version = Some(version_text.clone());
         progress.routing = Some(routing);
-        self.guards.admit(&progress.context(target))?;
+        progress.cache_fallback = manifest.inference.fallback == invariant_registry::Fallback::Cache;
+        let admit = self
+            .guards
+            .admit(&progress.context(target))
+            .inspect_err(|_| progress.refused = true)?;
 
         let selection = select_outputs(&serving, &body.outputs)?;
         let mut inputs = body.inputs;
@@ -249,16 +273,37 @@ impl InferenceService {
             .config
             .cache_ttl(&manifest.name, manifest.inference.cache_ttl_seconds);
         let caching = self.config.cache.enabled && !ttl.is_zero();
-        let (bytes, source) = self
-            .compute_or_cached(
-                runtime,
-                &serving,
-                ordered,
-                (*key.as_bytes(), caching, ttl),
-                (deadline, deadline_ms),
-                progress,
-            )
-            .await?;
+        let (bytes, source) = match &admit {
+            Admit::Full => {
+                self.compute_or_cached(
+                    runtime,
+                    &serving,
+                    ordered,
+                    (*key.as_bytes(), caching, ttl),
+                    (deadline, deadline_ms),
+                    progress,
+                )
+                .await?
+            }
+            Admit::CacheOnly { reason } => {
+                let found = if caching {
+                    runtime.cache.lookup(key.as_bytes()).await
+                } else {
+                    None
+                };
+                let Some((bytes, _)) = found else {
+                    progress.refused = true;
+                    return Err(ServeError::unavailable(format!(
+                        "{reason}; no cached answer for this input"
+                    )));
+                };
+                degraded = Some(crate::request::Degraded {
+                    source: "cache",
+                    reason: reason.clone(),
+                });
+                (bytes, Source::Fallback)
+            }
+        };
         let outputs = invariant_core::hash::decode_list(&bytes)
             .ok_or_else(|| ServeError::internal("a cached answer could not be decoded"))?;
         let outputs: Vec<Tensor> = selection.iter().filter_map(|&i| outputs.get(i).cloned()).collect();
@@ -266,6 +311,7 @@ impl InferenceService {
         // from the request's own tensors may be kept by a transport's reply cache.
         let enriched = entities.is_some();
         let source = if degraded.is_some() { Source::Fallback } else { source };
+        let reply_ttl = (caching && !enriched && degraded.is_none()).then_some(ttl);
         Ok(InferResponse {
             model: manifest.name.clone(),
             version: version_text,
@@ -278,7 +324,7 @@ impl InferenceService {
             outputs,
             features: if return_features { features_used } else { None },
             degraded,
-            reply_ttl: (caching && !enriched).then_some(ttl),
+            reply_ttl,
         })
     }
 
@@ -359,18 +405,31 @@ impl InferenceService {
             corridor: Some(corridor),
             request_id: None,
             caller: &caller,
+            admitted_early: false,
+            cache_fallback: false,
         };
-        let result = self
-            .deadline_of(metadata)
-            .and_then(|_| self.guards.admit(&ctx))
-            .map(|()| StoredReply {
-                bytes: hit.bytes.clone(),
-            });
+        // A degraded corridor or an open breaker flags or refuses answers: the request takes
+        // the full path, which does.
+        if !self.guards.allows_stored_reply(&ctx) {
+            return None;
+        }
+        let mut refused = false;
+        let result = self.deadline_of(metadata).and_then(|_| {
+            match self.guards.admit(&ctx).inspect_err(|_| refused = true)? {
+                Admit::Full => Ok(StoredReply {
+                    bytes: hit.bytes.clone(),
+                }),
+                // The corridor degraded between the two checks: refuse rather than answer
+                // unflagged.
+                Admit::CacheOnly { reason } => Err(ServeError::unavailable(reason)),
+            }
+        });
         let outcome = Outcome {
             result: result.as_ref().map(|_| Source::Reply),
             elapsed: started.elapsed(),
             run: None,
             rows: 0,
+            refused,
         };
         self.guards.observe(&ctx, &outcome);
         Some(result)

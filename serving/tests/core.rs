@@ -4,7 +4,7 @@
 
 use invariant_core::{Tensor, TensorData};
 use invariant_serving::config::Config;
-use invariant_serving::guards::{Guard, Outcome, RequestContext};
+use invariant_serving::guards::{Admit, Guard, Outcome, RequestContext};
 use invariant_serving::{InferBody, InferenceService, ServeError, Source, Target, Transport};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -53,7 +53,7 @@ impl Guard for Recorder {
     fn name(&self) -> &'static str {
         self.name
     }
-    fn admit(&self, ctx: &RequestContext<'_>) -> Result<(), ServeError> {
+    fn admit(&self, ctx: &RequestContext<'_>) -> Result<Admit, ServeError> {
         self.log
             .lock()
             .unwrap()
@@ -61,7 +61,7 @@ impl Guard for Recorder {
         if self.refuse == Some(ctx.model) {
             return Err(ServeError::unavailable(format!("{} refuses {}", self.name, ctx.model)));
         }
-        Ok(())
+        Ok(Admit::Full)
     }
     fn observe(&self, ctx: &RequestContext<'_>, outcome: &Outcome<'_>) {
         let how = match outcome.result {

@@ -474,6 +474,17 @@ impl Server {
         )
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics");
+        r.text().await.expect("metrics body")
+    }
+
     /// POST a JSON value.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, body.to_string(), &[]).await

@@ -460,8 +460,10 @@ async fn a_model_with_a_fallback_answers_from_defaults_when_features_are_down() 
     let enriched = json!({"parameters": {"entities": {"account_id": ["a1"]}, "return_features": true}});
     let (status, r) = s.post("/v2/models/trust-scorer/versions/1.2.0/infer", &enriched).await;
     assert_eq!(status, 200, "{r}");
+    assert_eq!(r["parameters"]["degraded"], json!(true), "{r}");
+    assert_eq!(r["parameters"]["source"], "feature-defaults", "{r}");
     assert!(
-        r["parameters"]["degraded"]
+        r["parameters"]["degraded_reason"]
             .as_str()
             .unwrap()
             .contains("declared defaults"),

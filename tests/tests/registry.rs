@@ -290,15 +290,7 @@ async fn a_failing_canary_is_rolled_back_automatically() {
     assert_eq!(last["actor"], "auto-rollback");
     assert_eq!(last["action"], "rollback");
     assert!(last["reason"].as_str().unwrap().contains("error rate"), "{last}");
-    let metrics = s
-        .client
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics
             .lines()

@@ -226,7 +226,9 @@ fn encode(r: InferResponse) -> ModelInferResponse {
         ("cache_key".to_string(), string_param(r.cache_key.clone())),
     ]);
     if let Some(d) = &r.degraded {
-        parameters.insert("degraded".into(), string_param(d.clone()));
+        parameters.insert("degraded".into(), bool_param(true));
+        parameters.insert("source".into(), string_param(d.source));
+        parameters.insert("degraded_reason".into(), string_param(d.reason.clone()));
     }
     if let Some(f) = &r.features {
         parameters.insert("features".into(), string_param(f.to_string()));

@@ -290,8 +290,15 @@ struct ReplyParameters<'a> {
     cache_key: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     features: Option<&'a Value>,
+    /// `true` on a degraded answer (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
-    degraded: Option<&'a str>,
+    degraded: Option<bool>,
+    /// Where a degraded answer came from: `cache` or `feature-defaults`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
+    /// Why it is degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded_reason: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -349,7 +356,9 @@ pub fn encode(r: &InferResponse, encoding: &OutputEncoding, cached: bool) -> Res
             cached,
             cache_key: &r.cache_key,
             features: r.features.as_ref(),
-            degraded: r.degraded.as_deref(),
+            degraded: r.degraded.as_ref().map(|_| true),
+            source: r.degraded.as_ref().map(|d| d.source),
+            degraded_reason: r.degraded.as_ref().map(|d| d.reason.as_str()),
         },
         outputs: r
             .outputs

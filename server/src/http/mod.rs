@@ -8,6 +8,7 @@ pub mod admin;
 pub mod binary;
 pub mod error;
 pub mod features;
+pub mod governance;
 pub mod reply_cache;
 pub mod repository;
 pub mod v2;
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
     v2::routes()
         .merge(repository::routes())
         .merge(admin::routes())
+        .merge(governance::routes())
         .merge(features::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
