@@ -7,14 +7,18 @@
 //! that stores it only if its event is newer, or equal with other values, so the rule "an older
 //! event never overwrites a newer one" holds across writers. A read of many entities is one
 //! pipelined round trip (`HGET row` per key), never one per feature. A failed connection is
-//! dropped and re-established on the next call; while Redis is down, that corridor's calls fail
-//! with a clear error and other corridors are unaffected.
+//! dropped; for the next second the corridor's calls fail at once with the failure's text (no
+//! caller waits on a dead or hung Redis but the one that retries after that second), then one
+//! call reconnects. Other corridors are unaffected.
 
 use crate::store::{OnlineStore, Row, WriteOutcome};
 use crate::FeatureError;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a corridor's calls fail fast after its Redis failed, before one call retries.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 const WRITE_IF_NEWER: &str = r#"
 local event = tonumber(redis.call('HGET', KEYS[1], 'event_ms'))
@@ -44,6 +48,8 @@ struct Target {
     url: String,
     endpoint: Endpoint,
     conn: Mutex<Option<Conn>>,
+    /// The last failure and until when calls fail fast because of it.
+    down: Mutex<Option<(Instant, String)>>,
 }
 
 /// The Redis store: a Redis per corridor.
@@ -96,6 +102,7 @@ impl RedisStore {
                     url: url.clone(),
                     endpoint,
                     conn: Mutex::new(None),
+                    down: Mutex::new(None),
                 },
             );
         }
@@ -119,30 +126,44 @@ impl RedisStore {
                 target.url
             ))
         };
+        if let Some((until, why)) = target.down.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let now = Instant::now();
+            if now < *until {
+                return Err(unavailable(&format!(
+                    "{why} (retried in {} ms)",
+                    until.duration_since(now).as_millis().max(1)
+                )));
+            }
+        }
+        let failed = |e: &dyn std::fmt::Display| {
+            *target.down.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((Instant::now() + RETRY_AFTER, e.to_string()));
+            unavailable(e)
+        };
         let mut guard = target.conn.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             let conn = match &target.endpoint {
                 Endpoint::Single(client) => {
                     let conn = client
                         .get_connection_with_timeout(self.timeout)
-                        .map_err(|e| unavailable(&e))?;
-                    conn.set_read_timeout(Some(self.timeout)).map_err(|e| unavailable(&e))?;
-                    conn.set_write_timeout(Some(self.timeout))
-                        .map_err(|e| unavailable(&e))?;
+                        .map_err(|e| failed(&e))?;
+                    conn.set_read_timeout(Some(self.timeout)).map_err(|e| failed(&e))?;
+                    conn.set_write_timeout(Some(self.timeout)).map_err(|e| failed(&e))?;
                     Conn::Single(conn)
                 }
-                Endpoint::Cluster(client) => {
-                    Conn::Cluster(Box::new(client.get_connection().map_err(|e| unavailable(&e))?))
-                }
+                Endpoint::Cluster(client) => Conn::Cluster(Box::new(client.get_connection().map_err(|e| failed(&e))?)),
             };
             *guard = Some(conn);
         }
         let conn = guard.as_mut().ok_or_else(|| unavailable(&"no connection"))?;
         match op(conn) {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                *target.down.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(v)
+            }
             Err(e) => {
                 *guard = None;
-                Err(unavailable(&e))
+                Err(failed(&e))
             }
         }
     }

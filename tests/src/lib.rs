@@ -165,6 +165,24 @@ impl RedisServer {
         s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
+    /// Stops it with SIGSTOP: it keeps its socket and accepts connections, but never answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes it after [`RedisServer::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let status = Command::new("kill")
+            .args([which, &self.child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill {which} failed");
+    }
+
     /// Kills it (SIGKILL).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -603,3 +603,85 @@ async fn corridor_b_never_sees_an_error_caused_by_corridor_a() {
     assert!(n > 50, "B made only {n} requests");
     assert!(errors.is_empty(), "B saw errors: {errors:?}");
 }
+
+/// Corridor B's inference and feature reads keep answering while corridor A's own Redis is
+/// killed, and then hung (SIGSTOP: it accepts connections and never answers), under many
+/// concurrent feature reads in A; A's reads answer 503 naming its Redis, within the timeout.
+#[tokio::test]
+async fn corridor_b_is_untouched_when_corridor_as_redis_is_down_or_hung() {
+    let redis_b = RedisServer::start();
+    let mut redis_a = RedisServer::start();
+    let port_a = redis_a.port;
+    let s = std::sync::Arc::new(
+        Server::start_with(ServerOptions {
+            top: format!(
+                "feature_backend = \"redis\"\nfeature_redis_url = \"{}\"\n",
+                redis_b.url()
+            ),
+            uk_ng: format!("feature_redis_url = \"{}\"\n", redis_a.url()),
+            ..Default::default()
+        })
+        .await,
+    );
+    let read = json!({"features": ["account_stats:completed_orders"], "entities": {"account_id": ["a1"]}}).to_string();
+    let read_in = |corridor: &'static str| {
+        let (s, read) = (s.clone(), read.clone());
+        async move {
+            s.post_raw("/v1/features/get-online", read, &[("x-corridor", corridor)])
+                .await
+        }
+    };
+    assert_eq!(read_in("UK-NG").await.0, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let b = {
+        let (s, stop, read) = (s.clone(), stop.clone(), read.clone());
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let body = trust_request(&[[n as f64, 2.0, 0.1, 4.0, 2.0, 1.0, 0.0, 0.0]]).to_string();
+                let (status, r) = infer(&s, TRUST, &body, "UAE-SA").await;
+                if status != 200 {
+                    errors.push(format!("infer {status} {r}"));
+                }
+                let (status, r) = s
+                    .post_raw("/v1/features/get-online", read.clone(), &[("x-corridor", "UAE-SA")])
+                    .await;
+                if status != 200 {
+                    errors.push(format!("features {status} {r}"));
+                }
+            }
+            (n, errors)
+        })
+    };
+    let flood = |label: &'static str| {
+        let read_in = read_in.clone();
+        async move {
+            let started = Instant::now();
+            let reads: Vec<_> = (0..64).map(|_| tokio::spawn(read_in("UK-NG"))).collect();
+            for r in reads {
+                let (status, body) = r.await.unwrap();
+                assert_eq!(status, 503, "{label}: {body}");
+                assert!(error_of(&body).contains("UK-NG"), "{label}: {body}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{label}: took {:?}",
+                started.elapsed()
+            );
+        }
+    };
+    redis_a.kill();
+    flood("redis killed").await;
+    let redis_a = RedisServer::start_on(port_a);
+    redis_a.pause();
+    flood("redis hung").await;
+    redis_a.resume();
+    let back = within(Duration::from_secs(5), || async { read_in("UK-NG").await.0 == 200 }).await;
+    assert!(back.is_some(), "A's reads did not come back after its Redis did");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, errors) = b.await.unwrap();
+    assert!(n > 20, "B made only {n} rounds");
+    assert!(errors.is_empty(), "B saw errors: {errors:?}");
+}
