@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod governance;
+mod isolation;
 mod transports;
 
 /// Raw engine and served-over-HTTP benchmarks of the shipped models.
@@ -54,6 +55,10 @@ struct Args {
     /// Run only the governance section (in-process cost, served on vs off).
     #[arg(long)]
     governance_only: bool,
+    /// Run only the isolation harness (corridor B's load while corridor A is flooded, killed,
+    /// frozen, cut off from Redis and failing).
+    #[arg(long)]
+    isolation_only: bool,
     /// Model of the transport section (its active version); the first served model when
     /// absent.
     #[arg(long)]
@@ -755,7 +760,8 @@ fn main() -> Result<()> {
         return bench_features(&args);
     }
     let config = Config::load(None)?;
-    let engines = if args.cache_only || args.transports_only || args.governance_only {
+    let sections_only = args.transports_only || args.governance_only || args.isolation_only;
+    let engines = if args.cache_only || sections_only {
         Vec::new()
     } else {
         run_engine_sections(&args, &config)?
@@ -840,7 +846,7 @@ fn main() -> Result<()> {
     };
 
     // 1. Computed answers (cache off), against the raw engine and the HTTP floor.
-    if !args.cache_only {
+    if !args.cache_only && !sections_only {
         let port = free_port();
         let _server = start_server(&args.binary, port, &[("INVARIANT_CACHE__ENABLED", "false".into())])?;
         let base = format!("http://127.0.0.1:{port}");
@@ -860,16 +866,28 @@ fn main() -> Result<()> {
     }
 
     let transport_work = transport_work.context("the transport model is not served")?;
-    let (_, _, governance_path, governance_body, _, _) = bodies
+    let (_, _, governance_path, governance_body, varying_body, _) = bodies
         .iter()
         .find(|b| b.0 == transport_work.model)
         .context("no body for the transport model")?;
-    if args.transports_only || args.governance_only {
+    let isolation = || {
+        isolation::bench_isolation(
+            &args,
+            governance_path,
+            varying_body,
+            &transport_work.json_body(),
+            &scripts,
+        )
+    };
+    if sections_only {
         if args.transports_only {
             transports::bench_transports(&args, &transport_work, &scripts)?;
         }
         if args.governance_only {
             governance::bench_governance(&args, &config, &transport_work.model, governance_path, governance_body)?;
+        }
+        if args.isolation_only {
+            isolation()?;
         }
         let _ = std::fs::remove_dir_all(&scripts);
         return Ok(());
@@ -877,6 +895,7 @@ fn main() -> Result<()> {
     if !args.cache_only {
         transports::bench_transports(&args, &transport_work, &scripts)?;
         governance::bench_governance(&args, &config, &transport_work.model, governance_path, governance_body)?;
+        isolation()?;
     }
 
     // 2. Cache hits (L1), against the HTTP floor of the same server: interleaved rounds, each

@@ -35,7 +35,8 @@ pub struct Workload {
 }
 
 impl Workload {
-    fn json_body(&self) -> String {
+    /// The batch-1 V2 JSON body.
+    pub fn json_body(&self) -> String {
         serde_json::json!({ "inputs": self.inputs.iter().map(|t| serde_json::json!({
             "name": t.name, "shape": t.shape, "datatype": t.datatype(), "data": t.data,
         })).collect::<Vec<_>>() })

@@ -2,9 +2,10 @@
 //! failures, half-open after `open_seconds`, closed again after `successes` successes in a
 //! row (a failure while half-open opens it again).
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Breaker thresholds (the platform's defaults: 5 failures, 30 s, 3 successes).
@@ -88,11 +89,17 @@ pub struct BreakerChange {
 
 type Cell = Arc<Mutex<BreakerState>>;
 
-/// Every corridor's breakers, created on a model's first failure (no breaker: closed).
+/// Corridor → model → breaker.
+type Cells = BTreeMap<String, BTreeMap<String, Cell>>;
+
+/// Every corridor's breakers, created on a model's first failure (no breaker: closed). The
+/// map is read through an `ArcSwap` (no lock on the request path) and replaced, under
+/// `create`, when a breaker is created.
 #[derive(Debug)]
 pub struct Breakers {
     settings: BreakerSettings,
-    cells: RwLock<BTreeMap<String, BTreeMap<String, Cell>>>,
+    cells: ArcSwap<Cells>,
+    create: Mutex<()>,
 }
 
 impl Breakers {
@@ -100,7 +107,8 @@ impl Breakers {
     pub fn new(settings: BreakerSettings) -> Self {
         Self {
             settings,
-            cells: RwLock::new(BTreeMap::new()),
+            cells: ArcSwap::from_pointee(BTreeMap::new()),
+            create: Mutex::new(()),
         }
     }
 
@@ -109,8 +117,7 @@ impl Breakers {
     }
 
     fn cell(&self, corridor: &str, model: &str) -> Option<Cell> {
-        let cells = self.cells.read().unwrap_or_else(|p| p.into_inner());
-        cells.get(corridor)?.get(model).cloned()
+        self.cells.load().get(corridor)?.get(model).cloned()
     }
 
     /// `Some(retry after)` while `model`'s breaker in `corridor` is open; an open breaker past
@@ -146,8 +153,8 @@ impl Breakers {
 
     /// The state of every breaker that exists, by corridor and model.
     pub fn states(&self) -> BTreeMap<String, BTreeMap<String, BreakerState>> {
-        let cells = self.cells.read().unwrap_or_else(|p| p.into_inner());
-        cells
+        self.cells
+            .load()
             .iter()
             .map(|(c, models)| {
                 (
@@ -178,13 +185,16 @@ impl Breakers {
             // Success with no breaker: nothing to count.
             (None, true) => return None,
             (None, false) => {
-                let mut cells = self.cells.write().unwrap_or_else(|p| p.into_inner());
-                cells
+                let _one = self.create.lock().unwrap_or_else(|p| p.into_inner());
+                let mut cells = (**self.cells.load()).clone();
+                let cell = cells
                     .entry(corridor.to_string())
                     .or_default()
                     .entry(model.to_string())
                     .or_insert_with(|| Arc::new(Mutex::new(BreakerState::Closed { failures: 0 })))
-                    .clone()
+                    .clone();
+                self.cells.store(Arc::new(cells));
+                cell
             }
         };
         let mut state = cell.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,11 +2,12 @@
 //! corridor, each on its own: one scope's exhaustion never takes another's tokens.
 
 use crate::state::{default_burst, Limit, Scope};
+use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A bucket and the limit it was built for.
@@ -66,20 +67,36 @@ pub struct Exhausted {
     pub retry_after: Duration,
 }
 
-/// Corridor → model → bucket (`None`: no limit applies to that model).
-type ModelBuckets = BTreeMap<String, BTreeMap<String, Option<Arc<Bucket>>>>;
+/// Corridor → model → bucket.
+type ModelBuckets = BTreeMap<String, BTreeMap<String, Arc<Bucket>>>;
+
+/// One consistent set of buckets, replaced as a whole (readers take no lock).
+#[derive(Debug, Default)]
+struct Buckets {
+    overrides: BTreeMap<Scope, Limit>,
+    markets: BTreeMap<u32, Arc<Bucket>>,
+    corridors: BTreeMap<String, Arc<Bucket>>,
+    /// Models within a corridor that have a limit (an override, or a default model limit
+    /// once the model was first seen there).
+    models: ModelBuckets,
+}
 
 /// Every bucket, rebuilt (keeping the buckets whose limit did not change) when operators'
-/// overrides change.
+/// overrides change. Requests read one snapshot through an `ArcSwap` (no lock, no shared
+/// counter touched but the buckets' own).
 #[derive(Debug)]
 pub struct Limiters {
     defaults: Defaults,
-    overrides: RwLock<BTreeMap<Scope, Limit>>,
-    markets: RwLock<BTreeMap<u32, Arc<Bucket>>>,
-    corridors: RwLock<BTreeMap<String, Arc<Bucket>>>,
-    /// Corridor → model → bucket (created on a model's first request when a model limit
-    /// applies).
-    models: RwLock<ModelBuckets>,
+    buckets: ArcSwap<Buckets>,
+    /// Serialises replacements.
+    write: Mutex<()>,
+}
+
+fn keep(old: Option<&Arc<Bucket>>, limit: Limit) -> Arc<Bucket> {
+    match old {
+        Some(b) if b.limit == limit => b.clone(),
+        _ => Bucket::new(limit),
+    }
 }
 
 impl Limiters {
@@ -87,163 +104,142 @@ impl Limiters {
     pub fn new(defaults: Defaults, overrides: &BTreeMap<Scope, Limit>) -> Self {
         let l = Self {
             defaults,
-            overrides: RwLock::new(BTreeMap::new()),
-            markets: RwLock::new(BTreeMap::new()),
-            corridors: RwLock::new(BTreeMap::new()),
-            models: RwLock::new(BTreeMap::new()),
+            buckets: ArcSwap::from_pointee(Buckets::default()),
+            write: Mutex::new(()),
         };
-        l.set_overrides(overrides);
+        l.rebuild(overrides, None);
         l
     }
 
     /// Applies a new set of overrides: buckets whose limit changed start full; the others keep
     /// their state.
     pub fn set_overrides(&self, overrides: &BTreeMap<Scope, Limit>) {
-        {
-            let current = self.overrides.read().unwrap_or_else(|p| p.into_inner());
-            if *current == *overrides && !self.corridors.read().unwrap_or_else(|p| p.into_inner()).is_empty() {
-                return;
-            }
+        if self.buckets.load().overrides == *overrides {
+            return;
         }
-        *self.overrides.write().unwrap_or_else(|p| p.into_inner()) = overrides.clone();
-        let keep = |old: Option<&Arc<Bucket>>, limit: Limit| match old {
-            Some(b) if b.limit == limit => b.clone(),
-            _ => Bucket::new(limit),
-        };
-        {
-            let mut markets = self.markets.write().unwrap_or_else(|p| p.into_inner());
-            let mut next = BTreeMap::new();
-            let mut wanted: BTreeMap<u32, Limit> =
-                self.defaults.market.iter().map(|(m, r)| (*m, limit_of(*r))).collect();
-            for (scope, limit) in overrides {
-                if let Scope::Market(m) = scope {
-                    wanted.insert(*m, *limit);
+        self.rebuild(overrides, None);
+    }
+
+    /// Builds the next snapshot from `overrides` (and, when given, one more model seen in a
+    /// corridor that a default model limit applies to).
+    fn rebuild(&self, overrides: &BTreeMap<Scope, Limit>, seen: Option<(&str, &str)>) {
+        let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.buckets.load_full();
+        let mut markets: BTreeMap<u32, Limit> = self.defaults.market.iter().map(|(m, r)| (*m, limit_of(*r))).collect();
+        let mut corridors: BTreeMap<String, Limit> = self
+            .defaults
+            .corridor
+            .iter()
+            .map(|(c, r)| (c.clone(), limit_of(*r)))
+            .collect();
+        let mut models: BTreeMap<(String, String), Limit> = BTreeMap::new();
+        // Models seen before keep their default limit.
+        if let Some(rate) = self.defaults.model {
+            for (c, by_model) in &old.models {
+                for m in by_model.keys() {
+                    models.insert((c.clone(), m.clone()), limit_of(rate));
                 }
             }
-            for (m, limit) in wanted {
-                next.insert(m, keep(markets.get(&m), limit));
+            if let Some((c, m)) = seen {
+                models.insert((c.to_string(), m.to_string()), limit_of(rate));
             }
-            *markets = next;
         }
-        {
-            let mut corridors = self.corridors.write().unwrap_or_else(|p| p.into_inner());
-            let mut wanted: BTreeMap<String, Limit> = self
-                .defaults
-                .corridor
-                .iter()
-                .map(|(c, r)| (c.clone(), limit_of(*r)))
-                .collect();
-            for (scope, limit) in overrides {
-                if let Scope::Corridor(c) = scope {
-                    wanted.insert(c.clone(), *limit);
+        for (scope, limit) in overrides {
+            match scope {
+                Scope::Market(m) => {
+                    markets.insert(*m, *limit);
                 }
+                Scope::Corridor(c) => {
+                    corridors.insert(c.clone(), *limit);
+                }
+                Scope::ModelInCorridor { model, corridor } => {
+                    models.insert((corridor.clone(), model.clone()), *limit);
+                }
+                _ => {}
             }
-            let next = wanted
+        }
+        let mut next = Buckets {
+            overrides: overrides.clone(),
+            markets: markets
                 .into_iter()
-                .map(|(c, limit)| {
-                    let b = keep(corridors.get(&c), limit);
+                .map(|(m, l)| (m, keep(old.markets.get(&m), l)))
+                .collect(),
+            corridors: corridors
+                .into_iter()
+                .map(|(c, l)| {
+                    let b = keep(old.corridors.get(&c), l);
                     (c, b)
                 })
-                .collect();
-            *corridors = next;
+                .collect(),
+            models: BTreeMap::new(),
+        };
+        for ((c, m), l) in models {
+            let b = keep(old.models.get(&c).and_then(|x| x.get(&m)), l);
+            next.models.entry(c).or_default().insert(m, b);
         }
-        // Model buckets are rebuilt lazily from the new overrides.
-        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
-        for (corridor, by_model) in models.iter_mut() {
-            for (model, bucket) in by_model.iter_mut() {
-                let limit = self.model_limit(overrides, corridor, model);
-                *bucket = match (limit, bucket.take()) {
-                    (None, _) => None,
-                    (Some(l), old) => Some(keep(old.as_ref(), l)),
-                };
-            }
-        }
-    }
-
-    fn model_limit(&self, overrides: &BTreeMap<Scope, Limit>, corridor: &str, model: &str) -> Option<Limit> {
-        if !overrides.is_empty() {
-            let scope = Scope::ModelInCorridor {
-                model: model.to_string(),
-                corridor: corridor.to_string(),
-            };
-            if let Some(l) = overrides.get(&scope) {
-                return Some(*l);
-            }
-        }
-        self.defaults.model.map(limit_of)
-    }
-
-    fn model_bucket(&self, corridor: &str, model: &str) -> Option<Arc<Bucket>> {
-        {
-            let models = self.models.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(b) = models.get(corridor).and_then(|m| m.get(model)) {
-                return b.clone();
-            }
-        }
-        let overrides = self.overrides.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let bucket = self.model_limit(&overrides, corridor, model).map(Bucket::new);
-        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
-        models
-            .entry(corridor.to_string())
-            .or_default()
-            .entry(model.to_string())
-            .or_insert(bucket)
-            .clone()
+        self.buckets.store(Arc::new(next));
     }
 
     /// Takes one token from the model-in-corridor, corridor and market buckets over a request,
     /// in that order; the first empty one refuses.
     pub fn take(&self, market: Option<u32>, corridor: &str, model: &str) -> Result<(), Exhausted> {
+        let mut buckets = self.buckets.load();
+        let known = buckets.models.get(corridor).is_some_and(|m| m.contains_key(model));
+        if !known && self.defaults.model.is_some() {
+            // A default model limit applies to a model seen here for the first time.
+            let overrides = buckets.overrides.clone();
+            self.rebuild(&overrides, Some((corridor, model)));
+            buckets = self.buckets.load();
+        }
         let refuse = |scope: Scope, b: &Bucket, retry_after: Duration| Exhausted {
             scope,
             limit: b.limit,
             retry_after,
         };
-        if let Some(b) = self.model_bucket(corridor, model) {
+        if let Some(b) = buckets.models.get(corridor).and_then(|m| m.get(model)) {
             b.take().map_err(|d| {
                 refuse(
                     Scope::ModelInCorridor {
                         model: model.to_string(),
                         corridor: corridor.to_string(),
                     },
-                    &b,
+                    b,
                     d,
                 )
             })?;
         }
-        if let Some(b) = self.corridors.read().unwrap_or_else(|p| p.into_inner()).get(corridor) {
+        if let Some(b) = buckets.corridors.get(corridor) {
             b.take()
                 .map_err(|d| refuse(Scope::Corridor(corridor.to_string()), b, d))?;
         }
         if let Some(m) = market {
-            if let Some(b) = self.markets.read().unwrap_or_else(|p| p.into_inner()).get(&m) {
+            if let Some(b) = buckets.markets.get(&m) {
                 b.take().map_err(|d| refuse(Scope::Market(m), b, d))?;
             }
         }
         Ok(())
     }
 
-    /// The limit in force per scope (corridors and markets; models within a corridor that have
-    /// a bucket).
+    /// The limit in force per scope (markets, corridors, and models within a corridor that
+    /// have a bucket).
     pub fn limits(&self) -> BTreeMap<Scope, Limit> {
+        let buckets = self.buckets.load();
         let mut out = BTreeMap::new();
-        for (m, b) in self.markets.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (m, b) in &buckets.markets {
             out.insert(Scope::Market(*m), b.limit);
         }
-        for (c, b) in self.corridors.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (c, b) in &buckets.corridors {
             out.insert(Scope::Corridor(c.clone()), b.limit);
         }
-        for (c, models) in self.models.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (c, models) in &buckets.models {
             for (m, b) in models {
-                if let Some(b) = b {
-                    out.insert(
-                        Scope::ModelInCorridor {
-                            model: m.clone(),
-                            corridor: c.clone(),
-                        },
-                        b.limit,
-                    );
-                }
+                out.insert(
+                    Scope::ModelInCorridor {
+                        model: m.clone(),
+                        corridor: c.clone(),
+                    },
+                    b.limit,
+                );
             }
         }
         out

@@ -655,8 +655,7 @@ async fn corridor_b_is_untouched_when_corridor_as_redis_is_down_or_hung() {
             (n, errors)
         })
     };
-    let flood = |label: &'static str| {
-        let read_in = read_in.clone();
+    let flood = move |label: &'static str| {
         async move {
             let started = Instant::now();
             let reads: Vec<_> = (0..64).map(|_| tokio::spawn(read_in("UK-NG"))).collect();
