@@ -2,7 +2,9 @@
 # Runs the benchmarks: raw engine throughput per shipped model (batch 1 and 32) and served
 # throughput/latency over HTTP at concurrency 1, 8, 32 with wrk, against /v2/health/live of
 # the same server as the HTTP floor; the native kernels, the gate, routing, a 100 MB import, cache
-# hits (L1 and Redis L2), dynamic batching and the feature store. Installs wrk and b3sum when
+# hits (L1 and Redis L2), dynamic batching, the feature store, HTTP JSON vs HTTP binary vs gRPC,
+# the cost of corridor governance and the isolation harness (corridor B under load while
+# corridor A is flooded, killed, frozen, cut off from Redis or failing). Installs wrk and b3sum when
 # missing (redis-server too, for the L2 run). Extra arguments go to
 # invariant-bench (see `cargo run --release -p invariant-bench -- --help`).
 set -euo pipefail
