@@ -195,5 +195,6 @@ fn onnx_manifest(config: &Config, req: &ImportRequest) -> Result<Manifest, Impor
             model: "model.onnx".into(),
         }),
         native: None,
+        fallback_rules: Vec::new(),
     })
 }

@@ -10,6 +10,7 @@ mod hashing;
 pub mod lifecycle;
 mod manifest;
 mod repository;
+pub mod rules;
 
 pub use hashing::{copy_and_hash, hash_bytes, hash_file, FileHashes};
 pub use manifest::{

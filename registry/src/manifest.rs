@@ -131,6 +131,9 @@ pub enum Fallback {
     Refuse,
     /// Serve the cached answer for the same input, flagged as degraded; refuse on a miss.
     Cache,
+    /// Serve the cached answer for the same input, else the manifest's `[[fallback_rules]]`,
+    /// flagged as degraded.
+    Rules,
 }
 
 /// A model's answer when its features cannot be read.
@@ -228,6 +231,9 @@ pub struct Manifest {
     /// Native network (format = "native").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub native: Option<NativeSection>,
+    /// The rule table of `fallback = "rules"` (see [`crate::rules`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_rules: Vec<crate::rules::FallbackRule>,
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -378,6 +384,13 @@ impl Manifest {
                 }
                 self.validate_native(native).or_else(invalid)?;
             }
+        }
+        match (self.inference.fallback, self.fallback_rules.is_empty()) {
+            (crate::Fallback::Rules, _) => crate::rules::validate(self).or_else(invalid)?,
+            (_, false) => {
+                return invalid("[[fallback_rules]] are declared but [inference] fallback is not \"rules\"".into())
+            }
+            (_, true) => {}
         }
         Ok(())
     }

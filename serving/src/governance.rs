@@ -6,14 +6,15 @@
 //! Behaviour per degradation level (a corridor's effective level: the operator's, else the one
 //! its signals compute; the emergency switch makes every corridor 4):
 //! - 0 full service;
-//! - 1 AI degraded: models that declare the `cache` fallback answer only from the cache,
-//!   flagged; the others compute as usual;
-//! - 2 corridor degraded: every answer comes from the cache, flagged; a miss is refused (503);
+//! - 1 AI degraded: models that declare a fallback (`cache` or `rules`) answer from the cache,
+//!   else from their rules, flagged; the others compute as usual;
+//! - 2 corridor degraded: every answer comes from the cache or the model's rules, flagged;
+//!   otherwise it is refused (503);
 //! - 3 corridor isolated: as 2, and feature writes are refused;
 //! - 4 emergency: every request of the corridor is refused (503).
 //!
-//! An open circuit breaker answers from the cache (flagged) when the model declares the
-//! `cache` fallback, else refuses fast with 503.
+//! An open circuit breaker answers from the cache, else the model's rules (flagged), when the
+//! model declares a fallback, else refuses fast with 503.
 
 use crate::guards::{Admit, Guard, Outcome, RequestContext};
 use crate::request::Source;
@@ -22,6 +23,7 @@ use invariant_governance::breaker::BreakerChange;
 use invariant_governance::state::{Change, ControlState};
 use invariant_governance::store::StoreError;
 use invariant_governance::{Governance, LevelChange, Refusal};
+use invariant_registry::Fallback;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -101,26 +103,29 @@ impl Guard for GovernanceGuard {
         if mode.level >= 4 {
             return Err(refusal_error(&level_refusal("every request is refused")));
         }
+        let declared = ctx.fallback != Fallback::Refuse;
+        let degraded = |what, rules| Admit::CacheOnly {
+            reason: level_refusal(what).to_string(),
+            rules,
+        };
         if let Some(retry_after) = mode.breaker_open {
             let open = Refusal::BreakerOpen {
                 corridor: corridor.to_string(),
                 model: ctx.model.to_string(),
                 retry_after,
             };
-            if !ctx.cache_fallback {
+            if !declared {
                 return Err(refusal_error(&open));
             }
             return Ok(Admit::CacheOnly {
                 reason: open.to_string(),
+                rules: mode.level < 3,
             });
         }
         match mode.level {
-            2 | 3 => Ok(Admit::CacheOnly {
-                reason: level_refusal("only cached answers are served").to_string(),
-            }),
-            1 if ctx.cache_fallback => Ok(Admit::CacheOnly {
-                reason: level_refusal("answers come from the model's cache fallback").to_string(),
-            }),
+            3 => Ok(degraded("only cached answers are served", false)),
+            2 => Ok(degraded("only cached or rule-based answers are served", true)),
+            1 if declared => Ok(degraded("answers come from the model's declared fallback", true)),
             _ => Ok(Admit::Full),
         }
     }

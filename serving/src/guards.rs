@@ -45,8 +45,8 @@ pub struct RequestContext<'a> {
     pub caller: &'a Caller,
     /// Whether the guards already admitted this request before its body was parsed.
     pub admitted_early: bool,
-    /// Whether the routed version declares the `cache` fallback.
-    pub cache_fallback: bool,
+    /// The routed version's declared fallback (`Refuse` before routing).
+    pub fallback: invariant_registry::Fallback,
 }
 
 /// How a guard lets a request through.
@@ -54,10 +54,13 @@ pub struct RequestContext<'a> {
 pub enum Admit {
     /// Serve it in full.
     Full,
-    /// Serve it only from the cache, flagged as degraded (a miss is refused with `reason`).
+    /// Compute nothing: serve it from the cache, else (when `rules` and the version declares
+    /// them) from its fallback rules, flagged as degraded; otherwise refuse with `reason`.
     CacheOnly {
         /// Why (for the reply's `degraded_reason` and the refusal of a miss).
         reason: String,
+        /// Whether the version's fallback rules may answer a miss.
+        rules: bool,
     },
 }
 

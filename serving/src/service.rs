@@ -36,7 +36,7 @@ struct Progress {
     run: Option<RunTimings>,
     rows: usize,
     admitted_early: bool,
-    cache_fallback: bool,
+    fallback: invariant_registry::Fallback,
     /// A guard refused it.
     refused: bool,
 }
@@ -54,7 +54,7 @@ impl Progress {
             request_id: self.request_id.as_deref(),
             caller: &target.caller,
             admitted_early: self.admitted_early,
-            cache_fallback: self.cache_fallback,
+            fallback: self.fallback,
         }
     }
 }
@@ -156,7 +156,7 @@ impl InferenceService {
             run: None,
             rows: 0,
             admitted_early: false,
-            cache_fallback: false,
+            fallback: invariant_registry::Fallback::Refuse,
             refused: false,
         };
         let result = self.serve(&snapshot, &target, decode, &mut progress).await;
@@ -235,7 +235,7 @@ impl InferenceService {
         let version_text = manifest.version.to_string();
         progress.version = Some(version_text.clone());
         progress.routing = Some(routing);
-        progress.cache_fallback = manifest.inference.fallback == invariant_registry::Fallback::Cache;
+        progress.fallback = manifest.inference.fallback;
         let admit = self
             .guards
             .admit(&progress.context(target))
@@ -285,20 +285,29 @@ impl InferenceService {
                 )
                 .await?
             }
-            Admit::CacheOnly { reason } => {
+            Admit::CacheOnly { reason, rules } => {
                 let found = if caching {
                     runtime.cache.lookup(key.as_bytes()).await
                 } else {
                     None
                 };
-                let Some((bytes, _)) = found else {
-                    progress.refused = true;
-                    return Err(ServeError::unavailable(format!(
-                        "{reason}; no cached answer for this input"
-                    )));
+                let (bytes, source) = match found {
+                    Some((bytes, _)) => (bytes, "cache"),
+                    None if *rules && manifest.inference.fallback == invariant_registry::Fallback::Rules => {
+                        let answer = invariant_registry::rules::evaluate(manifest, &ordered)
+                            .map_err(|e| ServeError::internal(format!("fallback rules: {e}")))?;
+                        let refs: Vec<&Tensor> = answer.iter().collect();
+                        (Bytes::from(invariant_core::hash::encode_list(&refs)), "rules")
+                    }
+                    None => {
+                        progress.refused = true;
+                        return Err(ServeError::unavailable(format!(
+                            "{reason}; no cached answer for this input"
+                        )));
+                    }
                 };
                 degraded = Some(crate::request::Degraded {
-                    source: "cache",
+                    source,
                     reason: reason.clone(),
                 });
                 (bytes, Source::Fallback)
@@ -406,7 +415,7 @@ impl InferenceService {
             request_id: None,
             caller: &caller,
             admitted_early: false,
-            cache_fallback: false,
+            fallback: invariant_registry::Fallback::Refuse,
         };
         // A degraded corridor or an open breaker flags or refuses answers: the request takes
         // the full path, which does.
@@ -421,7 +430,7 @@ impl InferenceService {
                 }),
                 // The corridor degraded between the two checks: refuse rather than answer
                 // unflagged.
-                Admit::CacheOnly { reason } => Err(ServeError::unavailable(reason)),
+                Admit::CacheOnly { reason, .. } => Err(ServeError::unavailable(reason)),
             }
         });
         let outcome = Outcome {

@@ -655,21 +655,19 @@ async fn corridor_b_is_untouched_when_corridor_as_redis_is_down_or_hung() {
             (n, errors)
         })
     };
-    let flood = move |label: &'static str| {
-        async move {
-            let started = Instant::now();
-            let reads: Vec<_> = (0..64).map(|_| tokio::spawn(read_in("UK-NG"))).collect();
-            for r in reads {
-                let (status, body) = r.await.unwrap();
-                assert_eq!(status, 503, "{label}: {body}");
-                assert!(error_of(&body).contains("UK-NG"), "{label}: {body}");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{label}: took {:?}",
-                started.elapsed()
-            );
+    let flood = move |label: &'static str| async move {
+        let started = Instant::now();
+        let reads: Vec<_> = (0..64).map(|_| tokio::spawn(read_in("UK-NG"))).collect();
+        for r in reads {
+            let (status, body) = r.await.unwrap();
+            assert_eq!(status, 503, "{label}: {body}");
+            assert!(error_of(&body).contains("UK-NG"), "{label}: {body}");
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{label}: took {:?}",
+            started.elapsed()
+        );
     };
     redis_a.kill();
     flood("redis killed").await;
@@ -683,4 +681,82 @@ async fn corridor_b_is_untouched_when_corridor_as_redis_is_down_or_hung() {
     let (n, errors) = b.await.unwrap();
     assert!(n > 20, "B made only {n} rounds");
     assert!(errors.is_empty(), "B saw errors: {errors:?}");
+}
+
+/// A version declaring `fallback = "rules"`: refused until its golden vectors record the rules'
+/// answers; then, with its breaker open, each row gets the first matching rule's outputs,
+/// flagged `source = "rules"`.
+#[tokio::test]
+async fn rule_fallbacks_are_covered_by_golden_vectors_and_answer_when_the_breaker_is_open() {
+    let repo = RepoCopy::new().with_fixture("canary-probe");
+    let manifest = repo.version_dir("canary-probe", "1.1.0").join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let rules =
+        "\n[[fallback_rules]]\ninput = \"x\"\ncolumn = 0\nop = \">\"\nvalue = 2.5\noutputs = { y = [99.0, 99.0] }\n\n\
+                 [[fallback_rules]]\noutputs = { y = [7.0, 7.0] }\n";
+    std::fs::write(
+        &manifest,
+        text.replace("[inference]\n", "[inference]\nfallback = \"rules\"\n") + rules,
+    )
+    .unwrap();
+    let mut args = vec!["models", "verify"];
+    let repo_args = repo.args();
+    args.extend(repo_args.iter().map(String::as_str));
+    let (code, out, err) = invariant(&args);
+    assert_ne!(
+        code, 0,
+        "a version whose golden vectors do not cover its rules must not verify"
+    );
+    assert!(format!("{out}{err}").contains("fallback_outputs"), "{out}{err}");
+    let mut record = vec!["golden", "record", "canary-probe", "1.1.0", "--force"];
+    record.extend(repo_args.iter().map(String::as_str));
+    let (code, out, err) = invariant(&record);
+    assert_eq!(code, 0, "{out}{err}");
+    let golden = std::fs::read_to_string(repo.golden().join("canary-probe/1.1.0.jsonl")).unwrap();
+    assert!(golden.contains("fallback_outputs"), "the rules' answers are recorded");
+    let (code, out, err) = invariant(&args);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let s = Server::start_with(ServerOptions {
+        extra:
+            "[governance.breaker]\nfailures = 3\nopen_seconds = 600\n[governance.degradation]\nmin_requests = 1000\n"
+                .into(),
+        ..repo.options()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(infer(&s, PROBE, &probe(10.0), "UK-NG").await.0, 500);
+    }
+    let two_rows =
+        json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [2.9, 1.0, 0.5, 0.5]}]});
+    let (status, r) = infer(&s, PROBE, &two_rows.to_string(), "UK-NG").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["parameters"]["degraded"], true, "{r}");
+    assert_eq!(r["parameters"]["source"], "rules", "{r}");
+    assert_eq!(r["outputs"][0]["data"], json!([99.0, 99.0, 7.0, 7.0]), "{r}");
+    assert_eq!(r["outputs"][0]["shape"], json!([2, 2]), "{r}");
+    // Elsewhere the model computes as usual.
+    let (status, r) = infer(&s, PROBE, &two_rows.to_string(), "UAE-SA").await;
+    assert_eq!(status, 200, "{r}");
+    assert!(r["parameters"].get("degraded").is_none(), "{r}");
+    assert_eq!(r["outputs"][0]["data"], json!([30.0, 20.0, 10.0, 10.0]), "{r}");
+    // A bad rule table is refused at load, naming the field.
+    let bad = RepoCopy::new().with_fixture("canary-probe");
+    let m = bad.version_dir("canary-probe", "1.1.0").join("manifest.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(
+        &m,
+        text.replace("[inference]\n", "[inference]\nfallback = \"rules\"\n")
+            + "\n[[fallback_rules]]\noutputs = { y = [1.0] }\n",
+    )
+    .unwrap();
+    let mut args = vec!["models", "verify"];
+    let bad_args = bad.args();
+    args.extend(bad_args.iter().map(String::as_str));
+    let (code, out, err) = invariant(&args);
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").contains("fallback_rules[0].outputs.y"),
+        "{out}{err}"
+    );
 }

@@ -268,7 +268,16 @@ pub fn record(model: &Model, recorded_at: &str) -> Result<GoldenFile, VerifyErro
     let mut vectors = Vec::new();
     for (id, inputs) in generate::golden_inputs(manifest) {
         let outputs = run(model, &id, &inputs)?.iter().map(GoldenOutput::of).collect();
-        vectors.push(GoldenVector { id, inputs, outputs });
+        let fallback_outputs = fallback_answer(manifest, &id, &inputs)?
+            .iter()
+            .map(GoldenOutput::of)
+            .collect();
+        vectors.push(GoldenVector {
+            id,
+            inputs,
+            outputs,
+            fallback_outputs,
+        });
     }
     let runtime = model.runtime();
     Ok(GoldenFile {
@@ -285,6 +294,21 @@ pub fn record(model: &Model, recorded_at: &str) -> Result<GoldenFile, VerifyErro
             vectors: vectors.len(),
         },
         vectors,
+    })
+}
+
+/// The rule fallback's answer to a vector (empty when the version declares none).
+fn fallback_answer(
+    manifest: &invariant_registry::Manifest,
+    id: &str,
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>, VerifyError> {
+    if manifest.inference.fallback != invariant_registry::Fallback::Rules {
+        return Ok(Vec::new());
+    }
+    invariant_registry::rules::evaluate(manifest, inputs).map_err(|e| VerifyError::Fallback {
+        vector: id.to_string(),
+        message: format!("fallback rules: {e}"),
     })
 }
 
@@ -330,6 +354,19 @@ pub fn verify_deploy(model: &Model, golden: &GoldenFile) -> Result<DeployVerific
     for v in &golden.vectors {
         let first = run(model, &v.id, &v.inputs)?;
         c.compare(Check::Golden, &v.id, &v.outputs, &first, "");
+        let fallback = fallback_answer(manifest, &v.id, &v.inputs)?;
+        if !fallback.is_empty() {
+            if v.fallback_outputs.is_empty() {
+                c.fail(
+                    Check::Golden,
+                    Some(&v.id),
+                    "the version declares fallback rules but the golden vector records no fallback_outputs: \
+                     record the golden vectors again",
+                );
+            } else {
+                c.compare(Check::Golden, &v.id, &v.fallback_outputs, &fallback, "fallback rules");
+            }
+        }
         let reference: Vec<GoldenOutput> = first.iter().map(GoldenOutput::of).collect();
         for repetition in 2..=3 {
             let again = run(model, &v.id, &v.inputs)?;

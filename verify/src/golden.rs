@@ -86,6 +86,9 @@ pub struct GoldenVector {
     pub inputs: Vec<Tensor>,
     /// Expected outputs, in manifest order.
     pub outputs: Vec<GoldenOutput>,
+    /// Expected outputs of the version's rule fallback for the same inputs (empty when the
+    /// version declares none).
+    pub fallback_outputs: Vec<GoldenOutput>,
 }
 
 /// A parsed golden file.
@@ -121,6 +124,8 @@ struct VectorLine<'a> {
     #[serde(borrow)]
     inputs: Vec<InputLine<'a>>,
     outputs: Vec<OutputLine>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    fallback_outputs: Vec<OutputLine>,
 }
 
 /// Hex digits of one element of a datatype.
@@ -169,50 +174,13 @@ impl GoldenFile {
                     .map_err(|e| bad(path, n, e.to_string()))?;
                 inputs.push(tensor);
             }
-            let mut outputs = Vec::new();
-            for (k, o) in raw.outputs.into_iter().enumerate() {
-                let width = hex_width(o.datatype);
-                let bits = o
-                    .bits
-                    .iter()
-                    .map(|h| {
-                        if h.len() != width {
-                            return Err(bad(
-                                path,
-                                n,
-                                format!("outputs[{k}]: bits '{h}' must have {width} hex digits"),
-                            ));
-                        }
-                        u64::from_str_radix(h, 16)
-                            .map_err(|_| bad(path, n, format!("outputs[{k}]: bits '{h}' is not hex")))
-                    })
-                    .collect::<Result<Vec<u64>, _>>()?;
-                if bits.len() != o.shape.iter().product::<usize>() {
-                    return Err(bad(
-                        path,
-                        n,
-                        format!("outputs[{k}]: {} bits for shape {:?}", bits.len(), o.shape),
-                    ));
-                }
-                let out = GoldenOutput {
-                    name: o.name,
-                    datatype: o.datatype,
-                    shape: o.shape,
-                    bits,
-                };
-                if out.blake3() != o.blake3 {
-                    return Err(bad(
-                        path,
-                        n,
-                        format!("outputs[{k}]: blake3 does not match its bits (edited by hand?)"),
-                    ));
-                }
-                outputs.push(out);
-            }
+            let outputs = parse_outputs(raw.outputs, "outputs", path, n)?;
+            let fallback_outputs = parse_outputs(raw.fallback_outputs, "fallback_outputs", path, n)?;
             vectors.push(GoldenVector {
                 id: raw.id,
                 inputs,
                 outputs,
+                fallback_outputs,
             });
         }
         if vectors.len() != header.vectors {
@@ -254,17 +222,8 @@ impl GoldenFile {
                         data,
                     })
                     .collect(),
-                outputs: v
-                    .outputs
-                    .iter()
-                    .map(|o| OutputLine {
-                        name: o.name.clone(),
-                        datatype: o.datatype,
-                        shape: o.shape.clone(),
-                        bits: o.bits.iter().map(|&b| to_hex(b, o.datatype)).collect(),
-                        blake3: o.blake3(),
-                    })
-                    .collect(),
+                outputs: v.outputs.iter().map(output_line).collect(),
+                fallback_outputs: v.fallback_outputs.iter().map(output_line).collect(),
             };
             out.push_str(&serde_json::to_string(&line).map_err(json)?);
             out.push('\n');
@@ -289,6 +248,61 @@ impl GoldenFile {
         std::fs::write(&tmp, self.to_jsonl()?).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     }
+}
+
+fn output_line(o: &GoldenOutput) -> OutputLine {
+    OutputLine {
+        name: o.name.clone(),
+        datatype: o.datatype,
+        shape: o.shape.clone(),
+        bits: o.bits.iter().map(|&b| to_hex(b, o.datatype)).collect(),
+        blake3: o.blake3(),
+    }
+}
+
+/// Parses a vector's output lines (`field`: `outputs` or `fallback_outputs`), checking each
+/// one's hex widths, bit count against its shape, and recorded blake3.
+fn parse_outputs(lines: Vec<OutputLine>, field: &str, path: &Path, n: usize) -> Result<Vec<GoldenOutput>, VerifyError> {
+    let mut outputs = Vec::new();
+    for (k, o) in lines.into_iter().enumerate() {
+        let width = hex_width(o.datatype);
+        let bits = o
+            .bits
+            .iter()
+            .map(|h| {
+                if h.len() != width {
+                    return Err(bad(
+                        path,
+                        n,
+                        format!("{field}[{k}]: bits '{h}' must have {width} hex digits"),
+                    ));
+                }
+                u64::from_str_radix(h, 16).map_err(|_| bad(path, n, format!("{field}[{k}]: bits '{h}' is not hex")))
+            })
+            .collect::<Result<Vec<u64>, _>>()?;
+        if bits.len() != o.shape.iter().product::<usize>() {
+            return Err(bad(
+                path,
+                n,
+                format!("{field}[{k}]: {} bits for shape {:?}", bits.len(), o.shape),
+            ));
+        }
+        let out = GoldenOutput {
+            name: o.name,
+            datatype: o.datatype,
+            shape: o.shape,
+            bits,
+        };
+        if out.blake3() != o.blake3 {
+            return Err(bad(
+                path,
+                n,
+                format!("{field}[{k}]: blake3 does not match its bits (edited by hand?)"),
+            ));
+        }
+        outputs.push(out);
+    }
+    Ok(outputs)
 }
 
 fn bad(path: &Path, line: usize, message: String) -> VerifyError {
@@ -344,6 +358,7 @@ mod tests {
                 id: "000".into(),
                 inputs: vec![input],
                 outputs: vec![GoldenOutput::of(&output)],
+                fallback_outputs: Vec::new(),
             }],
         }
     }

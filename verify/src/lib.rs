@@ -53,6 +53,14 @@ pub enum VerifyError {
         /// Engine error.
         error: invariant_engine::EngineError,
     },
+    /// The version's fallback rules could not answer a vector.
+    #[error("vector {vector}: {message}")]
+    Fallback {
+        /// Vector id.
+        vector: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// CPU features that can change floating-point code paths, as detected on this machine.
