@@ -152,7 +152,10 @@ impl Guard for GovernanceGuard {
             Ok(Source::Fallback) => return,
             Ok(_) => false,
             Err(e) => match e.kind() {
-                ErrorKind::Internal | ErrorKind::DeadlineExceeded => true,
+                ErrorKind::Internal => true,
+                // A deadline the caller shortened is the caller's choice: counting it would let
+                // any caller open a breaker (or degrade the corridor) for everyone.
+                ErrorKind::DeadlineExceeded if !ctx.caller_deadline => true,
                 _ => return,
             },
         };

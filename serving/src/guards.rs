@@ -45,6 +45,9 @@ pub struct RequestContext<'a> {
     pub caller: &'a Caller,
     /// Whether the guards already admitted this request before its body was parsed.
     pub admitted_early: bool,
+    /// Whether the caller shortened the deadline (`x-deadline-ms`, a gRPC timeout) below the
+    /// server's own: its expiry is then the caller's choice, not a fault of the model.
+    pub caller_deadline: bool,
     /// The routed version's declared fallback (`Refuse` before routing).
     pub fallback: invariant_registry::Fallback,
 }

@@ -36,6 +36,7 @@ struct Progress {
     run: Option<RunTimings>,
     rows: usize,
     admitted_early: bool,
+    caller_deadline: bool,
     fallback: invariant_registry::Fallback,
     /// A guard refused it.
     refused: bool,
@@ -54,6 +55,7 @@ impl Progress {
             request_id: self.request_id.as_deref(),
             caller: &target.caller,
             admitted_early: self.admitted_early,
+            caller_deadline: self.caller_deadline,
             fallback: self.fallback,
         }
     }
@@ -156,6 +158,7 @@ impl InferenceService {
             run: None,
             rows: 0,
             admitted_early: false,
+            caller_deadline: false,
             fallback: invariant_registry::Fallback::Refuse,
             refused: false,
         };
@@ -211,6 +214,7 @@ impl InferenceService {
         let corridor = self.corridor_of(target.metadata.corridor.as_deref(), &body.parameters)?;
         progress.corridor = Some(corridor.clone());
         let deadline_in = self.deadline_of(&target.metadata)?;
+        progress.caller_deadline = deadline_in < std::time::Duration::from_millis(self.config.pools.request_timeout_ms);
         let (serving, routing) = match explicit {
             Some(serving) => (serving, Routing::Explicit),
             None => {
@@ -415,6 +419,7 @@ impl InferenceService {
             request_id: None,
             caller: &caller,
             admitted_early: false,
+            caller_deadline: false,
             fallback: invariant_registry::Fallback::Refuse,
         };
         // A degraded corridor or an open breaker flags or refuses answers: the request takes

@@ -349,7 +349,7 @@ const PROBE: &str = "/v2/models/canary-probe/versions/1.1.0/infer";
 
 #[tokio::test]
 async fn breakers_open_per_corridor_half_open_close_and_fall_back_to_the_cache() {
-    let repo = RepoCopy::new().with_fixture("canary-probe");
+    let repo = RepoCopy::new().with_fixture("canary-probe").with_fixture("slow-probe");
     // This copy declares the cache fallback.
     let manifest = repo.version_dir("canary-probe", "1.1.0").join("manifest.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
@@ -365,6 +365,22 @@ async fn breakers_open_per_corridor_half_open_close_and_fall_back_to_the_cache()
         ..repo.options()
     })
     .await;
+    // A caller's own short deadline is not the model's failure: it never opens the breaker.
+    let slow =
+        json!({"inputs": [{"name": "x", "shape": [1, 256], "datatype": "FP32", "data": vec![0.5; 256]}]}).to_string();
+    let slow_path = "/v2/models/slow-probe/versions/1.0.0/infer";
+    for _ in 0..5 {
+        let (status, r) = s
+            .post_raw(
+                slow_path,
+                slow.clone(),
+                &[("x-corridor", "US-EG"), ("x-deadline-ms", "1")],
+            )
+            .await;
+        assert_eq!(status, 504, "{r}");
+    }
+    let (status, r) = infer(&s, slow_path, &slow, "US-EG").await;
+    assert_eq!(status, 200, "five caller deadlines opened the breaker: {r}");
     // An answer to keep in the cache, then three engine failures in UK-NG.
     assert_eq!(infer(&s, PROBE, &probe(1.0), "UK-NG").await.0, 200);
     for _ in 0..3 {
