@@ -331,15 +331,32 @@ fn server_check(url: &str, model: &Model, golden: &GoldenFile, c: &mut Collector
             .map(|t| serde_json::json!({ "name": t.name, "datatype": t.datatype(), "shape": t.shape, "data": t.data }))
             .collect();
         let body = serde_json::json!({ "id": v.id, "inputs": inputs }).to_string();
+        // A rate-limited answer (429) is retried after its Retry-After, a few times: the gate
+        // checks bits, not the corridor's limit.
         let sent = runtime.block_on(async {
-            let r = client
-                .post(&endpoint)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await?;
-            let status = r.status();
-            Ok::<_, reqwest::Error>((status, r.text().await?))
+            let mut attempt = 0;
+            loop {
+                let r = client
+                    .post(&endpoint)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let status = r.status();
+                let wait = r
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1)
+                    .min(5);
+                if status == reqwest::StatusCode::TOO_MANY_REQUESTS && attempt < 5 {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+                    continue;
+                }
+                return Ok::<_, reqwest::Error>((status, r.text().await?));
+            }
         });
         let (status, text) = match sent {
             Ok(x) => x,

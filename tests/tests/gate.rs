@@ -156,7 +156,12 @@ fn unknown_selection_is_an_error() {
 
 #[tokio::test]
 async fn server_mode_compares_http_bits_with_in_process_bits() {
-    let s = Server::start().await;
+    // A rate-limited corridor (50 requests/s for 205 vectors): the gate waits out the 429s.
+    let s = Server::start_with(ServerOptions {
+        extra: "[governance.corridor_rate]\n0 = 50\n".into(),
+        ..Default::default()
+    })
+    .await;
     let url = s.url.clone();
     let (code, out, err) = tokio::task::spawn_blocking(move || invariant(&["gate", "--server", &url]))
         .await
@@ -166,6 +171,13 @@ async fn server_mode_compares_http_bits_with_in_process_bits() {
         out.matches(" server").count(),
         5,
         "every version checked over HTTP: {out}"
+    );
+    let metrics = s.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("invariant_inference_requests_total") && l.contains("status=\"overloaded\"")),
+        "the limit was never reached, so the retry was not exercised:\n{metrics}"
     );
 }
 
