@@ -532,14 +532,21 @@ impl Governance {
         Ok(state)
     }
 
-    /// Re-reads the state file (changes by other processes) and recomputes every corridor's
-    /// level; returns the level changes.
+    /// Re-reads the state file and applies what other processes changed; `Ok(true)` when
+    /// something changed. On an error (an unreadable or malformed file) the last good state
+    /// stays in force.
+    pub fn refresh(&self) -> Result<bool, StoreError> {
+        Ok(match self.store.refresh()? {
+            Some(state) => {
+                self.applied(&state);
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Recomputes every corridor's level; returns the level changes.
     pub fn tick(&self) -> Vec<LevelChange> {
-        match self.store.refresh() {
-            Ok(Some(state)) => self.applied(&state),
-            Ok(None) => {}
-            Err(e) => eprintln!("governance: {e}"),
-        }
         let state = self.store.current();
         let emergency = state.switches.get(&Scope::Global);
         let mut changes = Vec::new();

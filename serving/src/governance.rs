@@ -324,7 +324,13 @@ pub(crate) fn spawn_governance_task(
                     let Some(service) = weak.upgrade() else { return };
                     let g = governance.clone();
                     // File reads and audit appends (fsync) stay off the runtime's threads.
-                    let _ = tokio::task::spawn_blocking(move || service.after_tick(g.tick())).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = g.refresh() {
+                            tracing::error!(error = %e, "governance state not re-read; the last good state stays in force");
+                        }
+                        service.after_tick(g.tick())
+                    })
+                    .await;
                 }
                 event = events.recv() => {
                     let Some(service) = weak.upgrade() else { return };
