@@ -530,6 +530,50 @@ async fn degradation_levels_behave_as_documented_and_are_computed_from_errors() 
     );
 }
 
+/// Corridor B's steady load during an isolation test: UAE-SA inference with distinct inputs
+/// (computed answers) and, when given, a feature read each round; every non-200 is kept.
+struct BLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl BLoad {
+    fn start(s: std::sync::Arc<Server>, feature_read: Option<String>) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut n = 0u32;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let body = trust_request(&[[n as f64, 2.0, 0.1, 4.0, 2.0, 1.0, 0.0, 0.0]]).to_string();
+                let (status, r) = infer(&s, TRUST, &body, "UAE-SA").await;
+                if status != 200 {
+                    errors.push(format!("infer {status} {r}"));
+                }
+                if let Some(read) = &feature_read {
+                    let (status, r) = s
+                        .post_raw("/v1/features/get-online", read.clone(), &[("x-corridor", "UAE-SA")])
+                        .await;
+                    if status != 200 {
+                        errors.push(format!("features {status} {r}"));
+                    }
+                }
+            }
+            (n, errors)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the load; asserts it made more than `min` rounds and never saw an error.
+    async fn finish(self, min: u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (n, errors) = self.task.await.unwrap();
+        assert!(n > min, "B made only {n} rounds");
+        assert!(errors.is_empty(), "B saw errors: {errors:?}");
+    }
+}
+
 /// Corridor B under steady load while corridor A is flooded past its limit, killed, frozen
 /// while busy and given a version that fails every call: B never sees an error.
 #[tokio::test]
@@ -543,24 +587,8 @@ async fn corridor_b_never_sees_an_error_caused_by_corridor_a() {
         })
         .await,
     );
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // B: UAE-SA, steady, distinct inputs (computed answers).
-    let b = {
-        let (s, stop) = (s.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut errors = Vec::new();
-            let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += 1;
-                let body = trust_request(&[[n as f64, 2.0, 0.1, 4.0, 2.0, 1.0, 0.0, 0.0]]).to_string();
-                let (status, r) = infer(&s, TRUST, &body, "UAE-SA").await;
-                if status != 200 {
-                    errors.push(format!("{status} {r}"));
-                }
-            }
-            (n, errors)
-        })
-    };
+    let b = BLoad::start(s.clone(), None);
     let a = "UK-NG";
     let body = trust_body();
     // (1) A flooded at 10x its limit for a second: 429s, with some answers.
@@ -614,10 +642,7 @@ async fn corridor_b_never_sees_an_error_caused_by_corridor_a() {
         seen.push(infer(&s, PROBE, &probe(10.0), a).await.0);
     }
     assert_eq!(seen, [500, 500, 500, 503, 503]);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (n, errors) = b.await.unwrap();
-    assert!(n > 50, "B made only {n} requests");
-    assert!(errors.is_empty(), "B saw errors: {errors:?}");
+    b.finish(50).await;
 }
 
 /// Corridor B's inference and feature reads keep answering while corridor A's own Redis is
@@ -648,29 +673,7 @@ async fn corridor_b_is_untouched_when_corridor_as_redis_is_down_or_hung() {
         }
     };
     assert_eq!(read_in("UK-NG").await.0, 200);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let b = {
-        let (s, stop, read) = (s.clone(), stop.clone(), read.clone());
-        tokio::spawn(async move {
-            let mut errors = Vec::new();
-            let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += 1;
-                let body = trust_request(&[[n as f64, 2.0, 0.1, 4.0, 2.0, 1.0, 0.0, 0.0]]).to_string();
-                let (status, r) = infer(&s, TRUST, &body, "UAE-SA").await;
-                if status != 200 {
-                    errors.push(format!("infer {status} {r}"));
-                }
-                let (status, r) = s
-                    .post_raw("/v1/features/get-online", read.clone(), &[("x-corridor", "UAE-SA")])
-                    .await;
-                if status != 200 {
-                    errors.push(format!("features {status} {r}"));
-                }
-            }
-            (n, errors)
-        })
-    };
+    let b = BLoad::start(s.clone(), Some(read.clone()));
     let flood = move |label: &'static str| async move {
         let started = Instant::now();
         let reads: Vec<_> = (0..64).map(|_| tokio::spawn(read_in("UK-NG"))).collect();
@@ -693,10 +696,7 @@ async fn corridor_b_is_untouched_when_corridor_as_redis_is_down_or_hung() {
     redis_a.resume();
     let back = within(Duration::from_secs(5), || async { read_in("UK-NG").await.0 == 200 }).await;
     assert!(back.is_some(), "A's reads did not come back after its Redis did");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (n, errors) = b.await.unwrap();
-    assert!(n > 20, "B made only {n} rounds");
-    assert!(errors.is_empty(), "B saw errors: {errors:?}");
+    b.finish(20).await;
 }
 
 /// A version declaring `fallback = "rules"`: refused until its golden vectors record the rules'
