@@ -103,13 +103,7 @@ fn flood(url: &str, script: &Path, seconds: u32) -> Result<Flood> {
 
 fn lua(dir: &Path, name: &str, body: &str, corridor: &str) -> Result<PathBuf> {
     let path = dir.join(format!("isolation-{name}.lua"));
-    std::fs::write(
-        &path,
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
-             wrk.headers[\"x-corridor\"] = \"{corridor}\"\n"
-        ),
-    )?;
+    crate::json_post_script(&path, body, Some(corridor))?;
     Ok(path)
 }
 

@@ -486,6 +486,16 @@ fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> Resu
     })
 }
 
+/// Writes a wrk script that POSTs the JSON `body` (in `corridor`, when given).
+fn json_post_script(path: &Path, body: &str, corridor: Option<&str>) -> Result<()> {
+    let mut script =
+        format!("wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n");
+    if let Some(c) = corridor {
+        script.push_str(&format!("wrk.headers[\"x-corridor\"] = \"{c}\"\n"));
+    }
+    std::fs::write(path, script).with_context(|| format!("writing {}", path.display()))
+}
+
 /// A running `invariant serve`, killed when dropped.
 struct ServerProcess {
     child: Child,
@@ -608,10 +618,7 @@ fn bench_features(args: &Args) -> Result<()> {
             keys.join(",")
         );
         let script = work.join(format!("get-{entities}.lua"));
-        std::fs::write(
-            &script,
-            format!("wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-corridor\"] = \"UAE-SA\"\n"),
-        )?;
+        json_post_script(&script, &body, Some("UAE-SA"))?;
         wrk(
             &format!("{base}/v1/features/get-online"),
             c,
@@ -804,12 +811,7 @@ fn main() -> Result<()> {
             .map(|e| e.requests_per_s)
             .unwrap_or(f64::NAN);
         let constant = scripts.join(format!("{name}.lua"));
-        std::fs::write(
-            &constant,
-            format!(
-                "wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
-            ),
-        )?;
+        json_post_script(&constant, &body, None)?;
         let open = body.find("\"data\":[").map(|i| i + 8).context("body has no data")?;
         let close = open + body[open..].find([',', ']']).context("data is empty")?;
         let varying = scripts.join(format!("{name}-varying.lua"));

@@ -88,13 +88,7 @@ impl Workload {
 /// strings carry any bytes, but a file keeps the script printable).
 fn scripts(work: &Workload, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let json = dir.join("transport-json.lua");
-    std::fs::write(
-        &json,
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = [[{}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
-            work.json_body()
-        ),
-    )?;
+    crate::json_post_script(&json, &work.json_body(), None)?;
     let (body, header_len) = work.binary_body();
     let body_file = dir.join("transport-binary.bin");
     std::fs::write(&body_file, body)?;
