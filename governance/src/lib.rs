@@ -616,3 +616,91 @@ impl Governance {
         self.limiters.limits()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path, settings: Settings) -> Governance {
+        let topology = Topology {
+            corridors: [("A".to_string(), 0), ("B".to_string(), 0), ("C".to_string(), 1)]
+                .into_iter()
+                .collect(),
+        };
+        Governance::open(settings, topology, &BTreeMap::new(), dir.join("governance.json")).unwrap()
+    }
+
+    fn change(g: &Governance, c: Change) {
+        g.change(&c, "test", None).unwrap();
+    }
+
+    fn refused(g: &Governance, corridor: &str, model: &str) -> Option<String> {
+        g.admit(corridor, model).err().map(|r| r.to_string())
+    }
+
+    #[test]
+    fn every_switch_scope_refuses_its_requests_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = open(dir.path(), Settings::default());
+        let kill = |scope: &str| Change::Kill {
+            scope: scope.parse().unwrap(),
+            reason: scope.to_string(),
+        };
+        let revive = |scope: &str| Change::Revive {
+            scope: scope.parse().unwrap(),
+        };
+        // (scope, refused (corridor, model) pairs, admitted pairs)
+        let cases: [(&str, &[(&str, &str)], &[(&str, &str)]); 5] = [
+            ("global", &[("A", "m"), ("C", "n")], &[]),
+            ("market:0", &[("A", "m"), ("B", "n")], &[("C", "m")]),
+            ("corridor:B", &[("B", "m"), ("B", "n")], &[("A", "m"), ("C", "m")]),
+            ("model:m", &[("A", "m"), ("C", "m")], &[("A", "n")]),
+            ("model:m@C", &[("C", "m")], &[("A", "m"), ("C", "n")]),
+        ];
+        for (scope, refused_pairs, admitted) in cases {
+            change(&g, kill(scope));
+            for (c, m) in refused_pairs {
+                let why = refused(&g, c, m).unwrap_or_else(|| panic!("{scope}: {c}/{m} admitted"));
+                assert!(why.contains(scope) || why.contains(EMERGENCY_SWITCH), "{why}");
+            }
+            for (c, m) in admitted {
+                assert_eq!(refused(&g, c, m), None, "{scope}: {c}/{m} refused");
+            }
+            change(&g, revive(scope));
+        }
+        // A market freeze covers its corridors and their feature writes, nothing else.
+        change(
+            &g,
+            Change::Freeze {
+                scope: Scope::Market(1),
+                reason: "audit".into(),
+            },
+        );
+        assert!(refused(&g, "C", "m").unwrap().contains("frozen"));
+        assert!(g.feature_write("C").is_err());
+        assert!(g.feature_write("A").is_ok());
+        assert_eq!(refused(&g, "A", "m"), None);
+    }
+
+    #[test]
+    fn market_and_model_limits_come_from_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            market_rate: [("0".to_string(), 3.0)].into_iter().collect(),
+            model_rate: 2.0,
+            ..Settings::default()
+        };
+        let g = open(dir.path(), settings);
+        // The model limit (2/s) of m in A, then the market's (3/s) across A and B.
+        g.admit("A", "m").unwrap();
+        g.admit("A", "m").unwrap();
+        assert!(refused(&g, "A", "m").unwrap().contains("model:m@A"));
+        g.admit("B", "m").unwrap();
+        assert!(refused(&g, "B", "n").unwrap().contains("market:0"));
+        // Market 1 has no limit of its own.
+        for _ in 0..10 {
+            g.admit("C", "x").ok();
+        }
+        assert_eq!(refused(&g, "C", "y"), None);
+    }
+}

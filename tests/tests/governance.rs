@@ -134,6 +134,13 @@ async fn kill_switches_refuse_their_scope_only_over_http_grpc_and_reply_cache_hi
         grpc.contains("UNAVAILABLE") && grpc.contains("model:trust-scorer@UAE-SA") && grpc.contains("incident 7"),
         "{grpc}"
     );
+    // Named in the header, the corridor is admitted before the body is parsed: a broken body
+    // is refused by the switch, not parsed; without the header it is parsed first (400).
+    let (status, r) = s.post_raw(TRUST, "{not json", &[("x-corridor", "UAE-SA")]).await;
+    assert_eq!(status, 503, "{r}");
+    assert!(error_of(&r).contains("kill switch"), "{r}");
+    let (status, r) = s.post_raw(TRUST, "{not json", &[]).await;
+    assert_eq!(status, 400, "{r}");
     // Every other scope is untouched: the same model elsewhere, another model here.
     assert_eq!(infer(&s, TRUST, &body, "UK-NG").await.0, 200);
     assert_eq!(grpc_trust(&s, "US-EG").await.trim(), "OK");
@@ -399,6 +406,16 @@ async fn breakers_open_per_corridor_half_open_close_and_fall_back_to_the_cache()
             .unwrap()
             .contains("circuit breaker"),
         "{r}"
+    );
+    let metrics = s.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("invariant_inference_requests_total")
+                && l.contains("model=\"canary-probe\"")
+                && l.contains("source=\"fallback\"")
+                && l.contains("corridor=\"UK-NG\"")),
+        "a fallback answer is counted: {metrics}"
     );
     let started = Instant::now();
     let (status, r) = infer(&s, PROBE, &probe(2.0), "UK-NG").await;
