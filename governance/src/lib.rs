@@ -650,7 +650,8 @@ mod tests {
             scope: scope.parse().unwrap(),
         };
         // (scope, refused (corridor, model) pairs, admitted pairs)
-        let cases: [(&str, &[(&str, &str)], &[(&str, &str)]); 5] = [
+        type Pairs = &'static [(&'static str, &'static str)];
+        let cases: [(&str, Pairs, Pairs); 5] = [
             ("global", &[("A", "m"), ("C", "n")], &[]),
             ("market:0", &[("A", "m"), ("B", "n")], &[("C", "m")]),
             ("corridor:B", &[("B", "m"), ("B", "n")], &[("A", "m"), ("C", "m")]),
