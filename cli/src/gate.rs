@@ -15,7 +15,7 @@ use invariant_gpu::DeviceLayer;
 use invariant_registry::RegistryError;
 use invariant_serving::config::Config;
 use invariant_verify::checks::{thread_invariance, Check, Collector};
-use invariant_verify::{record, verify_deploy, GoldenFile, GoldenOutput, Violation};
+use invariant_verify::{locate, record, verify_deploy, GoldenFile, GoldenOutput, Violation};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::path::PathBuf;
@@ -37,6 +37,9 @@ pub enum GateError {
     /// The version cannot be loaded.
     #[error("{0}")]
     Load(String),
+    /// Bad arguments.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// What to check.
@@ -77,6 +80,18 @@ pub struct VersionReport {
     pub violations: Vec<Violation>,
     /// Wall time of this version's checks.
     pub seconds: f64,
+    /// The engine that runs the version (`onnxruntime`, `invariant-portable`, …), when it
+    /// loaded.
+    pub engine: Option<String>,
+    /// Whether the engine's bits are the same on every CPU.
+    pub portable: Option<bool>,
+    /// CPU classes with golden vectors for this version.
+    pub golden_classes: Vec<String>,
+    /// Why the version cannot be verified (and is refused) on this host's CPU class: a
+    /// non-portable version without golden vectors for it. Such a version does not fail the
+    /// gate; it is not served here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The gate's report.
@@ -88,11 +103,51 @@ pub struct GateReport {
     pub versions: Vec<VersionReport>,
     /// Engine thread counts compared.
     pub thread_counts: Vec<usize>,
+    /// This host's CPU class.
+    pub cpu_class: String,
     /// Total wall time.
     pub seconds: f64,
 }
 
 impl GateReport {
+    /// Per version: engine, portability, the CPU classes with golden vectors, and the result
+    /// on this host's class.
+    pub fn render_portability(&self) -> String {
+        let mut out = format!(
+            "invariant gate --portability: this host is {} — {}\n",
+            self.cpu_class,
+            if self.passed { "PASSED" } else { "FAILED" }
+        );
+        out.push_str(&format!(
+            "  {:<16} {:<9} {:<19} {:<9} {:<32} {}\n",
+            "model", "version", "engine", "portable", "verified on (golden classes)", "here"
+        ));
+        for v in &self.versions {
+            let classes = if v.portable == Some(true) {
+                format!("every class (recorded on {})", v.golden_classes.join(", "))
+            } else {
+                v.golden_classes.join(", ")
+            };
+            let here = if v.refused.is_some() {
+                "REFUSED (no golden vectors for this class)"
+            } else if v.passed {
+                "PASS"
+            } else {
+                "FAIL"
+            };
+            out.push_str(&format!(
+                "  {:<16} {:<9} {:<19} {:<9} {:<32} {}\n",
+                v.model,
+                v.version,
+                v.engine.as_deref().unwrap_or("-"),
+                v.portable.map_or("-", |p| if p { "yes" } else { "no" }),
+                classes,
+                here
+            ));
+        }
+        out
+    }
+
     /// A human-readable report.
     pub fn render(&self) -> String {
         let violations: usize = self.versions.iter().map(|v| v.violations.len()).sum();
@@ -113,6 +168,10 @@ impl GateReport {
                     other => format!("{}:{other}", c.check),
                 })
                 .collect();
+            if let Some(why) = &v.refused {
+                out.push_str(&format!("  REFUSED {} {}: {why}\n", v.model, v.version));
+                continue;
+            }
             out.push_str(&format!(
                 "  {} {} {} ({} vectors, {:.2} s): {}\n",
                 if v.passed { "PASS" } else { "FAIL" },
@@ -169,6 +228,8 @@ pub fn run_gate(config: &Config, options: &GateOptions) -> Result<GateReport, Ga
     {
         let t0 = Instant::now();
         let mut c = Collector::new(&s.model, &s.version);
+        let (mut engine, mut portable, mut refused) = (None, None, None);
+        let golden_classes = GoldenFile::recorded_classes(&config.golden_vectors, &s.model, &s.version);
         let mut checks = Vec::new();
         let mut vectors = 0;
         let status = |checks: &mut Vec<CheckStatus>, check, ok: bool| {
@@ -189,9 +250,8 @@ pub fn run_gate(config: &Config, options: &GateOptions) -> Result<GateReport, Ga
             }
             Ok(v) => {
                 status(&mut checks, Check::Hashes, true);
-                let golden_path = GoldenFile::path(&config.golden_vectors, &s.model, &s.version);
-                let loaded = match (&onnx_unavailable, v.manifest.format) {
-                    (Some(why), invariant_registry::Format::Onnx) => Err(why.clone()),
+                let loaded = match (&onnx_unavailable, v.manifest.uses_onnxruntime()) {
+                    (Some(why), true) => Err(why.clone()),
                     _ => Model::load(
                         &v,
                         &devices,
@@ -201,13 +261,21 @@ pub fn run_gate(config: &Config, options: &GateOptions) -> Result<GateReport, Ga
                         },
                     )
                     .map_err(|e| e.to_string()),
-                }
-                .and_then(|m| {
-                    GoldenFile::read(&golden_path)
-                        .map(|(g, _)| (m, g))
-                        .map_err(|e| e.to_string())
+                };
+                let loaded = loaded.and_then(|m| {
+                    engine = Some(m.runtime().name.to_string());
+                    portable = Some(m.portability().portable);
+                    match locate(&config.golden_vectors, &s.model, &s.version, &m.portability()) {
+                        Err(e @ invariant_verify::VerifyError::UnrecordedClass { .. }) => {
+                            refused = Some(e.to_string());
+                            Err(String::new())
+                        }
+                        Err(e) => Err(e.to_string()),
+                        Ok(path) => GoldenFile::read(&path).map(|(g, _)| (m, g)).map_err(|e| e.to_string()),
+                    }
                 });
                 match loaded {
+                    Err(_) if refused.is_some() => {}
                     Err(e) => {
                         c.fail(Check::Load, None, e);
                         status(&mut checks, Check::Load, false);
@@ -272,12 +340,17 @@ pub fn run_gate(config: &Config, options: &GateOptions) -> Result<GateReport, Ga
             checks,
             violations,
             seconds: t0.elapsed().as_secs_f64(),
+            engine,
+            portable,
+            golden_classes,
+            refused,
         });
     }
     Ok(GateReport {
         passed: versions.iter().all(|v| v.passed),
         versions,
         thread_counts: threads,
+        cpu_class: invariant_verify::cpu_class(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -388,8 +461,16 @@ fn server_check(url: &str, model: &Model, golden: &GoldenFile, c: &mut Collector
 }
 
 /// Records golden vectors for one version and writes them (refusing to overwrite without
-/// `force`). Returns the file written and the number of vectors.
-pub fn record_golden(config: &Config, model: &str, version: &str, force: bool) -> Result<(PathBuf, usize), GateError> {
+/// `force`). With `cpu_class` (which must be this host's class, and only for a version that
+/// is not portable) they go to the per-class file `<version>@<class>.jsonl`. Returns the
+/// file written and the number of vectors.
+pub fn record_golden(
+    config: &Config,
+    model: &str,
+    version: &str,
+    cpu_class: Option<&str>,
+    force: bool,
+) -> Result<(PathBuf, usize), GateError> {
     let dir = config.model_repository.join(model).join(version);
     if !dir.join(invariant_registry::MANIFEST_FILE).exists() {
         return Err(GateError::NotFound(format!(
@@ -397,12 +478,24 @@ pub fn record_golden(config: &Config, model: &str, version: &str, force: bool) -
             dir.display()
         )));
     }
-    let path = GoldenFile::path(&config.golden_vectors, model, version);
+    let host = invariant_verify::cpu_class();
+    if let Some(class) = cpu_class {
+        if class != host {
+            return Err(GateError::Invalid(format!(
+                "--cpu-class {class}: this host is {host}; record a class on a host of that class \
+                 (or under `qemu-x86_64 -cpu MODEL`, see docs/determinism.md)"
+            )));
+        }
+    }
+    let path = match cpu_class {
+        Some(class) => GoldenFile::class_path(&config.golden_vectors, model, version, class),
+        None => GoldenFile::path(&config.golden_vectors, model, version),
+    };
     if path.exists() && !force {
         return Err(invariant_verify::VerifyError::Exists(path).into());
     }
     let verified = invariant_registry::load_version(&dir)?;
-    if verified.manifest.format == invariant_registry::Format::Onnx {
+    if verified.manifest.uses_onnxruntime() {
         if let Some(why) = invariant_serving::init_onnx(config) {
             return Err(GateError::Load(why));
         }
@@ -416,6 +509,12 @@ pub fn record_golden(config: &Config, model: &str, version: &str, force: bool) -
         },
     )
     .map_err(|e| GateError::Load(e.to_string()))?;
+    if cpu_class.is_some() && loaded.portability().portable {
+        return Err(GateError::Invalid(format!(
+            "{model} {version} is portable ({}): one golden file serves every CPU class; record it without --cpu-class",
+            loaded.runtime().name
+        )));
+    }
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let golden = record(&loaded, &now)?;
     golden.write(&path, force)?;

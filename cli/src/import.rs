@@ -5,7 +5,7 @@
 
 use invariant_engine::{EngineOptions, Model};
 use invariant_gpu::DeviceLayer;
-use invariant_registry::{ArtifactEntry, Format, InferenceSettings, Manifest, OnnxSection, MANIFEST_FILE};
+use invariant_registry::{ArtifactEntry, Format, InferenceSettings, Manifest, OnnxEngine, OnnxSection, MANIFEST_FILE};
 use invariant_serving::config::Config;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -180,19 +180,53 @@ fn onnx_manifest(config: &Config, req: &ImportRequest) -> Result<Manifest, Impor
     }
     let bytes =
         std::fs::read(&req.artifact).map_err(|e| ImportError::Invalid(format!("{}: {e}", req.artifact.display())))?;
+    let found = invariant_portable::inspect(&bytes)
+        .map_err(|e| ImportError::Invalid(format!("{}: {e}", req.artifact.display())))?;
+    if !found.nondeterministic.is_empty() {
+        return Err(ImportError::Invalid(format!(
+            "{}: {}",
+            req.artifact.display(),
+            invariant_portable::PortableError::Nondeterministic {
+                ops: found.nondeterministic
+            }
+        )));
+    }
+    // The portable engine when it runs every operator (the same bits on every CPU), else ONNX
+    // Runtime; the description says which and why.
+    let (engine, why) = if found.portable() {
+        (
+            OnnxEngine::Portable,
+            "every operator is in the portable set: Invariant's fixed-order kernels, the same bits on every CPU"
+                .to_string(),
+        )
+    } else {
+        (
+            OnnxEngine::Onnxruntime,
+            format!(
+                "operators outside the portable set ({}): ONNX Runtime, golden vectors per CPU class",
+                found.unsupported.join(", ")
+            ),
+        )
+    };
     let (inputs, outputs) =
         invariant_engine::onnx::graph_signature(&bytes).map_err(|e| ImportError::Load(e.to_string()))?;
     Ok(Manifest {
         name: req.name.clone(),
         version: semver::Version::new(0, 0, 0),
         format: Format::Onnx,
-        description: format!("{} imported from {}", req.name, req.artifact.display()),
+        description: format!(
+            "{} imported from {}. Engine {}: {why}.",
+            req.name,
+            req.artifact.display(),
+            engine.name()
+        ),
         artifacts: Vec::new(),
         inputs,
         outputs,
         inference: InferenceSettings::default(),
         onnx: Some(OnnxSection {
             model: "model.onnx".into(),
+            engine,
         }),
         native: None,
         fallback_rules: Vec::new(),

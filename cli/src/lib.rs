@@ -108,6 +108,11 @@ pub struct GateArgs {
     /// in-process engine's, e.g. http://127.0.0.1:8000.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// Print the portability report instead: per version its engine, whether its bits are
+    /// the same on every CPU, the CPU classes it has golden vectors for, and its result on
+    /// this host's class.
+    #[arg(long)]
+    portability: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -116,7 +121,8 @@ pub struct GateArgs {
 /// `invariant golden …`
 #[derive(Subcommand)]
 pub enum GoldenCommand {
-    /// Compute golden vectors of MODEL VERSION and write golden-vectors/MODEL/VERSION.jsonl.
+    /// Compute golden vectors of MODEL VERSION and write golden-vectors/MODEL/VERSION.jsonl
+    /// (with --cpu-class, golden-vectors/MODEL/VERSION@CLASS.jsonl).
     Record {
         #[command(flatten)]
         config: ConfigArgs,
@@ -128,6 +134,11 @@ pub enum GoldenCommand {
         /// Model version.
         #[arg(value_name = "VERSION")]
         model_version: String,
+        /// Record the vectors of a version that is not portable (ONNX Runtime) for this
+        /// host's CPU class (x86-64-v1 … x86-64-v4; must be this host's), beside its other
+        /// classes: the version then verifies, and serves, on hosts of that class too.
+        #[arg(long, value_name = "CLASS")]
+        cpu_class: Option<String>,
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
@@ -253,13 +264,14 @@ pub fn run(command: Command) -> Result<()> {
             golden_vectors,
             model,
             model_version: version,
+            cpu_class,
             force,
         }) => {
             let mut config = config.load()?;
             if let Some(dir) = golden_vectors {
                 config.golden_vectors = dir;
             }
-            let (path, n) = gate::record_golden(&config, &model, &version, force)?;
+            let (path, n) = gate::record_golden(&config, &model, &version, cpu_class.as_deref(), force)?;
             println!("recorded {n} golden vectors of {model} {version} in {}", path.display());
             Ok(())
         }
@@ -278,6 +290,8 @@ fn gate(args: GateArgs) -> Result<()> {
     let report = gate::run_gate(&config, &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if args.portability {
+        print!("{}", report.render_portability());
     } else {
         print!("{}", report.render());
     }

@@ -1,22 +1,25 @@
 //! Model runtimes of Invariant behind one trait.
 //!
 //! [`Engine`] is what a runtime implements: run already-checked input tensors, return output
-//! tensors in signature order. Two runtimes exist: ONNX Runtime through `ort`
-//! ([`onnx::OnnxEngine`], the shared library loaded at run time) and native feed-forward
-//! networks on candle tensors with a batch-invariant matrix product
-//! ([`native::NativeEngine`]). [`Model`] wraps an engine with its manifest: it checks every
+//! tensors in signature order. Three runtimes exist: ONNX Runtime through `ort`
+//! ([`onnx::OnnxEngine`], the shared library loaded at run time), ONNX graphs on Invariant's
+//! own fixed-order kernels ([`portable::PortableEngine`], the same bits on every CPU), and
+//! native feed-forward networks with the same fixed-order kernels
+//! ([`native::NativeEngine`]). Every engine says whether its bits are portable across CPU
+//! generations ([`Portability`]). [`Model`] wraps an engine with its manifest: it checks every
 //! request against the signature before the engine sees it and every result after.
 //! Engines know nothing of HTTP, corridors or caches.
 
 pub mod native;
 pub mod onnx;
+pub mod portable;
 mod signature;
 
 pub use signature::{check_inputs, check_outputs};
 
 use invariant_core::Tensor;
 use invariant_gpu::{DeviceLayer, Placement};
-use invariant_registry::{Format, Manifest, VerifiedVersion};
+use invariant_registry::{Format, Manifest, OnnxEngine, VerifiedVersion};
 use thiserror::Error;
 
 /// Which runtime runs a model, and its version: for model metadata and verification records.
@@ -26,6 +29,36 @@ pub struct RuntimeInfo {
     pub name: &'static str,
     /// Runtime version, e.g. `1.31.1`.
     pub version: String,
+}
+
+/// Whether an engine's output bits are the same on every CPU, and why (model metadata,
+/// the gate's portability report, the choice of golden file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Portability {
+    /// True when the bits do not depend on the CPU's features.
+    pub portable: bool,
+    /// Why, in one sentence.
+    pub reason: String,
+}
+
+impl Portability {
+    /// Invariant's fixed-order kernels.
+    pub fn portable() -> Self {
+        Self {
+            portable: true,
+            reason: "Invariant's fixed-order kernels: one reduction order per element, no fused multiply-add, \
+                     no CPU-dependent dispatch"
+                .into(),
+        }
+    }
+
+    /// A runtime whose kernels depend on the CPU.
+    pub fn host_dependent(reason: impl Into<String>) -> Self {
+        Self {
+            portable: false,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Errors of loading or running a model.
@@ -60,6 +93,8 @@ pub trait Engine: Send + Sync {
     fn sessions(&self) -> Option<usize> {
         None
     }
+    /// Whether the bits are the same on every CPU.
+    fn portability(&self) -> Portability;
 }
 
 /// Settings that belong to the server rather than to a model version.
@@ -112,7 +147,10 @@ impl Model {
             .place(manifest.inference.device)
             .map_err(|e| EngineError::Load(e.to_string()))?;
         let engine: Box<dyn Engine> = match manifest.format {
-            Format::Onnx => Box::new(onnx::OnnxEngine::load(version, options)?),
+            Format::Onnx => match manifest.onnx.as_ref().map(|o| o.engine).unwrap_or_default() {
+                OnnxEngine::Onnxruntime => Box::new(onnx::OnnxEngine::load(version, options)?),
+                OnnxEngine::Portable => Box::new(portable::PortableEngine::load(version, options)?),
+            },
             Format::Native => {
                 let engine = native::NativeEngine::load(version)?;
                 Box::new(match options.threads {
@@ -162,6 +200,11 @@ impl Model {
     /// Which runtime runs it.
     pub fn runtime(&self) -> RuntimeInfo {
         self.engine.runtime()
+    }
+
+    /// Whether the version's bits are the same on every CPU.
+    pub fn portability(&self) -> Portability {
+        self.engine.portability()
     }
 
     /// The runtime's session pool size, if it has one (see [`Engine::sessions`]).

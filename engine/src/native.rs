@@ -1,15 +1,19 @@
-//! Native feed-forward networks on candle tensors.
+//! Native feed-forward networks.
 //!
-//! Weights come from the version's verified safetensors bytes as candle tensors; activations
-//! are candle's element-wise CPU kernels. The affine map `x · W + b` uses
-//! [`fixed_order_matmul`] instead of candle's `matmul`: candle's GEMM picks blockings and
-//! vector paths by problem size, so a row's bits can differ between batch 1 and batch 2+
-//! (measured; see DESIGN.md). Here each output element is reduced in one fixed order that
-//! does not depend on the batch size, the row's position, or the number of threads.
+//! Weights come from the version's verified safetensors bytes. With the default kernel the
+//! affine map `x · W + b` is [`fixed_order_matmul`] and the activations are the portable
+//! element-wise kernels of `invariant-portable` (`libm` exponentials, compiled into the
+//! binary): each output element is reduced in one fixed order that does not depend on the
+//! batch size, the row's position, the thread count or the CPU. candle's `matmul` (kernel
+//! `candle-matmul`) picks blockings and vector paths by problem size and CPU, so a row's
+//! bits can differ between batch 1 and batch 2+ (measured; see DESIGN.md); it is kept to
+//! measure against and to prove the gate catches it.
 
-use crate::{Engine, EngineError, RuntimeInfo};
+use crate::{Engine, EngineError, Portability, RuntimeInfo};
 use candle_core::{DType, Device, Tensor as CTensor};
 use invariant_core::{Tensor, TensorData};
+pub use invariant_portable::fixed_order_matmul;
+use invariant_portable::{sigmoid, Float};
 use invariant_registry::{Activation, Kernel, VerifiedVersion};
 
 /// One layer: weight `[in, out]` row-major, bias `[out]`, activation.
@@ -43,41 +47,17 @@ fn run_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Runtime(e.to_string())
 }
 
-/// `out[r][j] = (((x[r][0]·w[0][j] + x[r][1]·w[1][j]) + …) + x[r][k-1]·w[k-1][j]) + b[j]`,
-/// evaluated in f32 in exactly that order for every element. `x` is `[rows, k]`, `w` is
-/// `[k, n]`, both row-major. Rows are computed independently (split across up to `threads`
-/// scoped threads), so a row's result is the same in any batch at any position; the inner
-/// loop runs over `j`, which vectorises without reordering any element's sum.
-pub fn fixed_order_matmul(x: &[f32], w: &[f32], b: &[f32], k: usize, n: usize, threads: usize) -> Vec<f32> {
-    let rows = x.len().checked_div(k).unwrap_or(0);
-    let mut out = vec![0f32; rows * n];
-    let compute = |xs: &[f32], ys: &mut [f32]| {
-        for (xr, yr) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
-            for (kk, &xv) in xr.iter().enumerate() {
-                let wr = &w[kk * n..(kk + 1) * n];
-                for (acc, &wv) in yr.iter_mut().zip(wr) {
-                    *acc += xv * wv;
-                }
-            }
-            for (acc, &bv) in yr.iter_mut().zip(b) {
-                *acc += bv;
-            }
-        }
-    };
-    let threads = threads.max(1).min(rows.max(1));
-    if threads == 1 {
-        compute(x, &mut out);
-    } else {
-        let per = rows.div_ceil(threads);
-        std::thread::scope(|s| {
-            for (xs, ys) in x.chunks(per * k).zip(out.chunks_mut(per * n)) {
-                s.spawn(move || compute(xs, ys));
-            }
-        });
+/// The activation in place, element by element, with the portable kernels.
+fn activate_portable(v: &mut [f32], activation: Activation) {
+    match activation {
+        Activation::Relu => v.iter_mut().for_each(|x| *x = if *x > 0.0 { *x } else { 0.0 }),
+        Activation::Sigmoid => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
+        Activation::Tanh => v.iter_mut().for_each(|x| *x = Float::tanh(*x)),
+        Activation::Identity => {}
     }
-    out
 }
 
+/// candle's activations, for the `candle-matmul` kernel.
 fn activate(t: CTensor, activation: Activation) -> candle_core::Result<CTensor> {
     match activation {
         Activation::Relu => t.relu(),
@@ -167,19 +147,27 @@ impl NativeEngine {
     /// [`Engine::run`] and by the thread-invariance checks.
     pub fn forward(&self, features: &[f32], threads: usize) -> Result<Vec<f32>, EngineError> {
         let rows = features.len() / self.input_size.max(1);
+        if self.kernel == Kernel::FixedOrder {
+            let mut x = features.to_vec();
+            for layer in &self.layers {
+                x = fixed_order_matmul(
+                    &x,
+                    &layer.weight,
+                    Some(&layer.bias),
+                    layer.inputs,
+                    layer.outputs,
+                    threads,
+                );
+                activate_portable(&mut x, layer.activation);
+            }
+            return Ok(x);
+        }
         let mut x = CTensor::from_slice(features, (rows, self.input_size), &Device::Cpu).map_err(run_err)?;
         for layer in &self.layers {
-            let y = match self.kernel {
-                Kernel::FixedOrder => {
-                    let flat = x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(run_err)?;
-                    let y = fixed_order_matmul(&flat, &layer.weight, &layer.bias, layer.inputs, layer.outputs, threads);
-                    CTensor::from_vec(y, (rows, layer.outputs), &Device::Cpu).map_err(run_err)?
-                }
-                Kernel::CandleMatmul => x
-                    .matmul(&layer.candle_weight_t.t().map_err(run_err)?)
-                    .and_then(|y| y.broadcast_add(&layer.candle_bias))
-                    .map_err(run_err)?,
-            };
+            let y = x
+                .matmul(&layer.candle_weight_t.t().map_err(run_err)?)
+                .and_then(|y| y.broadcast_add(&layer.candle_bias))
+                .map_err(run_err)?;
             x = activate(y, layer.activation).map_err(run_err)?;
         }
         x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(run_err)
@@ -188,9 +176,24 @@ impl NativeEngine {
 
 impl Engine for NativeEngine {
     fn runtime(&self) -> RuntimeInfo {
-        RuntimeInfo {
-            name: "candle",
-            version: "0.11".into(),
+        match self.kernel {
+            Kernel::FixedOrder => RuntimeInfo {
+                name: "invariant-native",
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            Kernel::CandleMatmul => RuntimeInfo {
+                name: "candle",
+                version: "0.11".into(),
+            },
+        }
+    }
+
+    fn portability(&self) -> Portability {
+        match self.kernel {
+            Kernel::FixedOrder => Portability::portable(),
+            Kernel::CandleMatmul => {
+                Portability::host_dependent("candle's matmul picks blockings and vector paths by problem size and CPU")
+            }
         }
     }
 
@@ -235,7 +238,7 @@ mod tests {
         let x = pseudo_random(2 * k, 1);
         let w = pseudo_random(k * n, 2);
         let b = pseudo_random(n, 3);
-        let out = fixed_order_matmul(&x, &w, &b, k, n, 1);
+        let out = fixed_order_matmul(&x, &w, Some(&b), k, n, 1);
         for r in 0..2 {
             for j in 0..n {
                 let mut acc = 0f32;
@@ -255,11 +258,11 @@ mod tests {
         let x = pseudo_random(batch * k, 7);
         let w = pseudo_random(k * n, 8);
         let b = pseudo_random(n, 9);
-        let full = fixed_order_matmul(&x, &w, &b, k, n, 1);
-        let threaded = fixed_order_matmul(&x, &w, &b, k, n, 4);
+        let full = fixed_order_matmul(&x, &w, Some(&b), k, n, 1);
+        let threaded = fixed_order_matmul(&x, &w, Some(&b), k, n, 4);
         assert_eq!(full, threaded);
         for r in [0, 1, 150, 299] {
-            let alone = fixed_order_matmul(&x[r * k..(r + 1) * k], &w, &b, k, n, 1);
+            let alone = fixed_order_matmul(&x[r * k..(r + 1) * k], &w, Some(&b), k, n, 1);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&alone), bits(&full[r * n..(r + 1) * n]), "row {r}");
         }

@@ -6,7 +6,7 @@
 //! built with the manifest's intra-op thread count, one inter-op thread, sequential execution
 //! and deterministic compute.
 
-use crate::{Engine, EngineError, EngineOptions, RuntimeInfo};
+use crate::{Engine, EngineError, EngineOptions, Portability, RuntimeInfo};
 use invariant_core::{DataType, Tensor, TensorData};
 use invariant_registry::{TensorSpec, VerifiedVersion};
 use ort::session::Session;
@@ -137,6 +137,20 @@ pub fn graph_signature(bytes: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>
     Ok((specs("input", session.inputs())?, specs("output", session.outputs())?))
 }
 
+/// Refuses graphs with random operators (and Dropout in training mode): no runtime of
+/// Invariant seeds them, so their outputs would change from run to run. A graph the
+/// portable decoder cannot read at all is left for ONNX Runtime to judge.
+pub fn refuse_random(bytes: &[u8]) -> Result<(), EngineError> {
+    match invariant_portable::inspect(bytes) {
+        Ok(found) if !found.nondeterministic.is_empty() => {
+            Err(load_err(invariant_portable::PortableError::Nondeterministic {
+                ops: found.nondeterministic,
+            }))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// An ONNX model version with its pool of sessions.
 pub struct OnnxEngine {
     sessions: Vec<Mutex<Session>>,
@@ -207,6 +221,7 @@ impl OnnxEngine {
         let bytes = version
             .artifact(&onnx.model)
             .ok_or_else(|| load_err(format!("model '{}' not among the verified artifacts", onnx.model)))?;
+        refuse_random(bytes).map_err(|e| load_err(format!("{}: {e}", onnx.model)))?;
         let threads = options.threads.unwrap_or(manifest.inference.threads).max(1);
         let mut sessions = Vec::new();
         for _ in 0..options.instances.max(threads) {
@@ -307,6 +322,13 @@ impl OnnxEngine {
 }
 
 impl Engine for OnnxEngine {
+    fn portability(&self) -> Portability {
+        Portability::host_dependent(
+            "ONNX Runtime selects its kernels by CPU feature at run time: the bits hold on the CPU classes \
+             whose golden vectors were recorded",
+        )
+    }
+
     fn sessions(&self) -> Option<usize> {
         Some(self.sessions.len())
     }

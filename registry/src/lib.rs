@@ -15,7 +15,7 @@ pub mod rules;
 pub use hashing::{copy_and_hash, hash_bytes, hash_file, FileHashes};
 pub use manifest::{
     Activation, ArtifactEntry, Fallback, FeatureFallback, Format, InferenceSettings, Kernel, LayerSpec, Manifest,
-    NativeSection, OnnxSection, TensorSpec,
+    NativeSection, OnnxEngine, OnnxSection, TensorSpec,
 };
 pub use repository::{load_version, scan, ScannedVersion, VerifiedVersion, MANIFEST_FILE};
 

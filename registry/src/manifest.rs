@@ -80,7 +80,8 @@ pub struct InferenceSettings {
     /// Engine threads.
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// Deterministic seed handed to the runtime.
+    /// Seed of the golden-vector input generator (`invariant golden record`). No runtime
+    /// receives it: graphs with random operators are refused on every engine.
     #[serde(default)]
     pub seed: u64,
     /// Device wish, decided by the device layer.
@@ -150,6 +151,32 @@ pub enum FeatureFallback {
 pub struct OnnxSection {
     /// The `.onnx` artifact.
     pub model: String,
+    /// Which engine runs the graph (default `onnxruntime`).
+    #[serde(default)]
+    pub engine: OnnxEngine,
+}
+
+/// The engine of an ONNX version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnnxEngine {
+    /// ONNX Runtime: any graph, but its kernels are chosen by CPU feature at run time, so
+    /// the bits hold only on the CPU classes the golden vectors were recorded on.
+    #[default]
+    Onnxruntime,
+    /// Invariant's fixed-order kernels (`invariant-portable`): the common tabular operators
+    /// only, the same bits on every CPU.
+    Portable,
+}
+
+impl OnnxEngine {
+    /// The name used in manifests and metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnnxEngine::Onnxruntime => "onnxruntime",
+            OnnxEngine::Portable => "portable",
+        }
+    }
 }
 
 /// Activation applied after a native layer's affine map.
@@ -247,6 +274,11 @@ fn is_contained(path: &str) -> bool {
 }
 
 impl Manifest {
+    /// True when ONNX Runtime runs this version (an ONNX version without `engine = "portable"`).
+    pub fn uses_onnxruntime(&self) -> bool {
+        self.format == Format::Onnx && self.onnx.as_ref().is_none_or(|o| o.engine == OnnxEngine::Onnxruntime)
+    }
+
     /// Parses manifest text; `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, RegistryError> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| RegistryError::ManifestParse {

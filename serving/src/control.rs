@@ -63,7 +63,8 @@ fn reverify(table: &ModelTable, golden_dir: &Path, model: &str, version: &str) -
     let serving = table
         .resolve(model, Some(version))
         .map_err(|_| TransitionError::Verification(format!("{model} {version} is not loaded and verified")))?;
-    let path = GoldenFile::path(golden_dir, model, version);
+    let path = invariant_verify::locate(golden_dir, model, version, &serving.model.portability())
+        .map_err(|e| TransitionError::Verification(e.to_string()))?;
     let (golden, _) = GoldenFile::read(&path).map_err(|e| TransitionError::Verification(e.to_string()))?;
     let report = verify_deploy(&serving.model, &golden).map_err(|e| TransitionError::Verification(e.to_string()))?;
     if let Some(v) = report.violations.first() {

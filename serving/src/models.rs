@@ -7,10 +7,10 @@ use crate::audit::{AuditLog, VerificationRecord};
 use invariant_core::Tensor;
 use invariant_engine::{EngineError, EngineOptions, Model};
 use invariant_gpu::DeviceLayer;
-use invariant_registry::{Format, RegistryError, VerifiedVersion};
+use invariant_registry::{RegistryError, VerifiedVersion};
 use invariant_verify::{verify_deploy, verify_golden, GoldenFile};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A verified version that serves.
@@ -33,6 +33,8 @@ pub struct ServingVersion {
     pub verification_hash: String,
     /// blake3 of the golden file the version was verified against.
     pub golden_hash: String,
+    /// That golden file (the one for this host's CPU class unless the version is portable).
+    pub golden_path: PathBuf,
     /// Golden vectors checked.
     pub golden_vectors: usize,
 }
@@ -145,8 +147,8 @@ impl Loader<'_> {
     fn load(&self, model: &str, version: &str, scanned: Result<VerifiedVersion, RegistryError>) -> VersionState {
         let state = match scanned {
             Err(e) => VersionState::Failed { reason: e.to_string() },
-            Ok(v) => match (v.manifest.format, self.onnx_unavailable) {
-                (Format::Onnx, Some(why)) => VersionState::Failed {
+            Ok(v) => match (v.manifest.uses_onnxruntime(), self.onnx_unavailable) {
+                (true, Some(why)) => VersionState::Failed {
                     reason: why.to_string(),
                 },
                 _ => self.verify(&v),
@@ -178,11 +180,16 @@ impl Loader<'_> {
                 }
             }
         };
-        let golden_path = GoldenFile::path(self.golden_dir, &name, &version);
         let runtime = model.runtime();
         let mut record =
             VerificationRecord::new(&name, &version, v.content_hash.clone(), runtime.name, &runtime.version);
-        let outcome = match GoldenFile::read(&golden_path) {
+        let located = invariant_verify::locate(self.golden_dir, &name, &version, &model.portability());
+        let golden_path = located
+            .as_ref()
+            .cloned()
+            .unwrap_or_else(|_| GoldenFile::path(self.golden_dir, &name, &version));
+        let outcome = match located.and_then(|path| GoldenFile::read(&path)) {
+            Err(e @ invariant_verify::VerifyError::UnrecordedClass { .. }) => Err(e.to_string()),
             Err(e) => Err(format!(
                 "no usable golden vectors ({e}); record them with `invariant golden record {name} {version}`"
             )),
@@ -191,7 +198,9 @@ impl Loader<'_> {
                 match verify_deploy(&model, &golden) {
                     Err(e) => Err(format!("verification could not run: {e}")),
                     Ok(report) if !report.outputs_match() => Err(summarize(&report.violations)),
-                    Ok(report) if !report.batch_invariant() && v.manifest.format == Format::Native => {
+                    // Invariant's own kernels are batch-invariant by construction: a batch that
+                    // changes a row is a defect, never tolerated.
+                    Ok(report) if !report.batch_invariant() && !v.manifest.uses_onnxruntime() => {
                         Err(summarize(&report.batch_violations))
                     }
                     Ok(report) => {
@@ -233,6 +242,7 @@ impl Loader<'_> {
             verification_hash,
             golden_hash,
             golden_vectors,
+            golden_path,
         }))
     }
 
@@ -240,7 +250,7 @@ impl Loader<'_> {
     /// matching the golden vectors bit for bit (native versions share one instance).
     fn corridor_instances(&self, v: &VerifiedVersion, golden_path: &Path) -> Result<BTreeMap<String, Model>, String> {
         let mut out = BTreeMap::new();
-        if v.manifest.format != Format::Onnx {
+        if !v.manifest.uses_onnxruntime() {
             return Ok(out);
         }
         let (golden, _) = GoldenFile::read(golden_path).map_err(|e| format!("golden vectors: {e}"))?;
@@ -342,8 +352,7 @@ impl ModelTable {
                 _ => None,
             };
             if let (Some(s), Ok(v)) = (&serving, &scanned.result) {
-                let golden = GoldenFile::path(loader.golden_dir, model, &scanned.version);
-                let golden_hash = std::fs::read(&golden)
+                let golden_hash = std::fs::read(&s.golden_path)
                     .map(|b| blake3::hash(&b).to_hex().to_string())
                     .unwrap_or_default();
                 if v.content_hash == s.model.content_hash() && golden_hash == s.golden_hash {
@@ -492,6 +501,7 @@ mod tests {
             verification_hash: String::new(),
             golden_hash: String::new(),
             golden_vectors: 0,
+            golden_path: PathBuf::new(),
         }
     }
 

@@ -40,7 +40,7 @@ async fn model_metadata_lists_versions_and_signatures() {
         json!({"name": "trust_score", "datatype": "FP32", "shape": [-1, 1]})
     );
     assert_eq!(m["device"], "cpu");
-    assert_eq!(m["runtime"]["name"], "candle");
+    assert_eq!(m["runtime"]["name"], "invariant-native");
     assert_eq!(m["max_batch_size"], 256);
     assert_eq!(m["content_hash"].as_str().map(str::len), Some(64));
 

@@ -289,6 +289,8 @@ pub fn record(model: &Model, recorded_at: &str) -> Result<GoldenFile, VerifyErro
             engine: runtime.name.into(),
             runtime_version: runtime.version,
             cpu_features: cpu_features(),
+            cpu_class: Some(crate::cpu_class()),
+            portable: Some(model.portability().portable),
             recorded_at: recorded_at.into(),
             recorded_by: format!("invariant {}", env!("CARGO_PKG_VERSION")),
             vectors: vectors.len(),

@@ -34,12 +34,28 @@ pub struct GoldenHeader {
     pub runtime_version: String,
     /// CPU features of the recording machine.
     pub cpu_features: Vec<String>,
+    /// CPU class of the recording machine (see [`crate::cpu_class`]); files recorded before
+    /// it was written imply it from `cpu_features`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_class: Option<String>,
+    /// Whether the engine's bits are the same on every CPU (then the file holds on every class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portable: Option<bool>,
     /// RFC 3339 time of recording.
     pub recorded_at: String,
     /// Producer, e.g. `invariant 0.1.0`.
     pub recorded_by: String,
     /// Number of vectors that follow.
     pub vectors: usize,
+}
+
+impl GoldenHeader {
+    /// The CPU class the vectors were recorded on.
+    pub fn class(&self) -> String {
+        self.cpu_class
+            .clone()
+            .unwrap_or_else(|| crate::class_of_features(&self.cpu_features))
+    }
 }
 
 /// One expected output.
@@ -142,6 +158,31 @@ impl GoldenFile {
     /// Where the vectors of `model` `version` live under `dir`.
     pub fn path(dir: &Path, model: &str, version: &str) -> PathBuf {
         dir.join(model).join(format!("{version}.jsonl"))
+    }
+
+    /// The golden vectors of `model` `version` recorded on CPU class `class`, beside the
+    /// version's first file: `<dir>/<model>/<version>@<class>.jsonl`.
+    pub fn class_path(dir: &Path, model: &str, version: &str, class: &str) -> PathBuf {
+        dir.join(model).join(format!("{version}@{class}.jsonl"))
+    }
+
+    /// The CPU classes `model` `version` has golden vectors for, sorted: the first file's
+    /// class and every per-class file's.
+    pub fn recorded_classes(dir: &Path, model: &str, version: &str) -> Vec<String> {
+        let mut classes = std::collections::BTreeSet::new();
+        if let Some(h) = read_header(&Self::path(dir, model, version)) {
+            classes.insert(h.class());
+        }
+        let prefix = format!("{version}@");
+        if let Ok(entries) = std::fs::read_dir(dir.join(model)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(class) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".jsonl")) {
+                    classes.insert(class.to_string());
+                }
+            }
+        }
+        classes.into_iter().collect()
     }
 
     /// Reads and checks a golden file: header format, vector count, each output's bit count
@@ -250,6 +291,50 @@ impl GoldenFile {
     }
 }
 
+/// The header line of a golden file, if it reads.
+fn read_header(path: &Path) -> Option<GoldenHeader> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).ok()?;
+    let mut first = String::new();
+    std::io::BufReader::new(file).read_line(&mut first).ok()?;
+    serde_json::from_str(&first).ok()
+}
+
+/// The golden file a version is verified against on this host. A portable version (its
+/// engine's bits do not depend on the CPU) uses its one file, `<version>.jsonl`, wherever it
+/// was recorded. Any other version uses the file recorded on this host's CPU class
+/// (`<version>@<class>.jsonl`, or `<version>.jsonl` when that one was recorded on this
+/// class) and is refused with [`VerifyError::UnrecordedClass`] when there is none.
+pub fn locate(
+    dir: &Path,
+    model: &str,
+    version: &str,
+    portability: &invariant_engine::Portability,
+) -> Result<PathBuf, VerifyError> {
+    let first = GoldenFile::path(dir, model, version);
+    if portability.portable {
+        return Ok(first);
+    }
+    let host = crate::cpu_class();
+    let per_class = GoldenFile::class_path(dir, model, version, &host);
+    if per_class.exists() {
+        return Ok(per_class);
+    }
+    let recorded = GoldenFile::recorded_classes(dir, model, version);
+    match read_header(&first) {
+        Some(h) if h.class() == host => Ok(first),
+        // No readable first file and no other class: reading it reports why.
+        None if recorded.is_empty() || first.exists() => Ok(first),
+        _ => Err(VerifyError::UnrecordedClass {
+            model: model.into(),
+            version: version.into(),
+            reason: portability.reason.clone(),
+            recorded: recorded.join(", "),
+            host,
+        }),
+    }
+}
+
 fn output_line(o: &GoldenOutput) -> OutputLine {
     OutputLine {
         name: o.name.clone(),
@@ -350,6 +435,8 @@ mod tests {
                 engine: "candle".into(),
                 runtime_version: "0.11".into(),
                 cpu_features: vec!["avx2".into()],
+                cpu_class: Some("x86-64-v3".into()),
+                portable: Some(false),
                 recorded_at: "2026-11-23T00:00:00Z".into(),
                 recorded_by: "test".into(),
                 vectors: 1,

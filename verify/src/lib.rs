@@ -12,6 +12,7 @@ pub mod generate;
 pub mod golden;
 
 pub use checks::{record, verify_deploy, verify_golden, Check, DeployVerification, Violation};
+pub use golden::locate;
 pub use golden::{GoldenFile, GoldenHeader, GoldenOutput, GoldenVector};
 
 use std::path::PathBuf;
@@ -53,6 +54,24 @@ pub enum VerifyError {
         /// Engine error.
         error: invariant_engine::EngineError,
     },
+    /// A version whose bits depend on the CPU has no golden vectors for this host's class.
+    #[error(
+        "{model} {version} is not portable ({reason}) and its golden vectors were recorded on {recorded} only; \
+         this host is {host}: it is refused here. Record golden vectors for this class on such a host with \
+         `invariant golden record {model} {version} --cpu-class {host}` (see docs/determinism.md)"
+    )]
+    UnrecordedClass {
+        /// Model.
+        model: String,
+        /// Version.
+        version: String,
+        /// Why the engine is not portable.
+        reason: String,
+        /// Classes with golden vectors, comma-separated.
+        recorded: String,
+        /// This host's class.
+        host: String,
+    },
     /// The version's fallback rules could not answer a vector.
     #[error("vector {vector}: {message}")]
     Fallback {
@@ -61,6 +80,56 @@ pub enum VerifyError {
         /// Why.
         message: String,
     },
+}
+
+/// The CPU class of this machine: the x86-64 micro-architecture level (`x86-64-v1` to
+/// `x86-64-v4`, the psABI levels), or the architecture's name elsewhere (`aarch64`). A
+/// runtime that picks kernels by CPU feature (ONNX Runtime) can give other bits on another
+/// class, so golden vectors of such versions are recorded per class.
+pub fn cpu_class() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! all {
+            ($($f:tt),*) => { true $( && std::arch::is_x86_feature_detected!($f) )* };
+        }
+        let v2 = all!("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cmpxchg16b");
+        let v3 = v2 && all!("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave");
+        let v4 = v3 && all!("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl");
+        let level = if v4 {
+            4
+        } else if v3 {
+            3
+        } else if v2 {
+            2
+        } else {
+            1
+        };
+        format!("x86-64-v{level}")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
+/// The CPU class implied by a list of [`cpu_features`] (golden files recorded before the
+/// class was written into their header). The list names only some of each level's features,
+/// so this is the level those features imply.
+pub fn class_of_features(features: &[String]) -> String {
+    let has = |f: &str| features.iter().any(|x| x == f);
+    if !has("x86_64") {
+        return features.first().cloned().unwrap_or_default();
+    }
+    let level = if has("avx512f") {
+        4
+    } else if has("avx2") && has("fma") {
+        3
+    } else if has("sse4.2") {
+        2
+    } else {
+        1
+    };
+    format!("x86-64-v{level}")
 }
 
 /// CPU features that can change floating-point code paths, as detected on this machine.

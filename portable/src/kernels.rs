@@ -1,0 +1,295 @@
+//! The fixed-order numeric kernels: matrix products with one reduction order per output
+//! element, element-wise functions compiled into this binary for the baseline target, so no
+//! run-time CPU dispatch can pick another code path (`e^x` in `f32` from [`crate::expf`], the
+//! others from the pure-Rust `libm` crate),
+//! and numpy-style broadcasting. Rust never contracts `a * b + c` into a fused multiply-add,
+//! so every product and sum below is rounded on its own, on every CPU.
+
+/// `out[r][j] = (((+0 + x[r][0]·w[0][j]) + x[r][1]·w[1][j]) + …) + x[r][k-1]·w[k-1][j]`,
+/// then `+ b[j]` when a bias is given, evaluated in exactly that order for every element.
+/// `x` is `[rows, k]`, `w` is `[k, n]`, both row-major. Rows are computed independently
+/// (split across up to `threads` scoped threads), so a row's result is the same in any batch
+/// at any position with any thread count; the inner loop runs over `j`, which vectorises
+/// without reordering any element's sum.
+pub fn fixed_order_matmul<T: Num>(x: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, threads: usize) -> Vec<T> {
+    let rows = x.len().checked_div(k).unwrap_or(0);
+    let mut out = vec![T::ZERO; rows * n];
+    if n == 0 {
+        return out;
+    }
+    let compute = |xs: &[T], ys: &mut [T]| {
+        if k == 0 {
+            if let Some(b) = b {
+                for yr in ys.chunks_exact_mut(n) {
+                    for (acc, &bv) in yr.iter_mut().zip(b) {
+                        *acc = *acc + bv;
+                    }
+                }
+            }
+            return;
+        }
+        for (xr, yr) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
+            for (kk, &xv) in xr.iter().enumerate() {
+                let wr = &w[kk * n..(kk + 1) * n];
+                for (acc, &wv) in yr.iter_mut().zip(wr) {
+                    *acc = *acc + xv * wv;
+                }
+            }
+            if let Some(b) = b {
+                for (acc, &bv) in yr.iter_mut().zip(b) {
+                    *acc = *acc + bv;
+                }
+            }
+        }
+    };
+    let threads = threads.max(1).min(rows.max(1));
+    if threads == 1 || k == 0 {
+        compute(x, &mut out);
+    } else {
+        let per = rows.div_ceil(threads);
+        std::thread::scope(|s| {
+            for (xs, ys) in x.chunks(per * k).zip(out.chunks_mut(per * n)) {
+                s.spawn(move || compute(xs, ys));
+            }
+        });
+    }
+    out
+}
+
+/// The element types the arithmetic kernels run on.
+pub trait Num:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
+{
+    /// Additive identity (`+0` for floats).
+    const ZERO: Self;
+    /// Division as ONNX `Div` defines it for the type (integers: truncating; division by
+    /// zero gives 0 rather than a panic).
+    fn div(self, other: Self) -> Self;
+}
+
+impl Num for f32 {
+    const ZERO: Self = 0.0;
+    fn div(self, other: Self) -> Self {
+        self / other
+    }
+}
+
+impl Num for f64 {
+    const ZERO: Self = 0.0;
+    fn div(self, other: Self) -> Self {
+        self / other
+    }
+}
+
+impl Num for i64 {
+    const ZERO: Self = 0;
+    fn div(self, other: Self) -> Self {
+        self.checked_div(other).unwrap_or(0)
+    }
+}
+
+impl Num for i32 {
+    const ZERO: Self = 0;
+    fn div(self, other: Self) -> Self {
+        self.checked_div(other).unwrap_or(0)
+    }
+}
+
+/// Floating-point element types: the transcendental functions, all from `libm`.
+pub trait Float: Num + std::ops::Neg<Output = Self> + std::ops::Div<Output = Self> {
+    /// 1.
+    const ONE: Self;
+    /// `e^x`.
+    fn exp(self) -> Self;
+    /// Hyperbolic tangent.
+    fn tanh(self) -> Self;
+    /// From an attribute value.
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Float for f32 {
+    const ONE: Self = 1.0;
+    fn exp(self) -> Self {
+        crate::expf::expf(self)
+    }
+    fn tanh(self) -> Self {
+        libm::tanhf(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Float for f64 {
+    const ONE: Self = 1.0;
+    fn exp(self) -> Self {
+        libm::exp(self)
+    }
+    fn tanh(self) -> Self {
+        libm::tanh(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        v as f64
+    }
+}
+
+/// The logistic function, evaluated as `1 / (1 + e^-x)` for every `x` (the exponential may
+/// overflow to infinity for very negative `x`, which gives the exact limit 0).
+pub fn sigmoid<T: Float>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+/// Softmax of one row in a fixed order: `m = max` (left to right), `e_i = exp(x_i - m)`,
+/// `s = Σ e_i` (left to right), `y_i = e_i / s`.
+pub fn softmax_row<T: Float>(row: &mut [T]) {
+    let Some(&first) = row.first() else { return };
+    let m = row.iter().fold(first, |m, &v| if v > m { v } else { m });
+    let mut s = T::ZERO;
+    for v in row.iter_mut() {
+        *v = (*v - m).exp();
+        s = s + *v;
+    }
+    for v in row.iter_mut() {
+        *v = *v / s;
+    }
+}
+
+/// The shape two operands broadcast to (numpy's multidirectional rule), or `None`.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+/// For each element of `out_shape`, the index of the element of an operand of `shape` it
+/// reads (the operand broadcast to `out_shape`).
+fn broadcast_index(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
+    let rank = out_shape.len();
+    let mut strides = vec![0usize; rank];
+    let mut stride = 1;
+    for i in (0..shape.len()).rev() {
+        let o = i + rank - shape.len();
+        strides[o] = if shape[i] == 1 { 0 } else { stride };
+        stride *= shape[i];
+    }
+    let total: usize = out_shape.iter().product();
+    let mut idx = Vec::with_capacity(total);
+    let mut counter = vec![0usize; rank];
+    let mut at = 0usize;
+    for _ in 0..total {
+        idx.push(at);
+        for d in (0..rank).rev() {
+            counter[d] += 1;
+            at += strides[d];
+            if counter[d] < out_shape[d] {
+                break;
+            }
+            at -= strides[d] * counter[d];
+            counter[d] = 0;
+        }
+    }
+    idx
+}
+
+/// `f(a, b)` element-wise with broadcasting; `out_shape` from [`broadcast_shape`]. Equal
+/// shapes, a scalar operand, and a trailing-dimensions operand (`[n, c] ∘ [c]`) take direct
+/// loops; the rest goes through index maps. Each element is computed alone, so the paths
+/// cannot differ in bits.
+pub fn broadcast<A: Copy, B: Copy, O>(
+    a: &[A],
+    a_shape: &[usize],
+    b: &[B],
+    b_shape: &[usize],
+    out_shape: &[usize],
+    f: impl Fn(A, B) -> O,
+) -> Vec<O> {
+    let total: usize = out_shape.iter().product();
+    if a.len() == total && b.len() == total {
+        return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+    }
+    if b.len() == 1 && a.len() == total {
+        let y = b[0];
+        return a.iter().map(|&x| f(x, y)).collect();
+    }
+    if a.len() == 1 && b.len() == total {
+        let x = a[0];
+        return b.iter().map(|&y| f(x, y)).collect();
+    }
+    let suffix = |s: &[usize]| !s.is_empty() && s.len() <= out_shape.len() && out_shape.ends_with(s);
+    if a.len() == total && suffix(b_shape) && !b.is_empty() {
+        let mut out = Vec::with_capacity(total);
+        for chunk in a.chunks_exact(b.len()) {
+            out.extend(chunk.iter().zip(b).map(|(&x, &y)| f(x, y)));
+        }
+        return out;
+    }
+    if b.len() == total && suffix(a_shape) && !a.is_empty() {
+        let mut out = Vec::with_capacity(total);
+        for chunk in b.chunks_exact(a.len()) {
+            out.extend(a.iter().zip(chunk).map(|(&x, &y)| f(x, y)));
+        }
+        return out;
+    }
+    let ia = broadcast_index(a_shape, out_shape);
+    let ib = broadcast_index(b_shape, out_shape);
+    ia.iter().zip(&ib).map(|(&i, &j)| f(a[i], b[j])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_paths_agree() {
+        let a: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..4).map(|i| i as f32 * 0.5).collect();
+        let shape = broadcast_shape(&[2, 3, 4], &[4]).unwrap();
+        let fast = broadcast(&a, &[2, 3, 4], &b, &[4], &shape, |x, y| x * y);
+        let ia = broadcast_index(&[2, 3, 4], &shape);
+        let ib = broadcast_index(&[4], &shape);
+        let slow: Vec<f32> = ia.iter().zip(&ib).map(|(&i, &j)| a[i] * b[j]).collect();
+        assert_eq!(fast, slow);
+        let col: Vec<f32> = vec![1.0, 2.0, 3.0];
+        let shape = broadcast_shape(&[3, 1], &[1, 4]).unwrap();
+        assert_eq!(shape, vec![3, 4]);
+        let out = broadcast(&col, &[3, 1], &b, &[1, 4], &shape, |x, y| x + y);
+        assert_eq!(out[4..8], [2.0, 2.5, 3.0, 3.5]);
+        assert!(broadcast_shape(&[2, 3], &[4]).is_none());
+    }
+
+    #[test]
+    fn matmul_is_the_sequential_definition() {
+        let (k, n) = (5, 3);
+        let x: Vec<f32> = (0..10).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..15).map(|i| (i as f32 * 0.91).cos()).collect();
+        let b = [0.25f32, -1.0, 3.5];
+        let out = fixed_order_matmul(&x, &w, Some(&b), k, n, 1);
+        for r in 0..2 {
+            for j in 0..n {
+                let mut acc = 0f32;
+                for kk in 0..k {
+                    acc += x[r * k + kk] * w[kk * n + j];
+                }
+                acc += b[j];
+                assert_eq!(out[r * n + j].to_bits(), acc.to_bits());
+            }
+        }
+    }
+}
