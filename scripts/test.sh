@@ -14,6 +14,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
 fi
 command -v redis-server >/dev/null || { echo "test: redis-server is required and could not be installed" >&2; exit 1; }
+# The portability tests run the gate under other CPU models with qemu user-mode emulation.
+if ! command -v qemu-x86_64 >/dev/null 2>&1; then
+  echo "test: installing qemu-user"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user
+fi
+command -v qemu-x86_64 >/dev/null || { echo "test: qemu-x86_64 is required and could not be installed" >&2; exit 1; }
 
 echo "test: cargo fmt --check"
 cargo fmt --all --check

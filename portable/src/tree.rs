@@ -474,7 +474,13 @@ impl Regressor {
             other => return Err(invalid(op, format!("aggregate_function '{other}' is unknown"))),
         };
         let post = post_transform(op, a)?;
-        if targets == 1 && post != PostTransform::None {
+        if targets > 1 {
+            // Not matched against ONNX Runtime yet: outside the portable set until it is.
+            return Err(PortableError::Unsupported {
+                ops: vec![format!("{op} with n_targets {targets} (only 1 is portable)")],
+            });
+        }
+        if post != PostTransform::None {
             return Err(PortableError::Unsupported {
                 ops: vec![format!("{op} with one target and a post_transform")],
             });

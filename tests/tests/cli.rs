@@ -71,7 +71,7 @@ fn models_verify_passes_on_the_shipped_repository() {
     for id in ["trust-scorer", "risk-assessor", "price-advisor"] {
         assert!(out.contains(id), "{out}");
     }
-    assert_eq!(out.matches("READY").count(), 5, "{out}");
+    assert_eq!(out.matches("READY").count(), 6, "{out}");
 }
 
 #[test]

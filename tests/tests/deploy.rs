@@ -29,7 +29,7 @@ async fn a_version_failing_its_golden_vectors_never_serves_and_is_audited() {
     assert_eq!(r["model_version"], "1.1.0", "the previous version keeps serving");
 
     let audit = s.audit();
-    assert_eq!(audit.len(), 5, "one record per version: {audit:?}");
+    assert_eq!(audit.len(), 6, "one record per version: {audit:?}");
     let failed = audit
         .iter()
         .find(|a| a["model"] == "trust-scorer" && a["version"] == "1.2.0")
@@ -71,7 +71,7 @@ async fn metadata_reports_the_verification() {
     assert_eq!(m["verification"]["verification_hash"].as_str().map(str::len), Some(64));
     let (_, index) = s.post("/v2/repository/index", &json!({})).await;
     let rows = index.as_array().unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 6);
     assert!(rows.iter().all(|r| r["state"] == "READY"), "{index}");
 }
 

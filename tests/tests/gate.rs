@@ -18,7 +18,7 @@ fn passes_on_the_shipped_repository_with_every_check() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["passed"], true);
     let versions = report["versions"].as_array().unwrap();
-    assert_eq!(versions.len(), 5);
+    assert_eq!(versions.len(), 6);
     for v in versions {
         assert!(v["vectors"].as_u64().unwrap() >= 32, "{v}");
         let checks: Vec<&str> = v["checks"]
@@ -156,7 +156,7 @@ fn unknown_selection_is_an_error() {
 
 #[tokio::test]
 async fn server_mode_compares_http_bits_with_in_process_bits() {
-    // A rate-limited corridor (50 requests/s for 205 vectors): the gate waits out the 429s.
+    // A rate-limited corridor (50 requests/s for 246 vectors): the gate waits out the 429s.
     let s = Server::start_with(ServerOptions {
         extra: "[governance.corridor_rate]\n0 = 50\n".into(),
         ..Default::default()
@@ -169,7 +169,7 @@ async fn server_mode_compares_http_bits_with_in_process_bits() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out.matches(" server").count(),
-        5,
+        6,
         "every version checked over HTTP: {out}"
     );
     let metrics = s.metrics().await;

@@ -10,7 +10,7 @@ async fn health_and_server_metadata() {
     let (status, ready) = s.get("/v2/health/ready").await;
     assert_eq!(status, 200);
     assert_eq!(ready["ready"], true);
-    assert_eq!(ready["versions_ready"], 5);
+    assert_eq!(ready["versions_ready"], 6);
     assert_eq!(ready["versions_failed"], 0);
     let (status, meta) = s.get("/v2").await;
     assert_eq!(status, 200);
