@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 mod governance;
 mod isolation;
+mod portable;
 mod transports;
 
 /// Raw engine and served-over-HTTP benchmarks of the shipped models.
@@ -59,6 +60,10 @@ struct Args {
     /// frozen, cut off from Redis and failing).
     #[arg(long)]
     isolation_only: bool,
+    /// Run only the portable-kernels section (portable engine vs ONNX Runtime on the same
+    /// graphs, batch 1, 32 and 256).
+    #[arg(long)]
+    portable_only: bool,
     /// Model of the transport section (its active version); the first served model when
     /// absent.
     #[arg(long)]
@@ -753,6 +758,7 @@ fn run_engine_sections(args: &Args, config: &Config) -> Result<Vec<EngineResult>
         );
     }
     bench_kernels(config, args.engine_seconds / 2.0)?;
+    portable::bench_portable(&config.model_repository, args.engine_seconds)?;
     bench_gate(config)?;
     bench_routing()?;
     if args.import_mb > 0 {
@@ -767,6 +773,10 @@ fn main() -> Result<()> {
         return bench_features(&args);
     }
     let config = Config::load(None)?;
+    if args.portable_only {
+        invariant_serving::init_onnx(&config);
+        return portable::bench_portable(&config.model_repository, args.engine_seconds);
+    }
     let sections_only = args.transports_only || args.governance_only || args.isolation_only;
     let engines = if args.cache_only || sections_only {
         Vec::new()

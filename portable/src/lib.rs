@@ -14,6 +14,7 @@
 //! graph's operators, which are outside the portable set, and which are random, without
 //! building anything (for `models import` and for refusing random graphs on every engine).
 
+pub mod build;
 pub mod expf;
 mod kernels;
 mod ops;

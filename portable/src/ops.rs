@@ -452,8 +452,8 @@ fn gemm(
         threads: usize,
     ) -> Result<Vec<T>, String> {
         let (m, k, n, ar, ac, br) = dims;
-        let x = if flags.0 { transpose(x, ar, ac) } else { x.to_vec() };
-        let w = if flags.1 { transpose(w, br, k) } else { w.to_vec() };
+        let x: std::borrow::Cow<'_, [T]> = if flags.0 { transpose(x, ar, ac).into() } else { x.into() };
+        let w: std::borrow::Cow<'_, [T]> = if flags.1 { transpose(w, br, k).into() } else { w.into() };
         let mut y = fixed_order_matmul(&x, &w, None, k, n, threads);
         if alpha != 1.0 {
             let a = T::from_f32(alpha);

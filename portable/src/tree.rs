@@ -32,6 +32,18 @@ struct TreeNode {
     weights: Vec<(usize, f32)>,
 }
 
+/// A node as the traversal reads it: compact, leaves pointing into one weight list.
+#[derive(Debug, Clone, Copy)]
+struct Packed {
+    feature: u32,
+    value: f32,
+    mode: Mode,
+    missing_true: bool,
+    /// Branches: the true and false children. Leaves: the range of their weights.
+    a: u32,
+    b: u32,
+}
+
 /// How scores are transformed after aggregation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PostTransform {
@@ -53,6 +65,10 @@ enum Aggregate {
 #[derive(Debug, Clone)]
 pub(crate) struct Forest {
     nodes: Vec<TreeNode>,
+    packed: Vec<Packed>,
+    leaf_weights: Vec<(usize, f32)>,
+    /// Every branch is `BRANCH_LEQ` (scikit-learn's trees): a loop without the mode switch.
+    all_leq: bool,
     roots: Vec<usize>,
     /// Features read by any branch: the input needs at least `max + 1` columns.
     width: usize,
@@ -183,9 +199,39 @@ impl Forest {
             nodes[i].weights.push((id, w_val[k]));
             ids.push(id);
         }
+        if nodes.len() > u32::MAX as usize || width > u32::MAX as usize {
+            return Err(invalid(op, "too many nodes"));
+        }
+        let mut leaf_weights = Vec::new();
+        let packed = nodes
+            .iter()
+            .map(|n| {
+                let (a, b) = if n.mode == Mode::Leaf {
+                    let start = leaf_weights.len();
+                    leaf_weights.extend_from_slice(&n.weights);
+                    (start as u32, leaf_weights.len() as u32)
+                } else {
+                    (n.on_true as u32, n.on_false as u32)
+                };
+                Packed {
+                    feature: n.feature as u32,
+                    value: n.value,
+                    mode: n.mode,
+                    missing_true: n.missing_true,
+                    a,
+                    b,
+                }
+            })
+            .collect();
+        let all_leq = nodes
+            .iter()
+            .all(|n| matches!(n.mode, Mode::Leq | Mode::Leaf) && !n.missing_true);
         Ok((
             Self {
                 nodes,
+                packed,
+                leaf_weights,
+                all_leq,
                 roots: roots_by_tree.into_values().collect(),
                 width,
             },
@@ -193,14 +239,16 @@ impl Forest {
         ))
     }
 
-    /// The leaf a row reaches in the tree rooted at `root`.
-    fn leaf(&self, root: usize, row: &[f32]) -> Result<&TreeNode, PortableError> {
+    /// The weights of the leaf a row reaches in the tree rooted at `root`. `row` has at least
+    /// `width` columns (checked by the caller).
+    fn leaf(&self, root: usize, row: &[f32]) -> Result<&[(usize, f32)], PortableError> {
         let mut at = root;
-        for _ in 0..=self.nodes.len() {
-            let node = &self.nodes[at];
-            let x = row[node.feature];
+        for _ in 0..=self.packed.len() {
+            let node = self.packed[at];
+            let x = row[node.feature as usize];
             let go_true = match node.mode {
-                Mode::Leaf => return Ok(node),
+                Mode::Leaf => return Ok(&self.leaf_weights[node.a as usize..node.b as usize]),
+                _ if self.all_leq => x <= node.value,
                 _ if x.is_nan() => node.missing_true,
                 Mode::Leq => x <= node.value,
                 Mode::Lt => x < node.value,
@@ -209,16 +257,17 @@ impl Forest {
                 Mode::Eq => x == node.value,
                 Mode::Neq => x != node.value,
             };
-            at = if go_true { node.on_true } else { node.on_false };
+            at = if go_true { node.a } else { node.b } as usize;
         }
         Err(PortableError::Runtime("tree ensemble: a tree loops".into()))
     }
 
-    /// Per target, the aggregated leaf weights of one row and whether any leaf gave one.
-    fn scores(&self, row: &[f32], targets: usize, aggregate: Aggregate) -> Result<Vec<(f32, bool)>, PortableError> {
-        let mut out = vec![(0f32, false); targets];
+    /// Per target, the aggregated leaf weights of one row and whether any leaf gave one,
+    /// written into `out` (`targets` entries).
+    fn scores(&self, row: &[f32], out: &mut [(f32, bool)], aggregate: Aggregate) -> Result<(), PortableError> {
+        out.fill((0.0, false));
         for &root in &self.roots {
-            for &(t, w) in &self.leaf(root, row)?.weights {
+            for &(t, w) in self.leaf(root, row)? {
                 let slot = &mut out[t];
                 slot.0 = match aggregate {
                     Aggregate::Sum | Aggregate::Average => slot.0 + w,
@@ -229,7 +278,7 @@ impl Forest {
                 slot.1 = true;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -351,8 +400,10 @@ impl Classifier {
         let classes = self.labels.len();
         let mut labels = Vec::with_capacity(n);
         let mut scores = Vec::with_capacity(n * classes.max(2));
+        let mut buf = vec![(0f32, false); classes];
         for row in rows.take(n) {
-            let mut p = self.forest.scores(row, classes, Aggregate::Sum)?;
+            self.forest.scores(row, &mut buf, Aggregate::Sum)?;
+            let mut p = buf.clone();
             if classes > 2 {
                 for (k, &b) in self.base.iter().enumerate().take(classes) {
                     p[k] = if p[k].1 { (p[k].0 + b, true) } else { (b, true) };
@@ -499,8 +550,9 @@ impl Regressor {
         let (n, rows) = rows("TreeEnsembleRegressor", x, shape, self.forest.width)?;
         let trees = self.forest.roots.len() as f32;
         let mut out = Vec::with_capacity(n * self.targets);
+        let mut p = vec![(0f32, false); self.targets];
         for row in rows.take(n) {
-            let p = self.forest.scores(row, self.targets, self.aggregate)?;
+            self.forest.scores(row, &mut p, self.aggregate)?;
             if self.targets == 1 {
                 let origin = if self.base.len() == 1 { self.base[0] } else { 0.0 };
                 let (s, has) = p[0];

@@ -384,6 +384,7 @@ fn metadata_json(snapshot: &Snapshot, serving: &ServingVersion) -> Value {
         "device": model.placement().device,
         "device_reason": model.placement().reason,
         "runtime": { "name": runtime.name, "version": runtime.version },
+        "portability": portability_json(serving),
         "content_hash": model.content_hash(),
         "verification": {
             "golden_vectors": serving.golden_vectors,
@@ -394,6 +395,23 @@ fn metadata_json(snapshot: &Snapshot, serving: &ServingVersion) -> Value {
         },
         "failed_versions": failed,
         "instances": instances_json(serving),
+    })
+}
+
+/// Whether the version's bits are the same on every CPU, why, and which golden file (CPU
+/// class) verified it here.
+fn portability_json(serving: &ServingVersion) -> Value {
+    let p = serving.model.portability();
+    let golden_file = serving
+        .golden_path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    json!({
+        "portable": p.portable,
+        "reason": p.reason,
+        "host_cpu_class": invariant_verify::cpu_class(),
+        "golden_file": golden_file,
     })
 }
 

@@ -43,15 +43,21 @@ async fn a_version_failing_its_golden_vectors_never_serves_and_is_audited() {
         assert!(a["time"].as_str().is_some_and(|t| t.ends_with('Z')));
         assert!(a["engine"].is_string() && a["runtime_version"].is_string() && a["content_hash"].is_string());
     }
-    assert_eq!(audit.iter().filter(|a| a["passed"] == true).count(), 4);
+    assert_eq!(audit.iter().filter(|a| a["passed"] == true).count(), 5);
 }
 
 #[tokio::test]
 async fn missing_golden_vectors_refuse_the_version() {
     let repo = RepoCopy::new();
-    std::fs::remove_file(repo.golden().join("price-advisor/1.0.0.jsonl")).unwrap();
+    // Every golden file of 1.0.0: the first one and those recorded per CPU class.
+    for entry in std::fs::read_dir(repo.golden().join("price-advisor")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap().starts_with("1.0.0") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
     let s = Server::start_with(repo.options()).await;
-    let (status, r) = s.get("/v2/models/price-advisor/ready").await;
+    let (status, r) = s.get("/v2/models/price-advisor/versions/1.0.0/ready").await;
     assert_eq!(status, 503);
     assert!(
         r["error"]

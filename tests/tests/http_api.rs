@@ -41,6 +41,25 @@ async fn model_metadata_lists_versions_and_signatures() {
     );
     assert_eq!(m["device"], "cpu");
     assert_eq!(m["runtime"]["name"], "invariant-native");
+    assert_eq!(m["portability"]["portable"], true);
+    assert_eq!(m["portability"]["golden_file"], "1.2.0.jsonl");
+    assert!(m["portability"]["host_cpu_class"]
+        .as_str()
+        .unwrap()
+        .starts_with("x86-64-v"));
+    let (_, p) = s.get("/v2/models/price-advisor/versions/1.0.0").await;
+    assert_eq!(p["runtime"]["name"], "onnxruntime");
+    assert_eq!(p["portability"]["portable"], false);
+    assert!(
+        p["portability"]["reason"].as_str().unwrap().contains("CPU feature"),
+        "{p}"
+    );
+    // The golden file of this host's class (the first file when it was recorded on it).
+    let file = p["portability"]["golden_file"].as_str().unwrap();
+    assert!(file.starts_with("1.0.0") && file.ends_with(".jsonl"), "{file}");
+    let (_, p) = s.get("/v2/models/price-advisor/versions/1.0.1").await;
+    assert_eq!(p["runtime"]["name"], "invariant-portable");
+    assert_eq!(p["portability"]["portable"], true);
     assert_eq!(m["max_batch_size"], 256);
     assert_eq!(m["content_hash"].as_str().map(str::len), Some(64));
 
@@ -65,7 +84,7 @@ async fn model_metadata_lists_versions_and_signatures() {
 
     let (status, p) = s.get("/v2/models/price-advisor").await;
     assert_eq!(status, 200);
-    assert_eq!(p["versions"], json!(["1.0.0"]));
+    assert_eq!(p["versions"], json!(["1.0.0", "1.0.1"]));
     assert_eq!(p["outputs"][0]["name"], "surge_multiplier");
 }
 
