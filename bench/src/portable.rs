@@ -63,6 +63,9 @@ fn time(engine: &dyn Engine, inputs: &[Tensor], seconds: f64) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
+/// A benchmarked graph: label, `.onnx` bytes, input name, input width, outputs.
+type Case = (&'static str, Vec<u8>, &'static str, i64, Vec<TensorSpec>);
+
 /// Runs the section; `models` is the shipped repository.
 pub fn bench_portable(models: &std::path::Path, seconds: f64) -> Result<()> {
     let read = |p: &str| std::fs::read(models.join(p)).with_context(|| p.to_string());
@@ -71,7 +74,7 @@ pub fn bench_portable(models: &std::path::Path, seconds: f64) -> Result<()> {
         spec("label", DataType::Int64, &[-1]),
         spec("probabilities", DataType::Fp32, &[-1, 2]),
     ];
-    let cases: Vec<(&str, Vec<u8>, &str, i64, Vec<TensorSpec>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "price-advisor (MLP 6-32-16-1)",
             read("price-advisor/1.0.0/model.onnx")?,
