@@ -467,7 +467,89 @@ fn cli_imports_onnx_and_native_artifacts() {
         "{manifest}"
     );
     assert!(manifest.contains("shape = [-1, 6]"), "{manifest}");
+    // Every operator of the graph is in the portable set: the portable engine, and why.
+    assert!(manifest.contains("engine = \"portable\""), "{manifest}");
+    assert!(manifest.contains("every operator is in the portable set"), "{manifest}");
     assert!(repo.golden().join("surge/0.1.0.jsonl").exists());
+
+    // A graph with an operator outside the portable set stays on ONNX Runtime and says so;
+    // one with a random operator is refused.
+    use invariant_portable::proto::*;
+    use prost::Message;
+    let graph = |op: &str| {
+        let io = |name: &str| ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TypeProtoTensor {
+                    elem_type: Some(elem::FLOAT),
+                    shape: Some(TensorShapeProto {
+                        dim: vec![
+                            Dimension {
+                                dim_value: None,
+                                dim_param: Some("N".into()),
+                            },
+                            Dimension {
+                                dim_value: Some(3),
+                                dim_param: None,
+                            },
+                        ],
+                    }),
+                }),
+            }),
+        };
+        ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            graph: Some(GraphProto {
+                node: vec![NodeProto {
+                    input: vec!["x".into()],
+                    output: vec!["y".into()],
+                    name: Some("n".into()),
+                    op_type: Some(op.into()),
+                    ..Default::default()
+                }],
+                name: Some("g".into()),
+                input: vec![io("x")],
+                output: vec![io("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (op, version) in [("Erf", "0.2.0"), ("RandomNormalLike", "0.3.0")] {
+        let path = dir.path().join(format!("{op}.onnx"));
+        std::fs::write(&path, graph(op)).unwrap();
+        let (code, out, err) = cli(
+            &[
+                "models",
+                "import",
+                path.to_str().unwrap(),
+                "--name",
+                "surge",
+                "--version",
+                version,
+            ],
+            &repo,
+        );
+        if op == "Erf" {
+            assert_eq!(code, 0, "{out}{err}");
+            let manifest = std::fs::read_to_string(repo.version_dir("surge", version).join("manifest.toml")).unwrap();
+            assert!(manifest.contains("engine = \"onnxruntime\""), "{manifest}");
+            assert!(manifest.contains("outside the portable set (Erf)"), "{manifest}");
+        } else {
+            assert_ne!(code, 0, "{out}");
+            assert!(
+                err.contains("nondeterministic") && err.contains("RandomNormalLike"),
+                "{err}"
+            );
+            assert!(!repo.version_dir("surge", version).exists());
+        }
+    }
 
     let weights = shipped_models().join("trust-scorer/1.2.0/model.safetensors");
     let like = [
@@ -502,7 +584,7 @@ fn cli_imports_onnx_and_native_artifacts() {
     assert!(err.contains("already exists"), "{err}");
     let (code, out, err) = cli(&["models", "verify"], &repo);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out.matches("READY").count(), 7, "{out}");
+    assert_eq!(out.matches("READY").count(), 9, "{out}");
     let (_, out, _) = cli(&["models", "list"], &repo);
     assert!(
         out.lines()

@@ -303,26 +303,39 @@ fn read_header(path: &Path) -> Option<GoldenHeader> {
 /// The golden file a version is verified against on this host. A portable version (its
 /// engine's bits do not depend on the CPU) uses its one file, `<version>.jsonl`, wherever it
 /// was recorded. Any other version uses the file recorded on this host's CPU class
-/// (`<version>@<class>.jsonl`, or `<version>.jsonl` when that one was recorded on this
-/// class) and is refused with [`VerifyError::UnrecordedClass`] when there is none.
+/// (`<version>.jsonl` when that one was recorded on this class, else
+/// `<version>@<class>.jsonl`) and is refused with [`VerifyError::UnrecordedClass`] when there is none.
 pub fn locate(
     dir: &Path,
     model: &str,
     version: &str,
     portability: &invariant_engine::Portability,
 ) -> Result<PathBuf, VerifyError> {
+    locate_on(dir, model, version, portability, crate::cpu_class())
+}
+
+/// [`locate`] for a host of CPU class `host`.
+fn locate_on(
+    dir: &Path,
+    model: &str,
+    version: &str,
+    portability: &invariant_engine::Portability,
+    host: String,
+) -> Result<PathBuf, VerifyError> {
     let first = GoldenFile::path(dir, model, version);
     if portability.portable {
         return Ok(first);
     }
-    let host = crate::cpu_class();
+    let header = read_header(&first);
+    if header.as_ref().is_some_and(|h| h.class() == host) {
+        return Ok(first);
+    }
     let per_class = GoldenFile::class_path(dir, model, version, &host);
     if per_class.exists() {
         return Ok(per_class);
     }
     let recorded = GoldenFile::recorded_classes(dir, model, version);
-    match read_header(&first) {
-        Some(h) if h.class() == host => Ok(first),
+    match header {
         // No readable first file and no other class: reading it reports why.
         None if recorded.is_empty() || first.exists() => Ok(first),
         _ => Err(VerifyError::UnrecordedClass {
@@ -463,6 +476,49 @@ mod tests {
         assert_eq!(hash, blake3::hash(text.as_bytes()).to_hex().to_string());
         assert!(matches!(g.write(&path, false), Err(VerifyError::Exists(_))));
         g.write(&path, true).unwrap();
+    }
+
+    #[test]
+    fn the_golden_file_follows_the_cpu_class_unless_portable() {
+        use invariant_engine::Portability;
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = sample();
+        g.write(&GoldenFile::path(dir.path(), "m", "1.0.0"), false).unwrap();
+        g.header.cpu_class = Some("x86-64-v2".into());
+        g.write(&GoldenFile::class_path(dir.path(), "m", "1.0.0", "x86-64-v2"), false)
+            .unwrap();
+        let fixed = Portability::host_dependent("kernels by CPU");
+        let at = |p: &Portability, host: &str| locate_on(dir.path(), "m", "1.0.0", p, host.into());
+        let name = |r: Result<PathBuf, VerifyError>| r.unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name(at(&fixed, "x86-64-v3")), "1.0.0.jsonl");
+        assert_eq!(name(at(&fixed, "x86-64-v2")), "1.0.0@x86-64-v2.jsonl");
+        assert_eq!(name(at(&Portability::portable(), "x86-64-v4")), "1.0.0.jsonl");
+        let err = at(&fixed, "x86-64-v4").unwrap_err().to_string();
+        assert!(
+            err.contains("not portable (kernels by CPU)")
+                && err.contains("recorded on x86-64-v2, x86-64-v3 only")
+                && err.contains("this host is x86-64-v4")
+                && err.contains("--cpu-class x86-64-v4"),
+            "{err}"
+        );
+        assert_eq!(
+            GoldenFile::recorded_classes(dir.path(), "m", "1.0.0"),
+            vec!["x86-64-v2".to_string(), "x86-64-v3".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_header_without_a_class_implies_it_from_its_features() {
+        let mut h = sample().header;
+        h.cpu_class = None;
+        h.cpu_features = ["x86_64", "sse4.2", "avx", "avx2", "fma", "f16c"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(h.class(), "x86-64-v3");
+        h.cpu_features.push("avx512f".into());
+        assert_eq!(h.class(), "x86-64-v4");
+        h.cpu_features = vec!["x86_64".into(), "sse4.2".into()];
+        assert_eq!(h.class(), "x86-64-v2");
     }
 
     #[test]
