@@ -58,6 +58,21 @@ fn find<'a>(
             spec.name, io.elem_type, spec.datatype
         )));
     }
+    // Declared dimensions must agree with the manifest's (symbolic ones match anything).
+    if let Some(dims) = &io.dims {
+        let agree = dims.len() == spec.shape.len()
+            && dims
+                .iter()
+                .zip(&spec.shape)
+                .all(|(g, &m)| g.is_none_or(|g| m < 0 || g == m));
+        if !agree {
+            let shown: Vec<i64> = dims.iter().map(|d| d.unwrap_or(-1)).collect();
+            return Err(load_err(format!(
+                "graph {kind} '{}' has shape {shown:?}, manifest declares {:?}",
+                spec.name, spec.shape
+            )));
+        }
+    }
     Ok(i)
 }
 

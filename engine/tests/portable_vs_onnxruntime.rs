@@ -607,6 +607,15 @@ fn shipped_onnx_models_run_on_the_portable_engine_within_tolerance() {
         spec("label", DataType::Int64, &[-1]),
         spec("probabilities", DataType::Fp32, &[-1, 2]),
     ];
+    // A manifest that disagrees with the graph's declared input shape is refused at load.
+    let wrong = version(risk.clone(), "features", 12, outputs.clone(), EngineChoice::Portable);
+    let err = PortableEngine::load(&wrong, &EngineOptions::default())
+        .expect_err("12 columns for a 10-column graph")
+        .to_string();
+    assert!(
+        err.contains("'features' has shape [-1, 10]") && err.contains("[-1, 12]"),
+        "{err}"
+    );
     check_named("risk-assessor 1.1.0", risk, "features", 10, outputs, (0.0, 1.0), 4);
     let price = std::fs::read(models.join("price-advisor/1.0.0/model.onnx")).unwrap();
     let worst = check_named(

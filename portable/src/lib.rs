@@ -74,6 +74,8 @@ pub struct IoSpec {
     pub name: String,
     /// ONNX element type (`TensorProto.DataType`).
     pub elem_type: i32,
+    /// Declared dimensions (`None`: symbolic or unknown); `None` when no shape is declared.
+    pub dims: Option<Vec<Option<i64>>>,
 }
 
 /// What [`inspect`] found in a graph.
@@ -241,6 +243,11 @@ pub struct Graph {
     ops: Vec<String>,
 }
 
+fn dims(v: &proto::ValueInfoProto) -> Option<Vec<Option<i64>>> {
+    let shape = v.r#type.as_ref()?.tensor_type.as_ref()?.shape.as_ref()?;
+    Some(shape.dim.iter().map(|d| d.dim_value).collect())
+}
+
 fn elem_type(v: &proto::ValueInfoProto) -> i32 {
     v.r#type
         .as_ref()
@@ -306,6 +313,7 @@ impl Graph {
                 IoSpec {
                     name,
                     elem_type: elem_type(v),
+                    dims: dims(v),
                 },
                 slot,
             ));
@@ -362,6 +370,7 @@ impl Graph {
                 IoSpec {
                     name,
                     elem_type: elem_type(v),
+                    dims: dims(v),
                 },
                 slot,
             ));

@@ -437,24 +437,29 @@ async fn breakers_open_per_corridor_half_open_close_and_fall_back_to_the_cache()
     let (status, r) = infer(&s, PROBE, &probe(0.5), "UK-NG").await;
     assert_eq!(status, 200, "{r}");
     assert!(r["parameters"].get("degraded").is_none(), "{r}");
-    let transitions: Vec<String> = s
-        .audit()
-        .into_iter()
-        .filter(|a| a["event"] == "circuit_breaker")
-        .map(|a| {
-            format!(
-                "{} {}->{}",
-                a["corridor"].as_str().unwrap(),
-                a["from"].as_str().unwrap(),
-                a["to"].as_str().unwrap()
-            )
-        })
-        .collect();
-    assert_eq!(
-        transitions,
-        ["UK-NG closed->open", "UK-NG open->half_open", "UK-NG half_open->closed"],
-        "{transitions:?}"
-    );
+    // Breaker transitions are audited by the governance task (every refresh_ms): wait for it.
+    let expected = ["UK-NG closed->open", "UK-NG open->half_open", "UK-NG half_open->closed"];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let transitions = loop {
+        let transitions: Vec<String> = s
+            .audit()
+            .into_iter()
+            .filter(|a| a["event"] == "circuit_breaker")
+            .map(|a| {
+                format!(
+                    "{} {}->{}",
+                    a["corridor"].as_str().unwrap(),
+                    a["from"].as_str().unwrap(),
+                    a["to"].as_str().unwrap()
+                )
+            })
+            .collect();
+        if transitions.len() >= expected.len() || Instant::now() > deadline {
+            break transitions;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(transitions, expected, "{transitions:?}");
 }
 
 #[tokio::test]
