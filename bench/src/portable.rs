@@ -8,46 +8,19 @@ use invariant_core::{DataType, Tensor, TensorData};
 use invariant_engine::onnx::OnnxEngine;
 use invariant_engine::portable::PortableEngine;
 use invariant_engine::{Engine, EngineOptions};
-use invariant_registry::{
-    Format, InferenceSettings, Manifest, OnnxEngine as Choice, OnnxSection, TensorSpec, VerifiedVersion,
-};
+use invariant_registry::{Manifest, OnnxEngine as Choice, TensorSpec, VerifiedVersion};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
-    TensorSpec {
-        name: name.into(),
-        datatype,
-        shape: shape.to_vec(),
-        allow_non_finite: false,
-        columns: None,
-        ranges: None,
-        feature_service: None,
-    }
-}
-
 fn version(bytes: &[u8], input: &str, width: i64, outputs: &[TensorSpec], engine: Choice) -> VerifiedVersion {
-    VerifiedVersion {
-        manifest: Manifest {
-            name: "bench".into(),
-            version: semver::Version::new(1, 0, 0),
-            format: Format::Onnx,
-            description: String::new(),
-            artifacts: Vec::new(),
-            inputs: vec![spec(input, DataType::Fp32, &[-1, width])],
-            outputs: outputs.to_vec(),
-            inference: InferenceSettings::default(),
-            onnx: Some(OnnxSection {
-                model: "model.onnx".into(),
-                engine,
-            }),
-            native: None,
-            fallback_rules: Vec::new(),
-        },
-        dir: Default::default(),
-        artifacts: BTreeMap::from([("model.onnx".to_string(), bytes.to_vec())]),
-        content_hash: String::new(),
-    }
+    let manifest = Manifest::onnx(
+        "bench",
+        semver::Version::new(1, 0, 0),
+        vec![TensorSpec::new(input, DataType::Fp32, &[-1, width])],
+        outputs.to_vec(),
+        engine,
+    );
+    VerifiedVersion::in_memory(manifest, BTreeMap::from([("model.onnx".to_string(), bytes.to_vec())]))
 }
 
 fn time(engine: &dyn Engine, inputs: &[Tensor], seconds: f64) -> Result<f64> {
@@ -69,10 +42,10 @@ type Case = (&'static str, Vec<u8>, &'static str, i64, Vec<TensorSpec>);
 /// Runs the section; `models` is the shipped repository.
 pub fn bench_portable(models: &std::path::Path, seconds: f64) -> Result<()> {
     let read = |p: &str| std::fs::read(models.join(p)).with_context(|| p.to_string());
-    let one = |n: &str, c| vec![spec(n, DataType::Fp32, &[-1, c])];
+    let one = |n: &str, c| vec![TensorSpec::new(n, DataType::Fp32, &[-1, c])];
     let classifier = vec![
-        spec("label", DataType::Int64, &[-1]),
-        spec("probabilities", DataType::Fp32, &[-1, 2]),
+        TensorSpec::new("label", DataType::Int64, &[-1]),
+        TensorSpec::new("probabilities", DataType::Fp32, &[-1, 2]),
     ];
     let cases: Vec<Case> = vec![
         (

@@ -5,7 +5,7 @@
 
 use invariant_engine::{EngineOptions, Model};
 use invariant_gpu::DeviceLayer;
-use invariant_registry::{ArtifactEntry, Format, InferenceSettings, Manifest, OnnxEngine, OnnxSection, MANIFEST_FILE};
+use invariant_registry::{ArtifactEntry, Format, Manifest, OnnxEngine, MANIFEST_FILE};
 use invariant_serving::config::Config;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -210,25 +210,12 @@ fn onnx_manifest(config: &Config, req: &ImportRequest) -> Result<Manifest, Impor
     };
     let (inputs, outputs) =
         invariant_engine::onnx::graph_signature(&bytes).map_err(|e| ImportError::Load(e.to_string()))?;
-    Ok(Manifest {
-        name: req.name.clone(),
-        version: semver::Version::new(0, 0, 0),
-        format: Format::Onnx,
-        description: format!(
-            "{} imported from {}. Engine {}: {why}.",
-            req.name,
-            req.artifact.display(),
-            engine.name()
-        ),
-        artifacts: Vec::new(),
-        inputs,
-        outputs,
-        inference: InferenceSettings::default(),
-        onnx: Some(OnnxSection {
-            model: "model.onnx".into(),
-            engine,
-        }),
-        native: None,
-        fallback_rules: Vec::new(),
-    })
+    let mut manifest = Manifest::onnx(&req.name, semver::Version::new(0, 0, 0), inputs, outputs, engine);
+    manifest.description = format!(
+        "{} imported from {}. Engine {}: {why}.",
+        req.name,
+        req.artifact.display(),
+        engine.name()
+    );
+    Ok(manifest)
 }

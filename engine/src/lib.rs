@@ -97,6 +97,19 @@ pub trait Engine: Send + Sync {
     fn portability(&self) -> Portability;
 }
 
+/// The `[onnx]` section of an ONNX version and its verified graph bytes.
+fn onnx_graph(version: &VerifiedVersion) -> Result<(&invariant_registry::OnnxSection, &[u8]), EngineError> {
+    let onnx = version
+        .manifest
+        .onnx
+        .as_ref()
+        .ok_or_else(|| EngineError::Load("manifest has no [onnx] section".into()))?;
+    let bytes = version
+        .artifact(&onnx.model)
+        .ok_or_else(|| EngineError::Load(format!("model '{}' not among the verified artifacts", onnx.model)))?;
+    Ok((onnx, bytes))
+}
+
 /// Settings that belong to the server rather than to a model version.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {

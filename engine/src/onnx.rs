@@ -214,13 +214,7 @@ impl OnnxEngine {
         let rt =
             runtime().ok_or_else(|| load_err("ONNX Runtime is not loaded (see onnxruntime_lib in invariant.toml)"))?;
         let manifest = &version.manifest;
-        let onnx = manifest
-            .onnx
-            .as_ref()
-            .ok_or_else(|| load_err("manifest has no [onnx] section"))?;
-        let bytes = version
-            .artifact(&onnx.model)
-            .ok_or_else(|| load_err(format!("model '{}' not among the verified artifacts", onnx.model)))?;
+        let (onnx, bytes) = crate::onnx_graph(version)?;
         refuse_random(bytes).map_err(|e| load_err(format!("{}: {e}", onnx.model)))?;
         let threads = options.threads.unwrap_or(manifest.inference.threads).max(1);
         let mut sessions = Vec::new();

@@ -81,13 +81,7 @@ impl PortableEngine {
     /// graph's inputs (all of them) and outputs (those the manifest names) to the manifest.
     pub fn load(version: &VerifiedVersion, options: &EngineOptions) -> Result<Self, EngineError> {
         let manifest = &version.manifest;
-        let onnx = manifest
-            .onnx
-            .as_ref()
-            .ok_or_else(|| load_err("manifest has no [onnx] section"))?;
-        let bytes = version
-            .artifact(&onnx.model)
-            .ok_or_else(|| load_err(format!("model '{}' not among the verified artifacts", onnx.model)))?;
+        let (onnx, bytes) = crate::onnx_graph(version)?;
         let graph = Graph::load(bytes).map_err(|e| load_err(format!("{}: portable engine: {e}", onnx.model)))?;
         let graph_inputs: Vec<_> = graph.inputs().collect();
         if graph_inputs.len() != manifest.inputs.len() {

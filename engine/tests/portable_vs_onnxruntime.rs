@@ -13,11 +13,9 @@ use invariant_core::{DataType, Tensor, TensorData};
 use invariant_engine::onnx::{init_runtime, OnnxEngine};
 use invariant_engine::portable::PortableEngine;
 use invariant_engine::{Engine, EngineOptions};
+use invariant_portable::build::{float_tensor as f32_tensor, model, value_info as io};
 use invariant_portable::proto::*;
-use invariant_registry::{
-    Format, InferenceSettings, Manifest, OnnxEngine as EngineChoice, OnnxSection, TensorSpec, VerifiedVersion,
-};
-use prost::Message;
+use invariant_registry::{Manifest, OnnxEngine as EngineChoice, TensorSpec, VerifiedVersion};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -32,16 +30,6 @@ fn ort() {
     init_runtime(&lib).unwrap_or_else(|e| panic!("ONNX Runtime must be installed by scripts/setup.sh: {e}"));
 }
 
-fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
-    TensorProto {
-        dims: dims.to_vec(),
-        data_type: Some(elem::FLOAT),
-        name: Some(name.into()),
-        raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ..Default::default()
-    }
-}
-
 fn i64_tensor(name: &str, data: &[i64]) -> TensorProto {
     TensorProto {
         dims: vec![data.len() as i64],
@@ -49,25 +37,6 @@ fn i64_tensor(name: &str, data: &[i64]) -> TensorProto {
         name: Some(name.into()),
         int64_data: data.to_vec(),
         ..Default::default()
-    }
-}
-
-fn io(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| Dimension {
-            dim_value: (d >= 0).then_some(d),
-            dim_param: (d < 0).then(|| "N".to_string()),
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TypeProtoTensor {
-                elem_type: Some(elem_type),
-                shape: Some(TensorShapeProto { dim }),
-            }),
-        }),
     }
 }
 
@@ -127,70 +96,6 @@ fn node(op: &str, domain: &str, inputs: &[&str], outputs: &[&str], attribute: Ve
     }
 }
 
-/// A model: one FP32 input `x` [N, width], the nodes, and outputs.
-fn model(nodes: Vec<NodeProto>, init: Vec<TensorProto>, width: i64, outputs: Vec<ValueInfoProto>) -> Vec<u8> {
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![
-            OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(17),
-            },
-            OperatorSetIdProto {
-                domain: Some("ai.onnx.ml".into()),
-                version: Some(3),
-            },
-        ],
-        producer_name: Some("invariant-tests".into()),
-        graph: Some(GraphProto {
-            node: nodes,
-            name: Some("g".into()),
-            initializer: init,
-            input: vec![io("x", elem::FLOAT, &[-1, width])],
-            output: outputs,
-            ..Default::default()
-        }),
-        training_info: Vec::new(),
-    }
-    .encode_to_vec()
-}
-
-fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
-    TensorSpec {
-        name: name.into(),
-        datatype,
-        shape: shape.to_vec(),
-        allow_non_finite: false,
-        columns: None,
-        ranges: None,
-        feature_service: None,
-    }
-}
-
-fn version(bytes: Vec<u8>, input: &str, width: i64, outputs: Vec<TensorSpec>, engine: EngineChoice) -> VerifiedVersion {
-    VerifiedVersion {
-        manifest: Manifest {
-            name: "op-test".into(),
-            version: semver::Version::new(1, 0, 0),
-            format: Format::Onnx,
-            description: String::new(),
-            artifacts: Vec::new(),
-            inputs: vec![spec(input, DataType::Fp32, &[-1, width])],
-            outputs,
-            inference: InferenceSettings::default(),
-            onnx: Some(OnnxSection {
-                model: "model.onnx".into(),
-                engine,
-            }),
-            native: None,
-            fallback_rules: Vec::new(),
-        },
-        dir: Default::default(),
-        artifacts: BTreeMap::from([("model.onnx".to_string(), bytes)]),
-        content_hash: String::new(),
-    }
-}
-
 fn data(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
     let mut s = seed;
     (0..n)
@@ -199,6 +104,21 @@ fn data(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
             lo + (s >> 8) as f32 / (1u32 << 24) as f32 * (hi - lo)
         })
         .collect()
+}
+
+fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+    TensorSpec::new(name, datatype, shape)
+}
+
+fn version(bytes: Vec<u8>, input: &str, width: i64, outputs: Vec<TensorSpec>, engine: EngineChoice) -> VerifiedVersion {
+    let manifest = Manifest::onnx(
+        "op-test",
+        semver::Version::new(1, 0, 0),
+        vec![spec(input, DataType::Fp32, &[-1, width])],
+        outputs,
+        engine,
+    );
+    VerifiedVersion::in_memory(manifest, BTreeMap::from([("model.onnx".to_string(), bytes)]))
 }
 
 fn as_f64(d: &TensorData, i: usize) -> f64 {

@@ -14,7 +14,8 @@ fn uniform(n: usize, seed: &mut u32, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
-fn float_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
+/// A FLOAT constant, its data in `raw_data`.
+pub fn float_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
     TensorProto {
         dims: dims.to_vec(),
         data_type: Some(elem::FLOAT),
@@ -24,7 +25,8 @@ fn float_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
     }
 }
 
-fn value(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
+/// A graph input or output of an ONNX element type; `-1` dimensions are symbolic (`N`).
+pub fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|&d| Dimension {
@@ -50,7 +52,8 @@ fn attr(name: &str) -> AttributeProto {
     }
 }
 
-fn encode(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>, width: i64, output: Vec<ValueInfoProto>) -> Vec<u8> {
+/// An opset-17 (`ai.onnx.ml` 3) model of `nodes` with one FLOAT input `x` `[N, width]`.
+pub fn model(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>, width: i64, output: Vec<ValueInfoProto>) -> Vec<u8> {
     ModelProto {
         ir_version: Some(8),
         opset_import: vec![
@@ -68,7 +71,7 @@ fn encode(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>, width: i64, outp
             node: nodes,
             name: Some("g".into()),
             initializer,
-            input: vec![value("x", elem::FLOAT, &[-1, width])],
+            input: vec![value_info("x", elem::FLOAT, &[-1, width])],
             output,
             ..Default::default()
         }),
@@ -119,7 +122,12 @@ pub fn mlp(sizes: &[usize], seed: u32) -> Vec<u8> {
         }
     }
     let last = *sizes.last().unwrap_or(&1) as i64;
-    encode(nodes, init, sizes[0] as i64, vec![value("y", elem::FLOAT, &[-1, last])])
+    model(
+        nodes,
+        init,
+        sizes[0] as i64,
+        vec![value_info("y", elem::FLOAT, &[-1, last])],
+    )
 }
 
 /// `trees` full binary trees of `depth` on `width` features (`BRANCH_LEQ`), summed into one
@@ -196,10 +204,10 @@ pub fn gradient_boosted_trees(trees: usize, depth: u32, width: usize, seed: u32)
         domain: Some("ai.onnx.ml".into()),
         attribute,
     };
-    encode(
+    model(
         vec![node],
         Vec::new(),
         width as i64,
-        vec![value("y", elem::FLOAT, &[-1, 1])],
+        vec![value_info("y", elem::FLOAT, &[-1, 1])],
     )
 }

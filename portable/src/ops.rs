@@ -475,33 +475,26 @@ fn gemm(
         Ok(y)
     }
     let dims = (m, k, n, ar, ac, br);
+    let c_shape = c.map(|c| c.shape.clone()).unwrap_or_default();
+    macro_rules! typed {
+        ($variant:ident, $x:expr, $w:expr, $c:expr) => {
+            TensorData::$variant(run(
+                $x,
+                $w,
+                $c.map(|cv| (&cv[..], &c_shape[..])),
+                dims,
+                alpha,
+                beta,
+                (ta, tb),
+                threads,
+            )?)
+        };
+    }
     let data = match (&a.data, &b.data, c.map(|c| &c.data)) {
-        (TensorData::Fp32(x), TensorData::Fp32(w), None) => {
-            TensorData::Fp32(run(x, w, None, dims, alpha, beta, (ta, tb), threads)?)
-        }
-        (TensorData::Fp32(x), TensorData::Fp32(w), Some(TensorData::Fp32(cv))) => TensorData::Fp32(run(
-            x,
-            w,
-            Some((cv, &c.map(|c| c.shape.clone()).unwrap_or_default())),
-            dims,
-            alpha,
-            beta,
-            (ta, tb),
-            threads,
-        )?),
-        (TensorData::Fp64(x), TensorData::Fp64(w), None) => {
-            TensorData::Fp64(run(x, w, None, dims, alpha, beta, (ta, tb), threads)?)
-        }
-        (TensorData::Fp64(x), TensorData::Fp64(w), Some(TensorData::Fp64(cv))) => TensorData::Fp64(run(
-            x,
-            w,
-            Some((cv, &c.map(|c| c.shape.clone()).unwrap_or_default())),
-            dims,
-            alpha,
-            beta,
-            (ta, tb),
-            threads,
-        )?),
+        (TensorData::Fp32(x), TensorData::Fp32(w), None) => typed!(Fp32, x, w, None::<&Vec<f32>>),
+        (TensorData::Fp32(x), TensorData::Fp32(w), Some(TensorData::Fp32(cv))) => typed!(Fp32, x, w, Some(cv)),
+        (TensorData::Fp64(x), TensorData::Fp64(w), None) => typed!(Fp64, x, w, None::<&Vec<f64>>),
+        (TensorData::Fp64(x), TensorData::Fp64(w), Some(TensorData::Fp64(cv))) => typed!(Fp64, x, w, Some(cv)),
         _ => return Err("Gemm takes FLOAT or DOUBLE operands of one type".into()),
     };
     Ok(Value {

@@ -64,6 +64,19 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
+    /// A tensor with no column names, ranges or feature service, non-finite values refused.
+    pub fn new(name: impl Into<String>, datatype: DataType, shape: &[i64]) -> Self {
+        Self {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+            allow_non_finite: false,
+            columns: None,
+            ranges: None,
+            feature_service: None,
+        }
+    }
+
     /// True when the first dimension is the variable batch dimension.
     pub fn is_batched(&self) -> bool {
         self.shape.first() == Some(&-1)
@@ -274,6 +287,33 @@ fn is_contained(path: &str) -> bool {
 }
 
 impl Manifest {
+    /// The manifest of an ONNX graph `model.onnx` with default `[inference]` settings, no
+    /// artifacts listed yet and an empty description.
+    pub fn onnx(
+        name: impl Into<String>,
+        version: semver::Version,
+        inputs: Vec<TensorSpec>,
+        outputs: Vec<TensorSpec>,
+        engine: OnnxEngine,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            version,
+            format: Format::Onnx,
+            description: String::new(),
+            artifacts: Vec::new(),
+            inputs,
+            outputs,
+            inference: InferenceSettings::default(),
+            onnx: Some(OnnxSection {
+                model: "model.onnx".into(),
+                engine,
+            }),
+            native: None,
+            fallback_rules: Vec::new(),
+        }
+    }
+
     /// True when ONNX Runtime runs this version (an ONNX version without `engine = "portable"`).
     pub fn uses_onnxruntime(&self) -> bool {
         self.format == Format::Onnx && self.onnx.as_ref().is_none_or(|o| o.engine == OnnxEngine::Onnxruntime)

@@ -22,6 +22,23 @@ pub struct VerifiedVersion {
 }
 
 impl VerifiedVersion {
+    /// A version held in memory (benchmarks, engine comparisons): the manifest and its
+    /// artifacts' bytes, no directory; the content hash is blake3 over each artifact's path
+    /// and blake3.
+    pub fn in_memory(manifest: Manifest, artifacts: BTreeMap<String, Vec<u8>>) -> Self {
+        let mut content = blake3::Hasher::new();
+        for (path, bytes) in &artifacts {
+            content.update(path.as_bytes());
+            content.update(blake3::hash(bytes).as_bytes());
+        }
+        Self {
+            manifest,
+            dir: PathBuf::new(),
+            artifacts,
+            content_hash: content.finalize().to_hex().to_string(),
+        }
+    }
+
     /// The verified bytes of one artifact.
     pub fn artifact(&self, path: &str) -> Option<&[u8]> {
         self.artifacts.get(path).map(Vec::as_slice)

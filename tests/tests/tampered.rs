@@ -65,7 +65,7 @@ async fn a_flipped_byte_refuses_only_that_version() {
     assert_eq!(meta["versions"], serde_json::json!(["1.0.0"]));
     assert_eq!(meta["failed_versions"][0]["version"], "1.1.0");
     let (_, health) = s.get("/v2/health/ready").await;
-    assert_eq!(health["versions_ready"], 4);
+    assert_eq!(health["versions_ready"], 5);
     assert_eq!(health["versions_failed"], 1);
     s.assert_still_serving().await;
     assert!(s.log().contains("model version refused"), "the refusal is logged");
