@@ -115,8 +115,8 @@ fn tile<T: Num, const R: usize, const J: usize>(
     }
 }
 
-/// Every row of `xs` times `w`, tiled `4 × COLS`, the remaining columns `4 × 8` then one by
-/// one; see [`fixed_order_matmul`] for the order.
+/// Every row of `xs` times `w`, tiled `4 × COLS`, the remaining columns `4 × 8`, the last
+/// few columns across rows ([`narrow_columns`]); see [`fixed_order_matmul`] for the order.
 #[inline(always)]
 fn rows_kernel<T: Num, const COLS: usize>(xs: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, ys: &mut [T]) {
     let rows = xs.len() / k;
@@ -143,14 +143,64 @@ fn rows_kernel<T: Num, const COLS: usize>(xs: &[T], w: &[T], b: Option<&[T]>, k:
             }
             j0 += 8;
         }
-        for j in narrow..n {
-            if block {
-                tile::<T, TILE_ROWS, 1>(xs, w, b, k, n, r0, j, ys);
-            } else {
-                tile::<T, 1, 1>(xs, w, b, k, n, r0, j, ys);
+        r0 += if block { TILE_ROWS } else { 1 };
+    }
+    if narrow < n {
+        narrow_columns::<T, 16>(xs, w, b, k, n, narrow, ys);
+    }
+}
+
+/// Columns `j0..n` (fewer than 8) of every row, vectorised across rows: a block of `ROWS`
+/// rows is copied transposed (`[k][ROWS]`), then each output column accumulates
+/// `acc[r] += xᵀ[kk][r] · w[kk][j]` for `kk` in order, so each element keeps the order of
+/// [`fixed_order_matmul`]. Rows left over take one-element tiles.
+#[inline(always)]
+fn narrow_columns<T: Num, const ROWS: usize>(
+    xs: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    k: usize,
+    n: usize,
+    j0: usize,
+    ys: &mut [T],
+) {
+    let rows = xs.len() / k;
+    let blocks = rows / ROWS;
+    let mut xt = vec![[T::ZERO; ROWS]; k];
+    for blk in 0..blocks {
+        let r0 = blk * ROWS;
+        for (kk, col) in xt.iter_mut().enumerate() {
+            for (r, v) in col.iter_mut().enumerate() {
+                *v = xs[(r0 + r) * k + kk];
             }
         }
-        r0 += if block { TILE_ROWS } else { 1 };
+        // All the narrow columns at once: independent accumulators hide the add latency.
+        let mut acc = [[T::ZERO; ROWS]; 8];
+        let cols = n - j0;
+        for (kk, col) in xt.iter().enumerate() {
+            let wr = &w[kk * n + j0..kk * n + n];
+            for (a, &wv) in acc.iter_mut().zip(wr) {
+                for (av, &xv) in a.iter_mut().zip(col) {
+                    *av = *av + xv * wv;
+                }
+            }
+        }
+        for (jj, a) in acc.iter_mut().enumerate().take(cols) {
+            let j = j0 + jj;
+            if let Some(b) = b {
+                for av in a.iter_mut() {
+                    *av = *av + b[j];
+                }
+            }
+            for (r, av) in a.iter().enumerate() {
+                ys[(r0 + r) * n + j] = *av;
+            }
+        }
+    }
+    for r in blocks * ROWS..rows {
+        for j in j0..n {
+            tile::<T, 1, 1>(xs, w, b, k, n, r, j, ys);
+        }
     }
 }
 

@@ -454,6 +454,21 @@ fn gemm(
         let (m, k, n, ar, ac, br) = dims;
         let x: std::borrow::Cow<'_, [T]> = if flags.0 { transpose(x, ar, ac).into() } else { x.into() };
         let w: std::borrow::Cow<'_, [T]> = if flags.1 { transpose(w, br, k).into() } else { w.into() };
+        // `C` of one row with alpha 1 is exactly the kernel's bias (added after the sum):
+        // one pass instead of two, the same bits.
+        let row_bias = alpha == 1.0
+            && c.is_some_and(|(c, cs)| {
+                c.len() == n && cs.last() == Some(&n) && cs.iter().rev().skip(1).all(|&d| d == 1)
+            });
+        if let (true, Some((c, _))) = (row_bias, c) {
+            let bias: std::borrow::Cow<'_, [T]> = if beta != 1.0 {
+                let b = T::from_f32(beta);
+                c.iter().map(|&v| v * b).collect::<Vec<T>>().into()
+            } else {
+                c.into()
+            };
+            return Ok(fixed_order_matmul(&x, &w, Some(&bias), k, n, threads));
+        }
         let mut y = fixed_order_matmul(&x, &w, None, k, n, threads);
         if alpha != 1.0 {
             let a = T::from_f32(alpha);
