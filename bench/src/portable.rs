@@ -1,7 +1,8 @@
 //! Portable kernels vs ONNX Runtime on the same graphs: the shipped MLP and tree models and
 //! the peer benchmark's models (an MLP 32→64→64→2 and 100 gradient-boosted trees of depth 3
 //! on 32 features), at batch 1, 32 and 256. Prints µs per run and the time ratio
-//! portable / ONNX Runtime, measured alternately in one run.
+//! portable / ONNX Runtime, measured alternately in one run. The peer MLP also runs with
+//! `fused_multiply_add = true`.
 
 use anyhow::{Context, Result};
 use invariant_core::{DataType, Tensor, TensorData};
@@ -12,14 +13,24 @@ use invariant_registry::{Manifest, OnnxEngine as Choice, TensorSpec, VerifiedVer
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-fn version(bytes: &[u8], input: &str, width: i64, outputs: &[TensorSpec], engine: Choice) -> VerifiedVersion {
-    let manifest = Manifest::onnx(
+fn version(
+    bytes: &[u8],
+    input: &str,
+    width: i64,
+    outputs: &[TensorSpec],
+    engine: Choice,
+    fused: bool,
+) -> VerifiedVersion {
+    let mut manifest = Manifest::onnx(
         "bench",
         semver::Version::new(1, 0, 0),
         vec![TensorSpec::new(input, DataType::Fp32, &[-1, width])],
         outputs.to_vec(),
         engine,
     );
+    if let Some(onnx) = manifest.onnx.as_mut() {
+        onnx.fused_multiply_add = fused;
+    }
     VerifiedVersion::in_memory(manifest, BTreeMap::from([("model.onnx".to_string(), bytes.to_vec())]))
 }
 
@@ -36,8 +47,9 @@ fn time(engine: &dyn Engine, inputs: &[Tensor], seconds: f64) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
-/// A benchmarked graph: label, `.onnx` bytes, input name, input width, outputs.
-type Case = (&'static str, Vec<u8>, &'static str, i64, Vec<TensorSpec>);
+/// A benchmarked graph: label, `.onnx` bytes, input name, input width, outputs, fused
+/// multiply-adds on the portable side.
+type Case = (&'static str, Vec<u8>, &'static str, i64, Vec<TensorSpec>, bool);
 
 /// Runs the section; `models` is the shipped repository.
 pub fn bench_portable(models: &std::path::Path, seconds: f64) -> Result<()> {
@@ -54,6 +66,7 @@ pub fn bench_portable(models: &std::path::Path, seconds: f64) -> Result<()> {
             "features",
             6,
             one("surge_multiplier", 1),
+            false,
         ),
         (
             "risk-assessor 1.1.0 (trees)",
@@ -61,6 +74,7 @@ pub fn bench_portable(models: &std::path::Path, seconds: f64) -> Result<()> {
             "features",
             10,
             classifier,
+            false,
         ),
         (
             "peer MLP 32-64-64-2",
@@ -68,6 +82,15 @@ pub fn bench_portable(models: &std::path::Path, seconds: f64) -> Result<()> {
             "x",
             32,
             one("y", 2),
+            false,
+        ),
+        (
+            "peer MLP 32-64-64-2, fused",
+            invariant_portable::build::mlp(&[32, 64, 64, 2], 7),
+            "x",
+            32,
+            one("y", 2),
+            true,
         ),
         (
             "peer GBT 100 x depth 3 on 32",
@@ -75,6 +98,7 @@ pub fn bench_portable(models: &std::path::Path, seconds: f64) -> Result<()> {
             "x",
             32,
             one("y", 1),
+            false,
         ),
     ];
     println!("\n# portable kernels vs ONNX Runtime (same graph, one thread each), {seconds} s per cell");
@@ -86,9 +110,15 @@ pub fn bench_portable(models: &std::path::Path, seconds: f64) -> Result<()> {
         instances: 1,
         threads: Some(1),
     };
-    for (name, bytes, input, width, outputs) in cases {
-        let ort = OnnxEngine::load(&version(&bytes, input, width, &outputs, Choice::Onnxruntime), &options)?;
-        let portable = PortableEngine::load(&version(&bytes, input, width, &outputs, Choice::Portable), &options)?;
+    for (name, bytes, input, width, outputs, fused) in cases {
+        let ort = OnnxEngine::load(
+            &version(&bytes, input, width, &outputs, Choice::Onnxruntime, false),
+            &options,
+        )?;
+        let portable = PortableEngine::load(
+            &version(&bytes, input, width, &outputs, Choice::Portable, fused),
+            &options,
+        )?;
         for batch in [1usize, 32, 256] {
             let n = batch * width as usize;
             let data = (0..n).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();

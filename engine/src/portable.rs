@@ -82,7 +82,8 @@ impl PortableEngine {
     pub fn load(version: &VerifiedVersion, options: &EngineOptions) -> Result<Self, EngineError> {
         let manifest = &version.manifest;
         let (onnx, bytes) = crate::onnx_graph(version)?;
-        let graph = Graph::load(bytes).map_err(|e| load_err(format!("{}: portable engine: {e}", onnx.model)))?;
+        let graph = Graph::load_with(bytes, onnx.fused_multiply_add)
+            .map_err(|e| load_err(format!("{}: portable engine: {e}", onnx.model)))?;
         let graph_inputs: Vec<_> = graph.inputs().collect();
         if graph_inputs.len() != manifest.inputs.len() {
             let names: Vec<_> = graph_inputs.iter().map(|g| g.name.as_str()).collect();

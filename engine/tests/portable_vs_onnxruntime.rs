@@ -16,6 +16,7 @@ use invariant_engine::{Engine, EngineOptions};
 use invariant_portable::build::{float_tensor as f32_tensor, model, value_info as io};
 use invariant_portable::proto::*;
 use invariant_registry::{Manifest, OnnxEngine as EngineChoice, TensorSpec, VerifiedVersion};
+use prost::Message;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -111,13 +112,27 @@ fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
 }
 
 fn version(bytes: Vec<u8>, input: &str, width: i64, outputs: Vec<TensorSpec>, engine: EngineChoice) -> VerifiedVersion {
-    let manifest = Manifest::onnx(
+    fused_version(bytes, input, width, outputs, engine, false)
+}
+
+fn fused_version(
+    bytes: Vec<u8>,
+    input: &str,
+    width: i64,
+    outputs: Vec<TensorSpec>,
+    engine: EngineChoice,
+    fused: bool,
+) -> VerifiedVersion {
+    let mut manifest = Manifest::onnx(
         "op-test",
         semver::Version::new(1, 0, 0),
         vec![spec(input, DataType::Fp32, &[-1, width])],
         outputs,
         engine,
     );
+    if let Some(onnx) = manifest.onnx.as_mut() {
+        onnx.fused_multiply_add = fused;
+    }
     VerifiedVersion::in_memory(manifest, BTreeMap::from([("model.onnx".to_string(), bytes)]))
 }
 
@@ -172,9 +187,10 @@ fn input(name: &str, rows: usize, width: usize, lo: f32, hi: f32) -> Tensor {
 /// Runs a case on both engines and checks tolerance, batch and thread invariance. Returns the
 /// worst ULP distance seen.
 fn check(case: &str, bytes: Vec<u8>, width: usize, outputs: Vec<TensorSpec>, range: (f32, f32), tolerance: u64) -> u64 {
-    check_named(case, bytes, "x", width, outputs, range, tolerance)
+    check_named(case, bytes, "x", width, outputs, range, tolerance, false)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_named(
     case: &str,
     bytes: Vec<u8>,
@@ -183,6 +199,7 @@ fn check_named(
     outputs: Vec<TensorSpec>,
     range: (f32, f32),
     tolerance: u64,
+    fused: bool,
 ) -> u64 {
     ort();
     let options = |t| EngineOptions {
@@ -200,7 +217,7 @@ fn check_named(
         &options(1),
     )
     .unwrap_or_else(|e| panic!("{case}: ONNX Runtime refused the graph: {e}"));
-    let portable_version = version(bytes, name, width as i64, outputs, EngineChoice::Portable);
+    let portable_version = fused_version(bytes, name, width as i64, outputs, EngineChoice::Portable, fused);
     let portable = PortableEngine::load(&portable_version, &options(1)).unwrap_or_else(|e| panic!("{case}: {e}"));
     let threaded = PortableEngine::load(&portable_version, &options(4)).unwrap();
     let big = input(name, 256, width, range.0, range.1);
@@ -439,6 +456,40 @@ fn products_stay_within_a_few_ulp() {
     );
 }
 
+#[test]
+fn fused_products_stay_within_a_few_ulp_and_are_invariant() {
+    let s = out("y", 64).1;
+    let bytes = invariant_portable::build::mlp(&[32, 64, 64], 5);
+    let graph = ModelProto::decode(&bytes[..]).unwrap();
+    assert!(graph
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .any(|n| n.op_type.as_deref() == Some("Gemm")));
+    let unfused = check_named(
+        "MLP 32-64-64 (Gemm)",
+        bytes.clone(),
+        "x",
+        32,
+        vec![s.clone()],
+        (0.0, 1.0),
+        16,
+        false,
+    );
+    let fused = check_named(
+        "MLP 32-64-64 (Gemm), fused",
+        bytes,
+        "x",
+        32,
+        vec![s],
+        (0.0, 1.0),
+        16,
+        true,
+    );
+    eprintln!("unfused worst {unfused} ULP, fused worst {fused} ULP from ONNX Runtime");
+}
+
 /// Two trees on 4 features: each branch mode once, leaves weighted per target or class.
 fn tree_attrs(prefix: &str, ids: &[i64]) -> Vec<AttributeProto> {
     vec![
@@ -536,7 +587,16 @@ fn shipped_onnx_models_run_on_the_portable_engine_within_tolerance() {
         err.contains("'features' has shape [-1, 10]") && err.contains("[-1, 12]"),
         "{err}"
     );
-    check_named("risk-assessor 1.1.0", risk, "features", 10, outputs, (0.0, 1.0), 4);
+    check_named(
+        "risk-assessor 1.1.0",
+        risk,
+        "features",
+        10,
+        outputs,
+        (0.0, 1.0),
+        4,
+        false,
+    );
     let price = std::fs::read(models.join("price-advisor/1.0.0/model.onnx")).unwrap();
     let worst = check_named(
         "price-advisor 1.0.0",
@@ -546,6 +606,7 @@ fn shipped_onnx_models_run_on_the_portable_engine_within_tolerance() {
         vec![spec("surge_multiplier", DataType::Fp32, &[-1, 1])],
         (0.0, 20.0),
         16,
+        false,
     );
     eprintln!("price-advisor portable vs ONNX Runtime: worst {worst} ULP");
 }

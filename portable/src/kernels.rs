@@ -17,6 +17,18 @@
 /// compiled with 256- or 512-bit vectors (never FMA): each lane does the same IEEE multiply and add as
 /// the scalar code, so the bits are the same on every path.
 pub fn fixed_order_matmul<T: Num>(x: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, threads: usize) -> Vec<T> {
+    matmul::<T, false>(x, w, b, k, n, threads)
+}
+
+/// [`fixed_order_matmul`] with each step `acc = fma(x[r][kk], w[kk][j], acc)`: one rounding
+/// per multiply-add instead of two, the same order. CPUs with FMA run it in hardware (AVX2 or
+/// AVX-512 builds); others call the correctly rounded software `fma`, which gives the same
+/// bits (far slower). For `[onnx] fused_multiply_add = true` versions.
+pub fn fused_order_matmul<T: Num>(x: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, threads: usize) -> Vec<T> {
+    matmul::<T, true>(x, w, b, k, n, threads)
+}
+
+fn matmul<T: Num, const F: bool>(x: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, threads: usize) -> Vec<T> {
     let rows = x.len().checked_div(k).unwrap_or(0);
     let mut out = vec![T::ZERO; rows * n];
     if n == 0 {
@@ -34,42 +46,67 @@ pub fn fixed_order_matmul<T: Num>(x: &[T], w: &[T], b: Option<&[T]>, k: usize, n
     }
     let threads = threads.max(1).min(rows.max(1));
     if threads == 1 {
-        rows_dispatch(x, w, b, k, n, &mut out);
+        rows_dispatch::<T, F>(x, w, b, k, n, &mut out);
     } else {
         let per = rows.div_ceil(threads);
         std::thread::scope(|s| {
             for (xs, ys) in x.chunks(per * k).zip(out.chunks_mut(per * n)) {
-                s.spawn(move || rows_dispatch(xs, w, b, k, n, ys));
+                s.spawn(move || rows_dispatch::<T, F>(xs, w, b, k, n, ys));
             }
         });
     }
     out
 }
 
-/// Picks the AVX-512 or AVX build of [`rows_kernel`] when the CPU has it (same bits, wider
-/// vectors).
-fn rows_dispatch<T: Num>(xs: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, ys: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            unsafe { rows_avx512(xs, w, b, k, n, ys) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx") {
-            // SAFETY: the CPU supports AVX (checked just above); the function only enables it.
-            unsafe { rows_avx(xs, w, b, k, n, ys) };
-            return;
+/// How a graph computes its matrix products: row threads, and fused multiply-adds or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Products {
+    /// Row chunks computed in parallel (never changes a bit).
+    pub threads: usize,
+    /// [`fused_order_matmul`] instead of [`fixed_order_matmul`].
+    pub fused: bool,
+}
+
+impl Products {
+    /// `x · w (+ b)` with this setting.
+    pub fn matmul<T: Num>(&self, x: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize) -> Vec<T> {
+        if self.fused {
+            fused_order_matmul(x, w, b, k, n, self.threads)
+        } else {
+            fixed_order_matmul(x, w, b, k, n, self.threads)
         }
     }
-    rows_kernel::<T, 8>(xs, w, b, k, n, ys);
+}
+
+/// Picks the widest build of [`rows_kernel`] the CPU has (same bits, wider vectors). Fused
+/// kernels use hardware FMA only where the CPU has it.
+fn rows_dispatch<T: Num, const F: bool>(xs: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, ys: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        // SAFETY (each call): the CPU supports the features the function enables, checked
+        // on the same line; the functions only enable them.
+        if !F && has!("avx512f") {
+            return unsafe { rows_avx512(xs, w, b, k, n, ys) };
+        }
+        if !F && has!("avx") {
+            return unsafe { rows_avx(xs, w, b, k, n, ys) };
+        }
+        if F && has!("avx512f") && has!("fma") {
+            return unsafe { rows_avx512_fma(xs, w, b, k, n, ys) };
+        }
+        if F && has!("avx2") && has!("fma") {
+            return unsafe { rows_avx2_fma(xs, w, b, k, n, ys) };
+        }
+    }
+    rows_kernel::<T, 8, F>(xs, w, b, k, n, ys);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn rows_avx<T: Num>(xs: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, ys: &mut [T]) {
     // 16 columns: two 256-bit accumulators per row, eight independent add chains per tile.
-    rows_kernel::<T, 16>(xs, w, b, k, n, ys);
+    rows_kernel::<T, 16, false>(xs, w, b, k, n, ys);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -77,7 +114,29 @@ unsafe fn rows_avx<T: Num>(xs: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usiz
 unsafe fn rows_avx512<T: Num>(xs: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, ys: &mut [T]) {
     // 32 columns: two 512-bit accumulators per row. AVX-512F only: no FMA is enabled, and
     // Rust never fuses a multiply and an add on its own.
-    rows_kernel::<T, 32>(xs, w, b, k, n, ys);
+    rows_kernel::<T, 32, false>(xs, w, b, k, n, ys);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2_fma<T: Num>(xs: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, ys: &mut [T]) {
+    rows_kernel::<T, 16, true>(xs, w, b, k, n, ys);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn rows_avx512_fma<T: Num>(xs: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, ys: &mut [T]) {
+    rows_kernel::<T, 32, true>(xs, w, b, k, n, ys);
+}
+
+/// One step of a reduction: `acc + x·w`, rounded twice, or fused (`F`), rounded once.
+#[inline(always)]
+fn step<T: Num, const F: bool>(acc: T, x: T, w: T) -> T {
+    if F {
+        x.mul_add(w, acc)
+    } else {
+        acc + x * w
+    }
 }
 
 const TILE_ROWS: usize = 4;
@@ -85,7 +144,7 @@ const TILE_ROWS: usize = 4;
 /// One tile: `R` rows × `J` columns starting at `(r0, j0)`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile<T: Num, const R: usize, const J: usize>(
+fn tile<T: Num, const R: usize, const J: usize, const F: bool>(
     xs: &[T],
     w: &[T],
     b: Option<&[T]>,
@@ -101,7 +160,7 @@ fn tile<T: Num, const R: usize, const J: usize>(
         for (r, a) in acc.iter_mut().enumerate() {
             let xv = xs[(r0 + r) * k + kk];
             for (av, &wv) in a.iter_mut().zip(wr) {
-                *av = *av + xv * wv;
+                *av = step::<T, F>(*av, xv, wv);
             }
         }
     }
@@ -118,7 +177,14 @@ fn tile<T: Num, const R: usize, const J: usize>(
 /// Every row of `xs` times `w`, tiled `4 × COLS`, the remaining columns `4 × 8`, the last
 /// few columns across rows ([`narrow_columns`]); see [`fixed_order_matmul`] for the order.
 #[inline(always)]
-fn rows_kernel<T: Num, const COLS: usize>(xs: &[T], w: &[T], b: Option<&[T]>, k: usize, n: usize, ys: &mut [T]) {
+fn rows_kernel<T: Num, const COLS: usize, const F: bool>(
+    xs: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    k: usize,
+    n: usize,
+    ys: &mut [T],
+) {
     let rows = xs.len() / k;
     let full_rows = rows - rows % TILE_ROWS;
     let wide = n - n % COLS;
@@ -129,24 +195,24 @@ fn rows_kernel<T: Num, const COLS: usize>(xs: &[T], w: &[T], b: Option<&[T]>, k:
         let mut j0 = 0;
         while j0 < wide {
             if block {
-                tile::<T, TILE_ROWS, COLS>(xs, w, b, k, n, r0, j0, ys);
+                tile::<T, TILE_ROWS, COLS, F>(xs, w, b, k, n, r0, j0, ys);
             } else {
-                tile::<T, 1, COLS>(xs, w, b, k, n, r0, j0, ys);
+                tile::<T, 1, COLS, F>(xs, w, b, k, n, r0, j0, ys);
             }
             j0 += COLS;
         }
         while j0 < narrow {
             if block {
-                tile::<T, TILE_ROWS, 8>(xs, w, b, k, n, r0, j0, ys);
+                tile::<T, TILE_ROWS, 8, F>(xs, w, b, k, n, r0, j0, ys);
             } else {
-                tile::<T, 1, 8>(xs, w, b, k, n, r0, j0, ys);
+                tile::<T, 1, 8, F>(xs, w, b, k, n, r0, j0, ys);
             }
             j0 += 8;
         }
         r0 += if block { TILE_ROWS } else { 1 };
     }
     if narrow < n {
-        narrow_columns::<T, 16>(xs, w, b, k, n, narrow, ys);
+        narrow_columns::<T, 16, F>(xs, w, b, k, n, narrow, ys);
     }
 }
 
@@ -155,7 +221,7 @@ fn rows_kernel<T: Num, const COLS: usize>(xs: &[T], w: &[T], b: Option<&[T]>, k:
 /// `acc[r] += xᵀ[kk][r] · w[kk][j]` for `kk` in order, so each element keeps the order of
 /// [`fixed_order_matmul`]. Rows left over take one-element tiles.
 #[inline(always)]
-fn narrow_columns<T: Num, const ROWS: usize>(
+fn narrow_columns<T: Num, const ROWS: usize, const F: bool>(
     xs: &[T],
     w: &[T],
     b: Option<&[T]>,
@@ -181,7 +247,7 @@ fn narrow_columns<T: Num, const ROWS: usize>(
             let wr = &w[kk * n + j0..kk * n + n];
             for (a, &wv) in acc.iter_mut().zip(wr) {
                 for (av, &xv) in a.iter_mut().zip(col) {
-                    *av = *av + xv * wv;
+                    *av = step::<T, F>(*av, xv, wv);
                 }
             }
         }
@@ -199,7 +265,7 @@ fn narrow_columns<T: Num, const ROWS: usize>(
     }
     for r in blocks * ROWS..rows {
         for j in j0..n {
-            tile::<T, 1, 1>(xs, w, b, k, n, r, j, ys);
+            tile::<T, 1, 1, F>(xs, w, b, k, n, r, j, ys);
         }
     }
 }
@@ -217,12 +283,17 @@ pub trait Num:
 {
     /// Additive identity (`+0` for floats).
     const ZERO: Self;
+    /// `self · a + b` with one rounding (integers: exact).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// Division as ONNX `Div` defines it for the type (integers: truncating; division by
     /// zero gives 0 rather than a panic).
     fn div(self, other: Self) -> Self;
 }
 
 impl Num for f32 {
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
     const ZERO: Self = 0.0;
     fn div(self, other: Self) -> Self {
         self / other
@@ -230,6 +301,9 @@ impl Num for f32 {
 }
 
 impl Num for f64 {
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
+    }
     const ZERO: Self = 0.0;
     fn div(self, other: Self) -> Self {
         self / other
@@ -237,6 +311,9 @@ impl Num for f64 {
 }
 
 impl Num for i64 {
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        self.wrapping_mul(a).wrapping_add(b)
+    }
     const ZERO: Self = 0;
     fn div(self, other: Self) -> Self {
         self.checked_div(other).unwrap_or(0)
@@ -244,6 +321,9 @@ impl Num for i64 {
 }
 
 impl Num for i32 {
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        self.wrapping_mul(a).wrapping_add(b)
+    }
     const ZERO: Self = 0;
     fn div(self, other: Self) -> Self {
         self.checked_div(other).unwrap_or(0)
@@ -444,11 +524,11 @@ mod tests {
                 .collect();
             let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1 - 0.7).collect();
             let mut scalar = vec![0f32; rows * n];
-            rows_kernel::<f32, 8>(&x, &w, Some(&b), k, n, &mut scalar);
+            rows_kernel::<f32, 8, false>(&x, &w, Some(&b), k, n, &mut scalar);
             let mut wide = vec![0f32; rows * n];
-            rows_kernel::<f32, 16>(&x, &w, Some(&b), k, n, &mut wide);
+            rows_kernel::<f32, 16, false>(&x, &w, Some(&b), k, n, &mut wide);
             assert_eq!(wide, scalar);
-            rows_kernel::<f32, 32>(&x, &w, Some(&b), k, n, &mut wide);
+            rows_kernel::<f32, 32, false>(&x, &w, Some(&b), k, n, &mut wide);
             assert_eq!(wide, scalar);
             for r in 0..rows {
                 for j in 0..n {
@@ -462,6 +542,47 @@ mod tests {
             }
             let dispatched = fixed_order_matmul(&x, &w, Some(&b), k, n, 1);
             assert_eq!(dispatched, scalar, "the AVX build gives other bits");
+        }
+    }
+
+    #[test]
+    fn fused_kernels_follow_the_sequential_definition_in_hardware_and_software() {
+        for (rows, k, n) in [(9, 13, 19), (33, 64, 2), (8, 40, 48), (5, 9, 70), (256, 32, 64)] {
+            let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104_729) % 2011) as f32 / 301.0 - 3.0)
+                .collect();
+            let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1 - 0.7).collect();
+            let mut reference = vec![0f32; rows * n];
+            for r in 0..rows {
+                for j in 0..n {
+                    let mut acc = 0f32;
+                    for kk in 0..k {
+                        acc = x[r * k + kk].mul_add(w[kk * n + j], acc);
+                    }
+                    reference[r * n + j] = acc + b[j];
+                }
+            }
+            // The baseline build: `mul_add` is the software fma here (no FMA target feature).
+            let mut software = vec![0f32; rows * n];
+            rows_kernel::<f32, 8, true>(&x, &w, Some(&b), k, n, &mut software);
+            assert_eq!(software, reference, "{rows}x{k}x{n}: software fma");
+            // The dispatched build: hardware FMA on CPUs that have it.
+            assert_eq!(
+                fused_order_matmul(&x, &w, Some(&b), k, n, 1),
+                reference,
+                "{rows}x{k}x{n}: dispatched"
+            );
+            assert_eq!(
+                fused_order_matmul(&x, &w, Some(&b), k, n, 3),
+                reference,
+                "{rows}x{k}x{n}: threads"
+            );
+            assert_ne!(
+                fixed_order_matmul(&x, &w, Some(&b), k, n, 1),
+                reference,
+                "{rows}x{k}x{n}: fused = unfused?"
+            );
         }
     }
 

@@ -21,7 +21,7 @@ mod ops;
 pub mod proto;
 mod tree;
 
-pub use kernels::{fixed_order_matmul, sigmoid, Float, Num};
+pub use kernels::{fixed_order_matmul, fused_order_matmul, sigmoid, Float, Num, Products};
 pub use ops::{NONDETERMINISTIC as NONDETERMINISTIC_OPS, SUPPORTED as SUPPORTED_OPS};
 
 use invariant_core::TensorData;
@@ -241,6 +241,7 @@ pub struct Graph {
     nodes: Vec<Node>,
     slots: usize,
     ops: Vec<String>,
+    fused: bool,
 }
 
 fn dims(v: &proto::ValueInfoProto) -> Option<Vec<Option<i64>>> {
@@ -270,8 +271,15 @@ fn matches_elem(data: &TensorData, elem_type: i32) -> bool {
 
 impl Graph {
     /// Decodes and checks a `.onnx` file: every operator in the portable set, none random,
-    /// every attribute valid, every value defined before it is read.
+    /// every attribute valid, every value defined before it is read. Matrix products reduce
+    /// with separate multiplies and adds ([`fixed_order_matmul`]).
     pub fn load(bytes: &[u8]) -> Result<Self, PortableError> {
+        Self::load_with(bytes, false)
+    }
+
+    /// [`Graph::load`], with fused multiply-adds in the matrix products when `fused`
+    /// ([`fused_order_matmul`]: other bits than unfused, the same on every CPU).
+    pub fn load_with(bytes: &[u8], fused: bool) -> Result<Self, PortableError> {
         let inspection = inspect(bytes)?;
         if !inspection.nondeterministic.is_empty() {
             return Err(PortableError::Nondeterministic {
@@ -382,6 +390,7 @@ impl Graph {
             nodes,
             slots: slot_of.len(),
             ops: inspection.ops,
+            fused,
         })
     }
 
@@ -434,7 +443,14 @@ impl Graph {
                 .collect();
             let produced = node
                 .op
-                .run(&args, node.outputs.len(), threads)
+                .run(
+                    &args,
+                    node.outputs.len(),
+                    Products {
+                        threads,
+                        fused: self.fused,
+                    },
+                )
                 .map_err(|m| PortableError::Runtime(format!("node {}: {m}", node.name)))?;
             for (slot, v) in node.outputs.iter().zip(produced) {
                 if let Some(slot) = slot {

@@ -1,7 +1,7 @@
 //! The portable operator set: attribute parsing at load (every attribute checked once) and
 //! each operator's kernel at run time.
 
-use crate::kernels::{broadcast, broadcast_shape, fixed_order_matmul, sigmoid, softmax_row, Float, Num};
+use crate::kernels::{broadcast, broadcast_shape, sigmoid, softmax_row, Float, Num, Products};
 use crate::proto::{elem, AttributeProto, NodeProto, TensorProto};
 use crate::tree::{Classifier, Regressor};
 use crate::{tensor_from_proto, PortableError, Value};
@@ -243,7 +243,12 @@ impl Op {
     }
 
     /// Runs the operator on its inputs (`None` for an omitted optional input).
-    pub(crate) fn run(&self, inputs: &[Option<&Value>], outputs: usize, threads: usize) -> Result<Vec<Value>, String> {
+    pub(crate) fn run(
+        &self,
+        inputs: &[Option<&Value>],
+        outputs: usize,
+        products: Products,
+    ) -> Result<Vec<Value>, String> {
         let arg = |i: usize| {
             inputs
                 .get(i)
@@ -264,7 +269,7 @@ impl Op {
                 }
                 out
             }
-            Op::MatMul => vec![matmul(arg(0)?, arg(1)?, threads)?],
+            Op::MatMul => vec![matmul(arg(0)?, arg(1)?, products)?],
             Op::Gemm {
                 alpha,
                 beta,
@@ -278,7 +283,7 @@ impl Op {
                 *beta,
                 *trans_a,
                 *trans_b,
-                threads,
+                products,
             )?],
             Op::Binary(op) => vec![binary(*op, arg(0)?, arg(1)?)?],
             Op::Relu => vec![unary_float(
@@ -390,7 +395,7 @@ fn binary(op: Binary, a: &Value, b: &Value) -> Result<Value, String> {
 
 /// `[.., m, k] × [k, n]` (the right operand 2-D, as exported tabular models have it) or
 /// `[k] × [k, n]`.
-fn matmul(a: &Value, b: &Value, threads: usize) -> Result<Value, String> {
+fn matmul(a: &Value, b: &Value, products: Products) -> Result<Value, String> {
     let [k, n] = b.shape[..] else {
         return Err(format!("the right operand must be 2-D, got {:?}", b.shape));
     };
@@ -403,8 +408,8 @@ fn matmul(a: &Value, b: &Value, threads: usize) -> Result<Value, String> {
     let mut shape = lead.to_vec();
     shape.push(n);
     let data = match (&a.data, &b.data) {
-        (TensorData::Fp32(x), TensorData::Fp32(w)) => TensorData::Fp32(fixed_order_matmul(x, w, None, k, n, threads)),
-        (TensorData::Fp64(x), TensorData::Fp64(w)) => TensorData::Fp64(fixed_order_matmul(x, w, None, k, n, threads)),
+        (TensorData::Fp32(x), TensorData::Fp32(w)) => TensorData::Fp32(products.matmul(x, w, None, k, n)),
+        (TensorData::Fp64(x), TensorData::Fp64(w)) => TensorData::Fp64(products.matmul(x, w, None, k, n)),
         (x, y) => return Err(format!("operands are {} and {}", type_name(x), type_name(y))),
     };
     Ok(Value { shape, data })
@@ -431,7 +436,7 @@ fn gemm(
     beta: f32,
     ta: bool,
     tb: bool,
-    threads: usize,
+    products: Products,
 ) -> Result<Value, String> {
     let (&[ar, ac], &[br, bc]) = (&a.shape[..], &b.shape[..]) else {
         return Err(format!("Gemm takes 2-D operands, got {:?} and {:?}", a.shape, b.shape));
@@ -449,7 +454,7 @@ fn gemm(
         alpha: f32,
         beta: f32,
         flags: (bool, bool),
-        threads: usize,
+        products: Products,
     ) -> Result<Vec<T>, String> {
         let (m, k, n, ar, ac, br) = dims;
         let x: std::borrow::Cow<'_, [T]> = if flags.0 { transpose(x, ar, ac).into() } else { x.into() };
@@ -467,9 +472,9 @@ fn gemm(
             } else {
                 c.into()
             };
-            return Ok(fixed_order_matmul(&x, &w, Some(&bias), k, n, threads));
+            return Ok(products.matmul(&x, &w, Some(&bias), k, n));
         }
-        let mut y = fixed_order_matmul(&x, &w, None, k, n, threads);
+        let mut y = products.matmul(&x, &w, None, k, n);
         if alpha != 1.0 {
             let a = T::from_f32(alpha);
             y.iter_mut().for_each(|v| *v = *v * a);
@@ -501,7 +506,7 @@ fn gemm(
                 alpha,
                 beta,
                 (ta, tb),
-                threads,
+                products,
             )?)
         };
     }

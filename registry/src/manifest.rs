@@ -167,6 +167,11 @@ pub struct OnnxSection {
     /// Which engine runs the graph (default `onnxruntime`).
     #[serde(default)]
     pub engine: OnnxEngine,
+    /// Portable engine only: matrix products use fused multiply-adds (one rounding per
+    /// step; hardware FMA where the CPU has it, the correctly rounded software `fma`
+    /// elsewhere, which is far slower). Other bits than unfused, the same on every CPU.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fused_multiply_add: bool,
 }
 
 /// The engine of an ONNX version.
@@ -308,6 +313,7 @@ impl Manifest {
             onnx: Some(OnnxSection {
                 model: "model.onnx".into(),
                 engine,
+                fused_multiply_add: false,
             }),
             native: None,
             fallback_rules: Vec::new(),
@@ -440,6 +446,12 @@ impl Manifest {
                 if self.native.is_some() {
                     return invalid("format = \"onnx\" must not have a [native] section".into());
                 }
+                if onnx.fused_multiply_add && onnx.engine != OnnxEngine::Portable {
+                    return invalid(
+                        "onnx.fused_multiply_add needs engine = \"portable\" (ONNX Runtime picks its own kernels)"
+                            .into(),
+                    );
+                }
             }
             Format::Native => {
                 let Some(native) = &self.native else {
@@ -551,5 +563,23 @@ layers = [{ size = 4, activation = "relu" }, { size = 1, activation = "sigmoid" 
             "datatype = \"FP16\"\nshape = [-1, 3]"
         ))
         .contains("FP16"));
+    }
+
+    #[test]
+    fn onnx_engines_parse_and_fused_multiply_add_needs_the_portable_engine() {
+        let onnx = GOOD
+            .replace("format = \"native\"", "format = \"onnx\"")
+            .replace("model.safetensors", "model.onnx");
+        let onnx = onnx[..onnx.find("[native]").unwrap()].to_string() + "[onnx]\nmodel = \"model.onnx\"\n";
+        let path = Path::new("m/1.0.0/manifest.toml");
+        let m = Manifest::parse(&onnx, path).unwrap();
+        assert!(m.uses_onnxruntime());
+        let portable = onnx.clone() + "engine = \"portable\"\nfused_multiply_add = true\n";
+        let m = Manifest::parse(&portable, path).unwrap();
+        assert!(!m.uses_onnxruntime());
+        assert!(m.onnx.as_ref().unwrap().fused_multiply_add);
+        let err = err_of(&(onnx.clone() + "fused_multiply_add = true\n"));
+        assert!(err.contains("fused_multiply_add needs engine = \"portable\""), "{err}");
+        assert!(err_of(&(onnx + "engine = \"tensorrt\"\n")).contains("engine"));
     }
 }
