@@ -1,7 +1,8 @@
 //! `invariant models import`: brings an artifact into the repository as a new STAGED
 //! version: copies it while hashing (sha256 + blake3), writes the manifest (from an existing
-//! version with `--like`, or from the ONNX graph's signature), loads it exactly as the server
-//! would, and records its golden vectors.
+//! version with `--like`, or from the ONNX graph's signature, choosing the portable engine
+//! when every operator is in its set), loads it exactly as the server would, and records its
+//! golden vectors.
 
 use invariant_engine::{EngineOptions, Model};
 use invariant_gpu::DeviceLayer;

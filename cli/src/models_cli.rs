@@ -21,6 +21,10 @@ pub enum ModelsCommand {
     /// Load and verify every version exactly as the server does; exit 1 if any fails.
     Verify(Common),
     /// Copy an artifact into the repository as a new STAGED version: hashes, manifest, golden vectors.
+    ///
+    /// A new ONNX graph runs on the portable engine (the same bits on every CPU) when every
+    /// operator is in the portable set, else on ONNX Runtime; the manifest's description says
+    /// which and why. Graphs with random operators are refused.
     #[command(disable_version_flag = true)]
     Import(ImportArgs),
     /// Take a version out of traffic (STAGED).
