@@ -172,13 +172,15 @@ async fn a_full_queue_answers_429_at_once_while_another_corridor_serves() {
     let mut flood = Vec::new();
     for i in 0..8 {
         let s = s.clone();
+        // The body is built before the clock starts: only the server's answer is timed.
+        let body = slow_request(i).to_string();
         flood.push(tokio::spawn(async move {
             let started = Instant::now();
             let r = s
                 .client
                 .post(format!("{}/v2/models/slow-probe/infer", s.url))
                 .header("x-corridor", "UK-NG")
-                .body(slow_request(i).to_string())
+                .body(body)
                 .send()
                 .await
                 .unwrap();
