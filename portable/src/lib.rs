@@ -227,6 +227,9 @@ pub(crate) fn tensor_from_proto(t: &TensorProto) -> Result<Value, PortableError>
 #[derive(Debug, Clone)]
 struct Node {
     name: String,
+    /// The first input is read by nothing after this node (nor is it a graph output), so an
+    /// in-place operator may take it.
+    consume_first: bool,
     op: Op,
     inputs: Vec<Option<usize>>,
     outputs: Vec<Option<usize>>,
@@ -363,6 +366,7 @@ impl Graph {
             }
             nodes.push(Node {
                 name,
+                consume_first: false,
                 op,
                 inputs: node_inputs,
                 outputs: node_outputs,
@@ -382,6 +386,15 @@ impl Graph {
                 },
                 slot,
             ));
+        }
+        for i in 0..nodes.len() {
+            let Some(Some(first)) = nodes[i].inputs.first().copied() else {
+                continue;
+            };
+            let read_again = nodes[i].inputs[1..].contains(&Some(first))
+                || nodes[i + 1..].iter().any(|n| n.inputs.contains(&Some(first)))
+                || outputs.iter().any(|(_, s)| *s == first);
+            nodes[i].consume_first = nodes[i].op.in_place() && !read_again;
         }
         Ok(Self {
             inputs,
@@ -436,6 +449,23 @@ impl Graph {
             slots[*slot] = Some(Cow::Owned(v));
         }
         for node in &self.nodes {
+            if node.consume_first {
+                if let Some(slot) = node.inputs[0] {
+                    if matches!(slots[slot], Some(Cow::Owned(_))) {
+                        let Some(Cow::Owned(x)) = slots[slot].take() else {
+                            continue;
+                        };
+                        let y = node
+                            .op
+                            .run_in_place(x)
+                            .map_err(|m| PortableError::Runtime(format!("node {}: {m}", node.name)))?;
+                        if let Some(Some(out)) = node.outputs.first() {
+                            slots[*out] = Some(Cow::Owned(y));
+                        }
+                        continue;
+                    }
+                }
+            }
             let args: Vec<Option<&Value>> = node
                 .inputs
                 .iter()

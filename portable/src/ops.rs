@@ -242,6 +242,43 @@ impl Op {
         })
     }
 
+    /// Element-wise operators that can overwrite an input nothing reads afterwards.
+    pub(crate) fn in_place(&self) -> bool {
+        matches!(self, Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh)
+    }
+
+    /// An [`Op::in_place`] operator on an owned input, element by element.
+    pub(crate) fn run_in_place(&self, mut x: Value) -> Result<Value, String> {
+        macro_rules! apply {
+            ($f32:expr, $f64:expr) => {
+                match &mut x.data {
+                    TensorData::Fp32(v) => v.iter_mut().for_each(|e| *e = $f32(*e)),
+                    TensorData::Fp64(v) => v.iter_mut().for_each(|e| *e = $f64(*e)),
+                    other => return Err(format!("takes FLOAT or DOUBLE, got {}", type_name(other))),
+                }
+            };
+        }
+        match self {
+            Op::Relu => apply!(|x: f32| if x > 0.0 { x } else { 0.0 }, |x: f64| if x > 0.0 {
+                x
+            } else {
+                0.0
+            }),
+            Op::LeakyRelu { alpha } => {
+                let (a32, a64) = (*alpha, *alpha as f64);
+                apply!(|x: f32| if x < 0.0 { a32 * x } else { x }, |x: f64| if x < 0.0 {
+                    a64 * x
+                } else {
+                    x
+                })
+            }
+            Op::Sigmoid => apply!(sigmoid::<f32>, sigmoid::<f64>),
+            Op::Tanh => apply!(Float::tanh, Float::tanh),
+            _ => return Err("not an element-wise operator".into()),
+        }
+        Ok(x)
+    }
+
     /// Runs the operator on its inputs (`None` for an omitted optional input).
     pub(crate) fn run(
         &self,
@@ -286,21 +323,7 @@ impl Op {
                 products,
             )?],
             Op::Binary(op) => vec![binary(*op, arg(0)?, arg(1)?)?],
-            Op::Relu => vec![unary_float(
-                arg(0)?,
-                |x| if x > 0.0 { x } else { 0.0 },
-                |x| if x > 0.0 { x } else { 0.0 },
-            )?],
-            Op::LeakyRelu { alpha } => {
-                let (a32, a64) = (*alpha, *alpha as f64);
-                vec![unary_float(
-                    arg(0)?,
-                    move |x| if x < 0.0 { a32 * x } else { x },
-                    move |x| if x < 0.0 { a64 * x } else { x },
-                )?]
-            }
-            Op::Sigmoid => vec![unary_float(arg(0)?, sigmoid::<f32>, sigmoid::<f64>)?],
-            Op::Tanh => vec![unary_float(arg(0)?, Float::tanh, Float::tanh)?],
+            Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh => vec![self.run_in_place(arg(0)?.clone())?],
             Op::Softmax { axis, coerce_2d } => vec![softmax(arg(0)?, *axis, *coerce_2d)?],
             Op::Flatten { axis } => {
                 let x = arg(0)?;
@@ -358,18 +381,6 @@ impl Op {
 
 fn type_name(d: &TensorData) -> &'static str {
     d.datatype().name()
-}
-
-fn unary_float(x: &Value, f32f: impl Fn(f32) -> f32, f64f: impl Fn(f64) -> f64) -> Result<Value, String> {
-    let data = match &x.data {
-        TensorData::Fp32(v) => TensorData::Fp32(v.iter().map(|&e| f32f(e)).collect()),
-        TensorData::Fp64(v) => TensorData::Fp64(v.iter().map(|&e| f64f(e)).collect()),
-        other => return Err(format!("takes FLOAT or DOUBLE, got {}", type_name(other))),
-    };
-    Ok(Value {
-        shape: x.shape.clone(),
-        data,
-    })
 }
 
 fn binary(op: Binary, a: &Value, b: &Value) -> Result<Value, String> {
