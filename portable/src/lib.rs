@@ -136,8 +136,12 @@ fn dropout_is_inference(node: &NodeProto, opset: i64, constants: &BTreeMap<&str,
 
 /// Lists a graph's operators and which of them the portable path cannot run or refuses.
 pub fn inspect(bytes: &[u8]) -> Result<Inspection, PortableError> {
-    let model = decode(bytes)?;
-    let opset = default_opset(&model);
+    inspect_model(&decode(bytes)?)
+}
+
+/// [`inspect`] on a decoded model.
+fn inspect_model(model: &ModelProto) -> Result<Inspection, PortableError> {
+    let opset = default_opset(model);
     let graph = model
         .graph
         .as_ref()
@@ -283,7 +287,8 @@ impl Graph {
     /// [`Graph::load`], with fused multiply-adds in the matrix products when `fused`
     /// ([`fused_order_matmul`]: other bits than unfused, the same on every CPU).
     pub fn load_with(bytes: &[u8], fused: bool) -> Result<Self, PortableError> {
-        let inspection = inspect(bytes)?;
+        let model = decode(bytes)?;
+        let inspection = inspect_model(&model)?;
         if !inspection.nondeterministic.is_empty() {
             return Err(PortableError::Nondeterministic {
                 ops: inspection.nondeterministic,
@@ -294,7 +299,6 @@ impl Graph {
                 ops: inspection.unsupported,
             });
         }
-        let model = decode(bytes)?;
         let opset = default_opset(&model);
         let graph = model.graph.ok_or_else(|| PortableError::Decode("no graph".into()))?;
         if !graph.sparse_initializer.is_empty() {
@@ -449,12 +453,9 @@ impl Graph {
             slots[*slot] = Some(Cow::Owned(v));
         }
         for node in &self.nodes {
-            if node.consume_first {
-                if let Some(slot) = node.inputs[0] {
-                    if matches!(slots[slot], Some(Cow::Owned(_))) {
-                        let Some(Cow::Owned(x)) = slots[slot].take() else {
-                            continue;
-                        };
+            if let (true, Some(slot)) = (node.consume_first, node.inputs[0]) {
+                match slots[slot].take() {
+                    Some(Cow::Owned(x)) => {
                         let y = node
                             .op
                             .run_in_place(x)
@@ -464,6 +465,8 @@ impl Graph {
                         }
                         continue;
                     }
+                    // A constant (borrowed) input: computed into a new value below.
+                    other => slots[slot] = other,
                 }
             }
             let args: Vec<Option<&Value>> = node

@@ -601,12 +601,29 @@ pub fn assert_error(got: &(u16, Value), status: u16, fragments: &[&str]) {
 
 /// Runs the `invariant` binary in the workspace root; returns exit code, stdout and stderr.
 pub fn invariant(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary())
-        .args(args)
+    run_in_root(Command::new(binary()).args(args))
+}
+
+/// Runs the `invariant` binary under `qemu-x86_64 -cpu CPU` (user-mode emulation: the binary
+/// sees that CPU's features), in the workspace root.
+pub fn invariant_on_cpu(cpu: &str, args: &[&str]) -> (i32, String, String) {
+    run_in_root(
+        Command::new("qemu-x86_64")
+            .arg("-cpu")
+            .arg(cpu)
+            .arg(binary())
+            .args(args),
+    )
+}
+
+fn run_in_root(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd
         .current_dir(workspace_root())
         .env("RUST_BACKTRACE", "0")
         .output()
-        .expect("run invariant");
+        .expect(
+            "run invariant (qemu-x86_64 must be installed for the emulated runs: the test command installs qemu-user)",
+        );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -4,26 +4,8 @@
 //! feature set. Every golden vector of every version is checked under emulation (the gate
 //! runs in seconds there).
 
-use invariant_blackbox::{binary, workspace_root};
+use invariant_blackbox::invariant_on_cpu as under;
 use serde_json::Value;
-use std::process::Command;
-
-fn under(cpu: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("qemu-x86_64")
-        .arg("-cpu")
-        .arg(cpu)
-        .arg(binary())
-        .args(args)
-        .current_dir(workspace_root())
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("qemu-x86_64 must be installed (the test command installs qemu-user)");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn version<'a>(report: &'a Value, model: &str, v: &str) -> &'a Value {
     report["versions"]
@@ -134,54 +116,33 @@ fn portability_report_names_engine_and_classes_per_version() {
 
 #[test]
 fn recording_a_class_needs_a_host_of_that_class_and_a_non_portable_version() {
-    let (code, _, err) = under(
-        "Nehalem",
-        &[
-            "golden",
-            "record",
-            "price-advisor",
-            "1.0.0",
-            "--cpu-class",
-            "x86-64-v3",
-            "--golden-vectors",
-            "/nonexistent",
-        ],
-    );
+    let record = |version: &str, class: &str, dir: &str| {
+        under(
+            "Nehalem",
+            &[
+                "golden",
+                "record",
+                "price-advisor",
+                version,
+                "--cpu-class",
+                class,
+                "--golden-vectors",
+                dir,
+            ],
+        )
+    };
+    let (code, _, err) = record("1.0.0", "x86-64-v3", "/nonexistent");
     assert_ne!(code, 0);
     assert!(err.contains("this host is x86-64-v2"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().to_str().unwrap();
-    let (code, _, err) = under(
-        "Nehalem",
-        &[
-            "golden",
-            "record",
-            "price-advisor",
-            "1.0.1",
-            "--cpu-class",
-            "x86-64-v2",
-            "--golden-vectors",
-            dir_arg,
-        ],
-    );
+    let (code, _, err) = record("1.0.1", "x86-64-v2", dir_arg);
     assert_ne!(code, 0);
     assert!(
         err.contains("is portable") && err.contains("without --cpu-class"),
         "{err}"
     );
-    let (code, out, err) = under(
-        "Nehalem",
-        &[
-            "golden",
-            "record",
-            "price-advisor",
-            "1.0.0",
-            "--cpu-class",
-            "x86-64-v2",
-            "--golden-vectors",
-            dir_arg,
-        ],
-    );
+    let (code, out, err) = record("1.0.0", "x86-64-v2", dir_arg);
     assert_eq!(code, 0, "{out}{err}");
     let written = dir.path().join("price-advisor/1.0.0@x86-64-v2.jsonl");
     let header = std::fs::read_to_string(&written).unwrap();
