@@ -524,6 +524,7 @@ fn start_server(binary: &Path, port: u16, env: &[(&str, String)]) -> Result<Serv
             &format!("127.0.0.1:{port}"),
             "--grpc-addr",
             &format!("127.0.0.1:{grpc_port}"),
+            "--dev-no-auth",
         ])
         .env("INVARIANT_LOG", "warn")
         // The shipped limits (200 and 100 requests/s per corridor) would cap every run: the

@@ -110,7 +110,7 @@ impl RedisL2 {
     /// An L2 on `url` for `corridor`; no connection is made until first use.
     pub fn new(url: &str, corridor: &str, timeout: Duration) -> Result<Self, CacheError> {
         let client = redis::Client::open(url).map_err(|e| CacheError::RedisUrl {
-            url: url.to_string(),
+            url: invariant_core::secret::redact_url(url),
             message: e.to_string(),
         })?;
         Ok(Self {

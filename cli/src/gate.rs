@@ -7,7 +7,7 @@
 //! the machine's cores); and, with a server URL, that the running server returns the same bits
 //! over HTTP as the in-process engine.
 
-use invariant_core::json::parse_data;
+use invariant_core::json::parse_data_with_shape;
 use invariant_core::tensor::concrete_shape;
 use invariant_core::{DataType, Tensor};
 use invariant_engine::{EngineOptions, Model};
@@ -210,7 +210,7 @@ pub fn run_gate(config: &Config, options: &GateOptions) -> Result<GateReport, Ga
     let started = Instant::now();
     let onnx_unavailable = invariant_serving::init_onnx(config);
     let devices = DeviceLayer::discover();
-    let scanned = invariant_registry::scan(&config.model_repository)?;
+    let scanned = invariant_registry::scan_with_limits(&config.model_repository, &config.limits.repository)?;
     for s in &options.selectors {
         let (m, v) = s.split_once(':').map_or((s.as_str(), None), |(m, v)| (m, Some(v)));
         if !scanned.iter().any(|x| x.model == m && v.is_none_or(|v| x.version == v)) {
@@ -271,7 +271,9 @@ pub fn run_gate(config: &Config, options: &GateOptions) -> Result<GateReport, Ga
                             Err(String::new())
                         }
                         Err(e) => Err(e.to_string()),
-                        Ok(path) => GoldenFile::read(&path).map(|(g, _)| (m, g)).map_err(|e| e.to_string()),
+                        Ok(path) => GoldenFile::read_with_limits(&path, &config.limits.golden)
+                            .map(|(g, _)| (m, g))
+                            .map_err(|e| e.to_string()),
                     }
                 });
                 match loaded {
@@ -376,7 +378,8 @@ fn decode_reply(text: &str) -> Result<(String, Vec<Tensor>), String> {
         let field = format!("outputs[{i}]");
         let datatype = DataType::parse(&o.datatype, &field).map_err(|e| e.to_string())?;
         let shape = concrete_shape(&o.shape, &field).map_err(|e| e.to_string())?;
-        let data = parse_data(o.data.get(), datatype, &field).map_err(|e| e.to_string())?;
+        let data = parse_data_with_shape(o.data.get(), datatype, &shape, &format!("{field}.data"))
+            .map_err(|e| e.to_string())?;
         outputs.push(Tensor::new(o.name.clone(), shape, data, &field).map_err(|e| e.to_string())?);
     }
     Ok((reply.model_version, outputs))

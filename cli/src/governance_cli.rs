@@ -15,10 +15,12 @@ use serde_json::{json, Value};
 pub struct GovernArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Work through this running server's admin API instead of the state file.
+    /// Work through this running server's admin API instead of the state file (the API key is
+    /// read from INVARIANT_API_KEY; the change is then recorded under the key's id).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// Who makes the change (default: $USER).
+    /// Who makes a change on the state file (default: $USER); through --server, the API key's
+    /// id is the actor.
     #[arg(long)]
     actor: Option<String>,
     /// Refuse the change unless the control state is still at this revision.
@@ -175,7 +177,6 @@ fn apply(args: &GovernArgs, change: Change) -> Result<Value> {
     let state = match &args.server {
         Some(server) => {
             let mut body = serde_json::to_value(&change)?;
-            body["actor"] = json!(actor);
             if let Some(r) = args.expected_revision {
                 body["expected_revision"] = json!(r);
             }

@@ -138,7 +138,7 @@ fn import_into(
         .map_err(|e| ImportError::Invalid(format!("{}: {e}", dir.display())))?;
 
     let started = std::time::Instant::now();
-    let verified = invariant_registry::load_version(dir)?;
+    let verified = invariant_registry::load_version_with_limits(dir, &config.limits.repository)?;
     let mut golden_vectors = 0;
     if req.record_golden {
         let model = Model::load(

@@ -2,12 +2,13 @@
 //! gate (`gate`), golden vector recording (`golden record`), model import and the registry
 //! commands (`models …`, on the repository or a running server), and the feature store's
 //! `features plan|apply|materialize`, and corridor governance (`switches …`, `corridors …`,
-//! `flags …`). Transport-free: it works on the repository through the
+//! `flags …`), and API keys (`keys …`). Transport-free: it works on the repository through the
 //! serving core, or on a running server through its HTTP admin API.
 
 pub mod gate;
 pub mod governance_cli;
 pub mod import;
+pub mod keys_cli;
 pub mod models_cli;
 
 use anyhow::{Context, Result};
@@ -42,6 +43,9 @@ pub enum Command {
     /// Feature flags per scope: list, set, clear.
     #[command(subcommand)]
     Flags(governance_cli::FlagsCommand),
+    /// API keys: create (bound to corridors and roles; the key is shown once), list, revoke.
+    #[command(subcommand)]
+    Keys(keys_cli::KeysCommand),
 }
 
 /// `invariant features …`
@@ -183,6 +187,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Switches(command) => governance_cli::switches(command),
         Command::Corridors(command) => governance_cli::corridors(command),
         Command::Flags(command) => governance_cli::flags(command),
+        Command::Keys(command) => keys_cli::run(command),
         Command::Gate(args) => gate(args),
         Command::Features(FeaturesCommand::Plan { config, json }) => features_plan(config, json, false),
         Command::Features(FeaturesCommand::Apply { config, json }) => features_plan(config, json, true),

@@ -55,7 +55,8 @@ pub struct Common {
     /// Golden vector directory (overrides golden_vectors).
     #[arg(long)]
     golden_vectors: Option<PathBuf>,
-    /// Work against this running server's admin API instead of the repository files.
+    /// Work against this running server's admin API instead of the repository files (the API
+    /// key is read from INVARIANT_API_KEY).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// Print JSON instead of tables.
@@ -88,7 +89,8 @@ pub struct TransitionArgs {
     /// Why (recorded in the history and the audit log).
     #[arg(long, default_value = "")]
     reason: String,
-    /// Who (default: $USER).
+    /// Who, for a change on the repository files (default: $USER); through --server, the API
+    /// key's id is the actor.
     #[arg(long)]
     actor: Option<String>,
 }
@@ -143,6 +145,9 @@ pub(crate) fn call(server: &str, method: reqwest::Method, path: &str, body: Opti
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut req = reqwest::Client::new().request(method, &url);
+        if let Some(key) = std::env::var("INVARIANT_API_KEY").ok().filter(|k| !k.is_empty()) {
+            req = req.bearer_auth(key.trim());
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -337,7 +342,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
                 bail!("unload acts on a running server's memory: pass --server URL");
             };
             let path = format!("/admin/v1/models/{}/versions/{}/unload", t.model, t.model_version);
-            let body = json!({ "actor": actor(&t), "reason": t.reason });
+            let body = json!({ "reason": t.reason });
             let reply = call(server, reqwest::Method::POST, &path, Some(body))?;
             println!("unloaded {} {}", t.model, text(&reply["unloaded"]));
         }
@@ -404,16 +409,15 @@ fn actor(t: &TransitionArgs) -> String {
 }
 
 fn transition(t: TransitionArgs, action: Action, name: &str, percent: Option<f64>) -> Result<()> {
-    let actor = actor(&t);
     let result = match &t.common.server {
         Some(server) => {
-            let body = json!({ "actor": actor, "reason": t.reason, "corridors": t.corridors, "percent": percent });
+            let body = json!({ "reason": t.reason, "corridors": t.corridors, "percent": percent });
             let path = format!("/admin/v1/models/{}/versions/{}/{name}", t.model, t.model_version);
             call(server, reqwest::Method::POST, &path, Some(body))?["transition"].clone()
         }
         None => {
             let state = invariant_serving::InferenceService::build(t.common.config()?)?;
-            let transition = state.transition(&t.model, &t.model_version, &action, &actor, &t.reason)?;
+            let transition = state.transition(&t.model, &t.model_version, &action, &actor(&t), &t.reason)?;
             serde_json::to_value(transition)?
         }
     };

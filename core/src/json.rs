@@ -19,42 +19,223 @@ enum Scalar<'a> {
     Str(&'a str),
 }
 
+/// What is known of one nesting depth of the data: the arrays at that depth all have
+/// `width` elements, all arrays (`kind == Some(true)`) or all scalars.
+#[derive(Clone, Copy)]
+struct Level {
+    /// Elements of the array open at this depth so far.
+    count: usize,
+    /// Elements every array at this depth must have.
+    width: Option<usize>,
+    /// Whether the elements of arrays at this depth are arrays (`true`) or scalars.
+    kind: Option<bool>,
+}
+
+/// Checks, element by element, that nested data is rectangular and, with a declared shape,
+/// nested exactly as the shape (or flat). One allocation per call (the levels), none per
+/// element.
+struct Nesting<'s> {
+    shape: Option<&'s [usize]>,
+    levels: Vec<Level>,
+    /// Arrays open now (the top-level array is depth 1).
+    depth: usize,
+}
+
+fn shape_text(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    format!("[{}]", dims.join(","))
+}
+
+impl<'s> Nesting<'s> {
+    fn new(shape: Option<&'s [usize]>) -> Self {
+        Self {
+            shape,
+            levels: Vec::with_capacity(shape.map_or(4, |s| s.len().max(1))),
+            depth: 0,
+        }
+    }
+
+    /// Where the array open at `depth` (≥ 2) sits: `row 3`, `row 3[1]`, ...
+    fn position(&self, depth: usize) -> String {
+        let mut out = format!("row {}", self.levels[0].count.saturating_sub(1));
+        for level in &self.levels[1..depth.saturating_sub(1).max(1)] {
+            out.push_str(&format!("[{}]", level.count.saturating_sub(1)));
+        }
+        out
+    }
+
+    /// Where the element just counted in the array open now sits.
+    fn item_position(&self) -> String {
+        if self.depth <= 1 {
+            format!("row {}", self.levels[0].count.saturating_sub(1))
+        } else {
+            format!(
+                "{}[{}]",
+                self.position(self.depth),
+                self.levels[self.depth - 1].count.saturating_sub(1)
+            )
+        }
+    }
+
+    /// An element (an array when `is_array`) of the array open now.
+    #[inline]
+    fn element(&mut self, is_array: bool) -> Result<(), String> {
+        // Almost every element is one more of the kind its array already holds.
+        if let Some(level) = self.levels.get_mut(self.depth.wrapping_sub(1)) {
+            if level.kind == Some(is_array) {
+                level.count += 1;
+                return Ok(());
+            }
+        }
+        self.first_or_mismatched(is_array)
+    }
+
+    /// [`Nesting::element`] for the first element at a depth, or one of the wrong kind.
+    #[cold]
+    fn first_or_mismatched(&mut self, is_array: bool) -> Result<(), String> {
+        let d = self.depth;
+        if d == 1 && self.levels[0].kind.is_none() {
+            // The first element decides between flat data and data nested as the shape.
+            match self.shape {
+                Some(shape) if is_array && shape.len() >= 2 => {
+                    self.levels.resize(
+                        shape.len(),
+                        Level {
+                            count: 0,
+                            width: None,
+                            kind: None,
+                        },
+                    );
+                    for (i, (level, &width)) in self.levels.iter_mut().zip(shape).enumerate() {
+                        level.width = Some(width);
+                        level.kind = Some(i + 1 < shape.len());
+                    }
+                }
+                Some(_) => self.levels[0].kind = Some(false),
+                None => {}
+            }
+        }
+        let level = &mut self.levels[d - 1];
+        level.count += 1;
+        match level.kind {
+            None => level.kind = Some(is_array),
+            Some(kind) if kind == is_array => {}
+            Some(kind) => {
+                let at = self.item_position();
+                let what = if is_array { "an array" } else { "a number" };
+                return Err(match self.shape {
+                    Some(shape) if self.levels[0].width.is_none() => format!(
+                        "{at} is an array among numbers: send flat data, or data nested exactly as shape {}",
+                        shape_text(shape)
+                    ),
+                    Some(shape) if kind => format!(
+                        "{at} is {what} where shape {} needs an array of {}",
+                        shape_text(shape),
+                        shape.get(d).copied().unwrap_or(0)
+                    ),
+                    Some(shape) => format!("{at} is {what} where shape {} needs a number", shape_text(shape)),
+                    None => format!(
+                        "{at} is {what} where the elements before it are {} (nested data must be rectangular)",
+                        if kind { "arrays" } else { "numbers" }
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self) {
+        self.depth += 1;
+        match self.levels.get_mut(self.depth - 1) {
+            Some(level) => level.count = 0,
+            None => self.levels.push(Level {
+                count: 0,
+                width: None,
+                kind: None,
+            }),
+        }
+    }
+
+    /// Why the array closing at depth `d` with `count` elements should have had `width`.
+    fn count_mismatch(&self, d: usize, count: usize, width: usize) -> String {
+        let Some(shape) = self.shape else {
+            let at = self.position(d);
+            return format!(
+                "{at} has {count} elements where the rows before it have {width} (nested data must be rectangular)"
+            );
+        };
+        if d == 1 {
+            return format!("{count} rows where shape {} needs {width}", shape_text(shape));
+        }
+        format!(
+            "{} has {count} elements where shape {} needs {width}",
+            self.position(d),
+            shape_text(shape)
+        )
+    }
+
+    fn close(&mut self) -> Result<(), String> {
+        let d = self.depth;
+        let Some(level) = self.levels.get_mut(d.wrapping_sub(1)) else {
+            return Ok(());
+        };
+        let count = level.count;
+        match level.width {
+            None => level.width = Some(count),
+            Some(width) if width == count => {}
+            Some(width) => return Err(self.count_mismatch(d, count, width)),
+        }
+        self.depth -= 1;
+        Ok(())
+    }
+}
+
 /// Walks `raw` (text that `serde_json` already validated as JSON) and calls `f` for every
-/// scalar inside the (possibly nested) top-level array, in document order.
+/// scalar inside the (possibly nested) top-level array, in document order. Nested data must
+/// be rectangular; with `shape`, it must be flat or nested exactly as the shape.
 fn scan<'a>(
     raw: &'a str,
     field: &str,
+    shape: Option<&[usize]>,
     mut f: impl FnMut(usize, Scalar<'a>) -> Result<(), CoreError>,
 ) -> Result<(), CoreError> {
     let malformed = |message: &str| CoreError::MalformedData {
         field: field.to_string(),
         message: message.to_string(),
     };
+    let nested = |message: String| CoreError::MalformedData {
+        field: field.to_string(),
+        message,
+    };
     let bytes = raw.as_bytes();
+    let mut nesting = Nesting::new(shape);
     let mut i = 0;
-    let mut depth = 0usize;
     let mut index = 0usize;
     let mut seen_array = false;
     while i < bytes.len() {
         match bytes[i] {
             b'[' => {
-                if depth == 0 && seen_array {
+                if nesting.depth == 0 && seen_array {
                     return Err(malformed("expected a single array"));
                 }
-                depth += 1;
+                if nesting.depth > 0 {
+                    nesting.element(true).map_err(nested)?;
+                }
+                nesting.open();
                 seen_array = true;
                 i += 1;
             }
             b']' => {
-                depth = depth.saturating_sub(1);
+                nesting.close().map_err(nested)?;
                 i += 1;
             }
             b',' | b' ' | b'\n' | b'\r' | b'\t' => i += 1,
             b'{' => return Err(malformed("expected an array of scalars, found an object")),
             b'"' => {
-                if depth == 0 {
+                if nesting.depth == 0 {
                     return Err(malformed("expected an array, found a string"));
                 }
+                nesting.element(false).map_err(nested)?;
                 let start = i + 1;
                 let mut j = start;
                 while j < bytes.len() && bytes[j] != b'"' {
@@ -69,9 +250,10 @@ fn scan<'a>(
                 while i < bytes.len() && !matches!(bytes[i], b',' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
                     i += 1;
                 }
-                if depth == 0 {
+                if nesting.depth == 0 {
                     return Err(malformed("expected an array of elements, found a scalar"));
                 }
+                nesting.element(false).map_err(nested)?;
                 let token = &raw[start..i];
                 let scalar = match token {
                     "true" => Scalar::Bool(true),
@@ -130,12 +312,31 @@ fn parse_float<T: std::str::FromStr>(field: &str, index: usize, s: &Scalar<'_>, 
 }
 
 /// Decodes the raw JSON text of a V2 `data` field as elements of `datatype`.
-/// `field` names the field in errors, e.g. `inputs[0].data`.
+/// `field` names the field in errors, e.g. `inputs[0].data`. Nested data must be
+/// rectangular; [`parse_data_with_shape`] also checks it against the declared shape.
 pub fn parse_data(raw: &str, datatype: DataType, field: &str) -> Result<TensorData, CoreError> {
+    decode(raw, datatype, None, field)
+}
+
+/// [`parse_data`] for a tensor of the declared `shape`: the data is either flat (row-major,
+/// as the Open Inference Protocol allows; its element count is the caller's to check) or
+/// nested exactly as the shape at every level, e.g. `[[1,2],[3,4]]` for `[2,2]`. A
+/// mismatch names the position: `inputs[0].data: row 0 has 3 elements where shape [2,4]
+/// needs 4`.
+pub fn parse_data_with_shape(
+    raw: &str,
+    datatype: DataType,
+    shape: &[usize],
+    field: &str,
+) -> Result<TensorData, CoreError> {
+    decode(raw, datatype, Some(shape), field)
+}
+
+fn decode(raw: &str, datatype: DataType, shape: Option<&[usize]>, field: &str) -> Result<TensorData, CoreError> {
     macro_rules! collect {
         ($variant:ident, $conv:expr) => {{
             let mut out = Vec::new();
-            scan(raw, field, |i, s| {
+            scan(raw, field, shape, |i, s| {
                 out.push($conv(i, &s)?);
                 Ok(())
             })?;
@@ -226,5 +427,93 @@ mod tests {
             panic!()
         };
         assert!(v[0].is_infinite());
+    }
+
+    fn shaped_err(raw: &str, shape: &[usize]) -> String {
+        parse_data_with_shape(raw, DataType::Int64, shape, "inputs[0].data")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn nested_data_must_match_the_shape_at_every_level() {
+        let ok = |raw: &str, shape: &[usize]| parse_data_with_shape(raw, DataType::Int64, shape, "d").unwrap();
+        // Flat row-major data stays accepted, whatever the rank.
+        assert_eq!(ok("[1,2,3,4,5,6,7,8]", &[2, 4]), TensorData::Int64((1..=8).collect()));
+        assert_eq!(
+            ok("[[1,2,3,4],[5,6,7,8]]", &[2, 4]),
+            TensorData::Int64((1..=8).collect())
+        );
+        assert_eq!(
+            ok("[[[1,2],[3,4]],[[5,6],[7,8]]]", &[2, 2, 2]),
+            TensorData::Int64((1..=8).collect())
+        );
+        assert_eq!(ok("[[],[]]", &[2, 0]), TensorData::Int64(vec![]));
+        assert_eq!(ok("[]", &[0, 3]), TensorData::Int64(vec![]));
+
+        // The issue's example: ragged rows flattening to the right count.
+        let e = shaped_err("[[1,2,3],[4,5,6,7,8]]", &[1, 8]);
+        assert_eq!(e, "inputs[0].data: row 0 has 3 elements where shape [1,8] needs 8");
+        let e = shaped_err("[[1,2,3,4,5,6,7,8],[9,10,11,12,13,14,15,16]]", &[1, 8]);
+        assert_eq!(e, "inputs[0].data: 2 rows where shape [1,8] needs 1");
+        let e = shaped_err("[[1,2,3],[4,5,6,7,8]]", &[2, 4]);
+        assert_eq!(e, "inputs[0].data: row 0 has 3 elements where shape [2,4] needs 4");
+        let e = shaped_err("[[1,2,3,4],[5,6,7,8,9]]", &[2, 4]);
+        assert_eq!(e, "inputs[0].data: row 1 has 5 elements where shape [2,4] needs 4");
+        // Right element count, wrong nesting.
+        let e = shaped_err("[[1,2,3,4],[5,6,7,8]]", &[1, 8]);
+        assert_eq!(e, "inputs[0].data: row 0 has 4 elements where shape [1,8] needs 8");
+        let e = shaped_err("[[[1,2],[3,4]],[[5,6],[7,8,9]]]", &[2, 2, 2]);
+        assert_eq!(e, "inputs[0].data: row 1[1] has 3 elements where shape [2,2,2] needs 2");
+        let e = shaped_err("[[1,2],[3,[4]]]", &[2, 2]);
+        assert_eq!(
+            e,
+            "inputs[0].data: row 1[1] is an array where shape [2,2] needs a number"
+        );
+        let e = shaped_err("[[1,2],3]", &[2, 2]);
+        assert_eq!(
+            e,
+            "inputs[0].data: row 1 is a number where shape [2,2] needs an array of 2"
+        );
+        let e = shaped_err("[1,2,[3,4]]", &[2, 2]);
+        assert!(e.starts_with("inputs[0].data: row 2 is an array among numbers"), "{e}");
+        let e = shaped_err("[[1],[2]]", &[2]);
+        assert!(e.starts_with("inputs[0].data: row 0 is an array among numbers"), "{e}");
+        let e = shaped_err("[[[1,2]],[[3,4]]]", &[2, 2]);
+        assert!(
+            e.contains("row 0[0] is an array where shape [2,2] needs a number"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn nested_data_without_a_shape_must_be_rectangular() {
+        let e = parse_data("[[1,2,3],[4,5,6,7,8]]", DataType::Fp32, "inputs[0].data")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("inputs[0].data: row 1 has 5 elements where the rows before it have 3"),
+            "{e}"
+        );
+        let e = parse_data("[[1,2],[3]]", DataType::Fp32, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("row 1 has 1 elements where the rows before it have 2"),
+            "{e}"
+        );
+        let e = parse_data("[[1],[[2]]]", DataType::Fp32, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("row 1[0] is an array where the elements before it are numbers"),
+            "{e}"
+        );
+        let e = parse_data("[[[]],[1]]", DataType::Fp32, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("row 1[0] is a number where the elements before it are arrays"),
+            "{e}"
+        );
+        assert!(parse_data("[1,[2]]", DataType::Fp32, "x").is_err());
+        assert_eq!(
+            parse_data("[[1,2],[3,4],[5,6]]", DataType::Int32, "x").unwrap(),
+            TensorData::Int32(vec![1, 2, 3, 4, 5, 6])
+        );
     }
 }

@@ -110,6 +110,11 @@ fn onnx_graph(version: &VerifiedVersion) -> Result<(&invariant_registry::OnnxSec
     Ok((onnx, bytes))
 }
 
+/// Most engine threads any engine accepts, whatever the manifest or the options say: ONNX
+/// Runtime builds one session per thread, so this bounds the sessions of an unvalidated
+/// manifest (the repository's limits are far lower by default).
+pub const MAX_THREADS: usize = 1024;
+
 /// Settings that belong to the server rather than to a model version.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {

@@ -211,12 +211,18 @@ impl OnnxEngine {
     /// Creates `options.instances` sessions from the verified `.onnx` bytes and checks the
     /// graph's inputs and outputs against the manifest.
     pub fn load(version: &VerifiedVersion, options: &EngineOptions) -> Result<Self, EngineError> {
+        let manifest = &version.manifest;
+        let threads = options.threads.unwrap_or(manifest.inference.threads).max(1);
+        if threads > crate::MAX_THREADS {
+            return Err(load_err(format!(
+                "{threads} engine threads exceed the limit of {} (one ONNX Runtime session each)",
+                crate::MAX_THREADS
+            )));
+        }
         let rt =
             runtime().ok_or_else(|| load_err("ONNX Runtime is not loaded (see onnxruntime_lib in invariant.toml)"))?;
-        let manifest = &version.manifest;
         let (onnx, bytes) = crate::onnx_graph(version)?;
         refuse_random(bytes).map_err(|e| load_err(format!("{}: {e}", onnx.model)))?;
-        let threads = options.threads.unwrap_or(manifest.inference.threads).max(1);
         let mut sessions = Vec::new();
         for _ in 0..options.instances.max(threads) {
             // One intra-op thread: ONNX Runtime's parallel kernels (tree ensembles among them)
@@ -412,5 +418,25 @@ mod tests {
             super::runtime_version("ORT Build Info: git-branch=rel-1.31.1, git-commit-id=abc, build type=Release"),
             "1.31.1"
         );
+    }
+
+    #[test]
+    fn an_absurd_thread_count_is_refused_before_any_session() {
+        use invariant_core::DataType;
+        use invariant_registry::{Manifest, OnnxEngine, TensorSpec, VerifiedVersion};
+        let mut manifest = Manifest::onnx(
+            "m",
+            "1.0.0".parse().unwrap(),
+            vec![TensorSpec::new("x", DataType::Fp32, &[-1, 2])],
+            vec![TensorSpec::new("y", DataType::Fp32, &[-1, 1])],
+            OnnxEngine::Onnxruntime,
+        );
+        manifest.inference.threads = 1_000_000;
+        let version = VerifiedVersion::in_memory(manifest, [("model.onnx".to_string(), Vec::new())].into());
+        let e = super::OnnxEngine::load(&version, &crate::EngineOptions::default())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("1000000 engine threads exceed the limit of 1024"), "{e}");
     }
 }

@@ -76,8 +76,12 @@ impl RedisStore {
     pub fn new(urls: &BTreeMap<String, String>, timeout: Duration) -> Result<Self, FeatureError> {
         let mut targets = BTreeMap::new();
         for (corridor, url) in urls {
-            let invalid =
-                |e: redis::RedisError| FeatureError::Store(format!("invalid Redis URL '{url}' for {corridor}: {e}"));
+            let invalid = |e: redis::RedisError| {
+                FeatureError::Store(format!(
+                    "invalid Redis URL '{}' for {corridor}: {e}",
+                    invariant_core::secret::redact_url(url)
+                ))
+            };
             let endpoint = match url.strip_prefix("redis+cluster://") {
                 Some(nodes) => {
                     let nodes: Vec<String> = nodes

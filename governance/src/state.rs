@@ -148,7 +148,7 @@ pub struct ControlState {
 
 /// One change to the control state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
     /// Turns a kill switch on.
     Kill {
@@ -219,6 +219,28 @@ pub enum Change {
         /// Flag name.
         name: String,
     },
+}
+
+impl Change {
+    /// The one corridor this change is confined to, if it is (a corridor scope, a model
+    /// within a corridor, a corridor's level); `None` for changes that reach more.
+    pub fn corridor(&self) -> Option<&str> {
+        let scope = match self {
+            Change::SetLevel { corridor, .. } | Change::ClearLevel { corridor } => return Some(corridor),
+            Change::Kill { scope, .. }
+            | Change::Revive { scope }
+            | Change::Freeze { scope, .. }
+            | Change::Unfreeze { scope }
+            | Change::SetLimit { scope, .. }
+            | Change::ClearLimit { scope }
+            | Change::SetFlag { scope, .. }
+            | Change::ClearFlag { scope, .. } => scope,
+        };
+        match scope {
+            Scope::Corridor(c) | Scope::ModelInCorridor { corridor: c, .. } => Some(c),
+            Scope::Global | Scope::Market(_) | Scope::Model(_) => None,
+        }
+    }
 }
 
 /// What the state may name: the declared corridors and their markets.

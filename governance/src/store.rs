@@ -7,7 +7,6 @@
 use crate::state::{Change, ChangeError, ControlState, Topology};
 use arc_swap::ArcSwap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
@@ -117,19 +116,7 @@ impl StateStore {
 
     /// An exclusive lock on `<file>.lock`, held until dropped.
     fn lock(&self) -> Result<File, StoreError> {
-        let mut lock_path = self.path.clone().into_os_string();
-        lock_path.push(".lock");
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(PathBuf::from(lock_path))
-            .map_err(|e| self.io(e))?;
-        file.lock().map_err(|e| self.io(e))?;
-        Ok(file)
+        invariant_core::durable::lock_exclusive(&self.path).map_err(|e| self.io(e))
     }
 }
 
@@ -146,21 +133,8 @@ fn read(path: &Path) -> Result<ControlState, StoreError> {
 }
 
 fn write(path: &Path, state: &ControlState) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = path.to_path_buf().into_os_string();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    invariant_core::durable::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

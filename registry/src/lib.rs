@@ -2,22 +2,28 @@
 //!
 //! Reads `models/<name>/<version>/manifest.toml`, and loads each version's artifacts with
 //! both their sha256 and blake3 checked before anything parses them. A version that fails
-//! (unparsable manifest, missing file, hash mismatch) is reported with the reason; it never
+//! (unparsable manifest, missing file, hash mismatch, a number past its [`Limits`], a file
+//! that is not a regular file inside the repository) is reported with the reason; it never
 //! stops the others from loading. The on-disk format is documented in
 //! `docs/model-repository.md`.
 
+pub mod files;
 mod hashing;
 pub mod lifecycle;
+mod limits;
 mod manifest;
 mod repository;
 pub mod rules;
 
 pub use hashing::{copy_and_hash, hash_bytes, hash_file, FileHashes};
+pub use limits::Limits;
 pub use manifest::{
     Activation, ArtifactEntry, Fallback, FeatureFallback, Format, InferenceSettings, Kernel, LayerSpec, Manifest,
     NativeSection, OnnxEngine, OnnxSection, TensorSpec,
 };
-pub use repository::{load_version, scan, ScannedVersion, VerifiedVersion, MANIFEST_FILE};
+pub use repository::{
+    load_version, load_version_with_limits, scan, scan_with_limits, ScannedVersion, VerifiedVersion, MANIFEST_FILE,
+};
 
 use std::path::PathBuf;
 use thiserror::Error;
@@ -67,5 +73,27 @@ pub enum RegistryError {
         expected: String,
         /// Hash of the file's bytes.
         actual: String,
+    },
+    /// A file of the version is not read: not a regular file, outside the repository, or
+    /// larger than the limit.
+    #[error("{what} {path} is refused: {reason}")]
+    UnsafeFile {
+        /// `manifest` or `artifact`.
+        what: &'static str,
+        /// The file: the version directory joined with the manifest's path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        reason: files::FileRefusal,
+    },
+    /// The version's artifacts together are larger than the limit.
+    #[error("artifacts of {dir} are {size} bytes in all, exceeding the limit of {limit} bytes")]
+    VersionTooLarge {
+        /// The version directory.
+        dir: PathBuf,
+        /// Bytes of every artifact read so far.
+        size: u64,
+        /// The limit.
+        limit: u64,
     },
 }

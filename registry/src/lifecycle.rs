@@ -10,6 +10,10 @@
 //! directory), so a crash at any moment leaves either the old or the new state.
 //! Routing ([`RegistryState::route`]) is a pure function of model, corridor, routing key and
 //! state: the same key always reaches the same version while the state is unchanged.
+//!
+//! The state stays small whatever operators send ([`LifecycleLimits`]): corridor lists are
+//! sorted and de-duplicated, an action names a bounded number of corridors, actor and reason
+//! are bounded, and only the most recent transitions of each model are kept.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -206,6 +210,50 @@ impl Default for RegistryState {
     }
 }
 
+/// Bounds on what one transition may ask for and on what the state keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleLimits {
+    /// Most corridors one action may name (before de-duplication).
+    pub max_corridors: usize,
+    /// Transitions kept in the history per model (older ones are dropped, oldest first).
+    pub max_history_per_model: usize,
+    /// Longest actor and reason, in bytes.
+    pub max_text_bytes: usize,
+}
+
+impl Default for LifecycleLimits {
+    fn default() -> Self {
+        Self {
+            max_corridors: 1024,
+            max_history_per_model: 1000,
+            max_text_bytes: 4096,
+        }
+    }
+}
+
+/// A corridor list in its stored form: sorted, each corridor once.
+fn canonical_corridors(corridors: &[String]) -> Vec<String> {
+    let mut out = corridors.to_vec();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// An action's corridor list checked (each a corridor id, normalised as
+/// [`invariant_core::CorridorId`] does) and in its stored form.
+fn checked_corridors(corridors: &[String]) -> Result<Vec<String>, String> {
+    let ids = corridors
+        .iter()
+        .map(|c| {
+            invariant_core::CorridorId::parse(c)
+                .map(|id| id.as_str().to_string())
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(canonical_corridors(&ids))
+}
+
 /// Context of a transition: who, why, when, and which versions are verified and ready.
 pub struct TransitionContext<'a> {
     /// Who asks.
@@ -245,9 +293,16 @@ impl RegistryState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(err(e.to_string())),
             Ok(bytes) => {
-                let state: Self = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+                let mut state: Self = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
                 if state.format != STATE_FORMAT {
                     return Err(err(format!("format '{}' is not {STATE_FORMAT}", state.format)));
+                }
+                // Files written before corridor lists were de-duplicated route as fast as new ones.
+                for canary in state.models.values_mut().filter_map(|r| r.canary.as_mut()) {
+                    canary.corridors = canonical_corridors(&canary.corridors);
+                }
+                for t in &mut state.history {
+                    t.corridors = canonical_corridors(&t.corridors);
                 }
                 Ok(state)
             }
@@ -353,8 +408,7 @@ impl RegistryState {
         candidates.into_iter().find(|v| ready(v)).map(str::to_string)
     }
 
-    /// The state after `action` on `model` `version`, and the transition record; `self` is
-    /// unchanged. Canary and promotion need a ready (verified) version.
+    /// [`RegistryState::apply_with_limits`] within the default [`LifecycleLimits`].
     pub fn apply(
         &self,
         model: &str,
@@ -362,11 +416,61 @@ impl RegistryState {
         action: &Action,
         ctx: &TransitionContext<'_>,
     ) -> Result<(RegistryState, Transition), LifecycleError> {
+        self.apply_with_limits(model, version, action, ctx, &LifecycleLimits::default())
+    }
+
+    /// The state after `action` on `model` `version`, and the transition record; `self` is
+    /// unchanged. Canary and promotion need a ready (verified) version. The action's corridors
+    /// are stored sorted and de-duplicated; more than `limits.max_corridors` of them, or an
+    /// actor or reason longer than `limits.max_text_bytes`, is refused. The history keeps the
+    /// last `limits.max_history_per_model` transitions of each model.
+    pub fn apply_with_limits(
+        &self,
+        model: &str,
+        version: &str,
+        action: &Action,
+        ctx: &TransitionContext<'_>,
+        limits: &LifecycleLimits,
+    ) -> Result<(RegistryState, Transition), LifecycleError> {
         let invalid = |why: String| LifecycleError::Invalid {
             action: action.name(),
             model: model.to_string(),
             version: version.to_string(),
             why,
+        };
+        let named = match action {
+            Action::Canary { corridors, .. } | Action::Promote { corridors } | Action::Rollback { corridors } => {
+                corridors.len()
+            }
+            Action::Stage | Action::Deprecate => 0,
+        };
+        if named > limits.max_corridors {
+            return Err(invalid(format!(
+                "{named} corridors given, exceeding the limit of {} per action",
+                limits.max_corridors
+            )));
+        }
+        for (field, text) in [("actor", ctx.actor), ("reason", ctx.reason)] {
+            if text.len() > limits.max_text_bytes {
+                return Err(invalid(format!(
+                    "{field} is {} bytes, exceeding the limit of {}",
+                    text.len(),
+                    limits.max_text_bytes
+                )));
+            }
+        }
+        let action = &match action {
+            Action::Canary { percent, corridors } => Action::Canary {
+                percent: *percent,
+                corridors: checked_corridors(corridors).map_err(invalid)?,
+            },
+            Action::Promote { corridors } => Action::Promote {
+                corridors: checked_corridors(corridors).map_err(invalid)?,
+            },
+            Action::Rollback { corridors } => Action::Rollback {
+                corridors: checked_corridors(corridors).map_err(invalid)?,
+            },
+            other => other.clone(),
         };
         let from = self.lifecycle(model, version, ctx.default_active);
         let mut next = self.clone();
@@ -512,7 +616,24 @@ impl RegistryState {
             reason: ctx.reason.to_string(),
         };
         next.history.push(t.clone());
+        next.trim_history(model, limits.max_history_per_model);
         Ok((next, t))
+    }
+
+    /// Drops the oldest transitions of `model` beyond the last `keep`.
+    fn trim_history(&mut self, model: &str, keep: usize) {
+        let count = self.history.iter().filter(|t| t.model == model).count();
+        let mut excess = count.saturating_sub(keep);
+        if excess > 0 {
+            self.history.retain(|t| {
+                if excess > 0 && t.model == model {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
     }
 }
 
@@ -720,5 +841,121 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    #[test]
+    fn corridor_lists_are_checked_sorted_and_deduplicated() {
+        let c = ctx(ALL_READY, Some("1.0.0"));
+        let many: Vec<String> = ["US-EG", "uae-sa", "UAE-SA", "US-EG"]
+            .iter()
+            .cycle()
+            .take(1000)
+            .map(|s| s.to_string())
+            .collect();
+        let canary = Action::Canary {
+            percent: 5.0,
+            corridors: many,
+        };
+        let (s, t) = RegistryState::default().apply("m", "1.1.0", &canary, &c).unwrap();
+        let stored = &s.models["m"].canary.as_ref().unwrap().corridors;
+        assert_eq!(stored, &["UAE-SA".to_string(), "US-EG".to_string()]);
+        assert_eq!(t.corridors, *stored);
+        assert!(serde_json::to_vec(&s).unwrap().len() < 2000);
+
+        let promote = Action::Promote {
+            corridors: vec!["UK-NG".into(), "UK-NG".into(), "FR-MA".into()],
+        };
+        let (s, t) = s.apply("m", "2.0.0", &promote, &c).unwrap();
+        assert_eq!(t.corridors, ["FR-MA", "UK-NG"]);
+        assert_eq!(s.models["m"].corridor_active.len(), 2);
+
+        let too_many = Action::Canary {
+            percent: 5.0,
+            corridors: vec!["UAE-SA".to_string(); 300_000],
+        };
+        let e = RegistryState::default()
+            .apply("m", "1.1.0", &too_many, &c)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("300000 corridors given, exceeding the limit of 1024"), "{e}");
+        let limits = LifecycleLimits {
+            max_corridors: 2,
+            ..LifecycleLimits::default()
+        };
+        let three = Action::Promote {
+            corridors: vec!["UAE-SA".into(), "US-EG".into(), "UK-NG".into()],
+        };
+        assert!(RegistryState::default()
+            .apply_with_limits("m", "1.1.0", &three, &c, &limits)
+            .is_err());
+        let bogus = Action::Promote {
+            corridors: vec!["not a corridor".into()],
+        };
+        let e = RegistryState::default()
+            .apply("m", "1.1.0", &bogus, &c)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid corridor id 'not a corridor'"), "{e}");
+    }
+
+    #[test]
+    fn long_actor_or_reason_is_refused() {
+        let reason = "x".repeat(5000);
+        let c = TransitionContext {
+            reason: &reason,
+            ..ctx(ALL_READY, Some("1.0.0"))
+        };
+        let e = RegistryState::default()
+            .apply("m", "1.1.0", &Action::Promote { corridors: vec![] }, &c)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reason is 5000 bytes, exceeding the limit of 4096"), "{e}");
+    }
+
+    #[test]
+    fn history_keeps_the_last_transitions_of_each_model() {
+        let c = ctx(ALL_READY, Some("1.0.0"));
+        let limits = LifecycleLimits {
+            max_history_per_model: 10,
+            ..LifecycleLimits::default()
+        };
+        let (mut s, _) = RegistryState::default()
+            .apply_with_limits("other", "2.0.0", &Action::Promote { corridors: vec![] }, &c, &limits)
+            .unwrap();
+        for i in 0..25 {
+            let action = if i % 2 == 0 {
+                Action::Promote { corridors: vec![] }
+            } else {
+                Action::Rollback { corridors: vec![] }
+            };
+            s = s.apply_with_limits("m", "1.1.0", &action, &c, &limits).unwrap().0;
+        }
+        assert_eq!(s.revision, 26);
+        let of_m: Vec<u64> = s
+            .history
+            .iter()
+            .filter(|t| t.model == "m")
+            .map(|t| t.revision)
+            .collect();
+        assert_eq!(of_m, (17..=26).collect::<Vec<_>>());
+        assert_eq!(s.history.iter().filter(|t| t.model == "other").count(), 1);
+        assert_eq!(s.history[0].model, "other");
+        // The default keeps far more than any test needs.
+        assert_eq!(LifecycleLimits::default().max_history_per_model, 1000);
+    }
+
+    #[test]
+    fn loading_deduplicates_old_corridor_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        let mut s = RegistryState::default();
+        s.models.entry("m".into()).or_default().canary = Some(Canary {
+            version: "1.1.0".into(),
+            percent: 5.0,
+            corridors: vec!["US-EG".into(), "UAE-SA".into(), "US-EG".into()],
+        });
+        s.save(&path).unwrap();
+        let back = RegistryState::load(&path).unwrap();
+        assert_eq!(back.models["m"].canary.as_ref().unwrap().corridors, ["UAE-SA", "US-EG"]);
     }
 }

@@ -1,6 +1,6 @@
 //! `manifest.toml`: what a model version is and how to run it (see `docs/model-repository.md`).
 
-use crate::RegistryError;
+use crate::{Limits, RegistryError};
 use invariant_core::DataType;
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path};
@@ -325,24 +325,38 @@ impl Manifest {
         self.format == Format::Onnx && self.onnx.as_ref().is_none_or(|o| o.engine == OnnxEngine::Onnxruntime)
     }
 
-    /// Parses manifest text; `path` names the file in errors.
+    /// Parses manifest text within the default [`Limits`]; `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, RegistryError> {
+        Self::parse_with_limits(text, path, &Limits::default())
+    }
+
+    /// Parses manifest text and checks it (see [`Manifest::validate_with_limits`]); `path`
+    /// names the file in errors.
+    pub fn parse_with_limits(text: &str, path: &Path, limits: &Limits) -> Result<Self, RegistryError> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| RegistryError::ManifestParse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        manifest.validate(path)?;
+        manifest.validate_with_limits(path, limits)?;
         Ok(manifest)
     }
 
-    /// Checks what TOML parsing cannot: signatures, paths, hashes, format sections.
+    /// [`Manifest::validate_with_limits`] within the default [`Limits`].
     pub fn validate(&self, path: &Path) -> Result<(), RegistryError> {
+        self.validate_with_limits(path, &Limits::default())
+    }
+
+    /// Checks what TOML parsing cannot: signatures, paths, hashes, format sections, and every
+    /// number that sizes an allocation against `limits` (the message names the field and
+    /// the limit).
+    pub fn validate_with_limits(&self, path: &Path, limits: &Limits) -> Result<(), RegistryError> {
         let invalid = |message: String| {
             Err(RegistryError::ManifestInvalid {
                 path: path.to_path_buf(),
                 message,
             })
         };
+        self.check_limits(limits).or_else(invalid)?;
         if self.name.is_empty()
             || !self
                 .name
@@ -479,6 +493,93 @@ impl Manifest {
         Ok(())
     }
 
+    /// Checks every number that sizes an allocation against `limits`, before anything
+    /// multiplies them; `Err` names the field and the limit.
+    fn check_limits(&self, limits: &Limits) -> Result<(), String> {
+        // `Debug`: floats print short (`1e300`), integers as `Display` does.
+        fn at_most<T: PartialOrd + std::fmt::Debug>(field: &str, value: T, limit: T) -> Result<(), String> {
+            if value > limit {
+                return Err(format!("{field} = {value:?} exceeds the limit of {limit:?}"));
+            }
+            Ok(())
+        }
+        let inference = &self.inference;
+        at_most(
+            "inference.max_batch_size",
+            inference.max_batch_size,
+            limits.max_batch_size,
+        )?;
+        at_most("inference.threads", inference.threads, limits.max_threads)?;
+        if let Some(ttl) = inference.cache_ttl_seconds {
+            at_most("inference.cache_ttl_seconds", ttl, limits.max_cache_ttl_seconds)?;
+        }
+        if self.artifacts.len() > limits.max_artifacts {
+            return Err(format!(
+                "artifacts: {} entries exceed the limit of {}",
+                self.artifacts.len(),
+                limits.max_artifacts
+            ));
+        }
+        for (kind, specs) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
+            if specs.len() > limits.max_tensors {
+                return Err(format!(
+                    "{kind}: {} tensors exceed the limit of {}",
+                    specs.len(),
+                    limits.max_tensors
+                ));
+            }
+            for (i, s) in specs.iter().enumerate() {
+                if s.shape.len() > limits.max_rank {
+                    return Err(format!(
+                        "{kind}[{i}].shape has {} dimensions, exceeding the limit of {}",
+                        s.shape.len(),
+                        limits.max_rank
+                    ));
+                }
+                // Negative and zero dimensions are refused later, with their own message.
+                let fixed = if s.is_batched() { &s.shape[1..] } else { &s.shape[..] };
+                let row = fixed
+                    .iter()
+                    .try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d.max(1)).ok()?));
+                let row = match row {
+                    Some(n) if n <= limits.max_row_elements => n,
+                    _ => {
+                        return Err(format!(
+                            "{kind}[{i}].shape {:?}: {} elements per row exceed the limit of {}",
+                            s.shape,
+                            row.map_or_else(|| "more than usize::MAX".to_string(), |n| n.to_string()),
+                            limits.max_row_elements
+                        ))
+                    }
+                };
+                if s.is_batched() {
+                    let total = row.checked_mul(inference.max_batch_size);
+                    if total.is_none_or(|n| n > limits.max_batch_elements) {
+                        return Err(format!(
+                            "{kind}[{i}].shape {:?}: inference.max_batch_size {} rows of {row} elements exceed the \
+                             limit of {} elements per tensor",
+                            s.shape, inference.max_batch_size, limits.max_batch_elements
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(native) = &self.native {
+            if native.layers.len() > limits.max_layers {
+                return Err(format!(
+                    "native.layers: {} layers exceed the limit of {}",
+                    native.layers.len(),
+                    limits.max_layers
+                ));
+            }
+            at_most("native.input_size", native.input_size, limits.max_layer_size)?;
+            for (i, layer) in native.layers.iter().enumerate() {
+                at_most(&format!("native.layers[{i}].size"), layer.size, limits.max_layer_size)?;
+            }
+        }
+        Ok(())
+    }
+
     /// A native network takes one FP32 `[-1, input_size]` input and gives one FP32
     /// `[-1, last layer size]` output.
     fn validate_native(&self, native: &NativeSection) -> Result<(), String> {
@@ -581,5 +682,79 @@ layers = [{ size = 4, activation = "relu" }, { size = 1, activation = "sigmoid" 
         let err = err_of(&(onnx.clone() + "fused_multiply_add = true\n"));
         assert!(err.contains("fused_multiply_add needs engine = \"portable\""), "{err}");
         assert!(err_of(&(onnx + "engine = \"tensorrt\"\n")).contains("engine"));
+    }
+
+    #[test]
+    fn numbers_that_size_allocations_are_bounded() {
+        let with = |inference: &str| format!("{GOOD}[inference]\n{inference}\n");
+        let e = err_of(&with("max_batch_size = 1000000000"));
+        assert!(
+            e.contains("inference.max_batch_size = 1000000000 exceeds the limit of 4096"),
+            "{e}"
+        );
+        let e = err_of(&with("threads = 1000000"));
+        assert!(e.contains("inference.threads = 1000000 exceeds the limit of 64"), "{e}");
+        let e = err_of(&with("cache_ttl_seconds = 1e300"));
+        assert!(
+            e.contains("inference.cache_ttl_seconds = 1e300 exceeds the limit"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("shape = [-1, 3]", "shape = [-1, 100000000]"));
+        assert!(
+            e.contains("inputs[0].shape [-1, 100000000]: 100000000 elements per row exceed the limit of 1048576"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace(
+            "shape = [-1, 1]",
+            "shape = [-1, 9223372036854775807, 9223372036854775807]",
+        ));
+        assert!(
+            e.contains("outputs[0].shape") && e.contains("more than usize::MAX"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("shape = [-1, 1]", "shape = [-1, 1000000]"));
+        assert!(
+            e.contains("outputs[0].shape [-1, 1000000]: inference.max_batch_size 256 rows of 1000000 elements exceed"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("shape = [-1, 1]", "shape = [-1, 1, 1, 1, 1, 1, 1, 1, 1]"));
+        assert!(
+            e.contains("outputs[0].shape has 9 dimensions, exceeding the limit of 8"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("{ size = 4,", "{ size = 100000000,"));
+        assert!(
+            e.contains("native.layers[0].size = 100000000 exceeds the limit of 65536"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("input_size = 3", "input_size = 1000000"));
+        assert!(
+            e.contains("native.input_size = 1000000 exceeds the limit of 65536"),
+            "{e}"
+        );
+
+        // A server may raise (or lower) each limit.
+        let path = Path::new("m/1.0.0/manifest.toml");
+        let big = with("max_batch_size = 8000");
+        assert!(Manifest::parse(&big, path).is_err());
+        let raised = Limits {
+            max_batch_size: 8192,
+            ..Limits::default()
+        };
+        assert_eq!(
+            Manifest::parse_with_limits(&big, path, &raised)
+                .unwrap()
+                .inference
+                .max_batch_size,
+            8000
+        );
+        let lowered = Limits {
+            max_threads: 0,
+            ..Limits::default()
+        };
+        let e = Manifest::parse_with_limits(GOOD, path, &lowered)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inference.threads = 1 exceeds the limit of 0"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! Scanning the repository and loading versions with verified hashes.
 
-use crate::{hash_bytes, Manifest, RegistryError};
+use crate::files::{read_bounded, FileRefusal};
+use crate::{hash_bytes, Limits, Manifest, RegistryError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -80,20 +81,33 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Finds every `<model>/<version>/manifest.toml` under `root` and loads each version.
+/// Finds every `<model>/<version>/manifest.toml` under `root` and loads each version within
+/// the default [`Limits`] (see [`scan_with_limits`]).
+pub fn scan(root: &Path) -> Result<Vec<ScannedVersion>, RegistryError> {
+    scan_with_limits(root, &Limits::default())
+}
+
+/// Finds every `<model>/<version>/manifest.toml` under `root` and loads each version within
+/// `limits`; every file read must be a regular file inside `root` (symbolic links resolved).
 /// Only an unreadable `root` is an error; a bad version is reported in its entry.
 /// Entries are sorted by model name, then by semantic version (lowest first).
-pub fn scan(root: &Path) -> Result<Vec<ScannedVersion>, RegistryError> {
+pub fn scan_with_limits(root: &Path, limits: &Limits) -> Result<Vec<ScannedVersion>, RegistryError> {
+    let canonical_root = std::fs::canonicalize(root).map_err(|source| RegistryError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
     let mut found = Vec::new();
     for model_dir in read_dir_sorted(root)? {
         for version_dir in read_dir_sorted(&model_dir)? {
-            if !version_dir.join(MANIFEST_FILE).exists() {
+            // `symlink_metadata`: a manifest that is a dangling link or a FIFO still marks a
+            // version, refused with the reason.
+            if std::fs::symlink_metadata(version_dir.join(MANIFEST_FILE)).is_err() {
                 continue;
             }
             found.push(ScannedVersion {
                 model: file_name(&model_dir),
                 version: file_name(&version_dir),
-                result: load_version(&version_dir),
+                result: load_inside(&canonical_root, &version_dir, limits),
                 dir: version_dir,
             });
         }
@@ -111,16 +125,48 @@ pub fn scan(root: &Path) -> Result<Vec<ScannedVersion>, RegistryError> {
     Ok(found)
 }
 
-/// Loads one version directory: parses its manifest, checks that name and version match the
-/// directories, reads every artifact once and checks its sha256 and blake3 before returning
-/// the bytes.
+/// Loads one version directory within the default [`Limits`] (see
+/// [`load_version_with_limits`]).
 pub fn load_version(dir: &Path) -> Result<VerifiedVersion, RegistryError> {
-    let manifest_path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&manifest_path).map_err(|source| RegistryError::Io {
-        path: manifest_path.clone(),
+    load_version_with_limits(dir, &Limits::default())
+}
+
+/// Loads one version directory (`<repository>/<model>/<version>`): parses its manifest,
+/// checks it against `limits` and that name and version match the directories, reads every
+/// artifact once and checks its sha256 and blake3 before returning the bytes. The manifest
+/// and every artifact must be regular files that resolve (symbolic links followed) inside
+/// the repository, the version directory's grandparent, within the size limits.
+pub fn load_version_with_limits(dir: &Path, limits: &Limits) -> Result<VerifiedVersion, RegistryError> {
+    let repository = match dir.parent().and_then(Path::parent) {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let root = std::fs::canonicalize(repository).map_err(|source| RegistryError::Io {
+        path: repository.to_path_buf(),
         source,
     })?;
-    let manifest = Manifest::parse(&text, &manifest_path)?;
+    load_inside(&root, dir, limits)
+}
+
+/// [`load_version_with_limits`] with the repository root already canonical.
+fn load_inside(root: &Path, dir: &Path, limits: &Limits) -> Result<VerifiedVersion, RegistryError> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let bytes = read_bounded(&manifest_path, limits.max_manifest_bytes, Some(root)).map_err(|reason| match reason {
+        FileRefusal::Io(source) => RegistryError::Io {
+            path: manifest_path.clone(),
+            source,
+        },
+        reason => RegistryError::UnsafeFile {
+            what: "manifest",
+            path: manifest_path.clone(),
+            reason,
+        },
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| RegistryError::ManifestParse {
+        path: manifest_path.clone(),
+        message: "not UTF-8".into(),
+    })?;
+    let manifest = Manifest::parse_with_limits(&text, &manifest_path, limits)?;
     let invalid = |message: String| RegistryError::ManifestInvalid {
         path: manifest_path.clone(),
         message,
@@ -143,15 +189,40 @@ pub fn load_version(dir: &Path) -> Result<VerifiedVersion, RegistryError> {
     let mut content = blake3::Hasher::new();
     let mut entries: Vec<_> = manifest.artifacts.iter().collect();
     entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut total = 0u64;
     for entry in entries {
         let path = dir.join(&entry.path);
-        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => RegistryError::MissingArtifact { path: path.clone() },
-            _ => RegistryError::Io {
-                path: path.clone(),
-                source,
-            },
-        })?;
+        // No artifact may take the version past its total: each is read with what is left.
+        let left = limits.max_version_bytes.saturating_sub(total);
+        let bytes =
+            read_bounded(&path, limits.max_artifact_bytes.min(left), Some(root)).map_err(|reason| match reason {
+                r if r.is_not_found() => RegistryError::MissingArtifact { path: path.clone() },
+                FileRefusal::Io(source) => RegistryError::Io {
+                    path: path.clone(),
+                    source,
+                },
+                FileRefusal::TooLarge { size, .. } if size <= limits.max_artifact_bytes => {
+                    RegistryError::VersionTooLarge {
+                        dir: dir.to_path_buf(),
+                        size: total.saturating_add(size),
+                        limit: limits.max_version_bytes,
+                    }
+                }
+                FileRefusal::TooLarge { size, .. } => RegistryError::UnsafeFile {
+                    what: "artifact",
+                    path: path.clone(),
+                    reason: FileRefusal::TooLarge {
+                        size,
+                        limit: limits.max_artifact_bytes,
+                    },
+                },
+                reason => RegistryError::UnsafeFile {
+                    what: "artifact",
+                    path: path.clone(),
+                    reason,
+                },
+            })?;
+        total = total.saturating_add(bytes.len() as u64);
         let actual = hash_bytes(&bytes);
         for (algorithm, expected, actual) in [
             ("sha256", &entry.sha256, actual.sha256),
@@ -186,6 +257,11 @@ mod tests {
     use crate::hash_bytes;
 
     fn write_version(root: &Path, name: &str, version: &str, payload: &[u8]) -> PathBuf {
+        write_version_with(root, name, version, payload, "")
+    }
+
+    /// A version whose manifest ends with `extra` (e.g. an `[inference]` section).
+    fn write_version_with(root: &Path, name: &str, version: &str, payload: &[u8], extra: &str) -> PathBuf {
         let dir = root.join(name).join(version);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("model.onnx"), payload).unwrap();
@@ -208,6 +284,7 @@ datatype = "FP32"
 shape = [-1, 1]
 [onnx]
 model = "model.onnx"
+{extra}
 "#,
             h.sha256, h.blake3
         );
@@ -255,5 +332,168 @@ model = "model.onnx"
         let b = load_version(&write_version(root.path(), "b", "1.0.0", b"two")).unwrap();
         assert_ne!(a.content_hash, b.content_hash);
         assert_eq!(a.artifact("model.onnx"), Some(&b"one"[..]));
+    }
+
+    /// Runs `f` on another thread and fails the test if it takes longer than 20 s (a FIFO
+    /// opened for reading would block forever).
+    fn within_time<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("loading hung (blocked on a FIFO or read an endless file)")
+    }
+
+    fn error_of(scanned: &[ScannedVersion], id: &str) -> String {
+        let s = scanned
+            .iter()
+            .find(|s| format!("{}/{}", s.model, s.version) == id)
+            .unwrap_or_else(|| panic!("{id} not scanned"));
+        match &s.result {
+            Ok(_) => panic!("{id} loaded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn hostile_versions_are_refused_alone_with_the_reason() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let good = write_version(r, "good", "1.0.0", b"payload");
+
+        let fifo = write_version(r, "a", "1.0.0", b"payload");
+        std::fs::remove_file(fifo.join("model.onnx")).unwrap();
+        crate::files::mkfifo(&fifo.join("model.onnx"));
+
+        let zero = write_version(r, "a", "1.1.0", b"payload");
+        std::fs::remove_file(zero.join("model.onnx")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", zero.join("model.onnx")).unwrap();
+
+        let escape = write_version(r, "a", "1.2.0", b"payload");
+        std::fs::write(outside.path().join("model.onnx"), b"payload").unwrap();
+        std::fs::remove_file(escape.join("model.onnx")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("model.onnx"), escape.join("model.onnx")).unwrap();
+
+        // A link to a file inside the repository is allowed.
+        let inside = write_version(r, "a", "1.3.0", b"payload");
+        std::fs::remove_file(inside.join("model.onnx")).unwrap();
+        std::os::unix::fs::symlink("../../good/1.0.0/model.onnx", inside.join("model.onnx")).unwrap();
+
+        write_version_with(r, "a", "1.4.0", b"payload", "[inference]\nmax_batch_size = 1000000000");
+        write_version_with(r, "a", "1.5.0", b"payload", "[inference]\nthreads = 1000000");
+
+        let fifo_manifest = write_version(r, "a", "1.6.0", b"payload");
+        std::fs::remove_file(fifo_manifest.join(MANIFEST_FILE)).unwrap();
+        crate::files::mkfifo(&fifo_manifest.join(MANIFEST_FILE));
+
+        let zero_manifest = write_version(r, "a", "1.7.0", b"payload");
+        std::fs::remove_file(zero_manifest.join(MANIFEST_FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", zero_manifest.join(MANIFEST_FILE)).unwrap();
+
+        let dir_artifact = write_version(r, "a", "1.8.0", b"payload");
+        std::fs::remove_file(dir_artifact.join("model.onnx")).unwrap();
+        std::fs::create_dir(dir_artifact.join("model.onnx")).unwrap();
+
+        let root_path = r.to_path_buf();
+        let scanned = within_time(move || scan(&root_path).unwrap());
+        let ids: Vec<_> = scanned.iter().map(|s| format!("{}/{}", s.model, s.version)).collect();
+        assert_eq!(
+            ids,
+            [
+                "a/1.0.0",
+                "a/1.1.0",
+                "a/1.2.0",
+                "a/1.3.0",
+                "a/1.4.0",
+                "a/1.5.0",
+                "a/1.6.0",
+                "a/1.7.0",
+                "a/1.8.0",
+                "good/1.0.0"
+            ]
+        );
+        let good_version = scanned.iter().find(|s| s.model == "good").unwrap();
+        assert_eq!(
+            good_version.result.as_ref().unwrap().artifact("model.onnx"),
+            Some(&b"payload"[..])
+        );
+        assert_eq!(good_version.dir, good);
+        assert!(scanned[3].result.is_ok(), "{:?}", scanned[3].result);
+
+        let e = error_of(&scanned, "a/1.0.0");
+        assert!(
+            e.contains("artifact") && e.contains("model.onnx is refused: not a regular file (it is a FIFO)"),
+            "{e}"
+        );
+        let e = error_of(&scanned, "a/1.1.0");
+        assert!(
+            e.contains("model.onnx is refused: resolves to /dev/zero, outside"),
+            "{e}"
+        );
+        let e = error_of(&scanned, "a/1.2.0");
+        assert!(
+            e.contains("model.onnx is refused: resolves to") && e.contains("outside"),
+            "{e}"
+        );
+        let e = error_of(&scanned, "a/1.4.0");
+        assert!(
+            e.contains("inference.max_batch_size = 1000000000 exceeds the limit of 4096"),
+            "{e}"
+        );
+        let e = error_of(&scanned, "a/1.5.0");
+        assert!(e.contains("inference.threads = 1000000 exceeds the limit of 64"), "{e}");
+        let e = error_of(&scanned, "a/1.6.0");
+        assert!(e.contains("manifest") && e.contains("(it is a FIFO)"), "{e}");
+        let e = error_of(&scanned, "a/1.7.0");
+        assert!(e.contains("manifest") && e.contains("resolves to /dev/zero"), "{e}");
+        let e = error_of(&scanned, "a/1.8.0");
+        assert!(e.contains("(it is a directory)"), "{e}");
+
+        // Loading one version directly applies the same rules (the repository is its
+        // grandparent).
+        let e = within_time(move || load_version(&fifo).unwrap_err().to_string());
+        assert!(e.contains("FIFO"), "{e}");
+        let e = load_version(&escape).unwrap_err().to_string();
+        assert!(e.contains("outside"), "{e}");
+        assert!(load_version(&inside).is_ok());
+    }
+
+    #[test]
+    fn artifacts_are_read_within_the_size_limits() {
+        let root = tempfile::tempdir().unwrap();
+        write_version(root.path(), "a", "1.0.0", b"four");
+        write_version(root.path(), "a", "2.0.0", b"fourteen bytes");
+        let small = Limits {
+            max_artifact_bytes: 8,
+            ..Limits::default()
+        };
+        let scanned = scan_with_limits(root.path(), &small).unwrap();
+        assert!(scanned[0].result.is_ok());
+        let e = error_of(&scanned, "a/2.0.0");
+        assert!(
+            e.contains("model.onnx is refused: 14 bytes exceed the limit of 8 bytes"),
+            "{e}"
+        );
+        let tight = Limits {
+            max_version_bytes: 3,
+            ..Limits::default()
+        };
+        let e = load_version_with_limits(&root.path().join("a").join("1.0.0"), &tight)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("4 bytes in all, exceeding the limit of 3 bytes"), "{e}");
+        let tiny_manifest = Limits {
+            max_manifest_bytes: 100,
+            ..Limits::default()
+        };
+        let e = load_version_with_limits(&root.path().join("a").join("1.0.0"), &tiny_manifest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("manifest") && e.contains("exceed the limit of 100 bytes"),
+            "{e}"
+        );
     }
 }

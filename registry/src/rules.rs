@@ -35,7 +35,7 @@ fn row_width(spec: &TensorSpec) -> Option<usize> {
     spec.shape
         .iter()
         .skip(1)
-        .try_fold(1usize, |acc, &d| usize::try_from(d).ok().map(|d| acc * d))
+        .try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
 }
 
 /// The datatypes rules read and write.
@@ -141,6 +141,15 @@ fn value_at(t: &TensorData, i: usize) -> Option<f64> {
 /// order.
 pub fn evaluate(m: &Manifest, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
     let rows = inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1);
+    // Every row of a signature-checked input holds elements: more rows than elements is a
+    // shape with an empty dimension, which must not size the answer.
+    if let Some(first) = inputs.first().filter(|t| rows > t.data.len()) {
+        return Err(format!(
+            "input '{}' has {rows} rows but {} elements",
+            first.name,
+            first.data.len()
+        ));
+    }
     let mut chosen = Vec::with_capacity(rows);
     for row in 0..rows {
         let rule = m.fallback_rules.iter().find(|r| {
@@ -148,8 +157,13 @@ pub fn evaluate(m: &Manifest, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> 
                 return true;
             };
             inputs.iter().find(|t| &t.name == input).is_some_and(|t| {
-                let width: usize = t.shape.iter().skip(1).product();
-                value_at(&t.data, row * width + column)
+                let at = t
+                    .shape
+                    .iter()
+                    .skip(1)
+                    .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                    .and_then(|width| row.checked_mul(width)?.checked_add(column));
+                at.and_then(|at| value_at(&t.data, at))
                     .and_then(|x| compare(op, x, value))
                     .unwrap_or(false)
             })

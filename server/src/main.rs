@@ -38,6 +38,17 @@ struct ServeArgs {
     /// turns gRPC off.
     #[arg(long)]
     grpc_addr: Option<String>,
+    /// DEVELOPMENT ONLY: switch API-key authentication off, so every caller may do anything.
+    /// Refused unless every listen address is a loopback address; logged loudly at start.
+    #[arg(long)]
+    dev_no_auth: bool,
+}
+
+/// Whether `addr` (host:port) is a loopback address (`localhost` counts).
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn main() -> Result<()> {
@@ -56,13 +67,25 @@ fn main() -> Result<()> {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    use axum::ServiceExt;
     let mut config = args.config.load()?;
     if let Some(addr) = args.http_addr {
         config.server.http_addr = addr;
     }
     if let Some(addr) = args.grpc_addr {
         config.server.grpc_addr = addr;
+    }
+    if args.dev_no_auth {
+        let addrs = [&config.server.http_addr, &config.server.grpc_addr];
+        if let Some(open) = addrs.iter().find(|a| !a.is_empty() && !is_loopback(a)) {
+            anyhow::bail!(
+                "--dev-no-auth is refused on {open}: authentication may be switched off on loopback addresses only"
+            );
+        }
+        config.auth.disabled_for_development = true;
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (--dev-no-auth): every caller on this host may infer, read and write features \
+             and administer the server; never run this way outside development"
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -83,49 +106,66 @@ fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!(addr = %l.local_addr()?, "serving gRPC (inference.GRPCInferenceService)");
             Some(l)
         };
+        if !service.authority.is_disabled() && service.authority.active_keys() == 0 {
+            tracing::warn!(
+                keys = %service.config.keys_path().display(),
+                "no API keys: every request except the health checks is refused with 401; create one with `invariant keys create`"
+            );
+        }
         tracing::info!(
             addr = %listener.local_addr()?,
+            auth = if service.authority.is_disabled() { "off (--dev-no-auth)" } else { "api keys" },
             versions_ready = readiness.versions_ready,
             versions_failed = readiness.versions_failed,
             "serving"
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = &service.config.server;
+        let mut http_limits = invariant_server::listener::ConnectionLimits::of(server, true);
+        if let Some(fds) = invariant_server::listener::descriptor_limit() {
+            // Both listeners, the model files, Redis and the logs share the descriptors.
+            let room = fds.saturating_sub(128) / if grpc.is_some() { 2 } else { 1 };
+            if room < http_limits.max_connections {
+                tracing::warn!(
+                    configured = http_limits.max_connections,
+                    descriptor_limit = fds,
+                    using = room.max(1),
+                    "server.max_connections is above what the descriptor limit allows per listener"
+                );
+                http_limits.max_connections = room.max(1);
+            }
+        }
+        let mut grpc_limits = invariant_server::listener::ConnectionLimits::of(server, false);
+        grpc_limits.max_connections = http_limits.max_connections;
+        let drain = std::time::Duration::from_millis(server.http_request_timeout_ms);
         let grpc_task = grpc.map(|l| {
             let mut stop = stop_rx.clone();
-            let svc = invariant_server::grpc::service(service.clone());
-            tokio::spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(tokio_stream_of(l), async move {
-                        let _ = stop.changed().await;
-                    })
-                    .await
-            })
+            let routes = tonic::service::Routes::new(invariant_server::grpc::service(service.clone())).prepare();
+            tokio::spawn(invariant_server::listener::serve(
+                l,
+                routes,
+                grpc_limits,
+                async move {
+                    let _ = stop.changed().await;
+                },
+                drain,
+            ))
         });
-        let http = axum::serve(listener, invariant_server::app(service).into_make_service())
-            .with_graceful_shutdown(async move {
+        invariant_server::listener::serve(
+            listener,
+            invariant_server::app(service),
+            http_limits,
+            async move {
                 shutdown_signal().await;
                 let _ = stop_tx.send(true);
-            })
-            .await
-            .context("HTTP server");
+            },
+            drain,
+        )
+        .await;
         if let Some(task) = grpc_task {
-            task.await.context("gRPC server task")?.context("gRPC server")?;
+            task.await.context("gRPC server task")?;
         }
-        http
-    })
-}
-
-/// Accepted connections of `listener` as the stream tonic serves.
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |l| async move {
-        let accepted = l.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((accepted, l))
+        Ok(())
     })
 }
 

@@ -22,7 +22,7 @@ pub enum ConfigError {
 
 /// Top-level keys that environment variables may override; other `INVARIANT_*` variables
 /// (used by tools and tests) are not configuration.
-const ENV_KEYS: [&str; 15] = [
+const ENV_KEYS: [&str; 17] = [
     "model_repository",
     "feature_repository",
     "feature_store",
@@ -38,6 +38,8 @@ const ENV_KEYS: [&str; 15] = [
     "cache__",
     "pools__",
     "governance__",
+    "auth__",
+    "limits__",
 ];
 
 fn is_config_key(key: &str) -> bool {
@@ -94,6 +96,51 @@ pub struct ServerConfig {
     /// Corridor for requests that name none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_corridor: Option<CorridorId>,
+    /// Open connections per listener at most (also kept below the process's descriptor
+    /// limit); more are answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections per client address at most.
+    #[serde(default = "default_max_per_client")]
+    pub max_connections_per_client: usize,
+    /// A client must send a complete request head within this many milliseconds of
+    /// connecting or of starting the head.
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no traffic is closed after this.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// An HTTP request (body included) must be answered within this; 408 after it.
+    #[serde(default = "default_http_request_timeout")]
+    pub http_request_timeout_ms: u64,
+    /// Header fields per request at most (431 past it).
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Bytes of request head (HTTP/1) or header list (HTTP/2) at most (431 past it).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_per_client() -> usize {
+    512
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+fn default_http_request_timeout() -> u64 {
+    30_000
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_max_header_bytes() -> usize {
+    16 << 10
 }
 
 fn default_feature_backend() -> String {
@@ -245,6 +292,57 @@ impl Default for PoolsConfig {
     }
 }
 
+/// `[auth]`: API keys (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The key file (empty: `keys.json` in `state_dir`), shared by the CLI and every replica.
+    #[serde(default)]
+    pub keys: String,
+    /// The pepper file (empty: `key-pepper` in `state_dir`); `INVARIANT_KEY_PEPPER` wins.
+    #[serde(default)]
+    pub pepper_file: String,
+    /// How often the key file is re-read: a revoked key is refused within this period.
+    #[serde(default = "default_auth_refresh")]
+    pub refresh_ms: u64,
+    /// Authentication switched off. Never read from a file or the environment: only
+    /// `invariant serve --dev-no-auth` (loopback addresses only) sets it.
+    #[serde(skip)]
+    pub disabled_for_development: bool,
+}
+
+fn default_auth_refresh() -> u64 {
+    250
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            keys: String::new(),
+            pepper_file: String::new(),
+            refresh_ms: default_auth_refresh(),
+            disabled_for_development: false,
+        }
+    }
+}
+
+/// `[limits.*]`: what a model repository, a golden file and a lifecycle change may ask for
+/// (docs/model-repository.md, "Limits"). A version over a limit is refused with the field
+/// and the limit; the rest of the repository serves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Manifest numbers and artifact sizes.
+    #[serde(default)]
+    pub repository: invariant_registry::Limits,
+    /// Golden vector files.
+    #[serde(default)]
+    pub golden: invariant_verify::GoldenLimits,
+    /// Lifecycle changes and the history kept.
+    #[serde(default)]
+    pub lifecycle: invariant_registry::lifecycle::LifecycleLimits,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,6 +386,12 @@ pub struct Config {
     /// ONNX Runtime sessions of the instance of each ONNX version that verification, the gate
     /// and metadata use (each corridor serves from its own instance, sized to its workers).
     pub engine_instances: usize,
+    /// API keys.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Bounds on repositories, golden files and lifecycle changes.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// HTTP server settings.
     pub server: ServerConfig,
     /// Declared corridors.
@@ -333,6 +437,37 @@ impl Config {
                 )));
             }
         }
+        let s = &self.server;
+        for (name, value) in [
+            ("server.max_connections", s.max_connections as u64),
+            ("server.max_connections_per_client", s.max_connections_per_client as u64),
+            ("server.header_read_timeout_ms", s.header_read_timeout_ms),
+            ("server.idle_timeout_ms", s.idle_timeout_ms),
+            ("server.http_request_timeout_ms", s.http_request_timeout_ms),
+            ("server.max_headers", s.max_headers as u64),
+            ("server.max_header_bytes", s.max_header_bytes as u64),
+            ("server.max_body_bytes", s.max_body_bytes as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        let max_ttl = self.limits.repository.max_cache_ttl_seconds;
+        for (name, ttl) in std::iter::once(("cache.default_ttl_seconds".to_string(), self.cache.default_ttl_seconds))
+            .chain(self.cache.ttl.iter().map(|(m, t)| (format!("cache.ttl.{m}"), *t)))
+        {
+            if !ttl.is_finite() || !(0.0..=max_ttl).contains(&ttl) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} = {ttl} must be between 0 and {max_ttl} seconds (limits.repository.max_cache_ttl_seconds)"
+                )));
+            }
+        }
+        if !(10..=60_000).contains(&self.auth.refresh_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "auth.refresh_ms = {} must be between 10 and 60000",
+                self.auth.refresh_ms
+            )));
+        }
         if self.engine_instances == 0 {
             return Err(ConfigError::Invalid("engine_instances must be at least 1".into()));
         }
@@ -347,7 +482,8 @@ impl Config {
     pub fn cache_ttl(&self, model: &str, manifest_ttl: Option<f64>) -> std::time::Duration {
         let by_name = self.cache.ttl.get(model).copied();
         let seconds = manifest_ttl.or(by_name).unwrap_or(self.cache.default_ttl_seconds);
-        std::time::Duration::from_secs_f64(seconds.max(0.0))
+        // Validated finite and bounded at load; a NaN or huge value cannot panic here either.
+        std::time::Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(std::time::Duration::ZERO)
     }
 
     /// Opens the feature store this configuration describes.
@@ -432,6 +568,24 @@ impl Config {
             &rates,
             self.governance_state_path(),
         )
+    }
+
+    /// Where the API keys are stored.
+    pub fn keys_path(&self) -> PathBuf {
+        if self.auth.keys.is_empty() {
+            self.state_dir.join("keys.json")
+        } else {
+            PathBuf::from(&self.auth.keys)
+        }
+    }
+
+    /// Where the key pepper is read from (unless `INVARIANT_KEY_PEPPER` is set).
+    pub fn pepper_path(&self) -> PathBuf {
+        if self.auth.pepper_file.is_empty() {
+            self.state_dir.join("key-pepper")
+        } else {
+            PathBuf::from(&self.auth.pepper_file)
+        }
     }
 
     /// Where the registry state (lifecycle, canaries, history) is stored.

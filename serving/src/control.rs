@@ -59,13 +59,20 @@ pub fn ready(table: &ModelTable, model: &str, version: &str) -> bool {
 
 /// Runs the deploy-time checks again (golden file re-read from disk) before a version
 /// receives traffic.
-fn reverify(table: &ModelTable, golden_dir: &Path, model: &str, version: &str) -> Result<(), TransitionError> {
+fn reverify(
+    table: &ModelTable,
+    golden_dir: &Path,
+    limits: &invariant_verify::GoldenLimits,
+    model: &str,
+    version: &str,
+) -> Result<(), TransitionError> {
     let serving = table
         .resolve(model, Some(version))
         .map_err(|_| TransitionError::Verification(format!("{model} {version} is not loaded and verified")))?;
     let path = invariant_verify::locate(golden_dir, model, version, &serving.model.portability())
         .map_err(|e| TransitionError::Verification(e.to_string()))?;
-    let (golden, _) = GoldenFile::read(&path).map_err(|e| TransitionError::Verification(e.to_string()))?;
+    let (golden, _) =
+        GoldenFile::read_with_limits(&path, limits).map_err(|e| TransitionError::Verification(e.to_string()))?;
     let report = verify_deploy(&serving.model, &golden).map_err(|e| TransitionError::Verification(e.to_string()))?;
     if let Some(v) = report.violations.first() {
         return Err(TransitionError::Verification(format!("verification failed: {v}")));
@@ -97,7 +104,13 @@ impl InferenceService {
             )));
         }
         if matches!(action, Action::Canary { .. } | Action::Promote { .. }) {
-            reverify(table, &self.config.golden_vectors, model, version)?;
+            reverify(
+                table,
+                &self.config.golden_vectors,
+                &self.config.limits.golden,
+                model,
+                version,
+            )?;
         }
         let default_active = table.default_version(model);
         let is_ready = |v: &str| ready(table, model, v);
@@ -109,7 +122,10 @@ impl InferenceService {
             ready: &is_ready,
             default_active: default_active.as_deref(),
         };
-        let (next, transition) = snapshot.registry.apply(model, version, action, &ctx)?;
+        let (next, transition) =
+            snapshot
+                .registry
+                .apply_with_limits(model, version, action, &ctx, &self.config.limits.lifecycle)?;
         next.save(&self.config.registry_state_path())?;
         self.set_registry(Arc::new(next));
         if let Err(e) = self.audit.append(&TransitionRecord {

@@ -32,6 +32,12 @@ pub enum ServeError {
     /// A fault of the server.
     #[error("{0}")]
     Internal(String),
+    /// No valid API key was presented.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The key may not do this (here).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// The kind of a [`ServeError`], without its message (for metrics and mappings).
@@ -51,6 +57,10 @@ pub enum ErrorKind {
     Unavailable,
     /// See [`ServeError::Internal`].
     Internal,
+    /// See [`ServeError::Unauthenticated`].
+    Unauthenticated,
+    /// See [`ServeError::PermissionDenied`].
+    PermissionDenied,
 }
 
 impl ErrorKind {
@@ -64,6 +74,8 @@ impl ErrorKind {
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
         }
     }
 
@@ -112,6 +124,8 @@ impl ServeError {
             ServeError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             ServeError::Unavailable(_) => ErrorKind::Unavailable,
             ServeError::Internal(_) => ErrorKind::Internal,
+            ServeError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            ServeError::PermissionDenied(_) => ErrorKind::PermissionDenied,
         }
     }
 
@@ -123,7 +137,9 @@ impl ServeError {
             | ServeError::Conflict(m)
             | ServeError::DeadlineExceeded(m)
             | ServeError::Unavailable(m)
-            | ServeError::Internal(m) => m,
+            | ServeError::Internal(m)
+            | ServeError::Unauthenticated(m)
+            | ServeError::PermissionDenied(m) => m,
             ServeError::Overloaded { message, .. } => message,
         }
     }

@@ -14,9 +14,10 @@
 
 use crate::canary::CanaryMonitor;
 use crate::pool::RunTimings;
-use crate::request::{Caller, Routing, Source, Transport};
+use crate::request::{Routing, Source, Transport};
 use crate::stats::Statistics;
 use crate::ServeError;
+use invariant_auth::Principal;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -41,8 +42,8 @@ pub struct RequestContext<'a> {
     pub corridor: Option<&'a str>,
     /// The request id.
     pub request_id: Option<&'a str>,
-    /// The caller.
-    pub caller: &'a Caller,
+    /// The authenticated caller (`None` until, or unless, its key was accepted).
+    pub caller: Option<&'a Principal>,
     /// Whether the guards already admitted this request before its body was parsed.
     pub admitted_early: bool,
     /// Whether the caller shortened the deadline (`x-deadline-ms`, a gRPC timeout) below the

@@ -13,9 +13,10 @@
 //! [control plane](control) (transitions, reloads, unloads), corridor
 //! [governance](governance) (switches, freezes, limits, breakers, levels), feature enrichment
 //! ([`features`]), serving statistics ([`stats`]), replica events ([`events`]), the audit log
-//! ([`audit`]) and the configuration ([`config`]).
+//! ([`audit`]), API keys ([`auth`]) and the configuration ([`config`]).
 
 pub mod audit;
+pub mod auth;
 pub mod canary;
 pub mod config;
 pub mod control;
@@ -32,7 +33,7 @@ pub mod stats;
 pub mod views;
 
 pub use error::{ErrorKind, ServeError};
-pub use request::{Caller, InferBody, InferResponse, Metadata, Routing, Source, Target, Transport};
+pub use request::{InferBody, InferResponse, Metadata, Routing, Source, Target, Transport};
 
 use arc_swap::ArcSwap;
 use audit::AuditLog;
@@ -120,6 +121,8 @@ pub struct InferenceService {
     pub features: Result<Arc<invariant_featurestore::FeatureStore>, String>,
     /// Corridor governance (`None` when `governance.enabled` is false).
     pub governance: Option<Arc<invariant_governance::Governance>>,
+    /// API keys: who may call, where.
+    pub authority: auth::Authority,
 }
 
 /// Start-up failures.
@@ -137,6 +140,9 @@ pub enum StartError {
     /// The governance control state cannot be used.
     #[error(transparent)]
     Governance(#[from] invariant_governance::store::StoreError),
+    /// The API keys cannot be used.
+    #[error(transparent)]
+    Auth(#[from] invariant_auth::AuthError),
 }
 
 /// Builds each declared corridor's pool and cache.
@@ -213,6 +219,7 @@ impl InferenceService {
     /// [`InferenceService::build`] with `first` placed at the head of the guard pipeline,
     /// before the governance, canary, statistics and metrics guards.
     pub fn build_with(config: Config, first: Vec<Box<dyn guards::Guard>>) -> Result<Arc<Self>, StartError> {
+        let authority = auth::Authority::open(&config)?;
         let onnx_unavailable = init_onnx(&config);
         let registry = RegistryState::load(&config.registry_state_path())?;
         let corridors = corridor_runtimes(&config)?;
@@ -221,7 +228,7 @@ impl InferenceService {
         } else {
             Some(redis::Client::open(config.cache.redis_url.as_str()).map_err(|e| {
                 invariant_cache::CacheError::RedisUrl {
-                    url: config.cache.redis_url.clone(),
+                    url: invariant_core::secret::redact_url(&config.cache.redis_url),
                     message: e.to_string(),
                 }
             })?)
@@ -258,6 +265,7 @@ impl InferenceService {
             feature_freshness: Default::default(),
             features,
             governance,
+            authority,
             corridors,
             events,
             server_id: events::server_id(),
@@ -284,6 +292,7 @@ impl InferenceService {
         service.set_models(Arc::new(table));
         let service = Arc::new(service);
         control::spawn_auto_rollback(&service, rollbacks);
+        auth::spawn_refresh(&service);
         if let Some(events) = governance_events {
             governance::spawn_governance_task(&service, events);
         }
@@ -345,6 +354,7 @@ impl InferenceService {
                 .iter()
                 .map(|c| (c.id.to_string(), c.workers.unwrap_or(self.config.pools.workers)))
                 .collect(),
+            limits: &self.config.limits,
         }
     }
 

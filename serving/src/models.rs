@@ -140,6 +140,8 @@ pub struct Loader<'a> {
     /// Declared corridors with their worker budgets: each gets its own instance of every ONNX
     /// version, with that many sessions.
     pub corridors: Vec<(String, usize)>,
+    /// What a version and its golden file may ask for.
+    pub limits: &'a crate::config::LimitsConfig,
 }
 
 impl Loader<'_> {
@@ -188,7 +190,7 @@ impl Loader<'_> {
             .as_ref()
             .cloned()
             .unwrap_or_else(|_| GoldenFile::path(self.golden_dir, &name, &version));
-        let outcome = match located.and_then(|path| GoldenFile::read(&path)) {
+        let outcome = match located.and_then(|path| GoldenFile::read_with_limits(&path, &self.limits.golden)) {
             Err(e @ invariant_verify::VerifyError::UnrecordedClass { .. }) => Err(e.to_string()),
             Err(e) => Err(format!(
                 "no usable golden vectors ({e}); record them with `invariant golden record {name} {version}`"
@@ -253,7 +255,8 @@ impl Loader<'_> {
         if !v.manifest.uses_onnxruntime() {
             return Ok(out);
         }
-        let (golden, _) = GoldenFile::read(golden_path).map_err(|e| format!("golden vectors: {e}"))?;
+        let (golden, _) = GoldenFile::read_with_limits(golden_path, &self.limits.golden)
+            .map_err(|e| format!("golden vectors: {e}"))?;
         let build = |corridor: &str, workers: usize| -> Result<Model, String> {
             let options = EngineOptions {
                 instances: workers.max(1),
@@ -319,7 +322,7 @@ impl ModelTable {
     /// Scans `root`, then verifies and loads every version.
     pub fn load(root: &Path, loader: &Loader<'_>) -> Result<Self, RegistryError> {
         let mut models: BTreeMap<String, Vec<VersionEntry>> = BTreeMap::new();
-        for scanned in invariant_registry::scan(root)? {
+        for scanned in invariant_registry::scan_with_limits(root, &loader.limits.repository)? {
             let state = loader.load(&scanned.model, &scanned.version, scanned.result);
             models.entry(scanned.model).or_default().push(VersionEntry {
                 version: scanned.version,
@@ -343,7 +346,10 @@ impl ModelTable {
         let dir = root.join(model);
         let mut entries = Vec::new();
         let mut outcomes = Vec::new();
-        for scanned in invariant_registry::scan(root)?.into_iter().filter(|s| s.model == model) {
+        for scanned in invariant_registry::scan_with_limits(root, &loader.limits.repository)?
+            .into_iter()
+            .filter(|s| s.model == model)
+        {
             let current = self
                 .versions(model)
                 .and_then(|vs| vs.iter().find(|e| e.version == scanned.version));
@@ -352,9 +358,10 @@ impl ModelTable {
                 _ => None,
             };
             if let (Some(s), Ok(v)) = (&serving, &scanned.result) {
-                let golden_hash = std::fs::read(&s.golden_path)
-                    .map(|b| blake3::hash(&b).to_hex().to_string())
-                    .unwrap_or_default();
+                let golden_hash =
+                    invariant_registry::files::read_bounded(&s.golden_path, loader.limits.golden.max_file_bytes, None)
+                        .map(|b| blake3::hash(&b).to_hex().to_string())
+                        .unwrap_or_default();
                 if v.content_hash == s.model.content_hash() && golden_hash == s.golden_hash {
                     outcomes.push(ReloadOutcome {
                         version: scanned.version.clone(),

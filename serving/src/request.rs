@@ -31,14 +31,6 @@ impl Transport {
     }
 }
 
-/// Who is calling. Filled by the transport from its credentials once the security issue lands;
-/// today every caller is anonymous.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Caller {
-    /// The authenticated identity, if any.
-    pub id: Option<String>,
-}
-
 /// How the version answering a request was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Routing {
@@ -103,8 +95,8 @@ impl Source {
     }
 }
 
-/// Request facts that every transport carries the same way: HTTP headers `x-corridor`,
-/// `x-routing-key`, `x-deadline-ms`, or the gRPC metadata keys of the same names.
+/// Request facts that every transport carries the same way: HTTP headers `authorization`,
+/// `x-corridor`, `x-routing-key`, `x-deadline-ms`, or the gRPC metadata keys of the same names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
     /// The corridor named outside the body.
@@ -115,6 +107,8 @@ pub struct Metadata {
     pub deadline_ms: Option<String>,
     /// A deadline set by the transport itself (e.g. gRPC's `grpc-timeout`).
     pub timeout: Option<Duration>,
+    /// The credential as sent (`Bearer <key>`), checked by the core.
+    pub authorization: Option<String>,
 }
 
 /// Which model a request is for, and the facts known before its body is decoded.
@@ -128,8 +122,6 @@ pub struct Target {
     pub metadata: Metadata,
     /// The transport.
     pub transport: Transport,
-    /// The caller.
-    pub caller: Caller,
     /// When the request arrived (deadlines and latencies count from here).
     pub started: Instant,
 }
@@ -142,7 +134,6 @@ impl Target {
             version,
             metadata: Metadata::default(),
             transport,
-            caller: Caller::default(),
             started: Instant::now(),
         }
     }

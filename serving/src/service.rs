@@ -40,6 +40,8 @@ struct Progress {
     fallback: invariant_registry::Fallback,
     /// A guard refused it.
     refused: bool,
+    /// The authenticated caller.
+    caller: Option<invariant_auth::Principal>,
 }
 
 impl Progress {
@@ -53,7 +55,7 @@ impl Progress {
             routing: self.routing,
             corridor: self.corridor.as_ref().map(CorridorId::as_str),
             request_id: self.request_id.as_deref(),
-            caller: &target.caller,
+            caller: self.caller.as_ref(),
             admitted_early: self.admitted_early,
             caller_deadline: self.caller_deadline,
             fallback: self.fallback,
@@ -161,6 +163,7 @@ impl InferenceService {
             caller_deadline: false,
             fallback: invariant_registry::Fallback::Refuse,
             refused: false,
+            caller: None,
         };
         let result = self.serve(&snapshot, &target, decode, &mut progress).await;
         let outcome = Outcome {
@@ -188,6 +191,13 @@ impl InferenceService {
     ) -> Result<InferResponse, ServeError> {
         let table = &snapshot.table;
         let model_name = target.model.as_str();
+        // Who is calling, and whether a corridor named outside the body is theirs, comes
+        // before anything about the model: a caller learns nothing of what they may not use.
+        let caller = self.authenticate(&target.metadata)?;
+        if let Some(named) = target.metadata.corridor.as_deref() {
+            crate::auth::check(&caller, crate::auth::Need::In(invariant_auth::Role::Infer, named))?;
+        }
+        progress.caller = Some(caller.clone());
         progress.model_known = table.versions(model_name).is_some();
         // A named version is looked up before the body is decoded.
         let explicit = match &target.version {
@@ -211,7 +221,12 @@ impl InferenceService {
         }
         let body = decode()?;
         progress.request_id = body.id.clone();
-        let corridor = self.corridor_of(target.metadata.corridor.as_deref(), &body.parameters)?;
+        let corridor = self.corridor_for(
+            &caller,
+            invariant_auth::Role::Infer,
+            target.metadata.corridor.as_deref(),
+            &body.parameters,
+        )?;
         progress.corridor = Some(corridor.clone());
         let deadline_in = self.deadline_of(&target.metadata)?;
         progress.caller_deadline = deadline_in < std::time::Duration::from_millis(self.config.pools.request_timeout_ms);
@@ -407,7 +422,10 @@ impl InferenceService {
             return None;
         }
         let meta = hit.meta.as_ref()?.downcast_ref::<StoredMeta>()?;
-        let caller = crate::Caller::default();
+        // A caller that may not have this reply takes the full path, which refuses it.
+        let caller = self
+            .authorize(metadata, crate::auth::Need::In(invariant_auth::Role::Infer, corridor))
+            .ok()?;
         let ctx = RequestContext {
             transport,
             started,
@@ -417,7 +435,7 @@ impl InferenceService {
             routing: Some(meta.routing),
             corridor: Some(corridor),
             request_id: None,
-            caller: &caller,
+            caller: Some(&caller),
             admitted_early: false,
             caller_deadline: false,
             fallback: invariant_registry::Fallback::Refuse,

@@ -38,7 +38,9 @@ region = "gcc"
     );
     let path = dir.join("invariant.toml");
     std::fs::write(&path, text).unwrap();
-    Config::load(Some(&path)).unwrap()
+    let mut config = Config::load(Some(&path)).unwrap();
+    config.auth.disabled_for_development = true;
+    config
 }
 
 /// Records every admit and observe, and refuses one model.
@@ -317,4 +319,125 @@ async fn deadlines_and_overload_are_errors_of_their_kind() {
         }
         other => panic!("expected overload, got {other:?}"),
     }
+}
+
+/// A service that requires API keys, and a key store on its key file.
+fn keyed_service() -> (Arc<InferenceService>, invariant_auth::KeyStore, invariant_auth::Pepper) {
+    let mut c = config("");
+    c.auth.disabled_for_development = false;
+    c.auth.refresh_ms = 20;
+    let pepper = invariant_auth::Pepper::load(&c.pepper_path(), true).unwrap().unwrap();
+    let store = invariant_auth::KeyStore::new(c.keys_path());
+    (InferenceService::build(c).unwrap(), store, pepper)
+}
+
+fn key(
+    store: &invariant_auth::KeyStore,
+    pepper: &invariant_auth::Pepper,
+    roles: &[&str],
+    corridors: &[&str],
+) -> invariant_auth::NewKey {
+    let roles = roles.iter().map(|r| invariant_auth::Role::parse(r).unwrap()).collect();
+    let corridors = invariant_auth::Corridors::parse(corridors).unwrap();
+    store.create(pepper, "test", roles, &corridors, "test").unwrap()
+}
+
+fn keyed(model: &str, key: Option<&str>, corridor: Option<&str>) -> Target {
+    let mut t = target(model);
+    t.metadata.authorization = key.map(|k| format!("Bearer {k}"));
+    t.metadata.corridor = corridor.map(str::to_string);
+    t
+}
+
+async fn wait_until(mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "not within 1 s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn keys_are_checked_before_the_model_and_scoped_to_their_corridors_and_roles() {
+    use invariant_serving::ErrorKind::{NotFound, PermissionDenied, Unauthenticated};
+    let (service, store, pepper) = keyed_service();
+    // No key, a malformed one, an unknown one: 401 before anything else, even for a model
+    // that does not exist.
+    for k in [None, Some("nonsense"), Some("inv_0000000000000000_00")] {
+        let e = service
+            .infer_body(keyed("no-such-model", k, None), trust_rows(&[ROW]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), Unauthenticated, "{k:?}: {e}");
+    }
+    let uae = key(&store, &pepper, &["infer"], &["UAE-SA"]);
+    wait_until(|| service.authority.active_keys() == 1).await;
+    let ok = service
+        .infer_body(
+            keyed("trust-scorer", Some(&uae.secret), Some("UAE-SA")),
+            trust_rows(&[ROW]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.corridor.as_str(), "UAE-SA");
+    // The default corridor is UAE-SA: allowed without naming it.
+    service
+        .infer_body(keyed("trust-scorer", Some(&uae.secret), None), trust_rows(&[ROW]))
+        .await
+        .unwrap();
+    // Another corridor, by header or by parameters, declared or not, and whether the model
+    // exists or not: 403, the same answer.
+    let mut denials = Vec::new();
+    for (model, corridor) in [
+        ("trust-scorer", "UK-NG"),
+        ("no-such-model", "UK-NG"),
+        ("no-such-model", "FR-MA"),
+    ] {
+        let e = service
+            .infer_body(keyed(model, Some(&uae.secret), Some(corridor)), trust_rows(&[ROW]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), PermissionDenied, "{model} {corridor}: {e}");
+        denials.push(e.message().replace(corridor, "C"));
+    }
+    assert!(denials.windows(2).all(|w| w[0] == w[1]), "{denials:?}");
+    let mut body = trust_rows(&[ROW]);
+    body.parameters.insert("corridor".into(), "US-EG".into());
+    let e = service
+        .infer_body(keyed("trust-scorer", Some(&uae.secret), None), body)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), PermissionDenied, "{e}");
+    // Within its corridor an unknown model is an ordinary 404.
+    let e = service
+        .infer_body(
+            keyed("no-such-model", Some(&uae.secret), Some("UAE-SA")),
+            trust_rows(&[ROW]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), NotFound, "{e}");
+    // A key without the infer role.
+    let reader = key(&store, &pepper, &["features:read"], &["*"]);
+    wait_until(|| service.authority.active_keys() == 2).await;
+    let e = service
+        .infer_body(
+            keyed("trust-scorer", Some(&reader.secret), Some("UAE-SA")),
+            trust_rows(&[ROW]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), PermissionDenied, "{e}");
+    // Revoked: refused within the refresh period.
+    store.revoke(&uae.record.id, "test").unwrap();
+    wait_until(|| service.authority.active_keys() == 1).await;
+    let e = service
+        .infer_body(
+            keyed("trust-scorer", Some(&uae.secret), Some("UAE-SA")),
+            trust_rows(&[ROW]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), Unauthenticated, "{e}");
+    assert!(e.message().contains("revoked"), "{e}");
 }

@@ -4,7 +4,8 @@ KServe's InferenceRESTClient / InferenceGRPCClient.
 
 Run by tests/tests/conformance.rs against a server it starts, once per suite:
     CONFORMANCE_HTTP=127.0.0.1:PORT CONFORMANCE_GRPC=127.0.0.1:PORT CONFORMANCE_GOLDEN=DIR \
-    CONFORMANCE_SUITE=triton|kserve python clients.py
+    CONFORMANCE_SUITE=triton|kserve|triton-auth python clients.py
+(triton-auth also needs CONFORMANCE_KEYS: JSON with the keys `uae`, `admin` and `revoked`.)
 
 For every golden vector of every shipped model version, every transport must return the
 recorded output bits exactly. Exits non-zero (with every failure listed) on any mismatch.
@@ -23,7 +24,7 @@ import numpy as np
 # descriptor pool, so one process can import only one of them: --suite picks which.
 # kserve parses the command line when imported, so the arguments come from the environment.
 SUITE = os.environ.get("CONFORMANCE_SUITE", "triton")
-if SUITE == "triton":
+if SUITE in ("triton", "triton-auth"):
     import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as grpcaio
     import tritonclient.http as httpclient
@@ -355,6 +356,73 @@ def parity(http, grpc_, http_url):
     print("ok: parity table (corridors, cache hits, batching, routing key, enrichment) over HTTP JSON, HTTP binary, gRPC", flush=True)
 
 
+def refused(call, status, fragment, label):
+    """`call` raises the client's exception with `status` and a message containing `fragment`."""
+    try:
+        call()
+    except InferenceServerException as e:
+        check(str(e.status()) == status and fragment in e.message(),
+              f"{label}: expected {status} '{fragment}', got {e.status()} '{e.message()}'")
+        return
+    check(False, f"{label}: expected {status}, the call succeeded")
+
+
+def with_keys(http, grpc_, golden_dir, keys):
+    """API keys through the real clients: `headers` on every tritonclient call (HTTP headers,
+    gRPC metadata). A key of UAE-SA serves there bit-exact and is refused in UK-NG; missing,
+    unknown and revoked keys are refused; health checks need no key. (tritonclient's HTTP
+    client adds its own entries to the dict it is given: each call gets a copy.)"""
+    uae = {"authorization": f"Bearer {keys['uae']}", "x-corridor": "UAE-SA"}
+    other = {"authorization": f"Bearer {keys['uae']}", "x-corridor": "UK-NG"}
+    admin = {"authorization": f"Bearer {keys['admin']}"}
+    revoked = {"authorization": f"Bearer {keys['revoked']}"}
+    unknown = {"authorization": "Bearer inv_0123456789abcdef_" + "0" * 64}
+    check(http.is_server_live() and http.is_server_ready(), "http: health needs no key")
+    check(grpc_.is_server_live() and grpc_.is_server_ready(), "grpc: health needs no key")
+    for model, version, vectors in goldens(golden_dir):
+        for v in vectors[:3]:
+            label = f"{model} {version} {v['id']}"
+            r = http.infer(model, triton_inputs(httpclient, v, None), model_version=version, headers=dict(uae))
+            compare(r.as_numpy, v, label + " [http binary, key]")
+            r = grpc_.infer(model, triton_inputs(grpcclient, v, None), model_version=version, headers=dict(uae))
+            compare(r.as_numpy, v, label + " [grpc, key]")
+        v = vectors[0]
+        for name, headers, status_h, status_g, fragment in [
+            ("no key", {}, "401", "StatusCode.UNAUTHENTICATED", "missing API key"),
+            ("unknown key", unknown, "401", "StatusCode.UNAUTHENTICATED", "unknown API key"),
+            ("revoked key", revoked, "401", "StatusCode.UNAUTHENTICATED", "revoked"),
+            ("other corridor", other, "403", "StatusCode.PERMISSION_DENIED", "UK-NG"),
+        ]:
+            refused(lambda: http.infer(model, triton_inputs(httpclient, v, None), model_version=version, headers=dict(headers)),
+                    status_h, fragment, f"{model} {version}: http infer, {name}")
+            refused(lambda: grpc_.infer(model, triton_inputs(grpcclient, v, None), model_version=version, headers=dict(headers)),
+                    status_g, fragment, f"{model} {version}: grpc infer, {name}")
+            if name != "other corridor":
+                refused(lambda: http.get_model_metadata(model, version, headers=dict(headers)), status_h, fragment,
+                        f"{model}: http metadata, {name}")
+                refused(lambda: grpc_.get_model_metadata(model, version, headers=dict(headers)), status_g, fragment,
+                        f"{model}: grpc metadata, {name}")
+        check(http.get_model_metadata(model, version, headers=dict(uae))["name"] == model, f"{model}: http metadata with a key")
+        check(grpc_.is_model_ready(model, version, headers=dict(uae)), f"{model}: grpc ready with a key")
+    # The repository extension is an admin action across corridors.
+    refused(lambda: grpc_.get_model_repository_index(headers=dict(uae)), "StatusCode.PERMISSION_DENIED", "admin",
+            "grpc repository index with an infer key")
+    refused(lambda: http.get_model_repository_index(headers=dict(uae)), "403", "admin",
+            "http repository index with an infer key")
+    check(len(grpc_.get_model_repository_index(headers=dict(admin), as_json=True)["models"]) > 0, "grpc index with an admin key")
+    refused(lambda: grpc_.unload_model("trust-scorer", headers=dict(uae)), "StatusCode.PERMISSION_DENIED", "admin",
+            "grpc unload with an infer key")
+    check(grpc_.is_model_ready("trust-scorer", headers=dict(uae)), "trust-scorer still ready after a refused unload")
+    # The gRPC stream: each message is checked; a message for another corridor gets its error.
+    results = []
+    grpc_.start_stream(callback=lambda result, error: results.append((result, error)), headers=dict(other))
+    model, version, vectors = next(iter(goldens(golden_dir)))
+    grpc_.async_stream_infer(model, triton_inputs(grpcclient, vectors[0], None), model_version=version)
+    grpc_.stop_stream()
+    check(len(results) == 1 and results[0][1] is not None and "UK-NG" in str(results[0][1]),
+          f"grpc stream in another corridor is refused: {results}")
+
+
 def main():
     a = argparse.Namespace(
         http=os.environ["CONFORMANCE_HTTP"],
@@ -369,6 +437,10 @@ def main():
         metadata_and_errors(http, grpc_, a.golden)
         async_clients(a.http, a.grpc, a.golden)
         parity(http, grpc_, a.http)
+    elif a.suite == "triton-auth":
+        http = httpclient.InferenceServerClient(a.http)
+        grpc_ = grpcclient.InferenceServerClient(a.grpc)
+        with_keys(http, grpc_, a.golden, json.loads(os.environ["CONFORMANCE_KEYS"]))
     else:
         kserve_clients(a.http, a.grpc, a.golden)
     print(f"{a.suite}: {checks} checks, {len(failures)} failures")

@@ -86,6 +86,11 @@ pub struct ServerOptions {
     pub uk_ng: String,
     /// Extra top-level keys (e.g. `feature_store = "..."`).
     pub top: String,
+    /// Extra keys of the `[server]` table (e.g. `idle_timeout_ms = 500`).
+    pub server: String,
+    /// Require API keys (off: the server runs with `--dev-no-auth`, as most tests need no
+    /// keys). Create keys with [`Server::create_key`].
+    pub auth: bool,
 }
 
 impl Default for ServerOptions {
@@ -98,6 +103,8 @@ impl Default for ServerOptions {
             extra: String::new(),
             uk_ng: String::new(),
             top: String::new(),
+            server: String::new(),
+            auth: false,
         }
     }
 }
@@ -316,7 +323,8 @@ engine_instances = 2
 [server]
 http_addr = "127.0.0.1:0"
 max_body_bytes = {}
-{default}
+{default}{server}
+
 [[corridors]]
 id = "UAE-SA"
 market = 0
@@ -339,6 +347,7 @@ region = "west-africa"
         extra = options.extra,
         uk_ng = options.uk_ng,
         top = options.top,
+        server = options.server,
     )
 }
 
@@ -356,11 +365,17 @@ impl Server {
         let port = free_port();
         let grpc_port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["serve", "--config"])
             .arg(&config)
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")]);
+        if !options.auth {
+            command.arg("--dev-no-auth");
+        }
+        let child = command
+            .env_remove("INVARIANT_KEY_PEPPER")
             .current_dir(workspace_root())
             .stdout(Stdio::null())
             .stderr(log)
@@ -388,6 +403,47 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("server did not become live in 60 s; log:\n{}", self.log());
+    }
+
+    /// The server's configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("invariant.toml")
+    }
+
+    /// Creates an API key with `invariant keys create` on this server's key file and waits
+    /// until the server accepts it; returns its id and the whole key.
+    pub async fn create_key(&self, name: &str, roles: &[&str], corridors: &[&str]) -> (String, String) {
+        let config = self.config_path().display().to_string();
+        let mut args = vec!["keys", "create", "--config", &config, "--name", name, "--json"];
+        for r in roles {
+            args.extend(["--role", r]);
+        }
+        for c in corridors {
+            args.extend(["--corridor", c]);
+        }
+        let (code, out, err) = invariant(&args);
+        assert_eq!(code, 0, "keys create failed: {err}");
+        let key: Value = serde_json::from_str(&out).expect("keys create --json");
+        let (id, secret) = (key["id"].as_str().expect("id"), key["secret"].as_str().expect("secret"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self
+                .client
+                .get(format!("{}/v2", self.url))
+                .bearer_auth(secret)
+                .send()
+                .await
+                .expect("GET /v2");
+            if r.status() == 200 {
+                return (id.to_string(), secret.to_string());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never accepted key {id}: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The verification audit records written so far.

@@ -20,12 +20,17 @@ fn python() -> std::path::PathBuf {
 }
 
 async fn suite(s: &Server, name: &str) {
+    suite_with(s, name, "{}").await;
+}
+
+async fn suite_with(s: &Server, name: &str, keys: &str) {
     let script = workspace_root().join("tests/conformance/clients.py");
     let http = s.url.trim_start_matches("http://").to_string();
     let grpc = s.grpc.clone();
     let golden = shipped_golden();
     let py = python();
     let name = name.to_string();
+    let keys = keys.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(py)
             .arg(script)
@@ -33,6 +38,7 @@ async fn suite(s: &Server, name: &str) {
             .env("CONFORMANCE_GRPC", grpc)
             .env("CONFORMANCE_GOLDEN", golden)
             .env("CONFORMANCE_SUITE", &name)
+            .env("CONFORMANCE_KEYS", keys)
             .output()
             .expect("run the conformance script")
     })
@@ -71,4 +77,23 @@ async fn tritonclient_over_http_binary_json_and_grpc() {
 async fn kserve_clients_over_rest_and_grpc() {
     let s = Server::start().await;
     suite(&s, "kserve").await;
+}
+
+#[tokio::test]
+async fn tritonclient_with_api_keys_over_http_and_grpc() {
+    let s = Server::start_with(ServerOptions {
+        auth: true,
+        ..Default::default()
+    })
+    .await;
+    let (_, uae) = s.create_key("uae-client", &["infer"], &["UAE-SA"]).await;
+    let (_, admin) = s.create_key("ops", &["admin"], &["*"]).await;
+    let (revoked_id, revoked) = s.create_key("old", &["infer"], &["*"]).await;
+    let config = s.config_path().display().to_string();
+    let (code, _, err) = invariant(&["keys", "revoke", "--config", &config, &revoked_id]);
+    assert_eq!(code, 0, "{err}");
+    // Revoked within the refresh period.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let keys = serde_json::json!({ "uae": uae, "admin": admin, "revoked": revoked }).to_string();
+    suite_with(&s, "triton-auth", &keys).await;
 }

@@ -109,7 +109,7 @@ async fn kill_switches_refuse_their_scope_only_over_http_grpc_and_reply_cache_hi
     }
     let (status, r) = govern(
         &s,
-        json!({"op": "kill", "scope": "model:trust-scorer@UAE-SA", "reason": "incident 7", "actor": "ops"}),
+        json!({"op": "kill", "scope": "model:trust-scorer@UAE-SA", "reason": "incident 7"}),
     )
     .await;
     assert_eq!(status, 200, "{r}");
@@ -125,7 +125,7 @@ async fn kill_switches_refuse_their_scope_only_over_http_grpc_and_reply_cache_hi
         let (status, r) = s.post_raw(TRUST, b.clone(), &headers).await;
         assert_eq!(status, 503, "{r}");
         let e = error_of(&r);
-        for part in ["model:trust-scorer@UAE-SA", "incident 7", "since", "ops"] {
+        for part in ["model:trust-scorer@UAE-SA", "incident 7", "since", "dev-no-auth"] {
             assert!(e.contains(part), "'{part}' missing from: {e}");
         }
     }
@@ -181,7 +181,7 @@ async fn kill_switches_refuse_their_scope_only_over_http_grpc_and_reply_cache_hi
     // Every change is audited with its actor.
     let changes: Vec<Value> = s.audit().into_iter().filter(|a| a["event"] == "governance").collect();
     assert_eq!(changes.len(), 3, "{changes:?}");
-    assert_eq!(changes[0]["actor"], "ops");
+    assert_eq!(changes[0]["actor"], "dev-no-auth");
     assert_eq!(changes[0]["change"]["op"], "kill");
     assert_eq!(
         govern(&s, json!({"op": "revive", "scope": "model:trust-scorer@UAE-SA"}))

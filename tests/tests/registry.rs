@@ -30,12 +30,7 @@ async fn canary_in_one_corridor_splits_deterministically() {
     let repo = RepoCopy::new();
     let s = Server::start_with(repo.options()).await;
     let (status, r) = s
-        .admin(
-            "risk-assessor",
-            "1.0.0",
-            "promote",
-            json!({"actor": "alice", "reason": "pin"}),
-        )
+        .admin("risk-assessor", "1.0.0", "promote", json!({"reason": "pin"}))
         .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["transition"]["to"], "ACTIVE");
@@ -44,7 +39,7 @@ async fn canary_in_one_corridor_splits_deterministically() {
             "risk-assessor",
             "1.1.0",
             "canary",
-            json!({"percent": 10, "corridors": ["UAE-SA"], "actor": "alice", "reason": "try"}),
+            json!({"percent": 10, "corridors": ["UAE-SA"], "reason": "try"}),
         )
         .await;
     assert_eq!(status, 200, "{r}");
@@ -79,13 +74,16 @@ async fn canary_in_one_corridor_splits_deterministically() {
     assert_eq!(view["active"], "1.0.0");
     let history = view["history"].as_array().unwrap();
     assert_eq!(history.len(), 2);
-    assert_eq!(history[1]["actor"], "alice");
+    // The actor is the caller's key (here the development caller), never a claim of the body.
+    assert_eq!(history[1]["actor"], "dev-no-auth");
     assert_eq!(history[1]["action"], "canary");
     assert_eq!(history[1]["percent"], 10.0);
     assert_eq!(history[1]["corridors"], json!(["UAE-SA"]));
     let audited: Vec<_> = s.audit().into_iter().filter(|a| a["event"] == "transition").collect();
     assert_eq!(audited.len(), 2);
-    assert!(audited.iter().all(|a| a["actor"] == "alice" && a["time"].is_string()));
+    assert!(audited
+        .iter()
+        .all(|a| a["actor"] == "dev-no-auth" && a["time"].is_string()));
 }
 
 #[tokio::test]
@@ -313,12 +311,7 @@ async fn unload_and_load_at_run_time() {
         &["receives traffic"],
     );
     let (status, r) = s
-        .admin(
-            "trust-scorer",
-            "1.1.0",
-            "unload",
-            json!({"actor": "ops", "reason": "memory"}),
-        )
+        .admin("trust-scorer", "1.1.0", "unload", json!({"reason": "memory"}))
         .await;
     assert_eq!(status, 200, "{r}");
     let got = s
@@ -327,7 +320,7 @@ async fn unload_and_load_at_run_time() {
             &trust_request(&[TRUST_ROW]),
         )
         .await;
-    assert_error(&got, 503, &["unloaded by ops"]);
+    assert_error(&got, 503, &["unloaded by dev-no-auth"]);
     let (status, r) = s.post("/admin/v1/models/trust-scorer/load", &json!({})).await;
     assert_eq!(status, 200, "{r}");
     let (status, _) = s

@@ -225,6 +225,19 @@ impl Collector {
                 continue;
             }
             let actual_bits = a.data.element_bits();
+            if actual_bits.len() != e.bits.len() {
+                self.fail(
+                    check,
+                    Some(vector),
+                    format!(
+                        "output {i} '{}': {} elements expected, {} computed; {detail}",
+                        e.name,
+                        e.bits.len(),
+                        actual_bits.len()
+                    ),
+                );
+                continue;
+            }
             let differing: Vec<usize> = (0..e.bits.len()).filter(|&k| e.bits[k] != actual_bits[k]).collect();
             if let Some(&k) = differing.first() {
                 self.push(Violation {
@@ -266,7 +279,7 @@ fn run(model: &Model, vector: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, Ve
 pub fn record(model: &Model, recorded_at: &str) -> Result<GoldenFile, VerifyError> {
     let manifest = model.manifest();
     let mut vectors = Vec::new();
-    for (id, inputs) in generate::golden_inputs(manifest) {
+    for (id, inputs) in generate::golden_inputs(manifest)? {
         let outputs = run(model, &id, &inputs)?.iter().map(GoldenOutput::of).collect();
         let fallback_outputs = fallback_answer(manifest, &id, &inputs)?
             .iter()
@@ -447,7 +460,7 @@ fn batch_invariance(
                 .inputs
                 .iter()
                 .zip(&manifest.inputs)
-                .all(|(t, s)| !s.is_batched() || t.shape[0] == 1)
+                .all(|(t, s)| !s.is_batched() || t.shape.first() == Some(&1))
         })
         .collect();
     if single.len() < 2 {
@@ -468,22 +481,27 @@ fn batch_invariance(
         };
         for t in 0..targets {
             for &p in &positions {
-                let members: Vec<usize> = (0..size)
-                    .map(|j| {
-                        if j == p {
-                            single[t]
-                        } else {
-                            single[(t + 1 + j) % single.len()]
-                        }
-                    })
-                    .collect();
+                // Row `j` of the batch: the target at `p`, other single-row vectors around it.
+                let member = |j: usize| {
+                    if j == p {
+                        single[t]
+                    } else {
+                        single[(t + 1 + j) % single.len()]
+                    }
+                };
                 let mut inputs = Vec::new();
                 for (k, spec) in manifest.inputs.iter().enumerate() {
-                    let parts: Vec<&Tensor> = members.iter().map(|&m| &golden.vectors[m].inputs[k]).collect();
-                    let joined = if spec.is_batched() {
-                        Tensor::concat_rows(&parts)
+                    // `size` is at most the manifest's max_batch_size, which the repository's
+                    // limits bound (with the elements of a batch) when the version loads.
+                    let parts: Option<Vec<&Tensor>> = if spec.is_batched() {
+                        (0..size).map(|j| golden.vectors[member(j)].inputs.get(k)).collect()
                     } else {
-                        Some(parts[0].clone())
+                        golden.vectors[member(0)].inputs.get(k).map(|t| vec![t])
+                    };
+                    let joined = match parts {
+                        Some(parts) if spec.is_batched() => Tensor::concat_rows(&parts),
+                        Some(parts) => parts.first().map(|t| (*t).clone()),
+                        None => None,
                     };
                     let Some(joined) = joined else {
                         c.fail(
@@ -601,5 +619,50 @@ mod tests {
             line.contains("expected 3f800000 actual 3f800001 (1 ULP); 1 element(s) differ"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn outputs_of_another_length_are_a_violation_not_a_crash() {
+        let mut c = Collector::new("m", "1.0.0");
+        let expected = vec![GoldenOutput {
+            name: "y".into(),
+            datatype: DataType::Fp32,
+            shape: vec![2],
+            bits: vec![0, 0, 0],
+        }];
+        let actual = vec![Tensor {
+            name: "y".into(),
+            shape: vec![2],
+            data: invariant_core::TensorData::Fp32(vec![0.0, 0.0]),
+        }];
+        c.compare(Check::Golden, "000", &expected, &actual, "");
+        let v = c.finish();
+        assert_eq!(v.len(), 1);
+        assert!(v[0].detail.contains("3 elements expected, 2 computed"), "{}", v[0]);
+    }
+
+    #[test]
+    fn golden_inputs_of_an_overflowing_signature_are_an_error() {
+        use invariant_registry::{Manifest, OnnxEngine, TensorSpec};
+        let manifest = Manifest::onnx(
+            "m",
+            "1.0.0".parse().unwrap(),
+            vec![TensorSpec::new("x", DataType::Fp32, &[-1, i64::MAX, 4])],
+            vec![TensorSpec::new("y", DataType::Fp32, &[-1, 1])],
+            OnnxEngine::Portable,
+        );
+        let e = generate::golden_inputs(&manifest).unwrap_err().to_string();
+        assert!(e.contains("input 'x'") && e.contains("too many elements"), "{e}");
+        let fine = Manifest::onnx(
+            "m",
+            "1.0.0".parse().unwrap(),
+            vec![TensorSpec::new("x", DataType::Fp32, &[-1, 3])],
+            vec![TensorSpec::new("y", DataType::Fp32, &[-1, 1])],
+            OnnxEngine::Portable,
+        );
+        let vectors = generate::golden_inputs(&fine).unwrap();
+        let last = vectors.last().unwrap();
+        assert_eq!(last.0, format!("{:03}-random-batch-256", vectors.len() - 1));
+        assert_eq!(last.1[0].shape, vec![256, 3]);
     }
 }

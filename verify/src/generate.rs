@@ -7,6 +7,7 @@
 //! least [`MIN_SINGLE_ROW_VECTORS`] single-row vectors; and one vector of `max_batch_size`
 //! random rows. Columns without declared ranges use `[0, 1]`.
 
+use crate::VerifyError;
 use invariant_core::{DataType, Tensor, TensorData};
 use invariant_registry::{Manifest, TensorSpec};
 
@@ -45,9 +46,17 @@ enum Fill {
     Random,
 }
 
-fn ranges(spec: &TensorSpec) -> Vec<[f64; 2]> {
-    let cols = spec.shape.last().copied().unwrap_or(1).max(1) as usize;
-    spec.ranges.clone().unwrap_or_else(|| vec![[0.0, 1.0]; cols])
+/// Columns of a tensor: its last dimension (1 for a shape ending in the batch dimension).
+fn columns(spec: &TensorSpec) -> usize {
+    usize::try_from(spec.shape.last().copied().unwrap_or(1).max(1)).unwrap_or(1)
+}
+
+/// The `[min, max]` of column `c`: declared, else `[0, 1]`.
+fn range(spec: &TensorSpec, c: usize) -> [f64; 2] {
+    spec.ranges
+        .as_ref()
+        .and_then(|r| r.get(c).copied())
+        .unwrap_or([0.0, 1.0])
 }
 
 fn value(fill: Fill, col: usize, [lo, hi]: [f64; 2], rng: &mut SplitMix) -> f64 {
@@ -90,28 +99,45 @@ fn data_of(d: DataType, values: Vec<f64>) -> TensorData {
     }
 }
 
-/// One tensor of `rows` rows for `spec`.
-fn tensor(spec: &TensorSpec, rows: usize, fill: Fill, rng: &mut SplitMix) -> Tensor {
-    let r = ranges(spec);
+/// One tensor of `rows` rows for `spec`. The element count is checked for overflow; its
+/// size is what the manifest's limits allowed when the version loaded.
+fn tensor(spec: &TensorSpec, rows: usize, fill: Fill, rng: &mut SplitMix) -> Result<Tensor, VerifyError> {
+    let too_large = || {
+        VerifyError::Generate(format!(
+            "input '{}' of shape {:?} at {rows} rows has too many elements",
+            spec.name, spec.shape
+        ))
+    };
     let shape: Vec<usize> = spec
         .shape
         .iter()
-        .map(|&d| if d == -1 { rows } else { d as usize })
+        .map(|&d| if d == -1 { Some(rows) } else { usize::try_from(d).ok() })
+        .collect::<Option<_>>()
+        .ok_or_else(too_large)?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(too_large)?;
+    let cols = columns(spec);
+    let values = (0..n)
+        .map(|e| value(fill, e % cols, range(spec, e % cols), rng))
         .collect();
-    let n: usize = shape.iter().product();
-    let values = (0..n).map(|e| value(fill, e % r.len(), r[e % r.len()], rng)).collect();
-    Tensor {
+    Ok(Tensor {
         name: spec.name.clone(),
         shape,
         data: data_of(spec.datatype, values),
-    }
+    })
 }
 
-/// The golden inputs of a version: `(id, inputs)` pairs in a fixed order.
-pub fn golden_inputs(manifest: &Manifest) -> Vec<(String, Vec<Tensor>)> {
+/// The golden inputs of a version: `(id, inputs)` pairs in a fixed order. Fails (instead of
+/// overflowing) on a signature whose element counts do not fit in memory's address space.
+pub fn golden_inputs(manifest: &Manifest) -> Result<Vec<(String, Vec<Tensor>)>, VerifyError> {
     let mut rng = SplitMix(manifest.inference.seed ^ 0x1a2b_3c4d_5e6f_7081);
-    let first = &manifest.inputs[0];
-    let columns = ranges(first).len();
+    let first = manifest
+        .inputs
+        .first()
+        .ok_or_else(|| VerifyError::Generate("the manifest declares no inputs".into()))?;
+    let columns = columns(first);
     let column_name = |c: usize| {
         first
             .columns
@@ -139,29 +165,27 @@ pub fn golden_inputs(manifest: &Manifest) -> Vec<(String, Vec<Tensor>)> {
         plan.push((format!("random-{k}"), Fill::Random));
         k += 1;
     }
-    let mut vectors: Vec<(String, Vec<Tensor>)> = plan
-        .into_iter()
-        .map(|(name, fill)| {
-            (
-                name,
-                manifest.inputs.iter().map(|s| tensor(s, 1, fill, &mut rng)).collect(),
-            )
-        })
-        .collect();
+    let mut vectors: Vec<(String, Vec<Tensor>)> = Vec::with_capacity(plan.len() + 1);
+    for (name, fill) in plan {
+        let inputs = manifest
+            .inputs
+            .iter()
+            .map(|s| tensor(s, 1, fill, &mut rng))
+            .collect::<Result<_, _>>()?;
+        vectors.push((name, inputs));
+    }
     if manifest.inputs.iter().any(TensorSpec::is_batched) {
         let rows = manifest.inference.max_batch_size;
-        vectors.push((
-            format!("random-batch-{rows}"),
-            manifest
-                .inputs
-                .iter()
-                .map(|s| tensor(s, rows, Fill::Random, &mut rng))
-                .collect(),
-        ));
+        let inputs = manifest
+            .inputs
+            .iter()
+            .map(|s| tensor(s, rows, Fill::Random, &mut rng))
+            .collect::<Result<_, _>>()?;
+        vectors.push((format!("random-batch-{rows}"), inputs));
     }
-    vectors
+    Ok(vectors
         .into_iter()
         .enumerate()
         .map(|(i, (name, inputs))| (format!("{i:03}-{name}"), inputs))
-        .collect()
+        .collect())
 }

@@ -7,15 +7,38 @@
 //! line keeps diffs readable.
 
 use crate::VerifyError;
-use invariant_core::json::parse_data;
+use invariant_core::json::parse_data_with_shape;
 use invariant_core::tensor::concrete_shape;
 use invariant_core::{DataType, Tensor, TensorData};
+use invariant_registry::files::{open_regular, read_bounded, FileRefusal};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::path::{Path, PathBuf};
 
 /// The format tag in every header.
 pub const FORMAT: &str = "invariant-golden/1";
+
+/// Bounds on reading a golden file: it is data from the repository, read at every start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GoldenLimits {
+    /// Largest file, in bytes.
+    pub max_file_bytes: u64,
+    /// Longest line (one vector), in bytes.
+    pub max_line_bytes: usize,
+    /// Most vectors in one file.
+    pub max_vectors: usize,
+}
+
+impl Default for GoldenLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 256 << 20,
+            max_line_bytes: 64 << 20,
+            max_vectors: 10_000,
+        }
+    }
+}
 
 /// How a golden file was produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,31 +208,75 @@ impl GoldenFile {
         classes.into_iter().collect()
     }
 
-    /// Reads and checks a golden file: header format, vector count, each output's bit count
-    /// against its shape, hex widths and the recorded blake3.
+    /// [`GoldenFile::read_with_limits`] within the default [`GoldenLimits`].
     pub fn read(path: &Path) -> Result<(Self, String), VerifyError> {
-        let bytes = std::fs::read(path).map_err(|source| VerifyError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        Self::read_with_limits(path, &GoldenLimits::default())
+    }
+
+    /// Reads and checks a golden file: a regular file (symbolic links followed) within
+    /// `limits`, header format, vector count, each input's data against its shape, each
+    /// output's bit count against its shape, hex widths and the recorded blake3. Returns the
+    /// file and the blake3 of its bytes.
+    pub fn read_with_limits(path: &Path, limits: &GoldenLimits) -> Result<(Self, String), VerifyError> {
+        let bytes = read_bounded(path, limits.max_file_bytes, None).map_err(|reason| refused(path, reason))?;
         let file_hash = blake3::hash(&bytes).to_hex().to_string();
         let text = String::from_utf8(bytes).map_err(|_| bad(path, 1, "not UTF-8".into()))?;
         let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
         let (_, first) = lines.next().ok_or_else(|| bad(path, 1, "empty file".into()))?;
+        if first.len() > limits.max_line_bytes {
+            return Err(bad(
+                path,
+                1,
+                format!(
+                    "{} bytes exceed the line limit of {}",
+                    first.len(),
+                    limits.max_line_bytes
+                ),
+            ));
+        }
         let header: GoldenHeader = serde_json::from_str(first).map_err(|e| bad(path, 1, format!("header: {e}")))?;
         if header.format != FORMAT {
             return Err(bad(path, 1, format!("format '{}' is not {FORMAT}", header.format)));
         }
-        let mut vectors = Vec::new();
+        if header.vectors > limits.max_vectors {
+            return Err(bad(
+                path,
+                1,
+                format!(
+                    "header announces {} vectors, exceeding the limit of {}",
+                    header.vectors, limits.max_vectors
+                ),
+            ));
+        }
+        let mut vectors = Vec::with_capacity(header.vectors);
         for (i, line) in lines {
             let n = i + 1;
+            if line.len() > limits.max_line_bytes {
+                return Err(bad(
+                    path,
+                    n,
+                    format!(
+                        "{} bytes exceed the line limit of {}",
+                        line.len(),
+                        limits.max_line_bytes
+                    ),
+                ));
+            }
+            if vectors.len() >= header.vectors {
+                return Err(bad(
+                    path,
+                    n,
+                    format!("header announces {} vectors, file holds more", header.vectors),
+                ));
+            }
             let raw: VectorLine<'_> = serde_json::from_str(line).map_err(|e| bad(path, n, e.to_string()))?;
             let mut inputs = Vec::new();
             for (k, input) in raw.inputs.iter().enumerate() {
                 let field = format!("inputs[{k}]");
                 let tensor = concrete_shape(&input.shape, &field)
                     .and_then(|shape| {
-                        let data = parse_data(input.data.get(), input.datatype, &format!("{field}.data"))?;
+                        let data =
+                            parse_data_with_shape(input.data.get(), input.datatype, &shape, &format!("{field}.data"))?;
                         Tensor::new(input.name.clone(), shape, data, &field)
                     })
                     .map_err(|e| bad(path, n, e.to_string()))?;
@@ -291,13 +358,31 @@ impl GoldenFile {
     }
 }
 
-/// The header line of a golden file, if it reads.
+/// The header line of a golden file, if it reads: only from a regular file, and never more
+/// than the default line limit.
 fn read_header(path: &Path) -> Option<GoldenHeader> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path).ok()?;
+    use std::io::{BufRead, Read};
+    let limits = GoldenLimits::default();
+    let (file, _) = open_regular(path, limits.max_file_bytes, None).ok()?;
     let mut first = String::new();
-    std::io::BufReader::new(file).read_line(&mut first).ok()?;
+    std::io::BufReader::new(file.take(limits.max_line_bytes as u64))
+        .read_line(&mut first)
+        .ok()?;
     serde_json::from_str(&first).ok()
+}
+
+/// A golden file that is refused before it is read, or cannot be read.
+fn refused(path: &Path, reason: FileRefusal) -> VerifyError {
+    match reason {
+        FileRefusal::Io(source) => VerifyError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        reason => VerifyError::UnsafeFile {
+            path: path.to_path_buf(),
+            reason,
+        },
+    }
 }
 
 /// The golden file a version is verified against on this host. A portable version (its
@@ -378,7 +463,8 @@ fn parse_outputs(lines: Vec<OutputLine>, field: &str, path: &Path, n: usize) -> 
                 u64::from_str_radix(h, 16).map_err(|_| bad(path, n, format!("{field}[{k}]: bits '{h}' is not hex")))
             })
             .collect::<Result<Vec<u64>, _>>()?;
-        if bits.len() != o.shape.iter().product::<usize>() {
+        let elements = o.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if elements != Some(bits.len()) {
             return Err(bad(
                 path,
                 n,
@@ -530,5 +616,112 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let err = GoldenFile::read(&path).unwrap_err().to_string();
         assert!(err.contains("blake3") && err.contains("line 2"), "{err}");
+    }
+
+    /// Runs `f` on another thread; fails if it takes longer than 20 s (blocked on a FIFO).
+    fn within_time<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("reading hung (blocked on a FIFO or read an endless file)")
+    }
+
+    fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn only_regular_files_within_the_limits_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = GoldenFile::path(dir.path(), "m", "1.0.0");
+        std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+        mkfifo(&fifo);
+        let zero = GoldenFile::path(dir.path(), "m", "2.0.0");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let (root, f, z) = (dir.path().to_path_buf(), fifo.clone(), zero.clone());
+        let (fifo_err, zero_err, classes) = within_time(move || {
+            (
+                GoldenFile::read(&f).unwrap_err().to_string(),
+                GoldenFile::read(&z).unwrap_err().to_string(),
+                (
+                    GoldenFile::recorded_classes(&root, "m", "1.0.0"),
+                    GoldenFile::recorded_classes(&root, "m", "2.0.0"),
+                ),
+            )
+        });
+        assert!(
+            fifo_err.contains("golden vectors") && fifo_err.contains("are refused: not a regular file (it is a FIFO)"),
+            "{fifo_err}"
+        );
+        assert!(zero_err.contains("(it is a character device)"), "{zero_err}");
+        assert_eq!(classes, (Vec::<String>::new(), Vec::<String>::new()));
+
+        let path = dir.path().join("g.jsonl");
+        sample().write(&path, false).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        let small = GoldenLimits {
+            max_file_bytes: size - 1,
+            ..GoldenLimits::default()
+        };
+        let e = GoldenFile::read_with_limits(&path, &small).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{size} bytes exceed the limit of {} bytes", size - 1)),
+            "{e}"
+        );
+        let short_lines = GoldenLimits {
+            max_line_bytes: 100,
+            ..GoldenLimits::default()
+        };
+        let e = GoldenFile::read_with_limits(&path, &short_lines)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceed the line limit of 100"), "{e}");
+        let few = GoldenLimits {
+            max_vectors: 0,
+            ..GoldenLimits::default()
+        };
+        let e = GoldenFile::read_with_limits(&path, &few).unwrap_err().to_string();
+        assert!(
+            e.contains("header announces 1 vectors, exceeding the limit of 0"),
+            "{e}"
+        );
+        assert!(GoldenFile::read(&path).is_ok());
+    }
+
+    #[test]
+    fn malformed_vectors_are_errors_not_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.jsonl");
+        let good = sample().to_jsonl().unwrap();
+        let edit = |from: &str, to: &str| {
+            assert!(good.contains(from), "{from}");
+            std::fs::write(&path, good.replace(from, to)).unwrap();
+            GoldenFile::read(&path).unwrap_err().to_string()
+        };
+        // Ragged nested input data.
+        let e = edit(
+            r#""shape":[1,3],"data":[0.1,-2.0,1e-30]"#,
+            r#""shape":[1,3],"data":[[0.1],[-2.0,1e-30]]"#,
+        );
+        assert!(
+            e.contains("line 2") && e.contains("inputs[0].data: row 0 has 1 elements where shape [1,3] needs 3"),
+            "{e}"
+        );
+        // An output shape whose element count overflows.
+        let e = edit(
+            r#""shape":[1,1],"bits""#,
+            r#""shape":[4294967296,4294967296,4294967296],"bits""#,
+        );
+        assert!(e.contains("outputs[0]: 1 bits for shape"), "{e}");
+        // More vectors than the header announces.
+        let line = good.lines().nth(1).unwrap();
+        std::fs::write(&path, format!("{good}{line}\n")).unwrap();
+        let e = GoldenFile::read(&path).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("file holds more"), "{e}");
     }
 }

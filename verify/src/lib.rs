@@ -13,7 +13,7 @@ pub mod golden;
 
 pub use checks::{record, verify_deploy, verify_golden, Check, DeployVerification, Violation};
 pub use golden::locate;
-pub use golden::{GoldenFile, GoldenHeader, GoldenOutput, GoldenVector};
+pub use golden::{GoldenFile, GoldenHeader, GoldenLimits, GoldenOutput, GoldenVector};
 
 use std::path::PathBuf;
 use thiserror::Error;
@@ -72,6 +72,18 @@ pub enum VerifyError {
         /// This host's class.
         host: String,
     },
+    /// A golden file is not read: not a regular file, or larger than the limit.
+    #[error("golden vectors {path} are refused: {reason}")]
+    UnsafeFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        reason: invariant_registry::files::FileRefusal,
+    },
+    /// Golden inputs cannot be generated for the signature.
+    #[error("cannot generate golden inputs: {0}")]
+    Generate(String),
     /// The version's fallback rules could not answer a vector.
     #[error("vector {vector}: {message}")]
     Fallback {

@@ -15,8 +15,10 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
+use invariant_auth::Role;
 use invariant_core::tensor::{concrete_shape, element_count};
 use invariant_core::{DataType, Tensor, TensorData};
+use invariant_serving::auth::Need;
 use invariant_serving::{
     ErrorKind, InferBody, InferResponse, InferenceService, Metadata, ServeError, Target, Transport,
 };
@@ -53,6 +55,8 @@ pub fn code_of(kind: ErrorKind) -> tonic::Code {
         ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
         ErrorKind::Unavailable => tonic::Code::Unavailable,
         ErrorKind::Internal => tonic::Code::Internal,
+        ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
     }
 }
 
@@ -90,6 +94,7 @@ fn metadata_of(metadata: &tonic::metadata::MetadataMap) -> Metadata {
         routing_key: metadata.get("x-routing-key").map(|v| v.as_bytes().to_vec()),
         deadline_ms: text(metadata, "x-deadline-ms"),
         timeout: grpc_timeout(metadata),
+        authorization: text(metadata, "authorization"),
     }
 }
 
@@ -266,6 +271,13 @@ fn duration(d: invariant_serving::stats::DurationStat) -> Option<StatisticDurati
 }
 
 impl Grpc {
+    /// The caller of `request`, if its key has what `need` asks.
+    fn authorize<T>(&self, request: &Request<T>, need: Need<'_>) -> Result<invariant_auth::Principal, Status> {
+        self.service
+            .authorize(&metadata_of(request.metadata()), need)
+            .map_err(status_of)
+    }
+
     async fn infer(&self, request: Request<ModelInferRequest>) -> Result<ModelInferResponse, Status> {
         let metadata = metadata_of(request.metadata());
         let message = request.into_inner();
@@ -274,7 +286,6 @@ impl Grpc {
             version: version_of(&message.model_version).map(str::to_string),
             metadata,
             transport: Transport::Grpc,
-            caller: Default::default(),
             started: tokio::time::Instant::now(),
         };
         self.service
@@ -298,6 +309,7 @@ impl GrpcInferenceService for Grpc {
     }
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        self.authorize(&request, Need::AnyKey)?;
         let r = request.into_inner();
         let readiness = self
             .service
@@ -308,8 +320,9 @@ impl GrpcInferenceService for Grpc {
 
     async fn server_metadata(
         &self,
-        _: Request<ServerMetadataRequest>,
+        request: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
+        self.authorize(&request, Need::AnyKey)?;
         Ok(Response::new(ServerMetadataResponse {
             name: "invariant".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -321,6 +334,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        self.authorize(&request, Need::AnyKey)?;
         let r = request.into_inner();
         let meta = self
             .service
@@ -365,6 +379,9 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<Response<tonic::codegen::BoxStream<ModelStreamInferResponse>>, Status> {
+        // Each message is authorised again by the core (its corridor may differ); a stream
+        // without a valid key is refused at once.
+        self.authorize(&request, Need::AnyKey)?;
         let metadata = request.metadata().clone();
         let mut incoming = request.into_inner();
         let this = self.clone();
@@ -396,6 +413,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
+        self.authorize(&request, Need::AnyKey)?;
         let r = request.into_inner();
         let c = self
             .service
@@ -451,6 +469,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<ModelStatisticsRequest>,
     ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        self.authorize(&request, Need::AnyKey)?;
         let r = request.into_inner();
         let name = (!r.name.is_empty()).then_some(r.name.as_str());
         let stats = self
@@ -495,6 +514,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        self.authorize(&request, Need::Everywhere(Role::Admin))?;
         let ready_only = request.into_inner().ready;
         let models = self
             .service
@@ -515,6 +535,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        self.authorize(&request, Need::Everywhere(Role::Admin))?;
         let r = request.into_inner();
         if !r.parameters.is_empty() {
             return Err(Status::invalid_argument(
@@ -532,10 +553,11 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let caller = self.authorize(&request, Need::Everywhere(Role::Admin))?;
         let r = request.into_inner();
         self.service
             .control()
-            .unload_model(&r.model_name, "repository-api")
+            .unload_model(&r.model_name, caller.id())
             .await
             .map_err(status_of)?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))

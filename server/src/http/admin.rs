@@ -2,16 +2,20 @@
 //! unload at run time (all through the serving core's control plane), and `/metrics` in the
 //! Prometheus text format.
 
+use crate::http::error::Path;
 use crate::http::error::{parse_json, ApiError};
-use crate::http::{body_of, AppState};
+use crate::http::{authorize, body_of, AppState};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use invariant_auth::Role;
 use invariant_core::CorridorId;
 use invariant_registry::lifecycle::Action;
+use invariant_serving::auth::check;
+use invariant_serving::auth::Need;
 use invariant_serving::control::model_view;
 use invariant_serving::ServeError;
 use serde::Deserialize;
@@ -27,7 +31,10 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/v1/models/{model}/versions/{version}/{action}", post(act))
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers, Need::Everywhere(Role::Metrics)) {
+        return e.into_response();
+    }
     match &state.metrics {
         Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
         None => ApiError::from(ServeError::unavailable(
@@ -37,17 +44,25 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn list(State(state): State<AppState>) -> Json<Value> {
+async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
     let snapshot = state.snapshot();
     let models: Vec<Value> = snapshot
         .table
         .names()
         .filter_map(|m| model_view(&snapshot, m))
         .collect();
-    Json(json!({ "revision": snapshot.registry.revision, "models": models }))
+    Ok(Json(
+        json!({ "revision": snapshot.registry.revision, "models": models }),
+    ))
 }
 
-async fn show(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
     model_view(&state.snapshot(), &model)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("unknown model '{model}'")))
@@ -57,8 +72,6 @@ async fn show(State(state): State<AppState>, Path(model): Path<String>) -> Resul
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ActionBody {
-    #[serde(default)]
-    actor: Option<String>,
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
@@ -74,21 +87,26 @@ async fn act(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Authenticated before the body is read; authorised once the corridors it names are known.
+    let caller = authorize(&state, &headers, Need::AnyKey)?;
     let body = body_of(&state, &headers, body).await?;
     let body: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
         ActionBody::default()
     } else {
         parse_json(&body)?
     };
-    let actor = body
-        .actor
-        .clone()
-        .or_else(|| headers.get("x-actor").and_then(|v| v.to_str().ok()).map(str::to_string))
-        .unwrap_or_else(|| "admin-api".into());
+    let actor = caller.id();
     let reason = body.reason.clone().unwrap_or_default();
+    // Scoped actions need the admin role in each corridor they name; the others reach every
+    // corridor.
+    let scoped = matches!(action.as_str(), "promote" | "rollback" | "canary") && !body.corridors.is_empty();
+    if !scoped {
+        check(&caller, Need::Everywhere(Role::Admin))?;
+    }
     let mut corridors = Vec::with_capacity(body.corridors.len());
     for (i, c) in body.corridors.iter().enumerate() {
         let id = CorridorId::parse(c).map_err(|e| ApiError::bad_request(format!("corridors[{i}]: {e}")))?;
+        check(&caller, Need::In(Role::Admin, id.as_str()))?;
         if state.config.corridor(id.as_str()).is_none() {
             return Err(ApiError::bad_request(format!(
                 "corridors[{i}]: unknown corridor '{id}'"
@@ -109,7 +127,7 @@ async fn act(
             corridors,
         },
         "unload" => {
-            control.unload(&model, &version, &actor, &reason).await?;
+            control.unload(&model, &version, actor, &reason).await?;
             let view = model_view(&state.snapshot(), &model);
             return Ok(Json(json!({ "unloaded": version, "model": view })).into_response());
         }
@@ -119,7 +137,7 @@ async fn act(
             )))
         }
     };
-    let transition = control.transition(&model, &version, action, &actor, &reason).await?;
+    let transition = control.transition(&model, &version, action, actor, &reason).await?;
     let view = model_view(&state.snapshot(), &model);
     Ok(Json(json!({ "transition": transition, "model": view })).into_response())
 }

@@ -8,7 +8,7 @@
 
 use crate::http::error::parse_json;
 use bytes::{BufMut, Bytes, BytesMut};
-use invariant_core::json::parse_data;
+use invariant_core::json::parse_data_with_shape;
 use invariant_core::tensor::{concrete_shape, element_count};
 use invariant_core::{DataType, Tensor, TensorData};
 use invariant_serving::{InferBody, InferResponse, ServeError};
@@ -204,7 +204,7 @@ pub fn decode(body: &[u8], header_length: Option<&str>) -> Result<(InferBody, Ou
                 binary = rest;
                 from_binary(mine, datatype, count, &shape, &field)?
             }
-            (None, Some(raw)) => parse_data(raw.get(), datatype, &format!("{field}.data"))?,
+            (None, Some(raw)) => parse_data_with_shape(raw.get(), datatype, &shape, &format!("{field}.data"))?,
             (None, None) => {
                 return Err(ServeError::invalid(format!(
                     "{field}.data: missing (send data, or parameters.binary_data_size with the Inference-Header-Content-Length header)"

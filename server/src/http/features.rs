@@ -3,12 +3,13 @@
 //! default corridor), served by the serving core. See `docs/features.md`.
 
 use crate::http::error::{parse_json, ApiError};
-use crate::http::{body_of, AppState, CORRIDOR_HEADER};
+use crate::http::{body_of, metadata_of, AppState};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
+use invariant_auth::Role;
 use invariant_core::CorridorId;
 use serde_json::Value;
 
@@ -19,11 +20,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/features/push", post(push))
 }
 
-fn corridor(state: &AppState, headers: &HeaderMap) -> Result<CorridorId, ApiError> {
-    let named = headers
-        .get(CORRIDOR_HEADER)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    Ok(state.corridor_of(named.as_deref(), &serde_json::Map::new())?)
+/// The request's corridor (`x-corridor`, else the default), once its key has `role` there.
+fn corridor(state: &AppState, headers: &HeaderMap, role: Role) -> Result<CorridorId, ApiError> {
+    let metadata = metadata_of(headers);
+    let caller = state.authenticate(&metadata)?;
+    Ok(state.corridor_for(&caller, role, metadata.corridor.as_deref(), &serde_json::Map::new())?)
 }
 
 fn json<T: serde::Serialize>(value: T) -> Result<Json<Value>, ApiError> {
@@ -33,16 +34,16 @@ fn json<T: serde::Serialize>(value: T) -> Result<Json<Value>, ApiError> {
 }
 
 async fn get_online(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let corridor = corridor(&state, &headers, Role::FeaturesRead)?;
     state.feature_store()?;
-    let corridor = corridor(&state, &headers)?;
     let body = body_of(&state, &headers, body).await?;
     let reply = state.get_online_features(&corridor, parse_json(&body)?).await?;
     json(reply)
 }
 
 async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let corridor = corridor(&state, &headers, Role::FeaturesWrite)?;
     state.feature_store()?;
-    let corridor = corridor(&state, &headers)?;
     let body = body_of(&state, &headers, body).await?;
     let reply = state.push_features(&corridor, parse_json(&body)?).await?;
     json(reply)

@@ -3,15 +3,18 @@
 //! revive, freeze, unfreeze, limits, levels, flags) made durable, audited and effective
 //! through the serving core.
 
+use crate::http::error::Path;
 use crate::http::error::{parse_json, ApiError};
-use crate::http::{body_of, AppState};
+use crate::http::{authorize, body_of, AppState};
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
+use invariant_auth::Role;
 use invariant_core::CorridorId;
 use invariant_governance::state::Change;
+use invariant_serving::auth::{check, Need};
 use invariant_serving::ServeError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -35,7 +38,8 @@ fn governance(state: &AppState) -> Result<&invariant_governance::Governance, Api
 }
 
 /// The control state, the limits in force and every corridor's status.
-async fn show(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn show(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
     let g = governance(&state)?;
     let limits: BTreeMap<String, Value> = g
         .limits()
@@ -55,29 +59,47 @@ async fn show(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     })))
 }
 
-/// A change and who makes it.
-#[derive(Deserialize)]
+/// A change, and the revision it was made against.
 struct ChangeBody {
-    #[serde(flatten)]
     change: Change,
-    #[serde(default)]
-    actor: Option<String>,
     /// Compare-and-set: refused with 409 unless the state is still at this revision.
-    #[serde(default)]
     expected_revision: Option<u64>,
+}
+
+impl ChangeBody {
+    /// Parses `{"op": ..., <the change's fields>, "expected_revision": N}`; a field the change
+    /// does not have is refused, naming it.
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let mut fields: serde_json::Map<String, Value> = parse_json(body)?;
+        let expected_revision = match fields.remove("expected_revision") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or_else(|| ApiError::bad_request("expected_revision: must be a non-negative integer"))?,
+            ),
+        };
+        let change =
+            serde_json::from_value(Value::Object(fields)).map_err(|e| ApiError::bad_request(format!("change: {e}")))?;
+        Ok(Self {
+            change,
+            expected_revision,
+        })
+    }
 }
 
 /// `POST /admin/v1/governance` with a change, e.g.
 /// `{"op": "kill", "scope": "corridor:UAE-SA", "reason": "incident 42"}`.
 async fn change(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&state, &headers, Need::AnyKey)?;
     governance(&state)?;
     let body = body_of(&state, &headers, body).await?;
-    let body: ChangeBody = parse_json(&body)?;
-    let actor = body
-        .actor
-        .clone()
-        .or_else(|| headers.get("x-actor").and_then(|v| v.to_str().ok()).map(str::to_string))
-        .unwrap_or_else(|| "admin-api".into());
+    let body = ChangeBody::parse(&body)?;
+    // A change confined to one corridor needs the admin role there; any other, everywhere.
+    match body.change.corridor() {
+        Some(c) => check(&caller, Need::In(Role::Admin, c))?,
+        None => check(&caller, Need::Everywhere(Role::Admin))?,
+    }
+    let actor = caller.id().to_string();
     let service = state.clone();
     let change = body.change.clone();
     // A durable write (fsync) and an audit append: off the async threads.
@@ -91,13 +113,19 @@ async fn change(State(state): State<AppState>, headers: HeaderMap, body: Body) -
 }
 
 /// Every corridor's governance status.
-async fn corridors(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn corridors(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
     Ok(Json(json!({ "corridors": governance(&state)?.corridors() })))
 }
 
 /// One corridor's governance status.
-async fn corridor(State(state): State<AppState>, Path(corridor): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn corridor(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(corridor): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = CorridorId::parse(&corridor).map_err(|e| ApiError::bad_request(format!("corridor: {e}")))?;
+    authorize(&state, &headers, Need::In(Role::Admin, id.as_str()))?;
     governance(&state)?
         .corridors()
         .into_iter()
@@ -117,14 +145,20 @@ struct FlagsQuery {
 /// corridor's market, overridden by the corridor).
 async fn flags(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<FlagsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&state, &headers, Need::AnyKey)?;
     let g = governance(&state)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
     let corridor = match &query.corridor {
-        None => None,
+        None => {
+            check(&caller, Need::Everywhere(Role::Admin))?;
+            None
+        }
         Some(c) => {
             let id = CorridorId::parse(c).map_err(|e| ApiError::bad_request(format!("corridor: {e}")))?;
+            check(&caller, Need::In(Role::Admin, id.as_str()))?;
             if g.topology().market(id.as_str()).is_none() {
                 return Err(ApiError::bad_request(format!("corridor: unknown corridor '{id}'")));
             }

@@ -19,6 +19,8 @@ use axum::Router;
 use bytes::Bytes;
 use error::ApiError;
 use http_body_util::BodyExt;
+use invariant_auth::Principal;
+use invariant_serving::auth::Need;
 use invariant_serving::{InferenceService, Metadata, ServeError};
 use std::io::Read;
 use std::sync::Arc;
@@ -47,7 +49,13 @@ pub fn metadata_of(headers: &HeaderMap) -> Metadata {
         routing_key: headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes().to_vec()),
         deadline_ms: text(DEADLINE_HEADER),
         timeout: None,
+        authorization: text(axum::http::header::AUTHORIZATION.as_str()),
     }
+}
+
+/// The caller of a request, if its key has what `need` asks (401 or 403 otherwise).
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap, need: Need<'_>) -> Result<Principal, ApiError> {
+    Ok(state.authorize(&metadata_of(headers), need)?)
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -3,12 +3,15 @@
 //! serving core's control plane.
 
 use crate::http::error::ApiError;
-use crate::http::AppState;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use crate::http::error::Path;
+use crate::http::{authorize, AppState};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use invariant_auth::Role;
+use invariant_serving::auth::Need;
 use serde_json::{json, Value};
 
 /// The repository routes.
@@ -20,13 +23,19 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Every version with its state (`READY` or `UNAVAILABLE` with the reason).
-async fn index(State(state): State<AppState>) -> Json<Value> {
-    Json(json!(state.repository_index()))
+async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
+    Ok(Json(json!(state.repository_index())))
 }
 
 /// Reloads `models/<model>/`: 200 when every version is ready, 400 with the per-version
 /// outcome otherwise (the versions that serve keep serving).
-pub(crate) async fn load(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn load(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
     let report = state.control().reload(&model).await?;
     let mut body = json!({ "model": model, "versions": report.versions });
     match report.failure(&model) {
@@ -40,7 +49,12 @@ pub(crate) async fn load(State(state): State<AppState>, Path(model): Path<String
 
 /// Unloads every version of `model` (Triton's unload: the model stops serving until it is
 /// loaded again).
-async fn unload(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
-    let unloaded = state.control().unload_model(&model, "repository-api").await?;
+async fn unload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
+    let unloaded = state.control().unload_model(&model, caller.id()).await?;
     Ok(Json(json!({ "model": model, "unloaded": unloaded })))
 }

@@ -4,13 +4,15 @@
 
 use crate::http::binary::{self, OutputEncoding, HEADER_LENGTH};
 use crate::http::error::ApiError;
+use crate::http::error::Path;
 use crate::http::reply_cache::{reply_slot, Started};
-use crate::http::{body_of, error_response, json_reply, metadata_of, AppState};
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use crate::http::{authorize, body_of, error_response, json_reply, metadata_of, AppState};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use invariant_serving::auth::Need;
 use invariant_serving::{Target, Transport};
 use serde_json::{json, Value};
 
@@ -57,26 +59,37 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(json!(r))).into_response()
 }
 
-async fn server_metadata() -> Json<Value> {
-    Json(json!({
+async fn server_metadata(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::AnyKey)?;
+    Ok(Json(json!({
         "name": "invariant",
         "version": env!("CARGO_PKG_VERSION"),
         "extensions": EXTENSIONS,
-    }))
+    })))
 }
 
-async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn model_metadata(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::AnyKey)?;
     Ok(Json(state.metadata_json(&model, None)?))
 }
 
 async fn version_metadata(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::AnyKey)?;
     Ok(Json(state.metadata_json(&model, Some(&version))?))
 }
 
-fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Response {
+fn readiness(state: &AppState, headers: &HeaderMap, model: &str, version: Option<&str>) -> Response {
+    if let Err(e) = authorize(state, headers, Need::AnyKey) {
+        return e.into_response();
+    }
     match state.readiness(model, version) {
         Ok(r) if r.ready => Json(json!({ "name": model, "version": r.version, "ready": true })).into_response(),
         Ok(r) => (
@@ -88,42 +101,64 @@ fn readiness(state: &AppState, model: &str, version: Option<&str>) -> Response {
     }
 }
 
-async fn model_ready(State(state): State<AppState>, Path(model): Path<String>) -> Response {
-    readiness(&state, &model, None)
+async fn model_ready(State(state): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> Response {
+    readiness(&state, &headers, &model, None)
 }
 
-async fn version_ready(State(state): State<AppState>, Path((model, version)): Path<(String, String)>) -> Response {
-    readiness(&state, &model, Some(&version))
+async fn version_ready(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    readiness(&state, &headers, &model, Some(&version))
 }
 
-async fn model_config(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn model_config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::AnyKey)?;
     Ok(Json(json!(state.model_config(&model, None)?)))
 }
 
 async fn version_config(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Need::AnyKey)?;
     Ok(Json(json!(state.model_config(&model, Some(&version))?)))
 }
 
-fn stats_reply(state: &AppState, model: Option<&str>, version: Option<&str>) -> Result<Json<Value>, ApiError> {
+fn stats_reply(
+    state: &AppState,
+    headers: &HeaderMap,
+    model: Option<&str>,
+    version: Option<&str>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(state, headers, Need::AnyKey)?;
     Ok(Json(json!({ "model_stats": state.statistics(model, version)? })))
 }
 
-async fn all_stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    stats_reply(&state, None, None)
+async fn all_stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    stats_reply(&state, &headers, None, None)
 }
 
-async fn model_stats(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
-    stats_reply(&state, Some(&model), None)
+async fn model_stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    stats_reply(&state, &headers, Some(&model), None)
 }
 
 async fn version_stats(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    stats_reply(&state, Some(&model), Some(&version))
+    stats_reply(&state, &headers, Some(&model), Some(&version))
 }
 
 async fn infer_latest(State(state): State<AppState>, Path(model): Path<String>, request: Request) -> Response {
@@ -163,7 +198,6 @@ async fn serve_infer(state: &AppState, model: String, version: Option<String>, r
         } else {
             Transport::HttpJson
         },
-        caller: Default::default(),
         started,
     };
     let mut encoding = OutputEncoding::default();
