@@ -3,11 +3,12 @@
 //! `inference.GRPCInferenceService`). Each decodes a request, calls the transport-free serving
 //! core ([`invariant_serving::InferenceService`]), and encodes its answer; serving rules live
 //! in the core, once. Both are served by one accept loop ([`listener`]) with the connection
-//! limits and timeouts. The `invariant` binary (`main.rs`) starts both and dispatches the
+//! limits and timeouts, over TLS when configured ([`tls`]). The `invariant` binary (`main.rs`) starts both and dispatches the
 //! operator tools of `invariant-cli`.
 
 pub mod grpc;
 pub mod http;
 pub mod listener;
+pub mod tls;
 
 pub use http::{app, router};

@@ -282,27 +282,8 @@ fn refuse(stream: TcpStream, why: &str) {
     let _ = stream.try_write(reply.as_bytes());
 }
 
-/// Serves `service` on every connection `listener` accepts, under `limits`, until `shutdown`
-/// resolves; then stops accepting, lets every connection finish its requests and close
-/// (graceful), and returns once they have (or after `drain`).
-pub async fn serve<S, B>(
-    listener: TcpListener,
-    service: S,
-    limits: ConnectionLimits,
-    shutdown: impl std::future::Future<Output = ()>,
-    drain: Duration,
-) where
-    S: Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    let counts = Arc::new(Counts::default());
-    let limits = Arc::new(limits);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+/// The HTTP/1 and HTTP/2 settings every connection is served with.
+fn connection_builder(limits: &ConnectionLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -317,7 +298,32 @@ pub async fn serve<S, B>(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
+    builder
+}
+
+/// Serves `service` on every connection `listener` accepts (over TLS when `tls` is given),
+/// under `limits`, until `shutdown` resolves; then stops accepting, lets every connection
+/// finish its requests and close (graceful), and returns once they have (or after `drain`).
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: ConnectionLimits,
+    tls: Option<Arc<crate::tls::Reloadable>>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let counts = Arc::new(Counts::default());
+    let limits = Arc::new(limits);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let builder = Arc::new(connection_builder(&limits));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -335,68 +341,42 @@ pub async fn serve<S, B>(
         let permit = match counts.admit(peer.ip(), &limits) {
             Ok(p) => p,
             Err(why) => {
-                refuse(stream, why);
+                // A plain-text answer means nothing to a TLS client: it is only closed.
+                if tls.is_none() {
+                    refuse(stream, why);
+                }
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Tracked {
-            inner: stream,
-            activity: activity.clone(),
-        });
-        let service = service.clone();
-        let limits = limits.clone();
-        let builder = builder.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let on_request = activity.clone();
-            let timeout = limits.request_timeout;
-            let hyper_service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let in_flight = InFlight::new(&on_request);
-                let call = service.clone().oneshot(request.map(Body::new));
-                async move {
-                    let _in_flight = in_flight;
-                    let response = match timeout {
-                        Some(limit) => match tokio::time::timeout(limit, call).await {
-                            Ok(r) => r,
-                            Err(_) => return Ok::<_, std::convert::Infallible>(request_timeout_response(limit)),
-                        },
-                        None => call.await,
-                    };
-                    Ok(response.map_or_else(|never| match never {}, |r| r.map(Body::new)))
-                }
-            });
-            let connection = builder.serve_connection_with_upgrades(io, hyper_service);
-            tokio::pin!(connection);
-            // Once closing gracefully, the connection gets the idle timeout to finish.
-            let mut closing: Option<Instant> = None;
-            loop {
-                let wake = match (closing, activity.next_check(&limits)) {
-                    (Some(until), _) => until,
-                    (None, Watch::Until(at)) => at,
-                    (None, Watch::HeadTimeout) => return, // dropped: a slow or silent client
-                    (None, Watch::Idle) => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now() + limits.idle_timeout);
-                        continue;
-                    }
-                };
-                tokio::select! {
-                    _ = connection.as_mut() => return,
-                    _ = tokio::time::sleep_until(wake) => {
-                        if closing.is_some() {
-                            return;
-                        }
-                    }
-                    _ = stop.changed(), if closing.is_none() => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now() + limits.request_timeout.unwrap_or(limits.idle_timeout));
-                    }
-                }
+        let connection = Connection {
+            service: service.clone(),
+            limits: limits.clone(),
+            builder: builder.clone(),
+            stop: stop_rx.clone(),
+            _permit: permit,
+        };
+        match &tls {
+            None => {
+                tokio::spawn(connection.run(stream, Arc::new(Activity::new())));
             }
-        });
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                tokio::spawn(async move {
+                    // The handshake counts against the header-read timeout, like a head.
+                    let activity = Arc::new(Activity::new());
+                    let tracked = Tracked {
+                        inner: stream,
+                        activity: activity.clone(),
+                    };
+                    match tokio::time::timeout(connection.limits.header_read_timeout, acceptor.accept(tracked)).await {
+                        Ok(Ok(stream)) => connection.run(stream, activity).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     let _ = stop_tx.send(true);
     drop(listener);
@@ -404,6 +384,89 @@ pub async fn serve<S, B>(
     while counts.total.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         let closed = counts.closed.notified();
         let _ = tokio::time::timeout_at(deadline.min(Instant::now() + Duration::from_millis(100)), closed).await;
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection<S> {
+    service: S,
+    limits: Arc<ConnectionLimits>,
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    _permit: Permit,
+}
+
+impl<S, B> Connection<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    /// Serves requests on `stream` until it closes, the watchdog closes it, or shutdown.
+    async fn run<I>(self, stream: I, activity: Arc<Activity>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            service,
+            limits,
+            builder,
+            mut stop,
+            _permit,
+        } = self;
+        let io = TokioIo::new(Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let on_request = activity.clone();
+        let timeout = limits.request_timeout;
+        let hyper_service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let in_flight = InFlight::new(&on_request);
+            let call = service.clone().oneshot(request.map(Body::new));
+            async move {
+                let _in_flight = in_flight;
+                let response = match timeout {
+                    Some(limit) => match tokio::time::timeout(limit, call).await {
+                        Ok(r) => r,
+                        Err(_) => return Ok::<_, std::convert::Infallible>(request_timeout_response(limit)),
+                    },
+                    None => call.await,
+                };
+                Ok(response.map_or_else(|never| match never {}, |r| r.map(Body::new)))
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(io, hyper_service);
+        tokio::pin!(connection);
+        // Once closing gracefully, the connection gets the idle timeout to finish.
+        let mut closing: Option<Instant> = None;
+        loop {
+            let wake = match (closing, activity.next_check(&limits)) {
+                (Some(until), _) => until,
+                (None, Watch::Until(at)) => at,
+                (None, Watch::HeadTimeout) => return, // dropped: a slow or silent client
+                (None, Watch::Idle) => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now() + limits.idle_timeout);
+                    continue;
+                }
+            };
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = tokio::time::sleep_until(wake) => {
+                    if closing.is_some() {
+                        return;
+                    }
+                }
+                _ = stop.changed(), if closing.is_none() => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now() + limits.request_timeout.unwrap_or(limits.idle_timeout));
+                }
+            }
+        }
     }
 }
 

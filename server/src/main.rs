@@ -87,6 +87,15 @@ fn serve(args: ServeArgs) -> Result<()> {
              and administer the server; never run this way outside development"
         );
     }
+    if config.server.tls.is_none() && !config.server.allow_plaintext {
+        let addrs = [&config.server.http_addr, &config.server.grpc_addr];
+        if let Some(open) = addrs.iter().find(|a| !a.is_empty() && !is_loopback(a)) {
+            anyhow::bail!(
+                "{open} is not a loopback address and [server.tls] is not configured: configure TLS, or set \
+                 server.allow_plaintext = true when a TLS-terminating proxy sits in front"
+            );
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let http_addr = config.server.http_addr.clone();
@@ -138,6 +147,21 @@ fn serve(args: ServeArgs) -> Result<()> {
         let mut grpc_limits = invariant_server::listener::ConnectionLimits::of(server, false);
         grpc_limits.max_connections = http_limits.max_connections;
         let drain = std::time::Duration::from_millis(server.http_request_timeout_ms);
+        let (http_tls, grpc_tls) = match &server.tls {
+            None => (None, None),
+            Some(settings) => {
+                use invariant_server::tls::{Reloadable, GRPC_ALPN, HTTP_ALPN};
+                let http = Reloadable::new(settings.clone(), &HTTP_ALPN)?;
+                let grpc = Reloadable::new(settings.clone(), &GRPC_ALPN)?;
+                invariant_server::tls::reload_on_sighup(vec![http.clone(), grpc.clone()]);
+                tracing::info!(
+                    cert = %settings.cert.display(),
+                    client_certificates = settings.client_ca.is_some(),
+                    "TLS on both listeners (reloaded on SIGHUP)"
+                );
+                (Some(http), Some(grpc))
+            }
+        };
         let grpc_task = grpc.map(|l| {
             let mut stop = stop_rx.clone();
             let routes = tonic::service::Routes::new(invariant_server::grpc::service(service.clone())).prepare();
@@ -145,6 +169,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 l,
                 routes,
                 grpc_limits,
+                grpc_tls,
                 async move {
                     let _ = stop.changed().await;
                 },
@@ -155,6 +180,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             listener,
             invariant_server::app(service),
             http_limits,
+            http_tls,
             async move {
                 shutdown_signal().await;
                 let _ = stop_tx.send(true);

@@ -119,6 +119,26 @@ pub struct ServerConfig {
     /// Bytes of request head (HTTP/1) or header list (HTTP/2) at most (431 past it).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// TLS on both listeners (absent: plain text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Allow plain text on addresses that are not loopback (e.g. behind a TLS-terminating
+    /// proxy); without it, such a listener is refused at start.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+/// `[server.tls]`: PEM files, re-read on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA bundle: when set, clients must present a certificate it signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 fn default_max_connections() -> usize {

@@ -5,7 +5,9 @@ KServe's InferenceRESTClient / InferenceGRPCClient.
 Run by tests/tests/conformance.rs against a server it starts, once per suite:
     CONFORMANCE_HTTP=127.0.0.1:PORT CONFORMANCE_GRPC=127.0.0.1:PORT CONFORMANCE_GOLDEN=DIR \
     CONFORMANCE_SUITE=triton|kserve|triton-auth python clients.py
-(triton-auth also needs CONFORMANCE_KEYS: JSON with the keys `uae`, `admin` and `revoked`.)
+(triton-auth also needs CONFORMANCE_KEYS: JSON with the keys `uae`, `admin` and `revoked`;
+triton-tls needs CONFORMANCE_TLS: JSON with `ca`, and `cert`, `key`, `mtls` for client
+certificates.)
 
 For every golden vector of every shipped model version, every transport must return the
 recorded output bits exactly. Exits non-zero (with every failure listed) on any mismatch.
@@ -24,7 +26,7 @@ import numpy as np
 # descriptor pool, so one process can import only one of them: --suite picks which.
 # kserve parses the command line when imported, so the arguments come from the environment.
 SUITE = os.environ.get("CONFORMANCE_SUITE", "triton")
-if SUITE in ("triton", "triton-auth"):
+if SUITE in ("triton", "triton-auth", "triton-tls"):
     import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as grpcaio
     import tritonclient.http as httpclient
@@ -423,6 +425,43 @@ def with_keys(http, grpc_, golden_dir, keys):
           f"grpc stream in another corridor is refused: {results}")
 
 
+def over_tls(http_addr, grpc_addr, golden_dir, tls):
+    """The real clients over TLS: tritonclient.http (ssl, the CA as ca_certs) and
+    tritonclient.grpc (ssl, the CA as root_certificates), with a client certificate when
+    `tls` names one; golden vectors stay bit-exact. With `tls["mtls"]`, a client without a
+    certificate is refused."""
+    ca = tls["ca"]
+    opts = {"ca_certs": ca}
+    gkw = {"root_certificates": ca}
+    if tls.get("cert"):
+        opts.update({"certfile": tls["cert"], "keyfile": tls["key"]})
+        gkw.update({"certificate_chain": tls["cert"], "private_key": tls["key"]})
+    http = httpclient.InferenceServerClient(http_addr, ssl=True, ssl_options=opts)
+    grpc_ = grpcclient.InferenceServerClient(grpc_addr, ssl=True, **gkw)
+    check(http.is_server_live() and grpc_.is_server_live(), "live over TLS")
+    check("binary_tensor_data" in http.get_server_metadata()["extensions"], "http metadata over TLS")
+    for model, version, vectors in goldens(golden_dir):
+        for v in vectors[:4]:
+            label = f"{model} {version} {v['id']}"
+            r = http.infer(model, triton_inputs(httpclient, v, None), model_version=version)
+            compare(r.as_numpy, v, label + " [https binary]")
+            r = grpc_.infer(model, triton_inputs(grpcclient, v, None), model_version=version)
+            compare(r.as_numpy, v, label + " [grpc tls]")
+    if tls.get("mtls"):
+        bare = grpcclient.InferenceServerClient(grpc_addr, ssl=True, root_certificates=ca)
+        try:
+            bare.is_server_live()
+            check(False, "grpc without a client certificate was served")
+        except InferenceServerException as e:
+            check("UNAVAILABLE" in str(e.status()), f"grpc without a client certificate: {e.status()} {e.message()}")
+        try:
+            httpclient.InferenceServerClient(http_addr, ssl=True, ssl_options={"ca_certs": ca}).is_server_live()
+            check(False, "https without a client certificate was served")
+        except Exception as e:  # the TLS alert surfaces as an SSL or connection error
+            check("certificate" in str(e).lower() or "ssl" in type(e).__name__.lower() or "alert" in str(e).lower(),
+                  f"https without a client certificate: {type(e).__name__}: {e}")
+
+
 def main():
     a = argparse.Namespace(
         http=os.environ["CONFORMANCE_HTTP"],
@@ -441,6 +480,8 @@ def main():
         http = httpclient.InferenceServerClient(a.http)
         grpc_ = grpcclient.InferenceServerClient(a.grpc)
         with_keys(http, grpc_, a.golden, json.loads(os.environ["CONFORMANCE_KEYS"]))
+    elif a.suite == "triton-tls":
+        over_tls(a.http, a.grpc, a.golden, json.loads(os.environ["CONFORMANCE_TLS"]))
     else:
         kserve_clients(a.http, a.grpc, a.golden)
     print(f"{a.suite}: {checks} checks, {len(failures)} failures")

@@ -88,6 +88,11 @@ pub struct ServerOptions {
     pub top: String,
     /// Extra keys of the `[server]` table (e.g. `idle_timeout_ms = 500`).
     pub server: String,
+    /// The CA that signed the server's TLS certificate, when `server` configures
+    /// `[server.tls]`: the harness then checks liveness over TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// The client certificate and key the harness presents over TLS (servers requiring them).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
     /// Require API keys (off: the server runs with `--dev-no-auth`, as most tests need no
     /// keys). Create keys with [`Server::create_key`].
     pub auth: bool,
@@ -104,6 +109,8 @@ impl Default for ServerOptions {
             uk_ng: String::new(),
             top: String::new(),
             server: String::new(),
+            tls_ca: None,
+            tls_client: None,
             auth: false,
         }
     }
@@ -305,6 +312,8 @@ pub struct Server {
     /// Shared HTTP client.
     pub client: reqwest::Client,
     dir: tempfile::TempDir,
+    tls_ca: Option<PathBuf>,
+    tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 /// The configuration file the harness writes.
@@ -381,7 +390,11 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("spawn invariant serve");
+        let tls_ca = options.tls_ca.clone();
+        let tls_client = options.tls_client.clone();
         let server = Self {
+            tls_ca,
+            tls_client,
             child,
             url: format!("http://127.0.0.1:{port}"),
             grpc: format!("127.0.0.1:{grpc_port}"),
@@ -395,7 +408,16 @@ impl Server {
     async fn wait_live(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(format!("{}/v2/health/live", self.url)).send().await {
+            if let Some(ca) = &self.tls_ca {
+                let addr = self.url.trim_start_matches("http://");
+                let live = b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+                let client = self.tls_client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                if let Ok(reply) = tls_exchange(addr, ca, client, live).await {
+                    if reply.text.starts_with("HTTP/1.1 200") {
+                        return;
+                    }
+                }
+            } else if let Ok(r) = self.client.get(format!("{}/v2/health/live", self.url)).send().await {
                 if r.status() == 200 {
                     return;
                 }
@@ -587,6 +609,11 @@ impl Server {
     pub async fn admin(&self, model: &str, version: &str, action: &str, body: Value) -> (u16, Value) {
         self.post(&format!("/admin/v1/models/{model}/versions/{version}/{action}"), &body)
             .await
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the process with SIGKILL (no shutdown handler runs).
@@ -794,4 +821,136 @@ pub fn bump_weight_one_ulp(safetensors: &Path, tensor: &str, index: usize) {
     let bits = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) + 1;
     bytes[at..at + 4].copy_from_slice(&bits.to_le_bytes());
     std::fs::write(safetensors, bytes).expect("write safetensors");
+}
+
+/// A test PKI written as PEM files: a CA, a server certificate for `localhost` and
+/// `127.0.0.1` signed by it, and a client certificate signed by it.
+pub struct TestPki {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server's certificate and key.
+    pub server_cert: PathBuf,
+    /// The server's private key.
+    pub server_key: PathBuf,
+    /// A client certificate the CA signed.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// Generates a PKI in `dir` whose server certificate names `cn`.
+    pub fn generate(dir: &Path, cn: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "invariant test CA");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |purpose: ExtendedKeyUsagePurpose, name: &str| {
+            let mut params =
+                CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![purpose];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &issuer).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(ExtendedKeyUsagePurpose::ServerAuth, cn);
+        let (client_cert, client_key) = leaf(ExtendedKeyUsagePurpose::ClientAuth, "invariant test client");
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write pem");
+            p
+        };
+        Self {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server.key", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+        }
+    }
+
+    /// The `[server.tls]` table for this PKI (client certificates required when `mtls`).
+    pub fn server_table(&self, mtls: bool) -> String {
+        let client_ca = if mtls {
+            format!("client_ca = \"{}\"\n", self.ca.display())
+        } else {
+            String::new()
+        };
+        format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{client_ca}",
+            self.server_cert.display(),
+            self.server_key.display()
+        )
+    }
+}
+
+/// What a TLS exchange saw.
+pub struct TlsReply {
+    /// Everything the server sent back, as text.
+    pub text: String,
+    /// The server's certificate chain, DER.
+    pub certificates: Vec<Vec<u8>>,
+    /// The ALPN protocol agreed, if any.
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// Connects to `addr` over TLS trusting only `ca` (with a client certificate and key when
+/// given), writes `request`, and reads until the server closes.
+pub async fn tls_exchange(
+    addr: &str,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    request: &[u8],
+) -> Result<TlsReply, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| e.to_string())?
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(request).await.map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    // A server that refuses the client certificate says so in the first read.
+    tls.read_to_end(&mut out).await.map_err(|e| format!("read: {e}"))?;
+    let (_, session) = tls.get_ref();
+    Ok(TlsReply {
+        text: String::from_utf8_lossy(&out).into_owned(),
+        certificates: session
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.to_vec()).collect())
+            .unwrap_or_default(),
+        alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+    })
 }

@@ -24,21 +24,26 @@ async fn suite(s: &Server, name: &str) {
 }
 
 async fn suite_with(s: &Server, name: &str, keys: &str) {
+    suite_env(s, name, &[("CONFORMANCE_KEYS", keys)]).await;
+}
+
+/// Runs suite `name` with extra environment variables.
+pub async fn suite_env(s: &Server, name: &str, env: &[(&str, &str)]) {
     let script = workspace_root().join("tests/conformance/clients.py");
     let http = s.url.trim_start_matches("http://").to_string();
     let grpc = s.grpc.clone();
     let golden = shipped_golden();
     let py = python();
     let name = name.to_string();
-    let keys = keys.to_string();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(py)
+            .envs(env)
             .arg(script)
             .env("CONFORMANCE_HTTP", http)
             .env("CONFORMANCE_GRPC", grpc)
             .env("CONFORMANCE_GOLDEN", golden)
             .env("CONFORMANCE_SUITE", &name)
-            .env("CONFORMANCE_KEYS", keys)
             .output()
             .expect("run the conformance script")
     })
@@ -96,4 +101,36 @@ async fn tritonclient_with_api_keys_over_http_and_grpc() {
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let keys = serde_json::json!({ "uae": uae, "admin": admin, "revoked": revoked }).to_string();
     suite_with(&s, "triton-auth", &keys).await;
+}
+
+/// A server over TLS on both listeners, and the PKI it uses.
+async fn tls_server(dir: &std::path::Path, mtls: bool) -> (Server, TestPki) {
+    let pki = TestPki::generate(dir, "invariant test server");
+    let s = Server::start_with(ServerOptions {
+        server: pki.server_table(mtls),
+        tls_ca: Some(pki.ca.clone()),
+        tls_client: mtls.then(|| (pki.client_cert.clone(), pki.client_key.clone())),
+        ..Default::default()
+    })
+    .await;
+    (s, pki)
+}
+
+#[tokio::test]
+async fn tritonclient_over_tls_on_http_and_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, pki) = tls_server(dir.path(), false).await;
+    let tls = serde_json::json!({ "ca": pki.ca }).to_string();
+    suite_env(&s, "triton-tls", &[("CONFORMANCE_TLS", &tls)]).await;
+}
+
+#[tokio::test]
+async fn tritonclient_with_client_certificates_and_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, pki) = tls_server(dir.path(), true).await;
+    let tls = serde_json::json!({
+        "ca": pki.ca, "cert": pki.client_cert, "key": pki.client_key, "mtls": true
+    })
+    .to_string();
+    suite_env(&s, "triton-tls", &[("CONFORMANCE_TLS", &tls)]).await;
 }
