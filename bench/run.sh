@@ -4,7 +4,8 @@
 # the same server as the HTTP floor; the native kernels, the gate, routing, a 100 MB import, cache
 # hits (L1 and Redis L2), dynamic batching, the feature store, HTTP JSON vs HTTP binary vs gRPC,
 # the cost of corridor governance and the isolation harness (corridor B under load while
-# corridor A is flooded, killed, frozen, cut off from Redis or failing). Installs wrk and b3sum when
+# corridor A is flooded, killed, frozen, cut off from Redis or failing), and what security costs
+# (API keys on vs off, TLS vs plain text). Installs wrk and b3sum when
 # missing (redis-server too, for the L2 run). Extra arguments go to
 # invariant-bench (see `cargo run --release -p invariant-bench -- --help`).
 set -euo pipefail

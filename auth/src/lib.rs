@@ -189,55 +189,72 @@ impl Corridors {
     }
 }
 
-/// The authenticated caller of a request: a key's id, name, roles and corridors.
+/// The authenticated caller of a request: a key's id, name, roles and corridors (cheap to
+/// clone: one reference count).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    id: Arc<str>,
-    name: Arc<str>,
+pub struct Principal(Arc<PrincipalInner>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct PrincipalInner {
+    id: String,
+    name: String,
     roles: u8,
-    corridors: Arc<Corridors>,
+    corridors: Corridors,
 }
 
 impl Principal {
+    fn new(id: &str, name: &str, roles: u8, corridors: Corridors) -> Self {
+        Self(Arc::new(PrincipalInner {
+            id: id.to_string(),
+            name: name.to_string(),
+            roles,
+            corridors,
+        }))
+    }
+
     /// The caller of a server started with authentication switched off for development:
     /// every role, every corridor, id `dev-no-auth`.
     pub fn development() -> Self {
-        Self {
-            id: "dev-no-auth".into(),
-            name: "authentication disabled (--dev-no-auth)".into(),
-            roles: Role::ALL.iter().fold(0, |bits, r| bits | r.bit()),
-            corridors: Arc::new(Corridors::All),
-        }
+        static DEV: std::sync::OnceLock<Principal> = std::sync::OnceLock::new();
+        DEV.get_or_init(|| {
+            Principal::new(
+                "dev-no-auth",
+                "authentication disabled (--dev-no-auth)",
+                Role::ALL.iter().fold(0, |bits, r| bits | r.bit()),
+                Corridors::All,
+            )
+        })
+        .clone()
     }
 
     /// The key's public id (what audit records name as the actor).
     pub fn id(&self) -> &str {
-        &self.id
+        &self.0.id
     }
 
     /// The key's name, as given when it was created.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// Whether the key has `role`.
     pub fn has(&self, role: Role) -> bool {
-        self.roles & role.bit() != 0
+        self.0.roles & role.bit() != 0
     }
 
     /// Whether the key has `role` in `corridor`.
     pub fn may(&self, role: Role, corridor: &str) -> bool {
-        self.has(role) && self.corridors.contains(corridor)
+        self.has(role) && self.0.corridors.contains(corridor)
     }
 
     /// Whether the key has `role` in every corridor (a `*` key).
     pub fn may_everywhere(&self, role: Role) -> bool {
-        self.has(role) && matches!(*self.corridors, Corridors::All)
+        self.has(role) && matches!(self.0.corridors, Corridors::All)
     }
 
     /// The key's corridors.
     pub fn corridors(&self) -> &Corridors {
-        &self.corridors
+        &self.0.corridors
     }
 }
 
@@ -489,12 +506,18 @@ struct Held {
     revoked: bool,
 }
 
-/// The verifying side: the keys of one revision of the key file under the pepper.
+/// Keys already verified, at most this many (past it, keys are verified every time).
+const VERIFIED_CAPACITY: usize = 4096;
+
+/// The verifying side: the keys of one revision of the key file under the pepper. Keys that
+/// verified are remembered (for this revision only: a reload, e.g. a revocation, starts
+/// afresh), so a key in use costs one lookup per request instead of an HMAC.
 #[derive(Debug)]
 pub struct Keyring {
     revision: u64,
     keys: HashMap<String, Held>,
     mac: Hmac<Sha256>,
+    verified: std::sync::RwLock<HashMap<Box<str>, Principal>>,
 }
 
 impl Keyring {
@@ -516,12 +539,8 @@ impl Keyring {
                 warnings.push(format!("key {id}: its digest is not hex"));
                 continue;
             };
-            let principal = Principal {
-                id: id.as_str().into(),
-                name: record.name.as_str().into(),
-                roles: record.roles.iter().fold(0, |bits, r| bits | r.bit()),
-                corridors: Arc::new(corridors),
-            };
+            let roles = record.roles.iter().fold(0, |bits, r| bits | r.bit());
+            let principal = Principal::new(id, &record.name, roles, corridors);
             keys.insert(
                 id.clone(),
                 Held {
@@ -535,6 +554,7 @@ impl Keyring {
             revision: file.revision,
             keys,
             mac: pepper.mac(),
+            verified: Default::default(),
         };
         (ring, warnings)
     }
@@ -551,7 +571,10 @@ impl Keyring {
 
     /// The caller presenting `key`: its digest must match the stored one (compared in
     /// constant time) and it must not be revoked.
-    pub fn authenticate(&self, key: &str) -> Result<&Principal, AuthError> {
+    pub fn authenticate(&self, key: &str) -> Result<Principal, AuthError> {
+        if let Some(p) = self.verified.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return Ok(p.clone());
+        }
         let id = split_key(key).ok_or(AuthError::Malformed)?;
         let held = self.keys.get(id).ok_or(AuthError::Unknown)?;
         let mut mac = self.mac.clone();
@@ -560,7 +583,11 @@ impl Keyring {
         if held.revoked {
             return Err(AuthError::Revoked(id.to_string()));
         }
-        Ok(&held.principal)
+        let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
+        if verified.len() < VERIFIED_CAPACITY {
+            verified.insert(key.into(), held.principal.clone());
+        }
+        Ok(held.principal.clone())
     }
 }
 
@@ -629,6 +656,11 @@ mod tests {
             .create(&pepper(), "svc", roles(&["admin"]), &Corridors::All, "ops")
             .unwrap();
         let ring = ring(&store);
+        // Verified once, remembered: the second presentation is the same caller.
+        assert_eq!(
+            ring.authenticate(&key.secret).unwrap(),
+            ring.authenticate(&key.secret).unwrap()
+        );
         // One flipped secret digit.
         let mut wrong = key.secret.clone().into_bytes();
         let last = wrong.len() - 1;

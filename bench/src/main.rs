@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 mod governance;
 mod isolation;
 mod portable;
+mod security;
 mod transports;
 
 /// Raw engine and served-over-HTTP benchmarks of the shipped models.
@@ -56,6 +57,9 @@ struct Args {
     /// Run only the governance section (in-process cost, served on vs off).
     #[arg(long)]
     governance_only: bool,
+    /// Run only the security section (API keys on vs off; TLS vs plain text).
+    #[arg(long)]
+    security_only: bool,
     /// Run only the isolation harness (corridor B's load while corridor A is flooded, killed,
     /// frozen, cut off from Redis and failing).
     #[arg(long)]
@@ -492,6 +496,33 @@ fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> Resu
 }
 
 /// Writes a wrk script that POSTs the JSON `body` (in `corridor`, when given).
+/// wrk scripts posting `body` to `dir/<name>.lua` (the same body every time: cache hits) and
+/// `dir/<name>-varying.lua` (its first data element replaced by a counter: every request
+/// differs), each with `headers`.
+fn post_scripts(dir: &Path, name: &str, body: &str, headers: &[(&str, &str)]) -> Result<(PathBuf, PathBuf)> {
+    let lua_headers: String = std::iter::once(("Content-Type", "application/json"))
+        .chain(headers.iter().copied())
+        .map(|(k, v)| format!("[\"{k}\"] = \"{v}\", "))
+        .collect();
+    let constant = dir.join(format!("{name}.lua"));
+    std::fs::write(
+        &constant,
+        format!("wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers = {{{lua_headers}}}\n"),
+    )?;
+    let open = body.find("\"data\":[").map(|i| i + 8).context("body has no data")?;
+    let close = open + body[open..].find([',', ']']).context("data is empty")?;
+    let varying = dir.join(format!("{name}-varying.lua"));
+    std::fs::write(
+        &varying,
+        format!(
+            "counter = 0\nrequest = function()\n  counter = counter + 1\n  local body = [[{}]] .. counter .. [[{}]]\n  return wrk.format(\"POST\", nil, {{{lua_headers}}}, body)\nend\n",
+            &body[..open],
+            &body[close..]
+        ),
+    )?;
+    Ok((constant, varying))
+}
+
 fn json_post_script(path: &Path, body: &str, corridor: Option<&str>) -> Result<()> {
     let mut script =
         format!("wrk.method = \"POST\"\nwrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n");
@@ -516,25 +547,35 @@ impl Drop for ServerProcess {
 }
 
 fn start_server(binary: &Path, port: u16, env: &[(&str, String)]) -> Result<ServerProcess> {
+    start_server_auth(binary, port, env, false)
+}
+
+/// The state directory of the server on `port`.
+fn state_dir(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("invariant-bench-state-{port}"))
+}
+
+/// [`start_server`], requiring API keys when `auth` (its key file is in [`state_dir`]).
+fn start_server_auth(binary: &Path, port: u16, env: &[(&str, String)], auth: bool) -> Result<ServerProcess> {
     let grpc_port = free_port();
-    let child = Command::new(binary)
-        .args([
-            "serve",
-            "--http-addr",
-            &format!("127.0.0.1:{port}"),
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc_port}"),
-            "--dev-no-auth",
-        ])
+    let mut command = Command::new(binary);
+    command.args([
+        "serve",
+        "--http-addr",
+        &format!("127.0.0.1:{port}"),
+        "--grpc-addr",
+        &format!("127.0.0.1:{grpc_port}"),
+    ]);
+    if !auth {
+        command.arg("--dev-no-auth");
+    }
+    let child = command
         .env("INVARIANT_LOG", "warn")
         // The shipped limits (200 and 100 requests/s per corridor) would cap every run: the
         // benchmarks lift them (the buckets still run) unless a run sets its own.
         .env("INVARIANT_GOVERNANCE__CORRIDOR_RATE__0", "100000000")
         .env("INVARIANT_GOVERNANCE__CORRIDOR_RATE__1", "100000000")
-        .env(
-            "INVARIANT_STATE_DIR",
-            std::env::temp_dir().join(format!("invariant-bench-state-{port}")),
-        )
+        .env("INVARIANT_STATE_DIR", state_dir(port))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -778,7 +819,7 @@ fn main() -> Result<()> {
         invariant_serving::init_onnx(&config);
         return portable::bench_portable(&config.model_repository, args.engine_seconds);
     }
-    let sections_only = args.transports_only || args.governance_only || args.isolation_only;
+    let sections_only = args.transports_only || args.governance_only || args.isolation_only || args.security_only;
     let engines = if args.cache_only || sections_only {
         Vec::new()
     } else {
@@ -821,19 +862,7 @@ fn main() -> Result<()> {
             .find(|e| e.model == name && e.version == version && e.batch == 1)
             .map(|e| e.requests_per_s)
             .unwrap_or(f64::NAN);
-        let constant = scripts.join(format!("{name}.lua"));
-        json_post_script(&constant, &body, None)?;
-        let open = body.find("\"data\":[").map(|i| i + 8).context("body has no data")?;
-        let close = open + body[open..].find([',', ']']).context("data is empty")?;
-        let varying = scripts.join(format!("{name}-varying.lua"));
-        std::fs::write(
-            &varying,
-            format!(
-                "counter = 0\nrequest = function()\n  counter = counter + 1\n  local body = [[{}]] .. counter .. [[{}]]\n  return wrk.format(\"POST\", nil, {{[\"Content-Type\"] = \"application/json\"}}, body)\nend\n",
-                &body[..open],
-                &body[close..]
-            ),
-        )?;
+        let (constant, varying) = post_scripts(&scripts, name, &body, &[])?;
         let path = format!("/v2/models/{name}/versions/{version}/infer");
         bodies.push((name.to_string(), version, path, constant, varying, engine));
     }
@@ -902,6 +931,9 @@ fn main() -> Result<()> {
         if args.isolation_only {
             isolation()?;
         }
+        if args.security_only {
+            security::bench_security(&args, governance_path, &transport_work.json_body(), &scripts)?;
+        }
         let _ = std::fs::remove_dir_all(&scripts);
         return Ok(());
     }
@@ -909,6 +941,7 @@ fn main() -> Result<()> {
         transports::bench_transports(&args, &transport_work, &scripts)?;
         governance::bench_governance(&args, &config, &transport_work.model, governance_path, governance_body)?;
         isolation()?;
+        security::bench_security(&args, governance_path, &transport_work.json_body(), &scripts)?;
     }
 
     // 2. Cache hits (L1), against the HTTP floor of the same server: interleaved rounds, each

@@ -127,11 +127,19 @@ impl Definitions {
             .filter(|p| p.extension().is_some_and(|e| e == "toml"))
             .collect();
         files.sort();
-        let mut defs = Definitions::default();
+        let mut texts = Vec::with_capacity(files.len());
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(io)?;
-            let file: File =
-                toml::from_str(&text).map_err(|e| FeatureError::Definition(format!("{}: {e}", path.display())))?;
+            texts.push((path.display().to_string(), std::fs::read_to_string(&path).map_err(io)?));
+        }
+        Self::parse(&texts)
+    }
+
+    /// The definitions of `files` (name for errors, TOML text), checked as
+    /// [`Definitions::load_dir`] checks a directory's.
+    pub fn parse(files: &[(String, String)]) -> Result<Self, FeatureError> {
+        let mut defs = Definitions::default();
+        for (name, text) in files {
+            let file: File = toml::from_str(text).map_err(|e| FeatureError::Definition(format!("{name}: {e}")))?;
             defs.entities.extend(file.entities);
             defs.views.extend(file.feature_views);
             defs.services.extend(file.feature_services);

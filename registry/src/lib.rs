@@ -22,7 +22,8 @@ pub use manifest::{
     NativeSection, OnnxEngine, OnnxSection, TensorSpec,
 };
 pub use repository::{
-    load_version, load_version_with_limits, scan, scan_with_limits, ScannedVersion, VerifiedVersion, MANIFEST_FILE,
+    load_version, load_version_with_limits, scan, scan_model_with_limits, scan_with_limits, ScannedVersion,
+    VerifiedVersion, MANIFEST_FILE,
 };
 
 use std::path::PathBuf;

@@ -89,29 +89,76 @@ pub fn scan(root: &Path) -> Result<Vec<ScannedVersion>, RegistryError> {
 
 /// Finds every `<model>/<version>/manifest.toml` under `root` and loads each version within
 /// `limits`; every file read must be a regular file inside `root` (symbolic links resolved).
-/// Only an unreadable `root` is an error; a bad version is reported in its entry.
-/// Entries are sorted by model name, then by semantic version (lowest first).
+/// Only an unreadable `root` is an error; a bad version is reported in its entry, and a model
+/// directory that cannot be listed in one entry of version `*` carrying the reason (the
+/// other models are unaffected). Entries are sorted by model name, then by semantic version
+/// (lowest first).
 pub fn scan_with_limits(root: &Path, limits: &Limits) -> Result<Vec<ScannedVersion>, RegistryError> {
-    let canonical_root = std::fs::canonicalize(root).map_err(|source| RegistryError::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
+    let canonical_root = canonical(root)?;
     let mut found = Vec::new();
     for model_dir in read_dir_sorted(root)? {
-        for version_dir in read_dir_sorted(&model_dir)? {
-            // `symlink_metadata`: a manifest that is a dangling link or a FIFO still marks a
-            // version, refused with the reason.
-            if std::fs::symlink_metadata(version_dir.join(MANIFEST_FILE)).is_err() {
-                continue;
-            }
+        scan_model_dir(&canonical_root, &model_dir, limits, &mut found);
+    }
+    sort_scanned(&mut found);
+    Ok(found)
+}
+
+/// [`scan_with_limits`] of one model's directory only (`root/model`): what a hot load of that
+/// model reads, leaving every other model's files alone.
+pub fn scan_model_with_limits(root: &Path, model: &str, limits: &Limits) -> Result<Vec<ScannedVersion>, RegistryError> {
+    let canonical_root = canonical(root)?;
+    let mut found = Vec::new();
+    scan_model_dir(&canonical_root, &root.join(model), limits, &mut found);
+    sort_scanned(&mut found);
+    Ok(found)
+}
+
+fn canonical(root: &Path) -> Result<PathBuf, RegistryError> {
+    std::fs::canonicalize(root).map_err(|source| RegistryError::Io {
+        path: root.to_path_buf(),
+        source,
+    })
+}
+
+/// Every version of one model directory, each loaded or refused.
+fn scan_model_dir(canonical_root: &Path, model_dir: &Path, limits: &Limits, found: &mut Vec<ScannedVersion>) {
+    let versions = match read_dir_sorted(model_dir) {
+        Ok(v) => v,
+        Err(e) => {
             found.push(ScannedVersion {
-                model: file_name(&model_dir),
-                version: file_name(&version_dir),
-                result: load_inside(&canonical_root, &version_dir, limits),
-                dir: version_dir,
+                model: file_name(model_dir),
+                version: "*".into(),
+                dir: model_dir.to_path_buf(),
+                result: Err(e),
             });
+            return;
+        }
+    };
+    for version_dir in versions {
+        // `symlink_metadata`: a manifest that is a dangling link or a FIFO still marks a
+        // version, refused with the reason; one that cannot be looked at is refused too.
+        match std::fs::symlink_metadata(version_dir.join(MANIFEST_FILE)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => found.push(ScannedVersion {
+                model: file_name(model_dir),
+                version: file_name(&version_dir),
+                result: Err(RegistryError::Io {
+                    path: version_dir.join(MANIFEST_FILE),
+                    source,
+                }),
+                dir: version_dir,
+            }),
+            Ok(_) => found.push(ScannedVersion {
+                model: file_name(model_dir),
+                version: file_name(&version_dir),
+                result: load_inside(canonical_root, &version_dir, limits),
+                dir: version_dir,
+            }),
         }
     }
+}
+
+fn sort_scanned(found: &mut [ScannedVersion]) {
     found.sort_by(|a, b| {
         let key = |s: &ScannedVersion| {
             (
@@ -122,7 +169,6 @@ pub fn scan_with_limits(root: &Path, limits: &Limits) -> Result<Vec<ScannedVersi
         };
         key(a).cmp(&key(b))
     });
-    Ok(found)
 }
 
 /// Loads one version directory within the default [`Limits`] (see
@@ -323,6 +369,31 @@ model = "model.onnx"
             .unwrap_err()
             .to_string()
             .contains("differs from its directory"));
+    }
+
+    #[test]
+    fn one_model_is_scanned_alone_and_an_unlistable_model_is_one_refused_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        write_version(dir.path(), "a", "1.0.0", b"one");
+        write_version(dir.path(), "b", "1.0.0", b"two");
+        let only_a = scan_model_with_limits(dir.path(), "a", &Limits::default()).unwrap();
+        assert_eq!(only_a.len(), 1);
+        assert_eq!((only_a[0].model.as_str(), only_a[0].version.as_str()), ("a", "1.0.0"));
+        assert!(only_a[0].result.is_ok());
+        // A model directory that cannot be listed is one refused entry; the others still load.
+        let mut found = Vec::new();
+        let canonical_root = canonical(dir.path()).unwrap();
+        scan_model_dir(
+            &canonical_root,
+            &dir.path().join("gone"),
+            &Limits::default(),
+            &mut found,
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].version, "*");
+        assert!(found[0].result.as_ref().unwrap_err().to_string().contains("gone"));
+        scan_model_dir(&canonical_root, &dir.path().join("b"), &Limits::default(), &mut found);
+        assert!(found[1].result.is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! limits and timeouts, over TLS when configured ([`tls`]). The `invariant` binary (`main.rs`) starts both and dispatches the
 //! operator tools of `invariant-cli`.
 
+pub mod fuzz_entry;
 pub mod grpc;
 pub mod http;
 pub mod listener;

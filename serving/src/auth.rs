@@ -101,7 +101,7 @@ impl Authority {
         let unauthenticated = |e: AuthError| ServeError::Unauthenticated(e.to_string());
         let header = authorization.ok_or(AuthError::Missing).map_err(unauthenticated)?;
         let key = invariant_auth::bearer(header).map_err(unauthenticated)?;
-        keys.ring.load().authenticate(key).cloned().map_err(unauthenticated)
+        keys.ring.load().authenticate(key).map_err(unauthenticated)
     }
 
     /// Re-reads the key file; true when it changed.
@@ -247,6 +247,8 @@ pub fn check(principal: &Principal, need: Need<'_>) -> Result<(), ServeError> {
             "API key {} needs the '{role}' role in every corridor ('*') for this",
             principal.id()
         ))),
+        // The corridor as declared (the usual spelling) needs no parse.
+        Need::In(role, corridor) if principal.may(role, corridor) => Ok(()),
         Need::In(role, corridor) => {
             let id = CorridorId::parse(corridor).map_err(|e| ServeError::invalid(format!("corridor: {e}")))?;
             if principal.may(role, id.as_str()) {

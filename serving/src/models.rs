@@ -346,10 +346,7 @@ impl ModelTable {
         let dir = root.join(model);
         let mut entries = Vec::new();
         let mut outcomes = Vec::new();
-        for scanned in invariant_registry::scan_with_limits(root, &loader.limits.repository)?
-            .into_iter()
-            .filter(|s| s.model == model)
-        {
+        for scanned in invariant_registry::scan_model_with_limits(root, model, &loader.limits.repository)? {
             let current = self
                 .versions(model)
                 .and_then(|vs| vs.iter().find(|e| e.version == scanned.version));

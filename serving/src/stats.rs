@@ -34,7 +34,7 @@ impl Duration {
 }
 
 /// A count and a total duration, read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, utoipa::ToSchema)]
 pub struct DurationStat {
     /// How many.
     pub count: u64,

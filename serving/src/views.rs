@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Server readiness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ServerReadiness {
     /// Whether any version serves.
     pub ready: bool,
@@ -35,7 +35,7 @@ pub struct VersionReadiness {
 }
 
 /// One row of the repository index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct IndexRow {
     /// Model.
     pub name: String,
@@ -56,7 +56,7 @@ pub struct IndexRow {
 
 /// A tensor of a model configuration (Triton's `ModelInput`/`ModelOutput`): dims without the
 /// batch dimension when the model batches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ConfigTensor {
     /// Name.
     pub name: String,
@@ -67,7 +67,7 @@ pub struct ConfigTensor {
 }
 
 /// A model configuration, answered truthfully from the manifest and the serving settings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelConfig {
     /// Model.
     pub name: String,
@@ -253,7 +253,7 @@ impl InferenceService {
 }
 
 /// One version's statistics, read (Triton's `ModelStatistics`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VersionStatistics {
     /// Model.
     pub name: String,
@@ -272,7 +272,7 @@ pub struct VersionStatistics {
 }
 
 /// Triton's `InferStatistics`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InferenceStats {
     /// Answered requests.
     pub success: DurationStat,
@@ -293,7 +293,7 @@ pub struct InferenceStats {
 }
 
 /// Engine runs of one batch size.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BatchStat {
     /// Requests per run.
     pub batch_size: u64,

@@ -507,3 +507,48 @@ fn keys_are_created_listed_and_revoked_without_their_secret_ever_being_stored() 
     assert_ne!(code, 0);
     assert!(err.contains("no API key with id 'nope'"), "{err}");
 }
+
+#[tokio::test]
+async fn keys_created_and_revoked_on_one_key_file_reach_every_replica_within_a_second() {
+    let shared = tempfile::tempdir().unwrap();
+    let auth = format!(
+        "[auth]\nkeys = \"{}\"\npepper_file = \"{}\"\n",
+        shared.path().join("keys.json").display(),
+        shared.path().join("key-pepper").display()
+    );
+    let start = || {
+        Server::start_with(ServerOptions {
+            auth: true,
+            top: auth.clone(),
+            ..Default::default()
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    // Created through replica a's configuration, accepted by both.
+    let (id, key) = a.create_key("svc", &["infer"], &["UAE-SA"]).await;
+    let probe = call(Method::GET, "/v2", None, None);
+    let bearer = format!("Bearer {key}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while send(&b, &probe, Some(&bearer)).await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "replica b never accepted the key");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let config = b.config_path().display().to_string();
+    let (code, _, err) = invariant(&["keys", "revoke", "--config", &config, &id]);
+    assert_eq!(code, 0, "{err}");
+    let revoked = std::time::Instant::now();
+    for s in [&a, &b] {
+        loop {
+            let (status, body, _) = send(s, &probe, Some(&bearer)).await;
+            if status == 401 {
+                assert!(body["error"].as_str().unwrap_or_default().contains("revoked"), "{body}");
+                break;
+            }
+            assert!(
+                revoked.elapsed() < std::time::Duration::from_secs(1),
+                "still accepted after 1 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -219,6 +219,23 @@ impl GoldenFile {
     /// file and the blake3 of its bytes.
     pub fn read_with_limits(path: &Path, limits: &GoldenLimits) -> Result<(Self, String), VerifyError> {
         let bytes = read_bounded(path, limits.max_file_bytes, None).map_err(|reason| refused(path, reason))?;
+        Self::parse(bytes, path, limits)
+    }
+
+    /// Checks a golden file's `bytes` as [`GoldenFile::read_with_limits`] does (`path` names
+    /// it in errors). Returns the file and the blake3 of the bytes.
+    pub fn parse(bytes: Vec<u8>, path: &Path, limits: &GoldenLimits) -> Result<(Self, String), VerifyError> {
+        if bytes.len() as u64 > limits.max_file_bytes {
+            return Err(bad(
+                path,
+                1,
+                format!(
+                    "{} bytes exceed the file limit of {}",
+                    bytes.len(),
+                    limits.max_file_bytes
+                ),
+            ));
+        }
         let file_hash = blake3::hash(&bytes).to_hex().to_string();
         let text = String::from_utf8(bytes).map_err(|_| bad(path, 1, "not UTF-8".into()))?;
         let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());

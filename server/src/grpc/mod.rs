@@ -161,7 +161,7 @@ fn from_contents(c: InferTensorContents, datatype: DataType, field: &str) -> Res
 }
 
 /// Decodes a `ModelInferRequest` body into the core's request.
-fn decode(request: ModelInferRequest) -> Result<InferBody, ServeError> {
+pub fn decode(request: ModelInferRequest) -> Result<InferBody, ServeError> {
     let raw = request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(ServeError::invalid(format!(

@@ -27,11 +27,12 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
         .route("/admin/v1/models", get(list))
         .route("/admin/v1/models/{model}", get(show))
-        .route("/admin/v1/models/{model}/load", post(crate::http::repository::load))
+        .route("/admin/v1/models/{model}/load", post(load_model))
         .route("/admin/v1/models/{model}/versions/{version}/{action}", post(act))
 }
 
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "admin", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), crate::http::openapi::Errors))]
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&state, &headers, Need::Everywhere(Role::Metrics)) {
         return e.into_response();
     }
@@ -44,7 +45,8 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     }
 }
 
-async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/admin/v1/models", tag = "admin", responses((status = 200, description = "every model's registry view", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
     let snapshot = state.snapshot();
     let models: Vec<Value> = snapshot
@@ -57,7 +59,8 @@ async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<
     ))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/admin/v1/models/{model}", tag = "admin", params(("model" = String, Path, description = "model name")), responses((status = 200, description = "the model's registry view", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn show(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(model): Path<String>,
@@ -66,6 +69,16 @@ async fn show(
     model_view(&state.snapshot(), &model)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("unknown model '{model}'")))
+}
+
+/// `POST /admin/v1/models/{model}/load`: the repository extension's load, under the admin API.
+#[utoipa::path(post, path = "/admin/v1/models/{model}/load", tag = "admin", params(("model" = String, Path, description = "model name")), responses((status = 200, description = "every version ready", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn load_model(
+    state: State<AppState>,
+    headers: HeaderMap,
+    model: Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    crate::http::repository::load(state, headers, model).await
 }
 
 /// Body of a transition request; every field optional.
@@ -81,7 +94,8 @@ struct ActionBody {
 }
 
 /// `POST /admin/v1/models/{model}/versions/{version}/{stage|canary|promote|rollback|deprecate|unload}`.
-async fn act(
+#[utoipa::path(post, path = "/admin/v1/models/{model}/versions/{version}/{action}", tag = "admin", params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version"), ("action" = String, Path, description = "stage, canary, promote, rollback, deprecate or unload")), request_body(content = crate::http::openapi::Object, description = "reason, percent, corridors", content_type = "application/json"), responses((status = 200, description = "the transition and the model's view", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn act(
     State(state): State<AppState>,
     Path((model, version, action)): Path<(String, String, String)>,
     headers: HeaderMap,

@@ -33,7 +33,12 @@ fn json<T: serde::Serialize>(value: T) -> Result<Json<Value>, ApiError> {
         .map_err(|e| ApiError::from(invariant_serving::ServeError::internal(e.to_string())))
 }
 
-async fn get_online(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(post, path = "/v1/features/get-online", tag = "features", params(("x-corridor" = Option<String>, Header, description = "corridor (else the default)")), request_body(content = crate::http::openapi::Object, description = "feature_service or features, entities", content_type = "application/json"), responses((status = 200, description = "values and statuses", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn get_online(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let corridor = corridor(&state, &headers, Role::FeaturesRead)?;
     state.feature_store()?;
     let body = body_of(&state, &headers, body).await?;
@@ -41,7 +46,12 @@ async fn get_online(State(state): State<AppState>, headers: HeaderMap, body: Bod
     json(reply)
 }
 
-async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(post, path = "/v1/features/push", tag = "features", params(("x-corridor" = Option<String>, Header, description = "corridor (else the default)")), request_body(content = crate::http::openapi::Object, description = "feature_view, rows", content_type = "application/json"), responses((status = 200, description = "rows written and refused", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn push(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let corridor = corridor(&state, &headers, Role::FeaturesWrite)?;
     state.feature_store()?;
     let body = body_of(&state, &headers, body).await?;

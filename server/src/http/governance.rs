@@ -38,7 +38,8 @@ fn governance(state: &AppState) -> Result<&invariant_governance::Governance, Api
 }
 
 /// The control state, the limits in force and every corridor's status.
-async fn show(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/admin/v1/governance", tag = "governance", responses((status = 200, description = "control state, limits, corridors", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn show(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
     let g = governance(&state)?;
     let limits: BTreeMap<String, Value> = g
@@ -89,7 +90,12 @@ impl ChangeBody {
 
 /// `POST /admin/v1/governance` with a change, e.g.
 /// `{"op": "kill", "scope": "corridor:UAE-SA", "reason": "incident 42"}`.
-async fn change(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(post, path = "/admin/v1/governance", tag = "governance", request_body(content = crate::http::openapi::Object, description = "one change: op, scope, reason, ... (docs/governance.md)", content_type = "application/json"), responses((status = 200, description = "the new state", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn change(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let caller = authorize(&state, &headers, Need::AnyKey)?;
     governance(&state)?;
     let body = body_of(&state, &headers, body).await?;
@@ -113,13 +119,15 @@ async fn change(State(state): State<AppState>, headers: HeaderMap, body: Body) -
 }
 
 /// Every corridor's governance status.
-async fn corridors(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/admin/v1/corridors", tag = "governance", responses((status = 200, description = "every corridor's status", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn corridors(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
     Ok(Json(json!({ "corridors": governance(&state)?.corridors() })))
 }
 
 /// One corridor's governance status.
-async fn corridor(
+#[utoipa::path(get, path = "/admin/v1/corridors/{corridor}", tag = "governance", params(("corridor" = String, Path, description = "corridor id")), responses((status = 200, description = "the corridor's status", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn corridor(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(corridor): Path<String>,
@@ -136,14 +144,15 @@ async fn corridor(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FlagsQuery {
+pub(crate) struct FlagsQuery {
     #[serde(default)]
     corridor: Option<String>,
 }
 
 /// `GET /admin/v1/flags[?corridor=ID]`: the flags in force (global, overridden by the
 /// corridor's market, overridden by the corridor).
-async fn flags(
+#[utoipa::path(get, path = "/admin/v1/flags", tag = "governance", params(("corridor" = Option<String>, Query, description = "corridor id")), responses((status = 200, description = "flags in force", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn flags(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<FlagsQuery>, axum::extract::rejection::QueryRejection>,

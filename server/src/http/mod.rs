@@ -1,6 +1,6 @@
 //! The HTTP transport (axum): the Open Inference Protocol (KServe V2) with Triton's binary
 //! tensor, model configuration, statistics and repository extensions, the admin API, the
-//! feature API and `/metrics`. Every handler decodes, calls the serving core, and encodes;
+//! feature API, `/metrics` and the OpenAPI document (`/openapi.json`). Every handler decodes, calls the serving core, and encodes;
 //! errors map once ([`error`]). The reply cache ([`reply_cache::App`]) answers exact repeats
 //! in front of the router, through the core's guard pipeline.
 
@@ -9,6 +9,7 @@ pub mod binary;
 pub mod error;
 pub mod features;
 pub mod governance;
+pub mod openapi;
 pub mod reply_cache;
 pub mod repository;
 pub mod v2;
@@ -84,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(governance::routes())
         .merge(features::routes())
+        .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))

@@ -23,13 +23,15 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Every version with its state (`READY` or `UNAVAILABLE` with the reason).
-async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(post, path = "/v2/repository/index", tag = "repository", responses((status = 200, description = "every version and its state", body = Vec<invariant_serving::views::IndexRow>), crate::http::openapi::Errors))]
+pub(crate) async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
     Ok(Json(json!(state.repository_index())))
 }
 
 /// Reloads `models/<model>/`: 200 when every version is ready, 400 with the per-version
 /// outcome otherwise (the versions that serve keep serving).
+#[utoipa::path(post, path = "/v2/repository/models/{model}/load", tag = "repository", params(("model" = String, Path, description = "model name")), responses((status = 200, description = "every version ready", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
 pub(crate) async fn load(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -49,7 +51,8 @@ pub(crate) async fn load(
 
 /// Unloads every version of `model` (Triton's unload: the model stops serving until it is
 /// loaded again).
-async fn unload(
+#[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "repository", params(("model" = String, Path, description = "model name")), responses((status = 200, description = "unloaded", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn unload(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(model): Path<String>,

@@ -44,12 +44,14 @@ pub const EXTENSIONS: [&str; 5] = [
     "parameters",
 ];
 
-async fn live() -> Json<Value> {
+#[utoipa::path(get, path = "/v2/health/live", tag = "health", security(()), responses((status = 200, description = "the process is up", body = crate::http::openapi::Live), crate::http::openapi::Errors))]
+pub(crate) async fn live() -> Json<Value> {
     Json(json!({ "live": true }))
 }
 
 /// Ready once the repository is loaded and at least one model version serves.
-async fn ready(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/v2/health/ready", tag = "health", security(()), responses((status = 200, description = "ready", body = invariant_serving::views::ServerReadiness), (status = 503, description = "not ready", body = invariant_serving::views::ServerReadiness), crate::http::openapi::Errors))]
+pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     let r = state.server_readiness();
     let status = if r.ready {
         StatusCode::OK
@@ -59,7 +61,11 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(json!(r))).into_response()
 }
 
-async fn server_metadata(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v2", tag = "v2", responses((status = 200, description = "server metadata", body = crate::http::openapi::ServerMetadata), crate::http::openapi::Errors))]
+pub(crate) async fn server_metadata(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers, Need::AnyKey)?;
     Ok(Json(json!({
         "name": "invariant",
@@ -68,7 +74,8 @@ async fn server_metadata(State(state): State<AppState>, headers: HeaderMap) -> R
     })))
 }
 
-async fn model_metadata(
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "v2", params(("model" = String, Path, description = "model name")), responses((status = 200, description = "model metadata", body = crate::http::openapi::ModelMetadata), crate::http::openapi::Errors))]
+pub(crate) async fn model_metadata(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(model): Path<String>,
@@ -77,7 +84,8 @@ async fn model_metadata(
     Ok(Json(state.metadata_json(&model, None)?))
 }
 
-async fn version_metadata(
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "v2", params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")), responses((status = 200, description = "version metadata", body = crate::http::openapi::ModelMetadata), crate::http::openapi::Errors))]
+pub(crate) async fn version_metadata(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((model, version)): Path<(String, String)>,
@@ -101,11 +109,17 @@ fn readiness(state: &AppState, headers: &HeaderMap, model: &str, version: Option
     }
 }
 
-async fn model_ready(State(state): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> Response {
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2", params(("model" = String, Path, description = "model name")), responses((status = 200, description = "ready", body = crate::http::openapi::ModelReady), (status = 503, description = "refused", body = crate::http::openapi::ModelReady), crate::http::openapi::Errors))]
+pub(crate) async fn model_ready(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Response {
     readiness(&state, &headers, &model, None)
 }
 
-async fn version_ready(
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "v2", params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")), responses((status = 200, description = "ready", body = crate::http::openapi::ModelReady), (status = 503, description = "refused", body = crate::http::openapi::ModelReady), crate::http::openapi::Errors))]
+pub(crate) async fn version_ready(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((model, version)): Path<(String, String)>,
@@ -113,7 +127,8 @@ async fn version_ready(
     readiness(&state, &headers, &model, Some(&version))
 }
 
-async fn model_config(
+#[utoipa::path(get, path = "/v2/models/{model}/config", tag = "v2", params(("model" = String, Path, description = "model name")), responses((status = 200, description = "Triton model configuration", body = invariant_serving::views::ModelConfig), crate::http::openapi::Errors))]
+pub(crate) async fn model_config(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(model): Path<String>,
@@ -122,7 +137,8 @@ async fn model_config(
     Ok(Json(json!(state.model_config(&model, None)?)))
 }
 
-async fn version_config(
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/config", tag = "v2", params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")), responses((status = 200, description = "Triton model configuration", body = invariant_serving::views::ModelConfig), crate::http::openapi::Errors))]
+pub(crate) async fn version_config(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((model, version)): Path<(String, String)>,
@@ -141,11 +157,13 @@ fn stats_reply(
     Ok(Json(json!({ "model_stats": state.statistics(model, version)? })))
 }
 
-async fn all_stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v2/models/stats", tag = "v2", responses((status = 200, description = "statistics of every version", body = crate::http::openapi::Statistics), crate::http::openapi::Errors))]
+pub(crate) async fn all_stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     stats_reply(&state, &headers, None, None)
 }
 
-async fn model_stats(
+#[utoipa::path(get, path = "/v2/models/{model}/stats", tag = "v2", params(("model" = String, Path, description = "model name")), responses((status = 200, description = "statistics", body = crate::http::openapi::Statistics), crate::http::openapi::Errors))]
+pub(crate) async fn model_stats(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(model): Path<String>,
@@ -153,7 +171,8 @@ async fn model_stats(
     stats_reply(&state, &headers, Some(&model), None)
 }
 
-async fn version_stats(
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/stats", tag = "v2", params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")), responses((status = 200, description = "statistics", body = crate::http::openapi::Statistics), crate::http::openapi::Errors))]
+pub(crate) async fn version_stats(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((model, version)): Path<(String, String)>,
@@ -161,11 +180,17 @@ async fn version_stats(
     stats_reply(&state, &headers, Some(&model), Some(&version))
 }
 
-async fn infer_latest(State(state): State<AppState>, Path(model): Path<String>, request: Request) -> Response {
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2", params(("model" = String, Path, description = "model name"), ("x-corridor" = Option<String>, Header, description = "corridor (else parameters.corridor, else the default)"), ("x-routing-key" = Option<String>, Header, description = "routing key for canaries"), ("x-deadline-ms" = Option<String>, Header, description = "deadline in milliseconds")), request_body(content = crate::http::openapi::InferenceRequest, content_type = "application/json"), responses((status = 200, description = "the answer", body = crate::http::openapi::InferenceResponse), crate::http::openapi::Errors))]
+pub(crate) async fn infer_latest(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    request: Request,
+) -> Response {
     serve_infer(&state, model, None, request).await
 }
 
-async fn infer_version(
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "v2", params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version"), ("x-corridor" = Option<String>, Header, description = "corridor (else parameters.corridor, else the default)"), ("x-routing-key" = Option<String>, Header, description = "routing key for canaries"), ("x-deadline-ms" = Option<String>, Header, description = "deadline in milliseconds")), request_body(content = crate::http::openapi::InferenceRequest, content_type = "application/json"), responses((status = 200, description = "the answer", body = crate::http::openapi::InferenceResponse), crate::http::openapi::Errors))]
+pub(crate) async fn infer_version(
     State(state): State<AppState>,
     Path((model, version)): Path<(String, String)>,
     request: Request,

@@ -1,0 +1,233 @@
+//! What security costs: served throughput with API keys on vs off (`--dev-no-auth`), uncached
+//! and on reply-cache hits; TLS vs plain text, keep-alive throughput of cache hits and the
+//! cost of a new connection per request (the handshake), at each concurrency.
+
+use crate::{median, post_scripts, start_server_auth, state_dir, wrk_measured, Args};
+use anyhow::{bail, Context, Result};
+use invariant_blackbox::{free_port, TestPki};
+use std::path::Path;
+
+/// Creates a `*` infer key in the key file of the server on `port`; returns the key.
+fn create_key(binary: &Path, port: u16) -> Result<String> {
+    let out = std::process::Command::new(binary)
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "bench",
+            "--role",
+            "infer",
+            "--corridor",
+            "*",
+            "--json",
+        ])
+        .env("INVARIANT_STATE_DIR", state_dir(port))
+        .env("INVARIANT_LOG", "warn")
+        .output()
+        .context("invariant keys create")?;
+    if !out.status.success() {
+        bail!("keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let secret = key["secret"].as_str().context("no secret")?.to_string();
+    // The server reads the key file every 250 ms.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    Ok(secret)
+}
+
+/// Medians over `args.rounds` of (req/s, p99 ms, server µs per request, req/s ÷ floor).
+fn measure(args: &Args, pid: u32, url: &str, floor: &str, c: u32, script: Option<&Path>) -> Result<[f64; 4]> {
+    let (mut rps, mut p99, mut cpu, mut ratio) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..args.rounds.max(1) {
+        let f = wrk_measured(pid, floor, c, args.http_seconds, None)?;
+        let m = wrk_measured(pid, url, c, args.http_seconds, script)?;
+        rps.push(m.wrk.requests_per_s);
+        p99.push(m.wrk.p99_ms);
+        cpu.push(m.server_us);
+        ratio.push(m.wrk.requests_per_s / f.wrk.requests_per_s);
+    }
+    Ok([median(rps), median(p99), median(cpu), median(ratio)])
+}
+
+/// API keys on vs off, uncached (cache disabled, every body differs) and on reply-cache hits.
+fn auth_on_off(args: &Args, path: &str, body: &str, scripts: &Path) -> Result<()> {
+    println!(
+        "\n# API keys on vs off, batch 1 JSON (medians of {} rounds; floor = GET /v2/health/live, which needs no key)",
+        args.rounds
+    );
+    println!(
+        "{:<9} {:<5} {:>4} {:>10} {:>9} {:>10} {:>11} {:>8}",
+        "path", "auth", "conc", "req/s", "p99 ms", "vs floor", "server cpu", "on/off"
+    );
+    for (label, cache) in [("uncached", "false"), ("hits", "true")] {
+        let mut off = Vec::new();
+        for auth in [false, true] {
+            let port = free_port();
+            let env = vec![("INVARIANT_CACHE__ENABLED", cache.to_string())];
+            let server = start_server_auth(&args.binary, port, &env, auth)?;
+            let headers_owned = if auth {
+                vec![(
+                    "Authorization".to_string(),
+                    format!("Bearer {}", create_key(&args.binary, port)?),
+                )]
+            } else {
+                Vec::new()
+            };
+            let headers: Vec<(&str, &str)> = headers_owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let name = format!("security-{label}-{auth}");
+            let (constant, varying) = post_scripts(scripts, &name, body, &headers)?;
+            let script = if cache == "true" { constant } else { varying };
+            let base = format!("http://127.0.0.1:{port}");
+            for (i, &c) in args.concurrency.iter().enumerate() {
+                let [rps, p99, cpu, ratio] = measure(
+                    args,
+                    server.child.id(),
+                    &format!("{base}{path}"),
+                    &format!("{base}/v2/health/live"),
+                    c,
+                    Some(&script),
+                )?;
+                if !auth {
+                    off.push(rps);
+                }
+                println!(
+                    "{:<9} {:<5} {:>4} {:>10.0} {:>9.3} {:>10.3} {:>11.1} {:>8}",
+                    label,
+                    if auth { "on" } else { "off" },
+                    c,
+                    rps,
+                    p99,
+                    ratio,
+                    cpu,
+                    if auth {
+                        format!("{:.3}", rps / off[i])
+                    } else {
+                        "-".into()
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// TLS vs plain: keep-alive cache hits, and one new connection per request (the handshake).
+fn tls_vs_plain(args: &Args, path: &str, body: &str, scripts: &Path) -> Result<()> {
+    let pki_dir = scripts.join("pki");
+    let pki = TestPki::generate(&pki_dir, "invariant bench");
+    println!(
+        "\n# TLS vs plain text (medians of {} rounds): cache hits over keep-alive connections, and GET /v2/health/live with a new connection per request",
+        args.rounds
+    );
+    println!(
+        "{:<24} {:<6} {:>4} {:>10} {:>9} {:>11} {:>9} {:>14}",
+        "workload", "wire", "conc", "req/s", "p99 ms", "server cpu", "tls/plain", "extra µs/conn"
+    );
+    let (constant, _) = post_scripts(scripts, "security-tls", body, &[])?;
+    let close = scripts.join("security-close.lua");
+    std::fs::write(&close, "wrk.headers[\"Connection\"] = \"close\"\n")?;
+    let workloads: [(&str, &str, &Path); 2] = [
+        ("hits, keep-alive", path, &constant),
+        ("health, conn/request", "/v2/health/live", &close),
+    ];
+    for (label, target, script) in workloads {
+        let mut plain: Vec<f64> = Vec::new();
+        for tls in [false, true] {
+            let port = free_port();
+            let mut env = Vec::new();
+            if tls {
+                env.push(("INVARIANT_SERVER__TLS__CERT", pki.server_cert.display().to_string()));
+                env.push(("INVARIANT_SERVER__TLS__KEY", pki.server_key.display().to_string()));
+            }
+            let server = start_server_auth(&args.binary, port, &env, false)?;
+            let scheme = if tls { "https" } else { "http" };
+            let base = format!("{scheme}://127.0.0.1:{port}");
+            for (i, &c) in args.concurrency.iter().enumerate() {
+                let [rps, p99, cpu, _] = measure(
+                    args,
+                    server.child.id(),
+                    &format!("{base}{target}"),
+                    &format!("{base}/v2/health/live"),
+                    c,
+                    Some(script),
+                )?;
+                if !tls {
+                    plain.push(rps);
+                }
+                let (ratio, extra) = if tls {
+                    // Per request, at this concurrency: the extra time TLS adds.
+                    let extra = (1.0 / rps - 1.0 / plain[i]) * 1e6 * f64::from(c);
+                    (format!("{:.3}", rps / plain[i]), format!("{extra:.0}"))
+                } else {
+                    ("-".into(), "-".into())
+                };
+                println!(
+                    "{:<24} {:<6} {:>4} {:>10.0} {:>9.3} {:>11.1} {:>9} {:>14}",
+                    label,
+                    if tls { "tls" } else { "plain" },
+                    c,
+                    rps,
+                    p99,
+                    cpu,
+                    ratio,
+                    if label.starts_with("health") { extra } else { "-".into() }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Nanoseconds per key check in-process: a key already verified (a lookup), and a key
+/// verified from scratch (its HMAC), over a key file of 1 000 keys.
+fn in_process(scripts: &Path) -> Result<()> {
+    use invariant_auth::{Corridors, KeyStore, Keyring, Pepper, Role};
+    let store = KeyStore::new(scripts.join("bench-keys.json"));
+    let pepper = Pepper::new(b"bench pepper, sixteen bytes or more".to_vec())?;
+    let mut secrets = Vec::new();
+    for i in 0..1000 {
+        let key = store.create(
+            &pepper,
+            &format!("k{i}"),
+            [Role::Infer].into(),
+            &Corridors::All,
+            "bench",
+        )?;
+        secrets.push(key.secret);
+    }
+    let file = store.read()?;
+    println!("\n# API key checks in-process (1 000 keys in the file)");
+    let n = 200_000u32;
+    let (ring, _) = Keyring::new(&file, &pepper);
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        std::hint::black_box(ring.authenticate(&secrets[i as usize % 1000])?);
+    }
+    println!(
+        "{:<58} {:>8.0} ns/request",
+        "a key in use (verified before: one lookup)",
+        start.elapsed().as_nanos() as f64 / f64::from(n)
+    );
+    let start = std::time::Instant::now();
+    let rounds = 20u32;
+    for _ in 0..rounds {
+        // A fresh keyring (as after a reload): every key is verified by its HMAC once.
+        let (ring, _) = Keyring::new(&file, &pepper);
+        for s in &secrets {
+            std::hint::black_box(ring.authenticate(s)?);
+        }
+    }
+    println!(
+        "{:<58} {:>8.0} ns/request",
+        "a key seen for the first time (HMAC-SHA-256, incl. reload)",
+        start.elapsed().as_nanos() as f64 / f64::from(rounds * 1000)
+    );
+    Ok(())
+}
+
+/// The whole section.
+pub fn bench_security(args: &Args, path: &str, body: &str, scripts: &Path) -> Result<()> {
+    in_process(scripts)?;
+    auth_on_off(args, path, body, scripts)?;
+    tls_vs_plain(args, path, body, scripts)
+}
