@@ -60,6 +60,12 @@ struct Args {
     /// Run only the security section (API keys on vs off; TLS vs plain text).
     #[arg(long)]
     security_only: bool,
+    /// With --security-only: only its TLS part.
+    #[arg(long)]
+    tls_only: bool,
+    /// With --security-only: only its API-key part.
+    #[arg(long)]
+    auth_only: bool,
     /// Run only the isolation harness (corridor B's load while corridor A is flooded, killed,
     /// frozen, cut off from Redis and failing).
     #[arg(long)]

@@ -400,6 +400,7 @@ fn server_check(url: &str, model: &Model, golden: &GoldenFile, c: &mut Collector
         Err(e) => return c.fail(Check::Server, None, format!("cannot start an HTTP client: {e}")),
     };
     let client = reqwest::Client::new();
+    let key = std::env::var("INVARIANT_API_KEY").ok().filter(|k| !k.trim().is_empty());
     for v in &golden.vectors {
         let inputs: Vec<serde_json::Value> = v
             .inputs
@@ -412,12 +413,14 @@ fn server_check(url: &str, model: &Model, golden: &GoldenFile, c: &mut Collector
         let sent = runtime.block_on(async {
             let mut attempt = 0;
             loop {
-                let r = client
+                let mut request = client
                     .post(&endpoint)
                     .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await?;
+                    .body(body.clone());
+                if let Some(k) = &key {
+                    request = request.bearer_auth(k.trim());
+                }
+                let r = request.send().await?;
                 let status = r.status();
                 let wait = r
                     .headers()

@@ -109,7 +109,8 @@ pub struct GateArgs {
     #[arg(value_name = "MODEL[:VERSION]")]
     select: Vec<String>,
     /// Also send every golden vector to this running server and compare its bits with the
-    /// in-process engine's, e.g. http://127.0.0.1:8000.
+    /// in-process engine's, e.g. http://127.0.0.1:8000 (the API key is read from
+    /// INVARIANT_API_KEY; it needs the `infer` role in the corridor the vectors use).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// Print the portability report instead: per version its engine, whether its bits are

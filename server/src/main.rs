@@ -55,7 +55,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INVARIANT_LOG").unwrap_or_else(|_| "info,ort=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("INVARIANT_LOG")
+                .unwrap_or_else(|_| "info,ort=warn,rustls=error".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

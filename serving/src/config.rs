@@ -361,6 +361,71 @@ pub struct LimitsConfig {
     /// Lifecycle changes and the history kept.
     #[serde(default)]
     pub lifecycle: invariant_registry::lifecycle::LifecycleLimits,
+    /// What one request may carry.
+    #[serde(default)]
+    pub request: RequestLimits,
+}
+
+/// `[limits.request]`: what one request may carry beyond the body size and the manifest's
+/// shapes (each breach a 400 naming the field and the limit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestLimits {
+    /// Entity keys in one feature read or enriched inference (all join keys together).
+    pub max_entities: usize,
+    /// Rows in one feature push.
+    pub max_push_rows: usize,
+    /// Bytes of one BYTES tensor element.
+    pub max_bytes_element: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_entities: 1000,
+            max_push_rows: 10_000,
+            max_bytes_element: 1 << 20,
+        }
+    }
+}
+
+impl RequestLimits {
+    /// Refuses more than `max_entities` entity keys in `entities` (join key → keys).
+    pub fn check_entities(
+        &self,
+        field: &str,
+        entities: &std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+    ) -> Result<(), String> {
+        let n: usize = entities.values().map(Vec::len).sum();
+        if n > self.max_entities {
+            return Err(format!(
+                "{field}: {n} entity keys exceed the limit of {} (limits.request.max_entities)",
+                self.max_entities
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses BYTES elements longer than `max_bytes_element`.
+    pub fn check_tensors(&self, tensors: &[invariant_core::Tensor]) -> Result<(), String> {
+        for (i, t) in tensors.iter().enumerate() {
+            if let invariant_core::TensorData::Bytes(elements) = &t.data {
+                if let Some((j, e)) = elements
+                    .iter()
+                    .enumerate()
+                    .find(|(_, e)| e.len() > self.max_bytes_element)
+                {
+                    return Err(format!(
+                        "inputs[{i}] ('{}'): element {j} is {} bytes, over the limit of {} (limits.request.max_bytes_element)",
+                        t.name,
+                        e.len(),
+                        self.max_bytes_element
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The whole configuration.

@@ -35,6 +35,11 @@ impl InferenceService {
         corridor: &CorridorId,
         request: GetOnlineRequest,
     ) -> Result<GetOnlineResponse, ServeError> {
+        self.config
+            .limits
+            .request
+            .check_entities("entities", &request.entities)
+            .map_err(ServeError::invalid)?;
         if let Some(g) = &self.governance {
             g.feature_read(corridor.as_str())
                 .map_err(|r| crate::governance::refusal_error(&r))?;
@@ -47,6 +52,13 @@ impl InferenceService {
     /// Idempotent, ordered push of feature rows in `corridor` (see [`FeatureStore::push`]).
     /// Refused while the corridor is killed, frozen or isolated (degradation level 3 or more).
     pub async fn push_features(&self, corridor: &CorridorId, request: PushRequest) -> Result<PushOutcome, ServeError> {
+        let limit = self.config.limits.request.max_push_rows;
+        if let Some((column, cells)) = request.df.iter().find(|(_, cells)| cells.len() > limit) {
+            return Err(ServeError::invalid(format!(
+                "df.{column}: {} rows exceed the limit of {limit} per push (limits.request.max_push_rows)",
+                cells.len()
+            )));
+        }
         if let Some(g) = &self.governance {
             g.feature_write(corridor.as_str())
                 .map_err(|r| crate::governance::refusal_error(&r))?;
@@ -159,6 +171,12 @@ pub(crate) async fn enrich(
     };
     let entities: std::collections::BTreeMap<String, Vec<Value>> = serde_json::from_value(entities.clone())
         .map_err(|e| ServeError::invalid(format!("parameters.entities: {e}")))?;
+    service
+        .config
+        .limits
+        .request
+        .check_entities("parameters.entities", &entities)
+        .map_err(ServeError::invalid)?;
     let bound: Vec<&invariant_registry::TensorSpec> = manifest
         .inputs
         .iter()

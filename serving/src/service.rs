@@ -221,6 +221,11 @@ impl InferenceService {
         }
         let body = decode()?;
         progress.request_id = body.id.clone();
+        self.config
+            .limits
+            .request
+            .check_tensors(&body.inputs)
+            .map_err(ServeError::invalid)?;
         let corridor = self.corridor_for(
             &caller,
             invariant_auth::Role::Infer,

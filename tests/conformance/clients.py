@@ -404,6 +404,16 @@ def with_keys(http, grpc_, golden_dir, keys):
                         f"{model}: http metadata, {name}")
                 refused(lambda: grpc_.get_model_metadata(model, version, headers=dict(headers)), status_g, fragment,
                         f"{model}: grpc metadata, {name}")
+                refused(lambda: grpc_.get_model_config(model, version, headers=dict(headers)), status_g, fragment,
+                        f"{model}: grpc config, {name}")
+                refused(lambda: grpc_.get_inference_statistics(model, version, headers=dict(headers)), status_g,
+                        fragment, f"{model}: grpc statistics, {name}")
+                refused(lambda: grpc_.is_model_ready(model, version, headers=dict(headers)), status_g, fragment,
+                        f"{model}: grpc ready, {name}")
+                refused(lambda: grpc_.get_server_metadata(headers=dict(headers)), status_g, fragment,
+                        f"grpc server metadata, {name}")
+                refused(lambda: http.get_inference_statistics(model, version, headers=dict(headers)), status_h,
+                        fragment, f"{model}: http statistics, {name}")
         check(http.get_model_metadata(model, version, headers=dict(uae))["name"] == model, f"{model}: http metadata with a key")
         check(grpc_.is_model_ready(model, version, headers=dict(uae)), f"{model}: grpc ready with a key")
     # The repository extension is an admin action across corridors.

@@ -552,3 +552,127 @@ async fn keys_created_and_revoked_on_one_key_file_reach_every_replica_within_a_s
         }
     }
 }
+
+#[tokio::test]
+async fn request_limits_refuse_with_the_field_and_the_limit_and_the_server_keeps_serving() {
+    let s = Server::start_with(ServerOptions {
+        top: "[limits.request]\nmax_entities = 3\nmax_push_rows = 2\nmax_bytes_element = 8\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let keys = |n: usize| (0..n).map(|i| format!("u{i}")).collect::<Vec<_>>();
+    let (status, body) = s
+        .post(
+            "/v1/features/get-online",
+            &json!({"feature_service": "x", "entities": {"account_id": keys(2), "other": keys(2)}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("4 entity keys exceed the limit of 3 (limits.request.max_entities)"),
+        "{body}"
+    );
+    let (status, body) = s
+        .post(
+            "/v1/features/push",
+            &json!({"feature_view": "v", "df": {"account_id": ["a", "b", "c"], "event_timestamp": [1, 2, 3]}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("3 rows exceed the limit of 2 per push"),
+        "{body}"
+    );
+    let mut enriched = trust_request(&[TRUST_ROW]);
+    enriched["parameters"] = json!({"entities": {"account_id": keys(5)}});
+    let (status, body) = s.post("/v2/models/trust-scorer/versions/1.2.0/infer", &enriched).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("parameters.entities: 5 entity keys"),
+        "{body}"
+    );
+    let bytes = json!({"inputs": [{"name": "features", "shape": [1], "datatype": "BYTES", "data": ["0123456789"]}]});
+    let (status, body) = s.post("/v2/models/trust-scorer/versions/1.2.0/infer", &bytes).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("element 0 is 10 bytes, over the limit of 8"),
+        "{body}"
+    );
+    s.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn malformed_paths_wrong_methods_and_large_admin_bodies_answer_v2_error_bodies() {
+    let s = Server::start_with(ServerOptions {
+        max_body_bytes: 1024,
+        ..Default::default()
+    })
+    .await;
+    for (method, path, body) in [
+        (Method::GET, "/v2/models/%ff/ready", None),
+        (Method::POST, "/v2/models/%ff/versions/1.0.0/infer", Some(json!({}))),
+        (Method::DELETE, "/v2/health/live", None),
+        (Method::PUT, "/admin/v1/governance", Some(json!({}))),
+        (
+            Method::POST,
+            "/admin/v1/models/trust-scorer/versions/1.1.0/stage",
+            Some(json!({"reason": "x".repeat(4096)})),
+        ),
+    ] {
+        let (status, reply, headers) = send(&s, &call(method.clone(), path, body, None), None).await;
+        assert!([400, 405, 413].contains(&status), "{method} {path}: {status} {reply}");
+        assert_eq!(
+            headers.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{method} {path}"
+        );
+        assert!(
+            reply["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {path}: {reply}"
+        );
+    }
+    s.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn the_gate_sends_its_key_to_a_server_that_requires_one() {
+    let (s, repo) = keyed_server().await;
+    let (_, key) = s.create_key("ci", &["infer"], &["UAE-SA"]).await;
+    let gate = |key: Option<&str>| {
+        let mut command = std::process::Command::new(binary());
+        command
+            .args(["gate", "trust-scorer:1.2.0", "--server", &s.url])
+            .args(repo.args())
+            .current_dir(workspace_root())
+            .env_remove("INVARIANT_API_KEY");
+        if let Some(k) = key {
+            command.env("INVARIANT_API_KEY", k);
+        }
+        let out = command.output().expect("run the gate");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = gate(Some(&key));
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = gate(None);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("401") || text.contains("missing API key"), "{text}");
+}
