@@ -107,13 +107,16 @@ impl Drop for Permit {
 }
 
 /// What the watchdog of one connection knows: when bytes last moved, how many requests are
-/// in flight, and since when a request head is awaited (0: none).
+/// in flight, since when a request head is awaited (0: none), and whether the connection
+/// speaks HTTP/2 (whose idle connections carry PINGs and window updates, not heads: only the
+/// idle timeout closes them, with a GOAWAY).
 #[derive(Debug)]
 struct Activity {
     origin: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
     head_since_ms: AtomicU64,
+    h2: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -124,6 +127,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             // A new connection owes a request head from the start (stored +1: 0 means none).
             head_since_ms: AtomicU64::new(1),
+            h2: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -134,7 +138,7 @@ impl Activity {
     fn moved(&self, read: bool) {
         let now = self.now_ms();
         self.last_ms.store(now, Ordering::Relaxed);
-        if read && self.in_flight.load(Ordering::Relaxed) == 0 {
+        if read && self.in_flight.load(Ordering::Relaxed) == 0 && !self.h2.load(Ordering::Relaxed) {
             let _ = self
                 .head_since_ms
                 .compare_exchange(0, now + 1, Ordering::Relaxed, Ordering::Relaxed);
@@ -186,7 +190,10 @@ enum Watch {
 struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn new(activity: &Arc<Activity>) -> Self {
+    fn new(activity: &Arc<Activity>, version: http::Version) -> Self {
+        if version == http::Version::HTTP_2 {
+            activity.h2.store(true, Ordering::Relaxed);
+        }
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.head_since_ms.store(0, Ordering::Relaxed);
         Self(activity.clone())
@@ -425,7 +432,7 @@ where
         let on_request = activity.clone();
         let timeout = limits.request_timeout;
         let hyper_service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let in_flight = InFlight::new(&on_request);
+            let in_flight = InFlight::new(&on_request, request.version());
             let call = service.clone().oneshot(request.map(Body::new));
             async move {
                 let _in_flight = in_flight;
@@ -524,7 +531,7 @@ mod tests {
         );
         let activity = Arc::new(Activity::new());
         activity.moved(true);
-        let request = InFlight::new(&activity);
+        let request = InFlight::new(&activity, http::Version::HTTP_11);
         tokio::time::advance(Duration::from_millis(5000)).await;
         assert!(
             until(activity.next_check(&limits())),
@@ -543,5 +550,18 @@ mod tests {
         activity.moved(true);
         tokio::time::advance(Duration::from_millis(150)).await;
         assert_eq!(activity.next_check(&limits()), Watch::HeadTimeout);
+        // HTTP/2: bytes between requests (PINGs, window updates) owe no head; only the idle
+        // timeout applies.
+        let activity = Arc::new(Activity::new());
+        activity.moved(true);
+        drop(InFlight::new(&activity, http::Version::HTTP_2));
+        activity.moved(true);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(
+            until(activity.next_check(&limits())),
+            "an idle HTTP/2 connection was cut at the head timeout"
+        );
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(activity.next_check(&limits()), Watch::Idle);
     }
 }
