@@ -10,6 +10,7 @@ pub mod fuzz_entry;
 pub mod grpc;
 pub mod http;
 pub mod listener;
+pub mod request_id;
 pub mod tls;
 
 pub use http::{app, router};

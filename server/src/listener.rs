@@ -431,20 +431,32 @@ where
         });
         let on_request = activity.clone();
         let timeout = limits.request_timeout;
-        let hyper_service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let hyper_service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            use tracing::Instrument;
             let in_flight = InFlight::new(&on_request, request.version());
+            // One id per request, on the request, the reply and the span of its log lines.
+            let id = crate::request_id::of(request.headers());
+            let id_value = crate::request_id::value(&id);
+            request
+                .headers_mut()
+                .insert(crate::request_id::HEADER, id_value.clone());
+            let span =
+                tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
             let call = service.clone().oneshot(request.map(Body::new));
             async move {
                 let _in_flight = in_flight;
-                let response = match timeout {
-                    Some(limit) => match tokio::time::timeout(limit, call).await {
-                        Ok(r) => r,
-                        Err(_) => return Ok::<_, std::convert::Infallible>(request_timeout_response(limit)),
-                    },
-                    None => call.await,
+                let answered = match timeout {
+                    Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+                    None => Some(call.await),
                 };
-                Ok(response.map_or_else(|never| match never {}, |r| r.map(Body::new)))
+                let mut response = match answered {
+                    Some(r) => r.map_or_else(|never| match never {}, |r| r.map(Body::new)),
+                    None => request_timeout_response(timeout.unwrap_or_default()),
+                };
+                response.headers_mut().insert(crate::request_id::HEADER, id_value);
+                Ok::<_, std::convert::Infallible>(response)
             }
+            .instrument(span)
         });
         let connection = builder.serve_connection_with_upgrades(io, hyper_service);
         tokio::pin!(connection);

@@ -197,9 +197,12 @@ impl ControlPlane {
             actor.to_string(),
             reason.to_string(),
         );
-        let transition = tokio::task::spawn_blocking(move || worker.transition(&m, &v, &action, &a, &r))
-            .await
-            .map_err(|e| ServeError::internal(format!("transition task failed: {e}")))??;
+        // The blocking work logs within the request's span (its id).
+        let span = tracing::Span::current();
+        let transition =
+            tokio::task::spawn_blocking(move || span.in_scope(|| worker.transition(&m, &v, &action, &a, &r)))
+                .await
+                .map_err(|e| ServeError::internal(format!("transition task failed: {e}")))??;
         crate::events::publish(&self.service, model, "transition").await;
         Ok(transition)
     }
@@ -222,7 +225,9 @@ impl ControlPlane {
         let _one_at_a_time = self.service.reload_lock.lock().await;
         let worker = self.service.clone();
         let name = model.to_string();
+        let span = tracing::Span::current();
         let (table, versions) = tokio::task::spawn_blocking(move || {
+            let _in_request = span.enter();
             let current = worker.snapshot().table.clone();
             current.reload_model(&worker.config.model_repository, &name, &worker.loader())
         })
@@ -230,6 +235,14 @@ impl ControlPlane {
         .map_err(|e| ServeError::internal(format!("reload task failed: {e}")))?
         .map_err(|e| ServeError::internal(e.to_string()))?;
         self.service.set_models(Arc::new(table));
+        let count = |state: &str| versions.iter().filter(|v| v.state == state).count();
+        tracing::info!(
+            model,
+            ready = count("READY"),
+            unchanged = count("UNCHANGED"),
+            failed = count("FAILED"),
+            "model reloaded"
+        );
         crate::events::publish(&self.service, model, "reload").await;
         Ok(ReloadReport { versions })
     }

@@ -472,6 +472,18 @@ def over_tls(http_addr, grpc_addr, golden_dir, tls):
                   f"https without a client certificate: {type(e).__name__}: {e}")
 
 
+def grpc_request_ids(grpc_):
+    """The request id comes back as gRPC initial metadata: the caller's, or a generated one."""
+    stub = grpc_._client_stub
+    request = grpcclient.service_pb2.ServerMetadataRequest()
+    _, call = stub.ServerMetadata.with_call(request, metadata=(("x-request-id", "grpc-7"),))
+    got = dict(call.initial_metadata())
+    check(got.get("x-request-id") == "grpc-7", f"grpc echoes x-request-id: {got}")
+    _, call = stub.ServerMetadata.with_call(request)
+    generated = dict(call.initial_metadata()).get("x-request-id", "")
+    check(len(generated) == 32, f"grpc generates a request id: {generated!r}")
+
+
 def main():
     a = argparse.Namespace(
         http=os.environ["CONFORMANCE_HTTP"],
@@ -486,6 +498,7 @@ def main():
         metadata_and_errors(http, grpc_, a.golden)
         async_clients(a.http, a.grpc, a.golden)
         parity(http, grpc_, a.http)
+        grpc_request_ids(grpc_)
     elif a.suite == "triton-auth":
         http = httpclient.InferenceServerClient(a.http)
         grpc_ = grpcclient.InferenceServerClient(a.grpc)

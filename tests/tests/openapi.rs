@@ -67,9 +67,12 @@ async fn schemathesis(
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
     let tool = venv("schemathesis");
+    let work = dir.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
+        // Its working directory is the temporary one: schemathesis keeps a cache there.
         Command::new(tool)
             .args(&args)
+            .current_dir(&work)
             .env("NO_COLOR", "1")
             .output()
             .expect("run schemathesis")
