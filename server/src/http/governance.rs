@@ -132,8 +132,10 @@ pub(crate) async fn corridor(
     headers: HeaderMap,
     Path(corridor): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    // Authenticated before the path is judged: a caller without a key learns nothing.
+    let caller = authorize(&state, &headers, Need::AnyKey)?;
     let id = CorridorId::parse(&corridor).map_err(|e| ApiError::bad_request(format!("corridor: {e}")))?;
-    authorize(&state, &headers, Need::In(Role::Admin, id.as_str()))?;
+    check(&caller, Need::In(Role::Admin, id.as_str()))?;
     governance(&state)?
         .corridors()
         .into_iter()
