@@ -289,6 +289,33 @@ fn refuse(stream: TcpStream, why: &str) {
     let _ = stream.try_write(reply.as_bytes());
 }
 
+/// What a listener serves: an HTTP service that never fails, answering with [`ReplyBody`]s.
+pub trait Served:
+    Service<http::Request<Body>, Response = http::Response<Self::Reply>, Error = std::convert::Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+    /// Its reply bodies.
+    type Reply: ReplyBody;
+}
+
+impl<S, B> Served for S
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static,
+    B: ReplyBody,
+{
+    type Reply = B;
+}
+
+/// A reply body a listener can send.
+pub trait ReplyBody: http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + 'static {}
+
+impl<B> ReplyBody for B where B: http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + 'static {}
+
 /// The HTTP/1 and HTTP/2 settings every connection is served with.
 fn connection_builder(limits: &ConnectionLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -311,22 +338,14 @@ fn connection_builder(limits: &ConnectionLimits) -> hyper_util::server::conn::au
 /// Serves `service` on every connection `listener` accepts (over TLS when `tls` is given),
 /// under `limits`, until `shutdown` resolves; then stops accepting, lets every connection
 /// finish its requests and close (graceful), and returns once they have (or after `drain`).
-pub async fn serve<S, B>(
+pub async fn serve<S: Served>(
     listener: TcpListener,
     service: S,
     limits: ConnectionLimits,
     tls: Option<Arc<crate::tls::Reloadable>>,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
-) where
-    S: Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
+) {
     let counts = Arc::new(Counts::default());
     let limits = Arc::new(limits);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -370,13 +389,10 @@ pub async fn serve<S, B>(
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                 tokio::spawn(async move {
-                    // The handshake counts against the header-read timeout, like a head.
+                    // The handshake counts against the header-read timeout, like a head (the
+                    // head clock starts with the connection).
                     let activity = Arc::new(Activity::new());
-                    let tracked = Tracked {
-                        inner: stream,
-                        activity: activity.clone(),
-                    };
-                    match tokio::time::timeout(connection.limits.header_read_timeout, acceptor.accept(tracked)).await {
+                    match tokio::time::timeout(connection.limits.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => connection.run(stream, activity).await,
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -403,16 +419,7 @@ struct Connection<S> {
     _permit: Permit,
 }
 
-impl<S, B> Connection<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
+impl<S: Served> Connection<S> {
     /// Serves requests on `stream` until it closes, the watchdog closes it, or shutdown.
     async fn run<I>(self, stream: I, activity: Arc<Activity>)
     where

@@ -208,6 +208,10 @@ impl InferenceService {
         named: Option<&str>,
         parameters: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<CorridorId, ServeError> {
+        // A key of every corridor (and the development caller) needs no look at the name.
+        if principal.may_everywhere(role) {
+            return self.corridor_of(named, parameters);
+        }
         if let Some(name) = self.named_corridor(named, parameters)? {
             check(principal, Need::In(role, &name))?;
         }

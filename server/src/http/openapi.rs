@@ -132,10 +132,10 @@ pub struct ModelReady {
     pub error: Option<String>,
 }
 
-/// An input tensor of an inference request.
+/// A tensor of an inference request (an input) or answer (an output).
 #[derive(Serialize, ToSchema)]
-pub struct RequestInput {
-    /// Input name.
+pub struct Tensor {
+    /// Tensor name.
     pub name: String,
     /// Shape.
     pub shape: Vec<i64>,
@@ -144,7 +144,8 @@ pub struct RequestInput {
     /// `binary_data_size` with the binary extension.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
-    /// Row-major data, flat or nested as the shape.
+    /// Row-major data: flat (answers) or flat or nested as the shape (requests); absent when
+    /// sent as binary.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
 }
@@ -170,27 +171,10 @@ pub struct InferenceRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
     /// Input tensors.
-    pub inputs: Vec<RequestInput>,
+    pub inputs: Vec<Tensor>,
     /// Outputs to return (default: all).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<RequestOutput>>,
-}
-
-/// An output tensor of an inference response.
-#[derive(Serialize, ToSchema)]
-pub struct ResponseOutput {
-    /// Output name.
-    pub name: String,
-    /// Shape.
-    pub shape: Vec<i64>,
-    /// V2 datatype.
-    pub datatype: String,
-    /// `binary_data_size` when sent as binary.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parameters: Option<Value>,
-    /// Flat row-major data (absent when sent as binary).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
 }
 
 /// `POST …/infer` answer.
@@ -206,7 +190,7 @@ pub struct InferenceResponse {
     /// `corridor`, `device`, `routing`, `cached`, `cache_key`, `degraded`, `features`.
     pub parameters: Value,
     /// Output tensors.
-    pub outputs: Vec<ResponseOutput>,
+    pub outputs: Vec<Tensor>,
 }
 
 /// `GET …/stats`.
