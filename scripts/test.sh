@@ -20,6 +20,12 @@ if ! command -v qemu-x86_64 >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user
 fi
 command -v qemu-x86_64 >/dev/null || { echo "test: qemu-x86_64 is required and could not be installed" >&2; exit 1; }
+# The Prometheus alerting rules are checked and unit-tested with promtool (Debian package prometheus).
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "test: installing prometheus (for promtool)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus
+fi
+command -v promtool >/dev/null || { echo "test: promtool is required and could not be installed" >&2; exit 1; }
 
 echo "test: cargo fmt --check"
 cargo fmt --all --check

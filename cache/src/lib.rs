@@ -13,7 +13,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 use redis::AsyncCommands;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -154,7 +154,10 @@ impl RedisL2 {
     pub async fn get(&self, key: &Key) -> Option<Vec<u8>> {
         let mut conn = self.connection().await?;
         let key = self.redis_key(key);
-        match tokio::time::timeout(self.timeout, conn.get::<_, Option<Vec<u8>>>(&key)).await {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, conn.get::<_, Option<Vec<u8>>>(&key)).await;
+        round_trip("cache_get", &result, started);
+        match result {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "Redis L2 GET failed; treated as a miss");
@@ -167,6 +170,24 @@ impl RedisL2 {
         }
     }
 
+    /// A round trip (`PING`): `Err` with why when this corridor's Redis cannot be reached.
+    pub async fn ping(&self) -> Result<(), String> {
+        let Some(mut conn) = self.connection().await else {
+            return Err(format!(
+                "cannot connect to the Redis of {}",
+                self.prefix.trim_end_matches(':')
+            ));
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        round_trip("cache_ping", &result, started);
+        match result {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("PING failed: {e}")),
+            Err(_) => Err("PING timed out".into()),
+        }
+    }
+
     /// Stores bytes with a TTL; failures are logged and ignored.
     pub async fn set(&self, key: &Key, bytes: &[u8], ttl: Duration) {
         let Some(mut conn) = self.connection().await else {
@@ -174,7 +195,10 @@ impl RedisL2 {
         };
         let millis = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
         let key = self.redis_key(key);
-        match tokio::time::timeout(self.timeout, conn.pset_ex::<_, _, ()>(&key, bytes, millis)).await {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, conn.pset_ex::<_, _, ()>(&key, bytes, millis)).await;
+        round_trip("cache_set", &result, started);
+        match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "Redis L2 SET failed"),
             Err(_) => tracing::warn!("Redis L2 SET timed out"),
@@ -182,8 +206,53 @@ impl RedisL2 {
     }
 }
 
+/// Records one Redis round trip in `invariant_redis_round_trip_seconds`.
+fn round_trip<T, E>(
+    purpose: &'static str,
+    result: &Result<Result<T, E>, tokio::time::error::Elapsed>,
+    started: Instant,
+) {
+    let outcome = match result {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(_)) => "error",
+        Err(_) => "timeout",
+    };
+    metrics::histogram!("invariant_redis_round_trip_seconds", "purpose" => purpose, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Counts of one corridor's cache since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Answers found in L1.
+    pub l1_hits: u64,
+    /// Answers found in L2.
+    pub l2_hits: u64,
+    /// Lookups that found nothing (the answer was computed, or a cache-only read missed).
+    pub misses: u64,
+    /// L1 entries removed for room or because they expired.
+    pub evictions: u64,
+    /// Bytes L1 holds (its weighed size).
+    pub bytes: u64,
+    /// Entries L1 holds.
+    pub entries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    l1_hits: AtomicU64,
+    l2_hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: Arc<AtomicU64>,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The cache of one corridor.
 pub struct CorridorCache {
+    counts: Counts,
     /// Keys are already uniform hashes: a fast seeded hasher is enough for the map.
     l1: Cache<Key, Arc<Entry>, foldhash::fast::RandomState>,
     /// False when L1 was given no room: every lookup goes to L2 (or computes).
@@ -203,7 +272,17 @@ impl std::fmt::Debug for CorridorCache {
 impl CorridorCache {
     /// A cache whose L1 holds at most `max_bytes` of entries (key and bookkeeping included).
     pub fn new(max_bytes: u64, l2: Option<RedisL2>) -> Self {
+        let counts = Counts::default();
+        let evictions = counts.evictions.clone();
         let l1 = Cache::builder()
+            .eviction_listener(move |_k, _v, cause| {
+                if matches!(
+                    cause,
+                    moka::notification::RemovalCause::Size | moka::notification::RemovalCause::Expired
+                ) {
+                    bump(&evictions);
+                }
+            })
             .max_capacity(max_bytes)
             .weigher(|_k: &Key, v: &Arc<Entry>| {
                 u32::try_from(v.bytes.len() + v.request.len() + 128).unwrap_or(u32::MAX)
@@ -212,15 +291,34 @@ impl CorridorCache {
             .support_invalidation_closures()
             .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
+            counts,
             l1,
             l1_enabled: max_bytes > 0,
             l2,
         }
     }
 
+    /// The counts since start, and what L1 holds now.
+    pub fn stats(&self) -> CacheStats {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheStats {
+            l1_hits: read(&self.counts.l1_hits),
+            l2_hits: read(&self.counts.l2_hits),
+            misses: read(&self.counts.misses),
+            evictions: read(&self.counts.evictions),
+            bytes: self.l1.weighted_size(),
+            entries: self.l1.entry_count(),
+        }
+    }
+
     /// Whether this corridor has a Redis L2.
     pub fn has_l2(&self) -> bool {
         self.l2.is_some()
+    }
+
+    /// The L2, if any.
+    pub fn l2(&self) -> Option<&RedisL2> {
+        self.l2.as_ref()
     }
 
     /// The cached entry for `key`, or the result of `compute` (stored in L1 and L2 with `ttl`).
@@ -275,16 +373,24 @@ impl CorridorCache {
             FROM_L2 => Source::L2,
             _ => Source::L1,
         };
+        bump(match source {
+            Source::Computed => &self.counts.misses,
+            Source::L2 => &self.counts.l2_hits,
+            Source::L1 => &self.counts.l1_hits,
+        });
         Ok((entry.into_value(), source))
     }
 
     /// The L1 entry for `key`, if present: the cheapest possible hit (no timer, no admission).
     pub async fn peek(&self, key: &Key) -> Option<Arc<Entry>> {
-        if self.l1_enabled {
-            self.l1.get(key).await
-        } else {
-            None
+        if !self.l1_enabled {
+            return None;
         }
+        let hit = self.l1.get(key).await;
+        if hit.is_some() {
+            bump(&self.counts.l1_hits);
+        }
+        hit
     }
 
     /// The cached answer for `key` from L1, else from L2, without computing anything (a
@@ -293,8 +399,16 @@ impl CorridorCache {
         if let Some(e) = self.peek(key).await {
             return Some((e.bytes.clone(), Source::L1));
         }
-        let l2 = self.l2.as_ref()?;
-        l2.get(key).await.map(|b| (Bytes::from(b), Source::L2))
+        let found = match &self.l2 {
+            Some(l2) => l2.get(key).await.map(|b| (Bytes::from(b), Source::L2)),
+            None => None,
+        };
+        bump(if found.is_some() {
+            &self.counts.l2_hits
+        } else {
+            &self.counts.misses
+        });
+        found
     }
 
     /// Stores an entry in L1 only (e.g. a rendered reply under its own key space).

@@ -118,6 +118,15 @@ pub enum CorridorsCommand {
         #[command(flatten)]
         args: GovernArgs,
     },
+    /// A corridor's health from a running server (--server): readiness and why not,
+    /// dependencies, pool load, recent p50/p99 and error rate, level, switches, breakers.
+    /// Exits 1 when the corridor does not serve.
+    Health {
+        /// Corridor id.
+        corridor: String,
+        #[command(flatten)]
+        args: GovernArgs,
+    },
 }
 
 /// `invariant flags …`
@@ -187,7 +196,8 @@ fn apply(args: &GovernArgs, change: Change) -> Result<Value> {
             let governance = config
                 .open_governance()
                 .with_context(|| format!("opening {}", config.governance_state_path().display()))?;
-            let audit = invariant_serving::audit::AuditLog::new(config.state_dir.join("audit.jsonl"));
+            let audit = invariant_serving::audit::AuditLog::open(&config)
+                .with_context(|| format!("opening the audit trail {}", config.audit_dir().display()))?;
             let state = invariant_serving::governance::apply_change(
                 &governance,
                 &audit,
@@ -290,6 +300,67 @@ pub fn switches(command: SwitchesCommand) -> Result<()> {
 /// Runs `invariant corridors …`.
 pub fn corridors(command: CorridorsCommand) -> Result<()> {
     match command {
+        CorridorsCommand::Health { corridor, args } => {
+            let Some(server) = &args.server else {
+                bail!("corridors health reads live state: name the server with --server URL");
+            };
+            let (status, h) = crate::models_cli::call_any(
+                server,
+                reqwest::Method::GET,
+                &format!("/v1/corridors/{corridor}/health"),
+                None,
+            )?;
+            if status != 200 && status != 503 {
+                bail!("{status}: {}", h["error"].as_str().unwrap_or("request failed"));
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+            } else {
+                let r = &h["recent"];
+                println!(
+                    "{}: {}",
+                    h["corridor"].as_str().unwrap_or(&corridor),
+                    if h["ready"] == true { "ready" } else { "NOT READY" }
+                );
+                for why in h["not_ready"].as_array().into_iter().flatten() {
+                    println!("  not ready: {}", why.as_str().unwrap_or(""));
+                }
+                for d in h["dependencies"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {}: {}{}",
+                        d["name"].as_str().unwrap_or(""),
+                        if d["ok"] == true { "ok" } else { "DOWN" },
+                        d["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()
+                    );
+                }
+                println!(
+                    "  pool: {} in flight, {} queued, {} places",
+                    h["pool"]["in_flight"], h["pool"]["queued"], h["pool"]["capacity"]
+                );
+                println!(
+                    "  last {} s: {} requests, error rate {:.2} %, p50 {} ms, p99 {} ms",
+                    invariant_serving::health::RECENT_SECONDS,
+                    r["requests"],
+                    r["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                    r["p50_ms"],
+                    r["p99_ms"]
+                );
+                if let Some(g) = h["governance"].as_object() {
+                    println!(
+                        "  level {} ({}), killed: {}, frozen: {}, breakers: {}",
+                        g["level"],
+                        g["level_name"].as_str().unwrap_or(""),
+                        g["killed"].as_str().unwrap_or("no"),
+                        g["frozen"].as_str().unwrap_or("no"),
+                        g["breakers"]
+                    );
+                }
+            }
+            if h["ready"] != true {
+                bail!("corridor {corridor} does not serve");
+            }
+            Ok(())
+        }
         CorridorsCommand::Status(args) => {
             let view = read(&args)?;
             if args.json {

@@ -5,6 +5,7 @@
 //! `flags …`), and API keys (`keys …`). Transport-free: it works on the repository through the
 //! serving core, or on a running server through its HTTP admin API.
 
+pub mod audit_cli;
 pub mod gate;
 pub mod governance_cli;
 pub mod import;
@@ -46,6 +47,9 @@ pub enum Command {
     /// API keys: create (bound to corridors and roles; the key is shown once), list, revoke.
     #[command(subcommand)]
     Keys(keys_cli::KeysCommand),
+    /// The audit trail: verify the hash chains, show records, replay retained inferences.
+    #[command(subcommand)]
+    Audit(audit_cli::AuditCommand),
 }
 
 /// `invariant features …`
@@ -189,6 +193,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Corridors(command) => governance_cli::corridors(command),
         Command::Flags(command) => governance_cli::flags(command),
         Command::Keys(command) => keys_cli::run(command),
+        Command::Audit(command) => audit_cli::run(command),
         Command::Gate(args) => gate(args),
         Command::Features(FeaturesCommand::Plan { config, json }) => features_plan(config, json, false),
         Command::Features(FeaturesCommand::Apply { config, json }) => features_plan(config, json, true),

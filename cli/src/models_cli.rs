@@ -141,6 +141,15 @@ impl Common {
 
 /// Calls the admin API of a running server.
 pub(crate) fn call(server: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    let (status, value) = call_any(server, method, path, body)?;
+    if !(200..300).contains(&status) {
+        bail!("{status}: {}", value["error"].as_str().unwrap_or("request failed"));
+    }
+    Ok(value)
+}
+
+/// [`call`] that returns the status and body of any answer.
+pub(crate) fn call_any(server: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -155,10 +164,7 @@ pub(crate) fn call(server: &str, method: reqwest::Method, path: &str, body: Opti
         let status = response.status();
         let text = response.text().await?;
         let value: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "error": text }));
-        if !status.is_success() {
-            bail!("{status}: {}", value["error"].as_str().unwrap_or("request failed"));
-        }
-        Ok(value)
+        Ok((status.as_u16(), value))
     })
 }
 
@@ -178,7 +184,7 @@ fn views(common: &Common, model: Option<&str>) -> Result<Vec<Value>> {
             }
         };
     }
-    let state = invariant_serving::InferenceService::build(common.config()?)?;
+    let state = invariant_serving::InferenceService::build_for_tools(common.config()?)?;
     let snapshot = state.snapshot();
     let names: Vec<String> = match model {
         Some(m) => vec![m.to_string()],
@@ -366,7 +372,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
 /// Loads and verifies every version as the server does; fails if any version fails.
 fn verify(config: &invariant_serving::config::Config, as_json: bool) -> Result<()> {
     use invariant_serving::models::VersionState;
-    let state = invariant_serving::InferenceService::build(config.clone())?;
+    let state = invariant_serving::InferenceService::build_for_tools(config.clone())?;
     let snapshot = state.snapshot();
     let rows: Vec<Value> = snapshot
         .table
@@ -416,7 +422,7 @@ fn transition(t: TransitionArgs, action: Action, name: &str, percent: Option<f64
             call(server, reqwest::Method::POST, &path, Some(body))?["transition"].clone()
         }
         None => {
-            let state = invariant_serving::InferenceService::build(t.common.config()?)?;
+            let state = invariant_serving::InferenceService::build_for_tools(t.common.config()?)?;
             let transition = state.transition(&t.model, &t.model_version, &action, &actor(&t), &t.reason)?;
             serde_json::to_value(transition)?
         }

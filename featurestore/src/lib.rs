@@ -160,6 +160,11 @@ pub struct FeatureStore {
 }
 
 impl FeatureStore {
+    /// Whether `corridor`'s rows can be reached now (see [`OnlineStore::check`]).
+    pub fn check(&self, corridor: &str) -> Result<(), FeatureError> {
+        self.store.check(corridor)
+    }
+
     /// Opens the store file with the definitions applied at `applied` (`invariant features
     /// apply`), or, when nothing was applied yet, those of `repository`.
     pub fn open(repository: &Path, applied: &Path, store_path: &Path) -> Result<Self, FeatureError> {

@@ -119,7 +119,12 @@ impl RedisStore {
 
     /// Runs `op` on the corridor's connection, connecting first if needed; a failure drops the
     /// connection so the next call reconnects.
-    fn with<T>(&self, corridor: &str, op: impl FnOnce(&mut Conn) -> redis::RedisResult<T>) -> Result<T, FeatureError> {
+    fn with<T>(
+        &self,
+        corridor: &str,
+        purpose: &'static str,
+        op: impl FnOnce(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, FeatureError> {
         let target = self
             .targets
             .get(corridor)
@@ -160,7 +165,16 @@ impl RedisStore {
             *guard = Some(conn);
         }
         let conn = guard.as_mut().ok_or_else(|| unavailable(&"no connection"))?;
-        match op(conn) {
+        let started = Instant::now();
+        let result = op(conn);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.is_timeout() => "timeout",
+            Err(_) => "error",
+        };
+        metrics::histogram!("invariant_redis_round_trip_seconds", "purpose" => purpose, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        match result {
             Ok(v) => {
                 *target.down.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(v)
@@ -180,13 +194,21 @@ fn vhash(values: &[serde_json::Value]) -> String {
 }
 
 impl OnlineStore for RedisStore {
+    fn check(&self, corridor: &str) -> Result<(), FeatureError> {
+        self.with(corridor, "feature_ping", |conn| match conn {
+            Conn::Single(c) => redis::cmd("PING").query::<String>(c),
+            Conn::Cluster(c) => redis::cmd("PING").query::<String>(c.as_mut()),
+        })
+        .map(|_| ())
+    }
+
     fn write(&self, corridor: &str, view: &str, rows: &[(String, Row)]) -> Result<Vec<WriteOutcome>, FeatureError> {
         let mut payloads = Vec::with_capacity(rows.len());
         for (entity, row) in rows {
             let json = serde_json::to_string(row).map_err(|e| FeatureError::Store(e.to_string()))?;
             payloads.push((key(corridor, view, entity), json, row.event_ms, vhash(&row.values)));
         }
-        self.with(corridor, |conn| {
+        self.with(corridor, "feature_write", |conn| {
             let done: Vec<i64> = match conn {
                 Conn::Single(conn) => {
                     // Makes sure the script is cached so the pipelined EVALSHAs find it.
@@ -222,7 +244,7 @@ impl OnlineStore for RedisStore {
     }
 
     fn read(&self, corridor: &str, view: &str, entities: &[String]) -> Result<Vec<Option<Row>>, FeatureError> {
-        let raw: Vec<Option<String>> = self.with(corridor, |conn| match conn {
+        let raw: Vec<Option<String>> = self.with(corridor, "feature_read", |conn| match conn {
             Conn::Single(conn) => {
                 let mut pipe = redis::pipe();
                 for e in entities {

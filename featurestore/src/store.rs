@@ -18,6 +18,11 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     fn write(&self, corridor: &str, view: &str, rows: &[(String, Row)]) -> Result<Vec<WriteOutcome>, FeatureError>;
     /// The rows of `entities` in `view` of `corridor`, in order.
     fn read(&self, corridor: &str, view: &str, entities: &[String]) -> Result<Vec<Option<Row>>, FeatureError>;
+    /// Whether `corridor`'s rows can be reached now (a round trip to its Redis; the embedded
+    /// file is always reachable once open).
+    fn check(&self, _corridor: &str) -> Result<(), FeatureError> {
+        Ok(())
+    }
 }
 
 /// One stored row of a feature view for one entity.

@@ -109,6 +109,8 @@ pub struct Summary {
     pub error_rate: f64,
     /// p99 latency in ms (the upper bound of its histogram bucket; 0 when empty).
     pub p99_ms: f64,
+    /// p50 latency in ms, the same way.
+    pub p50_ms: f64,
 }
 
 /// One corridor's sliding window.
@@ -164,18 +166,21 @@ impl Window {
                 *h += u64::from(v);
             }
         }
-        let mut p99_ms = 0.0;
-        if requests > 0 {
-            let rank = (requests as f64 * 0.99).ceil() as u64;
+        let quantile = |q: f64| {
+            if requests == 0 {
+                return 0.0;
+            }
+            let rank = (requests as f64 * q).ceil().max(1.0) as u64;
             let mut seen = 0;
             for (i, c) in hist.iter().enumerate() {
                 seen += c;
                 if seen >= rank {
-                    p99_ms = bucket_upper_us(i) / 1000.0;
-                    break;
+                    return (bucket_upper_us(i)).round() / 1000.0;
                 }
             }
-        }
+            0.0
+        };
+        let (p50_ms, p99_ms) = (quantile(0.5), quantile(0.99));
         Summary {
             requests,
             failures,
@@ -185,6 +190,7 @@ impl Window {
                 failures as f64 / requests as f64
             },
             p99_ms,
+            p50_ms,
         }
     }
 }

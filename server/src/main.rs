@@ -17,6 +17,54 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format: `json` (one object per line) or `text`; default json when stdout is not a
+    /// terminal, text when it is.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// More log lines: tool commands log warnings only, `-v` adds info, `-vv` debug (the
+    /// server logs info; `-v` adds debug). `INVARIANT_LOG` (a tracing filter) overrides both.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Logs to stderr, in the chosen format, at the level the command and `-v` ask for.
+fn init_logging(cli: &Cli) {
+    let serving = matches!(cli.command, Command::Serve(_));
+    let level = match (serving, cli.verbose) {
+        (true, 0) => "info",
+        (true, _) | (false, 2..) => "debug",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INVARIANT_LOG")
+        .unwrap_or_else(|_| format!("{level},ort=warn,rustls=error").into());
+    let format = cli
+        .log_format
+        .unwrap_or(if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -53,14 +101,7 @@ fn is_loopback(addr: &str) -> bool {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INVARIANT_LOG")
-                .unwrap_or_else(|_| "info,ort=warn,rustls=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(&cli);
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Tools(command) => invariant_cli::run(command),
@@ -103,7 +144,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         let grpc_addr = config.server.grpc_addr.clone();
         let service = invariant_serving::InferenceService::build(config)?;
         invariant_serving::events::spawn_subscriber(service.clone());
-        let readiness = service.server_readiness();
+        let readiness = service.server_health().await;
         let listener = tokio::net::TcpListener::bind(&http_addr)
             .await
             .with_context(|| format!("cannot listen on {http_addr}"))?;

@@ -1,53 +1,240 @@
-//! The audit log: one JSON object per line, appended and synced to disk before the call
-//! returns. Deploy-time verifications are recorded here.
+//! The audit trail of the serving core: every inference (the [`AuditGuard`], an observe step
+//! of the guard pipeline, so HTTP, gRPC and stored-reply answers alike) and every admin action
+//! (verifications, transitions, loads and unloads, governance changes, feature writes) is a
+//! record in its corridor's hash chain ([`invariant_audit`]); what belongs to no corridor goes
+//! to the `_server` chain.
+//!
+//! In durable mode an answer waits for its record's sync before it is sent: no acknowledged
+//! answer is unaudited. Refusals and failures are recorded without waiting (nothing was
+//! acknowledged). Requests without a valid key are not recorded (they are counted in the
+//! metrics), so an unauthenticated flood cannot fill the disk.
 
+use crate::guards::{Answer, AnswerOutputs, Guard, Outcome, Pending, RequestContext};
+use crate::ServeError;
+use invariant_audit::{AuditError, Trail, SERVER_CHAIN};
+use invariant_core::Tensor;
 use serde::Serialize;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
 
-/// An append-only JSON-lines file.
+/// The trail and what the configuration asks of it.
 #[derive(Debug)]
 pub struct AuditLog {
-    path: PathBuf,
-    lock: Mutex<()>,
+    trail: Trail,
+    inference: bool,
+    retain: BTreeSet<String>,
+}
+
+/// The chain of `corridor`, or `_server` for none.
+pub fn chain_of(corridor: Option<&str>) -> &str {
+    corridor.unwrap_or(SERVER_CHAIN)
 }
 
 impl AuditLog {
-    /// An audit log at `path` (created, with its directory, on first append).
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            lock: Mutex::new(()),
-        }
+    /// Opens the configured trail.
+    pub fn open(config: &crate::config::Config) -> Result<Self, AuditError> {
+        Ok(Self {
+            trail: Trail::open(config.audit_settings())?,
+            inference: config.audit.inference,
+            retain: config
+                .audit
+                .models
+                .iter()
+                .filter(|(_, m)| m.retain_inputs)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        })
     }
 
-    /// Where records go.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the chains live.
+    pub fn dir(&self) -> &Path {
+        &self.trail.settings().dir
     }
 
-    /// Appends one record and fsyncs it.
-    pub fn append(&self, record: &impl Serialize) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+    /// The trail itself.
+    pub fn trail(&self) -> &Trail {
+        &self.trail
+    }
+
+    /// Whether inference records keep `model`'s inputs.
+    pub fn retains(&self, model: &str) -> bool {
+        self.inference && self.retain.contains(model)
+    }
+
+    /// Records an admin action in `corridor`'s chain (`None`: `_server`) and waits for its
+    /// sync, whatever the mode. A failure is logged and counted, and returned.
+    pub fn record(&self, corridor: Option<&str>, event: &str, fields: &impl Serialize) -> Result<(), AuditError> {
+        let result = self.trail.append_synced(chain_of(corridor), event, fields);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, event, "cannot write an audit record");
         }
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
-        file.write_all(&line)?;
-        file.sync_data()
+        result
     }
 }
 
-/// The record of one deploy-time verification.
+/// What an inference record keeps of the inputs, when its model retains them.
+#[derive(Debug, Clone)]
+pub struct Retained {
+    /// The inputs as the engine saw them (signature order, features included), in the
+    /// canonical list encoding, base64.
+    pub inputs: String,
+    /// The outputs returned, in order.
+    pub outputs: Vec<String>,
+    /// The version's artifact content hash.
+    pub artifact_hash: String,
+}
+
+impl Retained {
+    /// What a record keeps of `inputs` (in signature order) for `outputs`.
+    pub fn new(inputs: &[Tensor], outputs: Vec<String>, artifact_hash: &str) -> Self {
+        use base64::Engine;
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        Self {
+            inputs: base64::engine::general_purpose::STANDARD.encode(invariant_core::hash::encode_list(&refs)),
+            outputs,
+            artifact_hash: artifact_hash.to_string(),
+        }
+    }
+
+    /// The inputs back, from a record's `inputs` field.
+    pub fn decode_inputs(encoded: &str) -> Option<Vec<Tensor>> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+        invariant_core::hash::decode_list(&bytes)
+    }
+}
+
+/// The blake3 (hex) of outputs in the order returned: what an inference record's
+/// `output_hash` holds and a replay recomputes.
+pub fn output_hash(outputs: &[Tensor]) -> String {
+    let refs: Vec<&Tensor> = outputs.iter().collect();
+    blake3::hash(&invariant_core::hash::encode_list(&refs))
+        .to_hex()
+        .to_string()
+}
+
+/// One inference record's own fields (the trail adds `seq`, `prev`, `chain`, `time`).
+#[derive(Debug, Serialize)]
+struct InferenceRecord<'a> {
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    transport: &'static str,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_hash: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_hash: Option<std::borrow::Cow<'a, str>>,
+    source: &'static str,
+    degraded: bool,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    caller: Option<&'a str>,
+    rows: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_hash: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<&'a [String]>,
+}
+
+/// Model names longer than this are cut in records (a name the server does not know comes
+/// from the caller).
+const MAX_NAME: usize = 128;
+
+fn bounded(s: &str) -> &str {
+    if s.len() <= MAX_NAME {
+        return s;
+    }
+    let mut end = MAX_NAME;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Writes the record of every authenticated inference; in durable mode, answers wait for it.
+#[derive(Debug)]
+pub struct AuditGuard {
+    log: Arc<AuditLog>,
+}
+
+impl AuditGuard {
+    /// A guard writing to `log`.
+    pub fn new(log: Arc<AuditLog>) -> Self {
+        Self { log }
+    }
+}
+
+impl Guard for AuditGuard {
+    fn name(&self) -> &'static str {
+        "audit"
+    }
+
+    fn observe_pending(&self, ctx: &RequestContext<'_>, outcome: &Outcome<'_>) -> Option<Pending> {
+        let caller = ctx.caller?;
+        if !self.log.inference {
+            return None;
+        }
+        let answer: Option<&Answer<'_>> = outcome.answer.as_ref();
+        let retained = answer.and_then(|a| a.retained);
+        let record = InferenceRecord {
+            request_id: ctx.request_id,
+            id: ctx.body_id,
+            transport: ctx.transport.name(),
+            model: bounded(ctx.model),
+            version: ctx.version,
+            routing: ctx.routing.map(crate::Routing::name),
+            input_hash: answer.map(|a| a.key),
+            output_hash: answer.map(|a| match a.outputs {
+                AnswerOutputs::Tensors(t) => std::borrow::Cow::Owned(output_hash(t)),
+                AnswerOutputs::Hash(h) => std::borrow::Cow::Borrowed(h),
+            }),
+            source: match outcome.result {
+                Ok(s) => s.name(),
+                Err(_) => "error",
+            },
+            degraded: answer.is_some_and(|a| a.degraded),
+            status: match outcome.result {
+                Ok(_) => 200,
+                Err(e) => e.kind().code(),
+            },
+            error: outcome.result.err().map(|e| e.kind().name()),
+            caller: Some(caller.id()),
+            rows: outcome.rows,
+            artifact_hash: retained.map(|r| r.artifact_hash.as_str()),
+            inputs: retained.map(|r| r.inputs.as_str()),
+            outputs: retained.map(|r| r.outputs.as_slice()),
+        };
+        let commit = self.log.trail.append(chain_of(ctx.corridor), "inference", &record);
+        // Only answers wait: a refusal or failure acknowledges nothing.
+        if outcome.result.is_err() || !commit.is_pending() {
+            if commit.is_pending() {
+                tokio::spawn(async move {
+                    let _ = commit.wait().await;
+                });
+            }
+            return None;
+        }
+        Some(Box::pin(async move {
+            commit
+                .wait()
+                .await
+                .map_err(|e| ServeError::unavailable(format!("the answer could not be audited: {e}")))
+        }))
+    }
+}
+
+/// The audit record of one deploy-time verification (event `verification`).
 #[derive(Debug, Clone, Serialize)]
 pub struct VerificationRecord {
-    /// Always `verification`.
-    pub event: &'static str,
-    /// RFC 3339 time.
-    pub time: String,
     /// Model name.
     pub model: String,
     /// Model version.
@@ -73,8 +260,6 @@ impl VerificationRecord {
     /// A record for a verification about to run (not passed yet).
     pub fn new(model: &str, version: &str, content_hash: String, engine: &str, runtime_version: &str) -> Self {
         Self {
-            event: "verification",
-            time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             model: model.into(),
             version: version.into(),
             passed: false,

@@ -22,7 +22,7 @@ pub enum ConfigError {
 
 /// Top-level keys that environment variables may override; other `INVARIANT_*` variables
 /// (used by tools and tests) are not configuration.
-const ENV_KEYS: [&str; 17] = [
+const ENV_KEYS: [&str; 18] = [
     "model_repository",
     "feature_repository",
     "feature_store",
@@ -40,6 +40,7 @@ const ENV_KEYS: [&str; 17] = [
     "governance__",
     "auth__",
     "limits__",
+    "audit__",
 ];
 
 fn is_config_key(key: &str) -> bool {
@@ -233,6 +234,11 @@ pub struct CacheConfig {
     /// Timeout of each Redis operation; a slower Redis counts as a miss.
     #[serde(default = "default_redis_timeout")]
     pub redis_timeout_ms: u64,
+    /// Whether the Redis L2 is needed to serve: when true, `/v2/health/ready` answers 503
+    /// while a corridor's L2 cannot be reached (when false, an unreachable L2 only means
+    /// misses).
+    #[serde(default)]
+    pub redis_required: bool,
     /// `[cache.ttl]`: TTL in seconds by model name, for models whose manifest gives none.
     #[serde(default)]
     pub ttl: std::collections::BTreeMap<String, f64>,
@@ -259,6 +265,7 @@ impl Default for CacheConfig {
             default_ttl_seconds: default_ttl(),
             redis_url: String::new(),
             redis_timeout_ms: default_redis_timeout(),
+            redis_required: false,
             ttl: Default::default(),
         }
     }
@@ -428,6 +435,50 @@ impl RequestLimits {
     }
 }
 
+/// The audit trail (`[audit]`): hash-chained records per corridor of every inference and
+/// every admin action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `durable` (an answer is sent only once its record is on disk) or `buffered` (records
+    /// synced at least every `flush_ms`; a crash loses at most that window).
+    pub mode: invariant_audit::Mode,
+    /// Buffered mode's longest wait between a record and its sync, in milliseconds.
+    pub flush_ms: u64,
+    /// Segment files are closed past this many bytes.
+    pub segment_bytes: u64,
+    /// Where the chains live (empty: `audit/` in `state_dir`).
+    pub dir: String,
+    /// Record every inference (the design's `LOG_ALL_INFERENCE`); admin actions are always
+    /// recorded.
+    pub inference: bool,
+    /// Per-model settings, by model name: `retain_inputs = true` keeps each inference's inputs
+    /// in its record so `invariant audit replay` can re-run it.
+    pub models: std::collections::BTreeMap<String, AuditModelConfig>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            mode: invariant_audit::Mode::Buffered,
+            flush_ms: 50,
+            segment_bytes: 64 << 20,
+            dir: String::new(),
+            inference: true,
+            models: Default::default(),
+        }
+    }
+}
+
+/// One model's audit settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditModelConfig {
+    /// Keep the inputs (as the engine saw them, features included) in every inference record.
+    #[serde(default)]
+    pub retain_inputs: bool,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -477,6 +528,9 @@ pub struct Config {
     /// Bounds on repositories, golden files and lifecycle changes.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// HTTP server settings.
     pub server: ServerConfig,
     /// Declared corridors.
@@ -653,6 +707,25 @@ impl Config {
             &rates,
             self.governance_state_path(),
         )
+    }
+
+    /// Where the audit chains live.
+    pub fn audit_dir(&self) -> PathBuf {
+        if self.audit.dir.is_empty() {
+            self.state_dir.join("audit")
+        } else {
+            PathBuf::from(&self.audit.dir)
+        }
+    }
+
+    /// The audit trail's settings.
+    pub fn audit_settings(&self) -> invariant_audit::Settings {
+        invariant_audit::Settings {
+            dir: self.audit_dir(),
+            mode: self.audit.mode,
+            flush_ms: self.audit.flush_ms,
+            segment_bytes: self.audit.segment_bytes.max(4096),
+        }
     }
 
     /// Where the API keys are stored.

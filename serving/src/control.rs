@@ -11,7 +11,6 @@ use crate::models::{ModelTable, ReloadOutcome, VersionState};
 use crate::{InferenceService, ServeError};
 use invariant_registry::lifecycle::{Action, LifecycleError, Transition, TransitionContext};
 use invariant_verify::{verify_deploy, GoldenFile};
-use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
@@ -39,14 +38,6 @@ impl From<TransitionError> for ServeError {
             TransitionError::Invalid(_) | TransitionError::Verification(_) => ServeError::Conflict(e.to_string()),
         }
     }
-}
-
-/// The audit record of a transition.
-#[derive(Serialize)]
-struct TransitionRecord<'a> {
-    event: &'static str,
-    #[serde(flatten)]
-    transition: &'a Transition,
 }
 
 /// Whether a version is loaded and verified.
@@ -128,12 +119,17 @@ impl InferenceService {
                 .apply_with_limits(model, version, action, &ctx, &self.config.limits.lifecycle)?;
         next.save(&self.config.registry_state_path())?;
         self.set_registry(Arc::new(next));
-        if let Err(e) = self.audit.append(&TransitionRecord {
-            event: "transition",
-            transition: &transition,
-        }) {
-            tracing::error!(error = %e, "cannot write the transition audit record");
+        // The record's own time is the trail's; a transition confined to one corridor is in
+        // that corridor's chain.
+        let mut record = serde_json::to_value(&transition).unwrap_or_default();
+        if let Some(fields) = record.as_object_mut() {
+            fields.remove("time");
         }
+        let corridor = match transition.corridors.as_slice() {
+            [one] => Some(one.as_str()),
+            _ => None,
+        };
+        let _ = self.audit.record(corridor, "transition", &record);
         tracing::info!(
             model,
             version,
@@ -211,7 +207,9 @@ impl ControlPlane {
     /// table atomically. In-flight requests finish on the instances they started with; a
     /// version that fails verification never serves, and a serving version whose reload fails
     /// keeps serving.
-    pub async fn reload(&self, model: &str) -> Result<ReloadReport, ServeError> {
+    /// The reload is audited (event `load`, with `actor` and each version's outcome); each
+    /// verification it runs is audited too.
+    pub async fn reload(&self, model: &str, actor: &str) -> Result<ReloadReport, ServeError> {
         if model.is_empty() || model.contains(['/', '\\']) || model.starts_with('.') {
             return Err(ServeError::invalid(format!("invalid model name '{model}'")));
         }
@@ -243,6 +241,12 @@ impl ControlPlane {
             failed = count("FAILED"),
             "model reloaded"
         );
+        let record = json!({"actor": actor, "model": model, "versions": &versions});
+        let audit = self.service.audit.clone();
+        tokio::task::spawn_blocking(move || audit.record(None, "load", &record))
+            .await
+            .map_err(|e| ServeError::internal(format!("audit task failed: {e}")))?
+            .map_err(|e| ServeError::unavailable(format!("the model was reloaded but could not be audited: {e}")))?;
         crate::events::publish(&self.service, model, "reload").await;
         Ok(ReloadReport { versions })
     }
@@ -269,13 +273,8 @@ impl ControlPlane {
         }
         let next = table.without_version(model, version, &format!("unloaded by {actor}: {reason}"));
         self.service.set_models(Arc::new(next));
-        let record = json!({
-            "event": "unload", "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            "actor": actor, "model": model, "version": version, "reason": reason,
-        });
-        if let Err(e) = self.service.audit.append(&record) {
-            tracing::error!(error = %e, "cannot write the unload audit record");
-        }
+        let record = json!({"actor": actor, "model": model, "version": version, "reason": reason});
+        let _ = self.service.audit.record(None, "unload", &record);
         crate::events::publish(&self.service, model, "reload").await;
         Ok(())
     }
@@ -301,13 +300,8 @@ impl ControlPlane {
             next = next.without_version(model, v, &format!("unloaded by {actor}"));
         }
         self.service.set_models(Arc::new(next));
-        let record = json!({
-            "event": "unload", "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            "actor": actor, "model": model, "versions": ready, "reason": "repository unload",
-        });
-        if let Err(e) = self.service.audit.append(&record) {
-            tracing::error!(error = %e, "cannot write the unload audit record");
-        }
+        let record = json!({"actor": actor, "model": model, "versions": ready, "reason": "repository unload"});
+        let _ = self.service.audit.record(None, "unload", &record);
         crate::events::publish(&self.service, model, "reload").await;
         Ok(ready)
     }

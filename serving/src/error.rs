@@ -64,6 +64,22 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The HTTP status code of this kind: how every transport's metrics and audit records
+    /// name the outcome (gRPC maps the same kinds to its own codes).
+    pub fn code(self) -> u16 {
+        match self {
+            ErrorKind::InvalidArgument => 400,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::Overloaded => 429,
+            ErrorKind::DeadlineExceeded => 504,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::PermissionDenied => 403,
+        }
+    }
+
     /// A stable lower-case name, e.g. `invalid_argument`.
     pub fn name(self) -> &'static str {
         match self {

@@ -42,7 +42,7 @@ impl InferenceService {
             .map_err(ServeError::invalid)?;
         if let Some(g) = &self.governance {
             g.feature_read(corridor.as_str())
-                .map_err(|r| crate::governance::refusal_error(&r))?;
+                .map_err(|r| crate::governance::refusal_error(corridor.as_str(), &r))?;
         }
         let reply = self.on_store(corridor, request, FeatureStore::get_online).await?;
         observe_read(corridor.as_str(), &reply);
@@ -51,7 +51,14 @@ impl InferenceService {
 
     /// Idempotent, ordered push of feature rows in `corridor` (see [`FeatureStore::push`]).
     /// Refused while the corridor is killed, frozen or isolated (degradation level 3 or more).
-    pub async fn push_features(&self, corridor: &CorridorId, request: PushRequest) -> Result<PushOutcome, ServeError> {
+    /// The push is recorded in the corridor's audit chain (view, rows written and ignored,
+    /// `actor`) before it is acknowledged.
+    pub async fn push_features(
+        &self,
+        corridor: &CorridorId,
+        request: PushRequest,
+        actor: &str,
+    ) -> Result<PushOutcome, ServeError> {
         let limit = self.config.limits.request.max_push_rows;
         if let Some((column, cells)) = request.df.iter().find(|(_, cells)| cells.len() > limit) {
             return Err(ServeError::invalid(format!(
@@ -61,10 +68,20 @@ impl InferenceService {
         }
         if let Some(g) = &self.governance {
             g.feature_write(corridor.as_str())
-                .map_err(|r| crate::governance::refusal_error(&r))?;
+                .map_err(|r| crate::governance::refusal_error(corridor.as_str(), &r))?;
         }
+        let view = request.feature_view.clone();
         let outcome = self.on_store(corridor, request, FeatureStore::push).await?;
         self.observe_push(corridor.as_str(), &outcome);
+        let record = serde_json::json!({
+            "actor": actor, "feature_view": view, "written": outcome.written, "ignored": outcome.ignored,
+        });
+        let audit = self.audit.clone();
+        let chain = corridor.to_string();
+        tokio::task::spawn_blocking(move || audit.record(Some(&chain), "feature_push", &record))
+            .await
+            .map_err(|e| ServeError::internal(format!("audit task failed: {e}")))?
+            .map_err(|e| ServeError::unavailable(format!("the push was written but could not be audited: {e}")))?;
         Ok(outcome)
     }
 

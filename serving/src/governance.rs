@@ -30,7 +30,16 @@ use std::sync::Arc;
 /// A governance refusal as the request path's error: rate limits are `Overloaded` (429 /
 /// RESOURCE_EXHAUSTED, with the bucket's retry-after), everything else `Unavailable` (503 /
 /// UNAVAILABLE), with the refusal's text (which switch, freeze or level, since when, why).
-pub fn refusal_error(r: &Refusal) -> ServeError {
+pub fn refusal_error(corridor: &str, r: &Refusal) -> ServeError {
+    let reason = match r {
+        Refusal::Killed { .. } => "killed",
+        Refusal::Frozen { .. } => "frozen",
+        Refusal::Limited(_) => "rate_limited",
+        Refusal::BreakerOpen { .. } => "breaker_open",
+        Refusal::Degraded { .. } => "degraded",
+    };
+    metrics::counter!("invariant_rejected_requests_total", "corridor" => corridor.to_string(), "reason" => reason)
+        .increment(1);
     match r {
         Refusal::Limited(_) => ServeError::Overloaded {
             message: r.to_string(),
@@ -67,7 +76,7 @@ impl GovernanceGuard {
         };
         self.governance
             .admit(corridor, ctx.model)
-            .map_err(|r| refusal_error(&r))
+            .map_err(|r| refusal_error(corridor, &r))
     }
 
     fn breaker_event(&self, change: Option<BreakerChange>) {
@@ -101,7 +110,7 @@ impl Guard for GovernanceGuard {
             what,
         };
         if mode.level >= 4 {
-            return Err(refusal_error(&level_refusal("every request is refused")));
+            return Err(refusal_error(corridor, &level_refusal("every request is refused")));
         }
         let declared = ctx.fallback != Fallback::Refuse;
         let degraded = |what, rules| Admit::CacheOnly {
@@ -115,7 +124,7 @@ impl Guard for GovernanceGuard {
                 retry_after,
             };
             if !declared {
-                return Err(refusal_error(&open));
+                return Err(refusal_error(corridor, &open));
             }
             return Ok(Admit::CacheOnly {
                 reason: open.to_string(),
@@ -167,8 +176,6 @@ impl Guard for GovernanceGuard {
 /// The audit record of a governance change.
 #[derive(Debug, Serialize)]
 struct ChangeRecord<'a> {
-    event: &'static str,
-    time: String,
     actor: &'a str,
     change: &'a Change,
     revision: u64,
@@ -177,8 +184,6 @@ struct ChangeRecord<'a> {
 /// The audit record of a level change.
 #[derive(Debug, Serialize)]
 struct LevelRecord<'a> {
-    event: &'static str,
-    time: String,
     #[serde(flatten)]
     change: &'a LevelChange,
 }
@@ -186,16 +191,10 @@ struct LevelRecord<'a> {
 /// The audit record of a breaker change.
 #[derive(Debug, Serialize)]
 struct BreakerRecord<'a> {
-    event: &'static str,
-    time: String,
     corridor: &'a str,
     model: &'a str,
     from: &'a str,
     to: &'a str,
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// Why a governance change was not made.
@@ -233,15 +232,11 @@ pub fn apply_change(
 ) -> Result<Arc<ControlState>, GovernError> {
     let state = governance.change(change, actor, expected_revision)?;
     let record = ChangeRecord {
-        event: "governance",
-        time: now(),
         actor,
         change,
         revision: state.revision,
     };
-    if let Err(e) = audit.append(&record) {
-        tracing::error!(error = %e, "governance change made but not audited");
-    }
+    let _ = audit.record(change.corridor(), "governance", &record);
     Ok(state)
 }
 
@@ -267,14 +262,8 @@ impl InferenceService {
             tracing::warn!(corridor = %c.corridor, from = c.from, to = c.to, reason = %c.reason, "degradation level changed");
             metrics::gauge!("invariant_corridor_degradation_level", "corridor" => c.corridor.clone())
                 .set(f64::from(c.to));
-            let record = LevelRecord {
-                event: "degradation",
-                time: now(),
-                change: &c,
-            };
-            if let Err(e) = self.audit.append(&record) {
-                tracing::error!(error = %e, "degradation level change not audited");
-            }
+            let record = LevelRecord { change: &c };
+            let _ = self.audit.record(Some(&c.corridor), "degradation", &record);
         }
     }
 
@@ -284,16 +273,12 @@ impl InferenceService {
         metrics::gauge!("invariant_circuit_breaker_open", "corridor" => c.corridor.clone(), "model" => c.model.clone())
             .set(open);
         let record = BreakerRecord {
-            event: "circuit_breaker",
-            time: now(),
             corridor: &c.corridor,
             model: &c.model,
             from: c.from,
             to: c.to,
         };
-        if let Err(e) = self.audit.append(&record) {
-            tracing::error!(error = %e, "circuit breaker change not audited");
-        }
+        let _ = self.audit.record(Some(&c.corridor), "circuit_breaker", &record);
     }
 }
 

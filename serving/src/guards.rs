@@ -10,7 +10,7 @@
 //! The pipeline holds corridor governance ([`crate::governance::GovernanceGuard`]: kill
 //! switches, freezes, rate limits, circuit breakers, degradation levels), the canary monitor
 //! ([`CanaryGuard`]), the serving statistics ([`StatsGuard`]) and the request metrics
-//! ([`MetricsGuard`]).
+//! ([`crate::telemetry::MetricsGuard`]) and the audit record ([`crate::audit::AuditGuard`]).
 
 use crate::canary::CanaryMonitor;
 use crate::pool::RunTimings;
@@ -18,7 +18,7 @@ use crate::request::{Routing, Source, Transport};
 use crate::stats::Statistics;
 use crate::ServeError;
 use invariant_auth::Principal;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -40,8 +40,11 @@ pub struct RequestContext<'a> {
     pub routing: Option<Routing>,
     /// The corridor, once resolved.
     pub corridor: Option<&'a str>,
-    /// The request id.
+    /// The request id (the transport's: `x-request-id`, a `traceparent`'s trace id, or
+    /// generated).
     pub request_id: Option<&'a str>,
+    /// The id the body carried (`id`), echoed in the reply.
+    pub body_id: Option<&'a str>,
     /// The authenticated caller (`None` until, or unless, its key was accepted).
     pub caller: Option<&'a Principal>,
     /// Whether the guards already admitted this request before its body was parsed.
@@ -81,7 +84,38 @@ pub struct Outcome<'a> {
     pub rows: usize,
     /// Whether a guard refused it (its error is a refusal, not a failure of the model).
     pub refused: bool,
+    /// What was answered, when something was.
+    pub answer: Option<Answer<'a>>,
+    /// Time spent fetching features for it.
+    pub features: Option<Duration>,
 }
+
+/// The facts of an answer that its audit record keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    /// The canonical inference key (blake3 hex of corridor, model, version, artifact and
+    /// inputs).
+    pub key: &'a str,
+    /// The outputs returned, or their hash when only that is kept (a stored reply).
+    pub outputs: AnswerOutputs<'a>,
+    /// Whether it was flagged as degraded.
+    pub degraded: bool,
+    /// The inputs, kept when the model retains them.
+    pub retained: Option<&'a crate::audit::Retained>,
+}
+
+/// An answer's outputs, or their [`crate::audit::output_hash`].
+#[derive(Debug, Clone, Copy)]
+pub enum AnswerOutputs<'a> {
+    /// The tensors returned.
+    Tensors(&'a [invariant_core::Tensor]),
+    /// Their hash.
+    Hash(&'a str),
+}
+
+/// Work an answer must wait for before it is sent (a durable audit record); its error
+/// replaces the answer.
+pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ServeError>> + Send>>;
 
 /// One step of the pipeline.
 pub trait Guard: Send + Sync + std::fmt::Debug {
@@ -108,6 +142,13 @@ pub trait Guard: Send + Sync + std::fmt::Debug {
 
     /// Sees how the request ended (every request, admitted or not).
     fn observe(&self, _ctx: &RequestContext<'_>, _outcome: &Outcome<'_>) {}
+
+    /// [`Guard::observe`] for a guard whose observation the answer must wait for: returns
+    /// that wait (a durable audit record). The default observes and returns nothing.
+    fn observe_pending(&self, ctx: &RequestContext<'_>, outcome: &Outcome<'_>) -> Option<Pending> {
+        self.observe(ctx, outcome);
+        None
+    }
 }
 
 /// The ordered guards.
@@ -146,11 +187,24 @@ impl Pipeline {
         self.guards.iter().all(|g| g.allows_stored_reply(ctx))
     }
 
-    /// Every guard's observation, in order.
-    pub fn observe(&self, ctx: &RequestContext<'_>, outcome: &Outcome<'_>) {
-        for g in &self.guards {
-            g.observe(ctx, outcome);
+    /// Every guard's observation, in order; returns what the answer must wait for.
+    pub fn observe(&self, ctx: &RequestContext<'_>, outcome: &Outcome<'_>) -> Vec<Pending> {
+        self.guards
+            .iter()
+            .filter_map(|g| g.observe_pending(ctx, outcome))
+            .collect()
+    }
+
+    /// Waits for `pending`; the first failure replaces an answer (a failed request stays
+    /// failed as it was).
+    pub async fn settle<T>(result: Result<T, ServeError>, pending: Vec<Pending>) -> Result<T, ServeError> {
+        let mut result = result;
+        for p in pending {
+            if let (Err(e), true) = (p.await, result.is_ok()) {
+                result = Err(e);
+            }
         }
+        result
     }
 
     /// The guards' names, in order.
@@ -229,106 +283,5 @@ impl Guard for StatsGuard {
         if let Some(version) = ctx.version {
             self.stats.version(ctx.model, version).record(outcome);
         }
-    }
-}
-
-/// The label set of one `invariant_inference_requests_total` series.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Labels {
-    model: String,
-    version: String,
-    corridor: String,
-    routing: &'static str,
-    source: &'static str,
-    status: &'static str,
-    transport: &'static str,
-}
-
-/// The same labels, borrowed: looked up without allocating.
-#[derive(Hash)]
-struct LabelsRef<'a> {
-    model: &'a str,
-    version: &'a str,
-    corridor: &'a str,
-    routing: &'static str,
-    source: &'static str,
-    status: &'static str,
-    transport: &'static str,
-}
-
-impl hashbrown::Equivalent<Labels> for LabelsRef<'_> {
-    fn equivalent(&self, k: &Labels) -> bool {
-        self.model == k.model
-            && self.version == k.version
-            && self.corridor == k.corridor
-            && self.routing == k.routing
-            && self.source == k.source
-            && self.status == k.status
-            && self.transport == k.transport
-    }
-}
-
-/// Counts every request once by outcome (`invariant_inference_requests_total`, labels model,
-/// version, corridor, routing, source, status, transport). A model the server does not know
-/// is counted as `model="unknown"`, so a caller cannot grow the series with names.
-#[derive(Debug, Default)]
-pub struct MetricsGuard {
-    /// Counters by label set, registered once: a repeat costs a hash, a read lock and an add.
-    counters: RwLock<hashbrown::HashMap<Labels, metrics::Counter, foldhash::fast::RandomState>>,
-}
-
-impl MetricsGuard {
-    fn counter(&self, labels: LabelsRef<'_>) -> metrics::Counter {
-        if let Some(c) = self.counters.read().unwrap_or_else(|p| p.into_inner()).get(&labels) {
-            return c.clone();
-        }
-        let owned = Labels {
-            model: labels.model.to_string(),
-            version: labels.version.to_string(),
-            corridor: labels.corridor.to_string(),
-            routing: labels.routing,
-            source: labels.source,
-            status: labels.status,
-            transport: labels.transport,
-        };
-        let counter = metrics::counter!(
-            "invariant_inference_requests_total",
-            "model" => owned.model.clone(),
-            "version" => owned.version.clone(),
-            "corridor" => owned.corridor.clone(),
-            "routing" => owned.routing,
-            "source" => owned.source,
-            "status" => owned.status,
-            "transport" => owned.transport
-        );
-        self.counters
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(owned)
-            .or_insert(counter)
-            .clone()
-    }
-}
-
-impl Guard for MetricsGuard {
-    fn name(&self) -> &'static str {
-        "metrics"
-    }
-
-    fn observe(&self, ctx: &RequestContext<'_>, outcome: &Outcome<'_>) {
-        let (source, status) = match outcome.result {
-            Ok(source) => (source.name(), "ok"),
-            Err(e) => ("error", e.kind().name()),
-        };
-        self.counter(LabelsRef {
-            model: if ctx.model_known { ctx.model } else { "unknown" },
-            version: ctx.version.unwrap_or(""),
-            corridor: ctx.corridor.unwrap_or(""),
-            routing: ctx.routing.map_or("", Routing::name),
-            source,
-            status,
-            transport: ctx.transport.name(),
-        })
-        .increment(1);
     }
 }

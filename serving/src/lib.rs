@@ -25,11 +25,13 @@ pub mod events;
 pub mod features;
 pub mod governance;
 pub mod guards;
+pub mod health;
 pub mod models;
 pub mod pool;
 pub mod request;
 pub mod service;
 pub mod stats;
+pub mod telemetry;
 pub mod views;
 
 pub use error::{ErrorKind, ServeError};
@@ -93,8 +95,8 @@ pub struct InferenceService {
     snapshot: ArcSwap<Snapshot>,
     /// Serialises snapshot replacements (so two changes never lose one another).
     swap_lock: std::sync::Mutex<()>,
-    /// Verification, transition and unload audit log.
-    pub audit: AuditLog,
+    /// The audit trail: inference records and admin actions, chained per corridor.
+    pub audit: Arc<AuditLog>,
     /// Device layer.
     pub devices: DeviceLayer,
     /// Engine options.
@@ -123,6 +125,10 @@ pub struct InferenceService {
     pub governance: Option<Arc<invariant_governance::Governance>>,
     /// API keys: who may call, where.
     pub authority: auth::Authority,
+    /// Each corridor's recent requests (for its health).
+    pub recent: Arc<health::Recent>,
+    /// The last dependency checks.
+    pub(crate) dependency_cache: health::DependencyCache,
 }
 
 /// Start-up failures.
@@ -143,6 +149,9 @@ pub enum StartError {
     /// The API keys cannot be used.
     #[error(transparent)]
     Auth(#[from] invariant_auth::AuthError),
+    /// The audit trail cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] invariant_audit::AuditError),
 }
 
 /// Builds each declared corridor's pool and cache.
@@ -175,17 +184,9 @@ fn corridor_runtimes(config: &Config) -> Result<BTreeMap<String, CorridorRuntime
     Ok(out)
 }
 
-/// The process-wide Prometheus recorder (installed once; `None` if another recorder is).
+/// The process-wide Prometheus recorder (see [`telemetry::install`]).
 pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
-        std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .ok()
-        })
-        .clone()
+    telemetry::install()
 }
 
 /// Loads ONNX Runtime if it can be found; `Some(reason)` when ONNX versions cannot load.
@@ -210,7 +211,7 @@ impl InferenceService {
     /// Loads ONNX Runtime (when found), then verifies and loads every model version of the
     /// configured repository. Versions that fail are kept with their reason; only an unreadable
     /// repository is an error. The guard pipeline holds corridor governance, the canary
-    /// monitor, the serving statistics and the request metrics; a canary that breaks its limits is rolled back by a
+    /// monitor, the serving statistics, the request metrics and the audit record; a canary that breaks its limits is rolled back by a
     /// background task of the control plane (started here when a Tokio runtime is running).
     pub fn build(config: Config) -> Result<Arc<Self>, StartError> {
         Self::build_with(config, Vec::new())
@@ -219,7 +220,22 @@ impl InferenceService {
     /// [`InferenceService::build`] with `first` placed at the head of the guard pipeline,
     /// before the governance, canary, statistics and metrics guards.
     pub fn build_with(config: Config, first: Vec<Box<dyn guards::Guard>>) -> Result<Arc<Self>, StartError> {
+        Self::build_inner(config, first, true)
+    }
+
+    /// [`InferenceService::build`] for command-line tools that work on models only: the
+    /// feature store is not opened (a running server may hold it), so enrichment answers 503.
+    pub fn build_for_tools(config: Config) -> Result<Arc<Self>, StartError> {
+        Self::build_inner(config, Vec::new(), false)
+    }
+
+    fn build_inner(
+        config: Config,
+        first: Vec<Box<dyn guards::Guard>>,
+        open_features: bool,
+    ) -> Result<Arc<Self>, StartError> {
         let authority = auth::Authority::open(&config)?;
+        let audit = Arc::new(AuditLog::open(&config)?);
         let onnx_unavailable = init_onnx(&config);
         let registry = RegistryState::load(&config.registry_state_path())?;
         let corridors = corridor_runtimes(&config)?;
@@ -233,7 +249,9 @@ impl InferenceService {
                 }
             })?)
         };
-        let features = if config.feature_repository.is_dir() {
+        let features = if !open_features {
+            Err("the feature store is not opened by this command".to_string())
+        } else if config.feature_repository.is_dir() {
             config.open_feature_store().map(Arc::new).map_err(|e| e.to_string())
         } else {
             Err(format!(
@@ -241,7 +259,7 @@ impl InferenceService {
                 config.feature_repository.display()
             ))
         };
-        if let Err(why) = &features {
+        if let (Err(why), true) = (&features, open_features) {
             tracing::warn!("{why}; the feature endpoints answer 503");
         }
         let stats = Arc::new(stats::Statistics::default());
@@ -259,10 +277,15 @@ impl InferenceService {
         });
         all.push(Box::new(canary));
         all.push(Box::new(guards::StatsGuard::new(stats.clone())));
-        all.push(Box::new(guards::MetricsGuard::default()));
+        let recent = Arc::new(health::Recent::new(corridors.keys().map(String::as_str)));
+        all.push(Box::new(health::RecentGuard::new(recent.clone())));
+        all.push(Box::new(telemetry::MetricsGuard::default()));
+        all.push(Box::new(audit::AuditGuard::new(audit.clone())));
         let pipeline = guards::Pipeline::new(all);
         let service = Self {
             feature_freshness: Default::default(),
+            recent,
+            dependency_cache: Default::default(),
             features,
             governance,
             authority,
@@ -278,7 +301,7 @@ impl InferenceService {
             guards: pipeline,
             stats,
             metrics: metrics_handle(),
-            audit: AuditLog::new(config.state_dir.join("audit.jsonl")),
+            audit,
             devices: DeviceLayer::discover(),
             options: EngineOptions {
                 instances: config.engine_instances,

@@ -222,9 +222,9 @@ impl Loader<'_> {
         record.passed = outcome.is_ok();
         record.reason = outcome.as_ref().err().cloned();
         let verification_hash = record.verification_hash();
-        if let Err(e) = self.audit.append(&record) {
-            tracing::error!(error = %e, "cannot write the verification audit record");
-        }
+        metrics::gauge!("invariant_model_verified", "model" => name.clone(), "version" => version.clone())
+            .set(if record.passed { 1.0 } else { 0.0 });
+        let _ = self.audit.record(None, "verification", &record);
         let (batch_invariant, golden_hash, golden_vectors) = match outcome {
             Ok(verified) => verified,
             Err(reason) => {

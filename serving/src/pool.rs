@@ -49,6 +49,17 @@ pub struct RunTimings {
     pub batch_requests: usize,
 }
 
+/// How full a pool is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct PoolLoad {
+    /// Requests holding a place (running or waiting).
+    pub in_flight: usize,
+    /// Of those, waiting for a worker.
+    pub queued: usize,
+    /// Places: workers plus queue.
+    pub capacity: usize,
+}
+
 /// One corridor's pool.
 pub struct CorridorPool {
     corridor: String,
@@ -107,6 +118,18 @@ impl CorridorPool {
             workers: Arc::new(Semaphore::new(sizes.workers.max(1))),
             in_flight: AtomicUsize::new(0),
             batchers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// How full the pool is now.
+    pub fn load(&self) -> PoolLoad {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let workers = self.sizes.workers.max(1);
+        let running = workers.saturating_sub(self.workers.available_permits());
+        PoolLoad {
+            in_flight,
+            queued: in_flight.saturating_sub(running),
+            capacity: workers + self.sizes.queue,
         }
     }
 
@@ -233,6 +256,8 @@ fn count_run(serving: &ServingVersion, corridor: &str, requests: usize) {
         .increment(1);
     metrics::counter!("invariant_engine_requests_total", "model" => m.name.clone(), "version" => m.version.to_string(), "corridor" => corridor.to_string())
         .increment(requests as u64);
+    metrics::histogram!("invariant_batch_size", "model" => m.name.clone(), "corridor" => corridor.to_string())
+        .record(requests as f64);
 }
 
 /// Collects jobs until `max_batch_size` rows or `delay` after the first, runs them as one

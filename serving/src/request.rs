@@ -109,6 +109,9 @@ pub struct Metadata {
     pub timeout: Option<Duration>,
     /// The credential as sent (`Bearer <key>`), checked by the core.
     pub authorization: Option<String>,
+    /// The request id the transport gave the request (`x-request-id`, else a `traceparent`'s
+    /// trace id, else generated), for audit records.
+    pub request_id: Option<String>,
 }
 
 /// Which model a request is for, and the facts known before its body is decoded.

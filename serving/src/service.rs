@@ -12,6 +12,7 @@ use invariant_core::{CorridorId, Tensor};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// The error of a failed lookup of `model` (`version`).
 pub fn lookup_error(model: &str, version: Option<&str>, lookup: Lookup) -> ServeError {
@@ -42,6 +43,12 @@ struct Progress {
     refused: bool,
     /// The authenticated caller.
     caller: Option<invariant_auth::Principal>,
+    /// The body's `id`.
+    body_id: Option<String>,
+    /// Time spent fetching features.
+    features: Option<Duration>,
+    /// The inputs its audit record keeps, when the model retains them.
+    retained: Option<crate::audit::Retained>,
 }
 
 impl Progress {
@@ -55,6 +62,7 @@ impl Progress {
             routing: self.routing,
             corridor: self.corridor.as_ref().map(CorridorId::as_str),
             request_id: self.request_id.as_deref(),
+            body_id: self.body_id.as_deref(),
             caller: self.caller.as_ref(),
             admitted_early: self.admitted_early,
             caller_deadline: self.caller_deadline,
@@ -70,6 +78,9 @@ struct StoredMeta {
     model: String,
     version: String,
     routing: Routing,
+    /// The inference key (hex) and output hash of the answer, for its audit record.
+    key: String,
+    output_hash: String,
 }
 
 /// A reply a transport found for an exact repeat of a request.
@@ -156,7 +167,10 @@ impl InferenceService {
             version: None,
             routing: None,
             corridor: None,
-            request_id: None,
+            request_id: target.metadata.request_id.clone(),
+            body_id: None,
+            features: None,
+            retained: None,
             run: None,
             rows: 0,
             admitted_early: false,
@@ -165,16 +179,27 @@ impl InferenceService {
             refused: false,
             caller: None,
         };
-        let result = self.serve(&snapshot, &target, decode, &mut progress).await;
+        let span = tracing::debug_span!("infer", model = %target.model, transport = target.transport.name());
+        let result = self
+            .serve(&snapshot, &target, decode, &mut progress)
+            .instrument(span)
+            .await;
         let outcome = Outcome {
             result: result.as_ref().map(|r| r.source),
             elapsed: target.started.elapsed(),
             run: progress.run,
             rows: progress.rows,
             refused: progress.refused,
+            answer: result.as_ref().ok().map(|r| crate::guards::Answer {
+                key: &r.cache_key,
+                outputs: crate::guards::AnswerOutputs::Tensors(&r.outputs),
+                degraded: r.degraded.is_some(),
+                retained: progress.retained.as_ref(),
+            }),
+            features: progress.features,
         };
-        self.guards.observe(&progress.context(&target), &outcome);
-        result
+        let pending = self.guards.observe(&progress.context(&target), &outcome);
+        crate::guards::Pipeline::settle(result, pending).await
     }
 
     /// [`InferenceService::infer`] for a body already decoded (in-process callers, tests).
@@ -220,7 +245,7 @@ impl InferenceService {
             progress.admitted_early = true;
         }
         let body = decode()?;
-        progress.request_id = body.id.clone();
+        progress.body_id = body.id.clone();
         self.config
             .limits
             .request
@@ -269,8 +294,15 @@ impl InferenceService {
         let mut inputs = body.inputs;
         let mut degraded = None;
         let entities = body.parameters.get("entities");
+        let fetch_started = std::time::Instant::now();
         let features_used =
-            crate::features::enrich(self, corridor.as_str(), manifest, entities, &mut inputs, &mut degraded).await?;
+            crate::features::enrich(self, corridor.as_str(), manifest, entities, &mut inputs, &mut degraded)
+                .instrument(tracing::debug_span!("features"))
+                .await;
+        if entities.is_some() {
+            progress.features = Some(fetch_started.elapsed());
+        }
+        let features_used = features_used?;
         let return_features = body
             .parameters
             .get("return_features")
@@ -285,6 +317,13 @@ impl InferenceService {
         let deadline = target.started + deadline_in;
         let deadline_ms = deadline_in.as_millis() as u64;
         let requested: Vec<String> = selection.iter().map(|&i| manifest.outputs[i].name.clone()).collect();
+        if self.audit.retains(&manifest.name) {
+            progress.retained = Some(crate::audit::Retained::new(
+                &ordered,
+                requested.clone(),
+                serving.model.content_hash(),
+            ));
+        }
         let key = invariant_core::hash::inference_key(invariant_core::hash::InferenceKeyParts {
             corridor: &corridor,
             model: &manifest.name,
@@ -297,6 +336,7 @@ impl InferenceService {
             .config
             .cache_ttl(&manifest.name, manifest.inference.cache_ttl_seconds);
         let caching = self.config.cache.enabled && !ttl.is_zero();
+        tracing::debug!(corridor = %corridor, version = %version_text, routing = routing.name(), "routed and admitted");
         let (bytes, source) = match &admit {
             Admit::Full => {
                 self.compute_or_cached(
@@ -307,6 +347,7 @@ impl InferenceService {
                     (deadline, deadline_ms),
                     progress,
                 )
+                .instrument(tracing::debug_span!("cache_or_compute", caching))
                 .await?
             }
             Admit::CacheOnly { reason, rules } => {
@@ -377,7 +418,14 @@ impl InferenceService {
             let (outputs, run) = runtime
                 .pool
                 .run(serving.clone(), ordered, deadline, deadline_ms)
+                .instrument(tracing::debug_span!("pool"))
                 .await?;
+            tracing::debug!(
+                queue_us = run.queue.as_micros() as u64,
+                compute_us = run.compute.as_micros() as u64,
+                batch = run.batch_requests,
+                "computed"
+            );
             *timings.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
             let refs: Vec<&Tensor> = outputs.iter().collect();
             Ok::<_, ServeError>(invariant_core::hash::encode_list(&refs))
@@ -439,7 +487,8 @@ impl InferenceService {
             version: Some(&meta.version),
             routing: Some(meta.routing),
             corridor: Some(corridor),
-            request_id: None,
+            request_id: metadata.request_id.as_deref(),
+            body_id: None,
             caller: Some(&caller),
             admitted_early: false,
             caller_deadline: false,
@@ -467,9 +516,16 @@ impl InferenceService {
             run: None,
             rows: 0,
             refused,
+            answer: result.is_ok().then_some(crate::guards::Answer {
+                key: &meta.key,
+                outputs: crate::guards::AnswerOutputs::Hash(&meta.output_hash),
+                degraded: false,
+                retained: None,
+            }),
+            features: None,
         };
-        self.guards.observe(&ctx, &outcome);
-        Some(result)
+        let pending = self.guards.observe(&ctx, &outcome);
+        Some(crate::guards::Pipeline::settle(result, pending).await)
     }
 
     /// Keeps `bytes`, the transport's encoding of `response`, as the reply to the exact
@@ -485,10 +541,16 @@ impl InferenceService {
         let (Some(ttl), Some(runtime)) = (response.reply_ttl, self.corridors.get(response.corridor.as_str())) else {
             return;
         };
+        // A model that retains inputs keeps no stored replies: a hit's record would have none.
+        if self.audit.retains(&response.model) {
+            return;
+        }
         let meta = StoredMeta {
             model: response.model.clone(),
             version: response.version.clone(),
             routing: response.routing,
+            key: response.cache_key.clone(),
+            output_hash: crate::audit::output_hash(&response.outputs),
         };
         let entry = invariant_cache::Entry {
             model: response.model.clone(),
@@ -499,6 +561,49 @@ impl InferenceService {
             meta: Some(Arc::new(meta)),
         };
         runtime.cache.insert_l1(key, Arc::new(entry)).await;
+    }
+}
+
+impl InferenceService {
+    /// Re-runs `inputs` (signature order, as an audit record retains them) on `model`
+    /// `version` in `corridor`'s pool, with no cache and no guards, and returns `outputs` (by
+    /// name, in order): how `invariant audit replay` confirms a recorded answer. When
+    /// `artifact_hash` is given, the loaded version must have exactly those artifacts.
+    pub async fn recompute(
+        &self,
+        (model, version, corridor): (&str, &str, &str),
+        inputs: Vec<Tensor>,
+        outputs: &[String],
+        artifact_hash: Option<&str>,
+    ) -> Result<Vec<Tensor>, ServeError> {
+        let snapshot = self.snapshot();
+        let serving = snapshot
+            .table
+            .resolve(model, Some(version))
+            .map_err(|l| lookup_error(model, Some(version), l))?;
+        if let Some(expected) = artifact_hash.filter(|h| *h != serving.model.content_hash()) {
+            return Err(ServeError::Conflict(format!(
+                "{model} {version} now has artifacts {} where the record has {expected}",
+                serving.model.content_hash()
+            )));
+        }
+        let selection = select_outputs(&serving, outputs)?;
+        let runtime = self
+            .corridors
+            .get(corridor)
+            .ok_or_else(|| ServeError::not_found(format!("unknown corridor '{corridor}'")))?;
+        let (ordered, _) = invariant_engine::check_inputs(serving.model.manifest(), inputs)?;
+        let timeout = Duration::from_secs(60);
+        let (all, _) = runtime
+            .pool
+            .run(
+                serving.clone(),
+                ordered,
+                tokio::time::Instant::now() + timeout,
+                timeout.as_millis() as u64,
+            )
+            .await?;
+        Ok(selection.iter().filter_map(|&i| all.get(i).cloned()).collect())
     }
 }
 

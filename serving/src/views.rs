@@ -12,17 +12,6 @@ use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Server readiness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct ServerReadiness {
-    /// Whether any version serves.
-    pub ready: bool,
-    /// Versions ready.
-    pub versions_ready: usize,
-    /// Versions refused.
-    pub versions_failed: usize,
-}
-
 /// One version's readiness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionReadiness {
@@ -117,16 +106,6 @@ fn config_tensors(specs: &[TensorSpec], batching: bool) -> Vec<ConfigTensor> {
 }
 
 impl InferenceService {
-    /// Ready once the repository is loaded and at least one version serves.
-    pub fn server_readiness(&self) -> ServerReadiness {
-        let (ready, failed) = self.snapshot().table.counts();
-        ServerReadiness {
-            ready: ready > 0,
-            versions_ready: ready,
-            versions_failed: failed,
-        }
-    }
-
     /// The version that answers `model` (`version` when named, else the active one), with the
     /// snapshot it was found in.
     pub fn resolve(

@@ -468,13 +468,15 @@ impl Server {
         }
     }
 
-    /// The verification audit records written so far.
+    /// Where the server's audit chains are.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.dir.path().join("state/audit")
+    }
+
+    /// Every audit record written so far, of every chain, in time order (each chain's
+    /// records in sequence).
     pub fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("state/audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .collect()
+        audit_records(&self.audit_dir())
     }
 
     /// The server's log so far.
@@ -628,6 +630,39 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every record of the audit chains under `dir`, in time order (each chain in sequence).
+pub fn audit_records(dir: &Path) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let Ok(chains) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for chain in chains.flatten() {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(chain.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        segments.sort();
+        for seg in segments {
+            let text = std::fs::read_to_string(&seg).expect("audit segment");
+            out.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<Value>(l).expect("audit line is JSON")),
+            );
+        }
+    }
+    out.sort_by(|a, b| {
+        (a["time"].as_str(), a["chain"].as_str(), a["seq"].as_u64()).cmp(&(
+            b["time"].as_str(),
+            b["chain"].as_str(),
+            b["seq"].as_u64(),
+        ))
+    });
+    out
 }
 
 /// A trust-scorer feature row: account_age_days, completed_orders, dispute_rate, avg_rating,

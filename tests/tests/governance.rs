@@ -280,8 +280,13 @@ async fn changes_persist_across_kill_9_and_reach_a_running_server_from_the_cli_w
     assert_eq!(f["flags"]["review-queue-v2"], true, "{f}");
     let (status, f) = b.get("/admin/v1/flags?corridor=XX-YY").await;
     assert_eq!(status, 400, "{f}");
-    let audit = std::fs::read_to_string(a.dir().join("state/audit.jsonl")).unwrap_or_default();
-    assert!(audit.contains("risk-officer"), "the CLI's change is audited: {audit}");
+    let audit = audit_records(&a.audit_dir());
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["event"] == "governance" && r["actor"] == "risk-officer"),
+        "the CLI's change is audited: {audit:?}"
+    );
 }
 
 #[tokio::test]

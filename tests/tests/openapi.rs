@@ -157,6 +157,9 @@ async fn the_document_describes_every_route_and_needs_no_key() {
         "GET /admin/v1/flags",
         "POST /v1/features/get-online",
         "POST /v1/features/push",
+        "GET /v1/corridors/{corridor}/health",
+        "GET /v1/corridors/{corridor}/audit",
+        "GET /admin/v1/audit",
         "GET /openapi.json",
     ] {
         assert!(
@@ -164,7 +167,7 @@ async fn the_document_describes_every_route_and_needs_no_key() {
             "{expected} is not documented: {operations:?}"
         );
     }
-    assert_eq!(operations.len(), 30, "{operations:?}");
+    assert_eq!(operations.len(), 33, "{operations:?}");
     // Only the health checks and the document itself need no key.
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {

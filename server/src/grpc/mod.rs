@@ -95,6 +95,7 @@ fn metadata_of(metadata: &tonic::metadata::MetadataMap) -> Metadata {
         deadline_ms: text(metadata, "x-deadline-ms"),
         timeout: grpc_timeout(metadata),
         authorization: text(metadata, "authorization"),
+        request_id: text(metadata, "x-request-id"),
     }
 }
 
@@ -304,7 +305,7 @@ impl GrpcInferenceService for Grpc {
 
     async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
         Ok(Response::new(ServerReadyResponse {
-            ready: self.service.server_readiness().ready,
+            ready: self.service.server_health().await.ready,
         }))
     }
 
@@ -535,14 +536,19 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        self.authorize(&request, Need::Everywhere(Role::Admin))?;
+        let caller = self.authorize(&request, Need::Everywhere(Role::Admin))?;
         let r = request.into_inner();
         if !r.parameters.is_empty() {
             return Err(Status::invalid_argument(
                 "parameters: loading with overrides (config, files) is not supported; the model is read from the repository",
             ));
         }
-        let report = self.service.control().reload(&r.model_name).await.map_err(status_of)?;
+        let report = self
+            .service
+            .control()
+            .reload(&r.model_name, caller.id())
+            .await
+            .map_err(status_of)?;
         match report.failure(&r.model_name) {
             None => Ok(Response::new(RepositoryModelLoadResponse {})),
             Some(why) => Err(Status::invalid_argument(why)),

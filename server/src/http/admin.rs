@@ -36,8 +36,8 @@ pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
     if let Err(e) = authorize(&state, &headers, Need::Everywhere(Role::Metrics)) {
         return e.into_response();
     }
-    match &state.metrics {
-        Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
+    match state.render_metrics() {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => ApiError::from(ServeError::unavailable(
             "metrics recorder not installed in this process",
         ))

@@ -40,17 +40,7 @@ impl ApiError {
 
 /// The HTTP status of an error kind.
 pub fn status_of(kind: ErrorKind) -> StatusCode {
-    match kind {
-        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
-        ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::Conflict => StatusCode::CONFLICT,
-        ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
-    }
+    StatusCode::from_u16(kind.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl From<ServeError> for ApiError {

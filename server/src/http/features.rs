@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use invariant_auth::Role;
+use invariant_auth::{Principal, Role};
 use invariant_core::CorridorId;
 use serde_json::Value;
 
@@ -20,11 +20,13 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/features/push", post(push))
 }
 
-/// The request's corridor (`x-corridor`, else the default), once its key has `role` there.
-fn corridor(state: &AppState, headers: &HeaderMap, role: Role) -> Result<CorridorId, ApiError> {
+/// The caller and the request's corridor (`x-corridor`, else the default), once its key has
+/// `role` there.
+fn corridor(state: &AppState, headers: &HeaderMap, role: Role) -> Result<(Principal, CorridorId), ApiError> {
     let metadata = metadata_of(headers);
     let caller = state.authenticate(&metadata)?;
-    Ok(state.corridor_for(&caller, role, metadata.corridor.as_deref(), &serde_json::Map::new())?)
+    let corridor = state.corridor_for(&caller, role, metadata.corridor.as_deref(), &serde_json::Map::new())?;
+    Ok((caller, corridor))
 }
 
 fn json<T: serde::Serialize>(value: T) -> Result<Json<Value>, ApiError> {
@@ -39,7 +41,7 @@ pub(crate) async fn get_online(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let corridor = corridor(&state, &headers, Role::FeaturesRead)?;
+    let (_, corridor) = corridor(&state, &headers, Role::FeaturesRead)?;
     state.feature_store()?;
     let body = body_of(&state, &headers, body).await?;
     let reply = state.get_online_features(&corridor, parse_json(&body)?).await?;
@@ -52,9 +54,9 @@ pub(crate) async fn push(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let corridor = corridor(&state, &headers, Role::FeaturesWrite)?;
+    let (caller, corridor) = corridor(&state, &headers, Role::FeaturesWrite)?;
     state.feature_store()?;
     let body = body_of(&state, &headers, body).await?;
-    let reply = state.push_features(&corridor, parse_json(&body)?).await?;
+    let reply = state.push_features(&corridor, parse_json(&body)?, caller.id()).await?;
     json(reply)
 }

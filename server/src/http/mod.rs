@@ -9,6 +9,7 @@ pub mod binary;
 pub mod error;
 pub mod features;
 pub mod governance;
+pub mod observe;
 pub mod openapi;
 pub mod reply_cache;
 pub mod repository;
@@ -51,6 +52,7 @@ pub fn metadata_of(headers: &HeaderMap) -> Metadata {
         deadline_ms: text(DEADLINE_HEADER),
         timeout: None,
         authorization: text(axum::http::header::AUTHORIZATION.as_str()),
+        request_id: text(crate::request_id::HEADER.as_str()),
     }
 }
 
@@ -85,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(governance::routes())
         .merge(features::routes())
+        .merge(observe::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

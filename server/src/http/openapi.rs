@@ -271,6 +271,9 @@ impl Modify for BearerAuth {
         crate::http::governance::flags,
         crate::http::features::get_online,
         crate::http::features::push,
+        crate::http::observe::health,
+        crate::http::observe::corridor_audit,
+        crate::http::observe::server_audit,
         document
     ),
     components(schemas(ErrorBody))

@@ -37,8 +37,8 @@ pub(crate) async fn load(
     headers: HeaderMap,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
-    let report = state.control().reload(&model).await?;
+    let caller = authorize(&state, &headers, Need::Everywhere(Role::Admin))?;
+    let report = state.control().reload(&model, caller.id()).await?;
     let mut body = json!({ "model": model, "versions": report.versions });
     match report.failure(&model) {
         None => Ok((StatusCode::OK, Json(body)).into_response()),

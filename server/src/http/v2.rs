@@ -49,10 +49,11 @@ pub(crate) async fn live() -> Json<Value> {
     Json(json!({ "live": true }))
 }
 
-/// Ready once the repository is loaded and at least one model version serves.
-#[utoipa::path(get, path = "/v2/health/ready", tag = "health", security(()), responses((status = 200, description = "ready", body = invariant_serving::views::ServerReadiness), (status = 503, description = "not ready", body = invariant_serving::views::ServerReadiness), crate::http::openapi::Errors))]
+/// Ready when every version receiving traffic is loaded and verified and every required
+/// dependency answers; the body names what is not.
+#[utoipa::path(get, path = "/v2/health/ready", tag = "health", security(()), responses((status = 200, description = "ready", body = invariant_serving::health::ServerReadiness), (status = 503, description = "not ready", body = invariant_serving::health::ServerReadiness), crate::http::openapi::Errors))]
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
-    let r = state.server_readiness();
+    let r = state.server_health().await;
     let status = if r.ready {
         StatusCode::OK
     } else {
