@@ -19,6 +19,7 @@
 //! re-reads its head first, so links never fork.
 
 pub mod read;
+mod redis_stream;
 mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,8 @@ pub struct Settings {
     pub flush_ms: u64,
     /// A segment file is closed and a new one started once it would grow past this.
     pub segment_bytes: u64,
+    /// Redis to keep the chains in, as one stream per chain (empty: the files in `dir`).
+    pub redis_url: String,
 }
 
 /// Audit failures.
@@ -120,6 +123,45 @@ pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// The chains of the trail `settings` names (its files, or its Redis), sorted.
+pub fn list_chains(settings: &Settings) -> Result<Vec<String>, AuditError> {
+    if settings.redis_url.is_empty() {
+        read::chains(&settings.dir)
+    } else {
+        redis_stream::chains(&settings.redis_url)
+    }
+}
+
+/// Verifies `chain` of the trail `settings` names (see [`read::verify`]).
+pub fn verify_chain(settings: &Settings, chain: &str) -> Result<read::Report, AuditError> {
+    if !valid_chain(chain) {
+        return Err(AuditError::InvalidChain(chain.to_string()));
+    }
+    if settings.redis_url.is_empty() {
+        read::verify(&settings.dir, chain)
+    } else {
+        redis_stream::verify(&settings.redis_url, chain)
+    }
+}
+
+/// Calls `visit` with each record of `chain` that passes `filter`, oldest first, from the
+/// trail `settings` names (see [`read::read`]).
+pub fn read_chain(
+    settings: &Settings,
+    chain: &str,
+    filter: &read::Filter,
+    visit: impl FnMut(serde_json::Value) -> std::ops::ControlFlow<()>,
+) -> Result<(), AuditError> {
+    if !valid_chain(chain) {
+        return Err(AuditError::InvalidChain(chain.to_string()));
+    }
+    if settings.redis_url.is_empty() {
+        read::read(&settings.dir, chain, filter, visit)
+    } else {
+        redis_stream::read(&settings.redis_url, chain, filter, visit)
+    }
+}
+
 /// The outcome of one append, to wait for before acknowledging what it records.
 #[derive(Debug)]
 #[must_use = "a durable record is written only when its commit resolves"]
@@ -157,8 +199,10 @@ impl Commit {
 #[derive(Debug)]
 pub struct Trail {
     settings: Settings,
-    queue: Mutex<Option<std::sync::mpsc::SyncSender<writer::Pending>>>,
+    queue: std::sync::RwLock<Option<std::sync::mpsc::SyncSender<writer::Pending>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer, to wake for records someone waits for.
+    writer: std::thread::Thread,
 }
 
 /// How many records may wait for the writer before appends block (back-pressure from a slow disk).
@@ -168,17 +212,17 @@ impl Trail {
     /// Opens the trail in `settings.dir`: every existing chain's head is read (a torn last
     /// line from a crash is cut off) and the writer thread is started.
     pub fn open(settings: Settings) -> Result<Self, AuditError> {
-        std::fs::create_dir_all(&settings.dir).map_err(|e| AuditError::io(&settings.dir, e))?;
-        let chains = writer::open_existing(&settings)?;
+        let sink = writer::open_sink(&settings)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let thread_settings = settings.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer::run(thread_settings, chains, rx))
+            .spawn(move || writer::run(thread_settings, sink, rx))
             .map_err(|e| AuditError::io(&settings.dir, e))?;
         Ok(Self {
             settings,
-            queue: Mutex::new(Some(tx)),
+            queue: std::sync::RwLock::new(Some(tx)),
+            writer: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -207,11 +251,17 @@ impl Trail {
             sync,
             done,
         };
-        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        match queue.as_ref() {
+        let wake = !matches!(pending.done, writer::Done::None);
+        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
+        let sent = match queue.as_ref() {
             Some(tx) => tx.send(pending).map_err(|_| "the audit writer stopped".to_string()),
             None => Err("the audit trail is closed".into()),
+        };
+        drop(queue);
+        if wake {
+            self.writer.unpark();
         }
+        sent
     }
 
     /// Appends a record of `event` with `fields` (a struct or map serialising to a JSON object)
@@ -247,7 +297,8 @@ impl Trail {
 
     /// Writes and syncs everything queued, then stops the writer (later appends fail).
     pub fn close(&self) {
-        drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(self.queue.write().unwrap_or_else(|p| p.into_inner()).take());
+        self.writer.unpark();
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }

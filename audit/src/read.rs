@@ -55,12 +55,12 @@ pub fn segments(dir: &Path) -> Result<Vec<Segment>, AuditError> {
 
 /// The facts of one line that links depend on.
 #[derive(serde::Deserialize)]
-struct Link<'a> {
-    seq: u64,
+pub(crate) struct Link<'a> {
+    pub(crate) seq: u64,
     #[serde(borrow)]
-    prev: &'a str,
+    pub(crate) prev: &'a str,
     #[serde(borrow)]
-    chain: &'a str,
+    pub(crate) chain: &'a str,
 }
 
 /// Calls `visit` with each complete line of `path` (without its newline) and its 1-based line
@@ -154,9 +154,46 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report of `chain` with nothing verified yet.
+    pub fn new(chain: &str) -> Self {
+        Self {
+            chain: chain.to_string(),
+            records: 0,
+            head_seq: 0,
+            head_hash: GENESIS.to_string(),
+            broken: None,
+            torn_tail: false,
+        }
+    }
+
     /// Whether every link holds.
     pub fn ok(&self) -> bool {
         self.broken.is_none()
+    }
+
+    /// Counts `line` as the next verified record.
+    pub(crate) fn accept(&mut self, line: &[u8]) {
+        self.records += 1;
+        self.head_seq += 1;
+        self.head_hash = blake3::hash(line).to_hex().to_string();
+    }
+}
+
+/// Why `line` is not record `expected` of `chain` following a record hashed `prev`, if it
+/// is not.
+pub(crate) fn link_fault(chain: &str, expected: u64, prev: &str, line: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<Link>(line) {
+        Err(e) => Some(format!("not a record: {e}")),
+        Ok(link) if link.chain != chain => Some(format!("record of chain '{}'", link.chain)),
+        Ok(link) if link.seq != expected => Some(format!(
+            "sequence number {} where {expected} was due (a record was deleted, duplicated or moved)",
+            link.seq
+        )),
+        Ok(link) if link.prev != prev => Some(format!(
+            "prev does not match the hash of record {} (that record, or this link, was changed, or a record was deleted)",
+            expected - 1
+        )),
+        Ok(_) => None,
     }
 }
 
@@ -165,14 +202,7 @@ impl Report {
 /// before it. Stops at the first broken link and names it.
 pub fn verify(root: &Path, chain: &str) -> Result<Report, AuditError> {
     let segs = segments(&root.join(chain))?;
-    let mut report = Report {
-        chain: chain.to_string(),
-        records: 0,
-        head_seq: 0,
-        head_hash: GENESIS.to_string(),
-        broken: None,
-        torn_tail: false,
-    };
+    let mut report = Report::new(chain);
     let mut expected = segs.first().map_or(1, |s| s.first_seq);
     if expected != 1 {
         report.broken = Some(Broken {
@@ -206,19 +236,7 @@ pub fn verify(root: &Path, chain: &str) -> Result<Report, AuditError> {
         lines(
             &seg.path,
             |line, number| {
-                let fault = match serde_json::from_slice::<Link>(line) {
-                    Err(e) => Some(format!("not a record: {e}")),
-                    Ok(link) if link.chain != chain => Some(format!("record of chain '{}'", link.chain)),
-                    Ok(link) if link.seq != expected => Some(format!(
-                        "sequence number {} where {expected} was due (a record was deleted, duplicated or moved)",
-                        link.seq
-                    )),
-                    Ok(link) if link.prev != report.head_hash => Some(format!(
-                        "prev does not match the hash of record {} (that record, or this link, was changed, or a record was deleted)",
-                        expected - 1
-                    )),
-                    Ok(_) => None,
-                };
+                let fault = link_fault(chain, expected, &report.head_hash, line);
                 if let Some(reason) = fault {
                     broken = Some(Broken {
                         seq: expected,
@@ -228,9 +246,7 @@ pub fn verify(root: &Path, chain: &str) -> Result<Report, AuditError> {
                     });
                     return std::ops::ControlFlow::Break(());
                 }
-                report.records += 1;
-                report.head_seq = expected;
-                report.head_hash = blake3::hash(line).to_hex().to_string();
+                report.accept(line);
                 expected += 1;
                 std::ops::ControlFlow::Continue(())
             },

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Who waits for a record.
@@ -44,20 +44,92 @@ pub(crate) struct Pending {
     pub done: Done,
 }
 
-/// `"event":"<event>",<the fields' members>}` for `fields` serialising to a JSON object.
+/// `"event":"<event>",<the fields' members>}` for `fields` serialising to a JSON object,
+/// serialised once, in place.
 pub(crate) fn tail(event: &str, fields: &impl Serialize) -> Result<Vec<u8>, AuditError> {
-    let body = serde_json::to_vec(fields).map_err(|e| AuditError::Record(e.to_string()))?;
-    if body.first() != Some(&b'{') {
-        return Err(AuditError::Record("the fields must serialise to a JSON object".into()));
-    }
-    let mut out = Vec::with_capacity(body.len() + event.len() + 12);
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"\"event\":");
     serde_json::to_writer(&mut out, event).map_err(|e| AuditError::Record(e.to_string()))?;
-    if body.len() > 2 {
-        out.push(b',');
+    out.push(b',');
+    let start = out.len();
+    serde_json::to_writer(&mut out, fields).map_err(|e| AuditError::Record(e.to_string()))?;
+    if out.get(start) != Some(&b'{') {
+        return Err(AuditError::Record("the fields must serialise to a JSON object".into()));
     }
-    out.extend_from_slice(&body[1..]);
+    if out.len() - start == 2 {
+        // `{}`: no members, so no comma after the event.
+        out.truncate(start - 1);
+        out.push(b'}');
+    } else {
+        out.remove(start);
+    }
     Ok(out)
+}
+
+/// Appends the line of record `seq` of `chain` following a record hashed `prev` to `buf`
+/// (without its newline) and returns its blake3 (hex).
+pub(crate) fn push_record(buf: &mut Vec<u8>, seq: u64, prev: &str, chain: &str, p: &Pending) -> String {
+    let start = buf.len();
+    buf.extend_from_slice(b"{\"seq\":");
+    buf.extend_from_slice(seq.to_string().as_bytes());
+    buf.extend_from_slice(b",\"prev\":\"");
+    buf.extend_from_slice(prev.as_bytes());
+    buf.extend_from_slice(b"\",\"chain\":\"");
+    buf.extend_from_slice(chain.as_bytes());
+    buf.extend_from_slice(b"\",\"time\":\"");
+    buf.extend_from_slice(p.time.as_bytes());
+    buf.extend_from_slice(b"\",");
+    buf.extend_from_slice(&p.tail);
+    blake3::hash(&buf[start..]).to_hex().to_string()
+}
+
+/// Where a writer puts records: chain files, or Redis streams.
+pub(crate) trait Sink: Send {
+    /// Appends `records` to `chain` (synced when `sync`); returns the chain's head sequence.
+    fn write(&mut self, chain: &str, records: &[&Pending], sync: bool) -> Result<u64, AuditError>;
+    /// Whether anything written is not synced yet.
+    fn dirty(&self) -> bool;
+    /// Syncs everything written.
+    fn sync_all(&mut self);
+}
+
+/// Chains in segment files under one directory.
+pub(crate) struct FileSink {
+    dir: PathBuf,
+    segment_bytes: u64,
+    chains: BTreeMap<String, Chain>,
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, name: &str, records: &[&Pending], sync: bool) -> Result<u64, AuditError> {
+        if !self.chains.contains_key(name) {
+            let chain = Chain::open(&self.dir, name)?;
+            self.chains.insert(name.to_string(), chain);
+        }
+        let chain = self
+            .chains
+            .get_mut(name)
+            .ok_or_else(|| AuditError::NotWritten(format!("chain {name} not open")))?;
+        let result = chain.write(records, self.segment_bytes, sync);
+        if result.is_err() {
+            chain.stale = true;
+        }
+        result.map(|()| chain.next_seq.saturating_sub(1))
+    }
+
+    fn dirty(&self) -> bool {
+        self.chains.values().any(|c| c.dirty)
+    }
+
+    fn sync_all(&mut self) {
+        for c in self.chains.values_mut() {
+            if let Err(e) = c.sync() {
+                tracing::error!(error = %e, "cannot sync an audit segment");
+                metrics::counter!("invariant_audit_errors_total", "chain" => c.name.clone()).increment(1);
+                c.stale = true;
+            }
+        }
+    }
 }
 
 /// One chain's writing end.
@@ -205,22 +277,17 @@ impl Chain {
             }
             let mut buf = Vec::with_capacity(records.iter().map(|r| r.tail.len() + 160).sum());
             for r in records {
-                let mut line = Vec::with_capacity(r.tail.len() + 160);
-                write!(
-                    line,
-                    "{{\"seq\":{},\"prev\":\"{}\",\"chain\":\"{}\",\"time\":\"{}\",",
-                    c.next_seq, c.prev, c.name, r.time
-                )
-                .map_err(|e| AuditError::io(&c.path, e))?;
-                line.extend_from_slice(&r.tail);
-                if c.len + (buf.len() + line.len() + 1) as u64 > segment_bytes && c.len + buf.len() as u64 > 0 {
+                let start = buf.len();
+                c.prev = push_record(&mut buf, c.next_seq, &c.prev, &c.name, r);
+                buf.push(b'\n');
+                // A record that would overfill the segment starts the next one.
+                if c.len + buf.len() as u64 > segment_bytes && c.len + start as u64 > 0 {
+                    let line = buf.split_off(start);
                     c.flush(&mut buf)?;
-                    c.rotate()?;
+                    c.rotate_at(c.next_seq)?;
+                    buf = line;
                 }
-                c.prev = blake3::hash(&line).to_hex().to_string();
                 c.next_seq += 1;
-                line.push(b'\n');
-                buf.extend_from_slice(&line);
             }
             c.flush(&mut buf)?;
             c.dir_mtime = c.dir_mtime();
@@ -245,9 +312,9 @@ impl Chain {
     }
 
     /// Syncs the current segment and starts the next, named by its first sequence number.
-    fn rotate(&mut self) -> Result<(), AuditError> {
+    fn rotate_at(&mut self, first_seq: u64) -> Result<(), AuditError> {
         self.sync()?;
-        let path = self.dir.join(segment_name(self.next_seq));
+        let path = self.dir.join(segment_name(first_seq));
         self.file = append_open(&path)?;
         self.path = path;
         self.len = 0;
@@ -266,9 +333,13 @@ impl Chain {
     }
 }
 
-/// Opens every chain already in the trail's directory (so a damaged one stops the start-up,
-/// not a request).
-pub(crate) fn open_existing(settings: &Settings) -> Result<BTreeMap<String, Chain>, AuditError> {
+/// The sink of `settings`: Redis streams when a Redis URL is set, else the files, with every
+/// chain already in the directory opened (so a damaged one stops the start-up, not a request).
+pub(crate) fn open_sink(settings: &Settings) -> Result<Box<dyn Sink>, AuditError> {
+    if !settings.redis_url.is_empty() {
+        return Ok(Box::new(crate::redis_stream::RedisSink::new(&settings.redis_url)?));
+    }
+    std::fs::create_dir_all(&settings.dir).map_err(|e| AuditError::io(&settings.dir, e))?;
     let mut chains = BTreeMap::new();
     for name in crate::read::chains(&settings.dir)? {
         let chain = Chain::open(&settings.dir, &name)?;
@@ -276,58 +347,55 @@ pub(crate) fn open_existing(settings: &Settings) -> Result<BTreeMap<String, Chai
             .set(chain.next_seq.saturating_sub(1) as f64);
         chains.insert(name, chain);
     }
-    Ok(chains)
+    Ok(Box::new(FileSink {
+        dir: settings.dir.clone(),
+        segment_bytes: settings.segment_bytes,
+        chains,
+    }))
 }
 
-/// The writer loop: takes what has queued (at most `BATCH` records), writes it chain by
-/// chain, syncs as the mode asks, resolves the commits. Returns when every sender is gone.
-pub(crate) fn run(settings: Settings, mut chains: BTreeMap<String, Chain>, queue: Receiver<Pending>) {
-    const BATCH: usize = 4096;
+/// The writer loop: takes everything queued, writes it chain by chain, syncs as the mode
+/// asks, resolves the commits; then parks until woken (a durable or synced record's sender
+/// unparks it) or until the next tick (`flush_ms / 2`), so buffered records cost their senders
+/// no wake-up. Returns, with everything written and synced, when every sender is gone.
+pub(crate) fn run(settings: Settings, mut sink: Box<dyn Sink>, queue: Receiver<Pending>) {
     let flush = Duration::from_millis(settings.flush_ms.max(1));
+    let tick = (flush / 2).max(Duration::from_millis(1));
     let durable = settings.mode == Mode::Durable;
     let mut last_sync = Instant::now();
-    let mut batch: Vec<Pending> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Pending> = Vec::new();
     loop {
-        let dirty = chains.values().any(|c| c.dirty);
-        let first = if dirty {
-            queue.recv_timeout(flush.saturating_sub(last_sync.elapsed()))
-        } else {
-            queue.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        };
-        let closing = match first {
-            Ok(p) => {
-                batch.push(p);
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        while batch.len() < BATCH {
+        let mut closing = false;
+        loop {
             match queue.try_recv() {
                 Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let sync_all = closing || durable || last_sync.elapsed() >= flush;
-        commit(&settings, &mut chains, &mut batch, sync_all);
-        if sync_all {
-            for c in chains.values_mut() {
-                if let Err(e) = c.sync() {
-                    tracing::error!(error = %e, "cannot sync an audit segment");
-                    metrics::counter!("invariant_audit_errors_total", "chain" => c.name.clone()).increment(1);
-                    c.stale = true;
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closing = true;
+                    break;
                 }
             }
+        }
+        let idle = batch.is_empty();
+        let sync_all = closing || durable || last_sync.elapsed() >= tick;
+        commit(sink.as_mut(), &mut batch, sync_all);
+        if sync_all && sink.dirty() {
+            sink.sync_all();
+            last_sync = Instant::now();
+        } else if !sink.dirty() {
             last_sync = Instant::now();
         }
         if closing {
             return;
         }
+        if idle {
+            std::thread::park_timeout(tick);
+        }
     }
 }
 
 /// Writes one batch, grouped by chain in arrival order, and resolves its commits.
-fn commit(settings: &Settings, chains: &mut BTreeMap<String, Chain>, batch: &mut Vec<Pending>, sync_all: bool) {
+fn commit(sink: &mut dyn Sink, batch: &mut Vec<Pending>, sync_all: bool) {
     if batch.is_empty() {
         return;
     }
@@ -338,32 +406,19 @@ fn commit(settings: &Settings, chains: &mut BTreeMap<String, Chain>, batch: &mut
     let mut results: BTreeMap<String, Result<(), String>> = BTreeMap::new();
     for (name, records) in by_chain {
         let sync = sync_all || records.iter().any(|r| r.sync);
-        let result = match chains.get_mut(name) {
-            Some(c) => c.write(&records, settings.segment_bytes, sync),
-            None => Chain::open(&settings.dir, name).and_then(|mut c| {
-                let r = c.write(&records, settings.segment_bytes, sync);
-                chains.insert(name.to_string(), c);
-                r
-            }),
-        };
+        let result = sink.write(name, &records, sync);
         match &result {
-            Ok(()) => {
-                if let Some(c) = chains.get(name) {
-                    metrics::counter!("invariant_audit_records_total", "chain" => name.to_string())
-                        .increment(records.len() as u64);
-                    metrics::gauge!("invariant_audit_chain_head_sequence", "chain" => name.to_string())
-                        .set(c.next_seq.saturating_sub(1) as f64);
-                }
+            Ok(head) => {
+                metrics::counter!("invariant_audit_records_total", "chain" => name.to_string())
+                    .increment(records.len() as u64);
+                metrics::gauge!("invariant_audit_chain_head_sequence", "chain" => name.to_string()).set(*head as f64);
             }
             Err(e) => {
                 tracing::error!(chain = name, error = %e, records = records.len(), "audit records not written");
                 metrics::counter!("invariant_audit_errors_total", "chain" => name.to_string()).increment(1);
-                if let Some(c) = chains.get_mut(name) {
-                    c.stale = true;
-                }
             }
         }
-        results.insert(name.to_string(), result.map_err(|e| e.to_string()));
+        results.insert(name.to_string(), result.map(|_| ()).map_err(|e| e.to_string()));
     }
     for p in batch.drain(..) {
         let result = results.get(&p.chain).cloned().unwrap_or(Ok(()));

@@ -12,6 +12,7 @@ fn settings(dir: &Path, mode: Mode, segment_bytes: u64) -> Settings {
         mode,
         flush_ms: 5,
         segment_bytes,
+        redis_url: String::new(),
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 mod governance;
 mod isolation;
+mod observability;
 mod portable;
 mod security;
 mod transports;
@@ -60,6 +61,10 @@ struct Args {
     /// Run only the security section (API keys on vs off; TLS vs plain text).
     #[arg(long)]
     security_only: bool,
+    /// Run only the observability section (audit off / buffered / durable served; audit
+    /// appends in-process; the metrics scrape with 50 corridors × 5 models).
+    #[arg(long)]
+    observability_only: bool,
     /// With --security-only: only its TLS part.
     #[arg(long)]
     tls_only: bool,
@@ -825,7 +830,11 @@ fn main() -> Result<()> {
         invariant_serving::init_onnx(&config);
         return portable::bench_portable(&config.model_repository, args.engine_seconds);
     }
-    let sections_only = args.transports_only || args.governance_only || args.isolation_only || args.security_only;
+    let sections_only = args.transports_only
+        || args.governance_only
+        || args.isolation_only
+        || args.security_only
+        || args.observability_only;
     let engines = if args.cache_only || sections_only {
         Vec::new()
     } else {
@@ -940,6 +949,9 @@ fn main() -> Result<()> {
         if args.security_only {
             security::bench_security(&args, governance_path, &transport_work.json_body(), &scripts)?;
         }
+        if args.observability_only {
+            observability::bench_observability(&args, governance_path, &transport_work.json_body(), &scripts)?;
+        }
         let _ = std::fs::remove_dir_all(&scripts);
         return Ok(());
     }
@@ -948,6 +960,7 @@ fn main() -> Result<()> {
         governance::bench_governance(&args, &config, &transport_work.model, governance_path, governance_body)?;
         isolation()?;
         security::bench_security(&args, governance_path, &transport_work.json_body(), &scripts)?;
+        observability::bench_observability(&args, governance_path, &transport_work.json_body(), &scripts)?;
     }
 
     // 2. Cache hits (L1), against the HTTP floor of the same server: interleaved rounds, each

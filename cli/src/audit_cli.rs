@@ -4,7 +4,7 @@
 use crate::ConfigArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use invariant_audit::read::{self, parse_since, Filter};
+use invariant_audit::read::{parse_since, Filter};
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
 
@@ -114,7 +114,12 @@ pub fn run(command: AuditCommand) -> Result<()> {
 
 fn verify(config: &ConfigArgs, corridor: Option<String>, json: bool) -> Result<()> {
     let config = config.load()?;
-    let dir = config.audit_dir();
+    let settings = config.audit_settings();
+    let dir = if settings.redis_url.is_empty() {
+        config.audit_dir().display().to_string()
+    } else {
+        format!("Redis {}", invariant_core::secret::redact_url(&settings.redis_url))
+    };
     let chains = match corridor {
         Some(c) => vec![Selection {
             corridor: c,
@@ -123,11 +128,11 @@ fn verify(config: &ConfigArgs, corridor: Option<String>, json: bool) -> Result<(
             limit: 0,
         }
         .chain()?],
-        None => read::chains(&dir)?,
+        None => invariant_audit::list_chains(&settings)?,
     };
     let mut reports = Vec::new();
     for chain in &chains {
-        reports.push(read::verify(&dir, chain)?);
+        reports.push(invariant_audit::verify_chain(&settings, chain)?);
     }
     let broken = reports.iter().filter(|r| !r.ok()).count();
     if json {
@@ -137,7 +142,7 @@ fn verify(config: &ConfigArgs, corridor: Option<String>, json: bool) -> Result<(
         );
     } else {
         if reports.is_empty() {
-            println!("no audit chains in {}", dir.display());
+            println!("no audit chains in {dir}");
         }
         for r in &reports {
             match &r.broken {
@@ -176,7 +181,7 @@ fn records(config: &ConfigArgs, selection: &Selection, event: Option<String>) ->
     let chain = selection.chain()?;
     let filter = selection.filter(event)?;
     let mut out = Vec::new();
-    read::read(&config.audit_dir(), &chain, &filter, |r| {
+    invariant_audit::read_chain(&config.audit_settings(), &chain, &filter, |r| {
         if out.len() >= selection.limit {
             return ControlFlow::Break(());
         }

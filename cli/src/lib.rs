@@ -246,6 +246,18 @@ pub fn run(command: Command) -> Result<()> {
                 report
             };
             let report = report?;
+            let audit = invariant_serving::audit::AuditLog::open(&config)
+                .with_context(|| format!("opening the audit trail {}", config.audit_dir().display()))?;
+            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            audit.record(
+                Some(&corridor),
+                "materialization",
+                &serde_json::json!({
+                    "actor": actor, "feature_view": view, "source": from.display().to_string(),
+                    "rows": report.rows, "written": report.written, "ignored": report.ignored,
+                    "rejected": report.rejected,
+                }),
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -216,11 +216,8 @@ impl Guard for AuditGuard {
         let commit = self.log.trail.append(chain_of(ctx.corridor), "inference", &record);
         // Only answers wait: a refusal or failure acknowledges nothing.
         if outcome.result.is_err() || !commit.is_pending() {
-            if commit.is_pending() {
-                tokio::spawn(async move {
-                    let _ = commit.wait().await;
-                });
-            }
+            // The record is written all the same; nobody waits for it.
+            drop(commit);
             return None;
         }
         Some(Box::pin(async move {

@@ -449,6 +449,9 @@ pub struct AuditConfig {
     pub segment_bytes: u64,
     /// Where the chains live (empty: `audit/` in `state_dir`).
     pub dir: String,
+    /// Keep the chains in this Redis instead (one stream per corridor; replicas sharing it
+    /// keep one chain per corridor between them). Empty: the files.
+    pub redis_url: String,
     /// Record every inference (the design's `LOG_ALL_INFERENCE`); admin actions are always
     /// recorded.
     pub inference: bool,
@@ -464,6 +467,7 @@ impl Default for AuditConfig {
             flush_ms: 50,
             segment_bytes: 64 << 20,
             dir: String::new(),
+            redis_url: String::new(),
             inference: true,
             models: Default::default(),
         }
@@ -725,6 +729,7 @@ impl Config {
             mode: self.audit.mode,
             flush_ms: self.audit.flush_ms,
             segment_bytes: self.audit.segment_bytes.max(4096),
+            redis_url: self.audit.redis_url.clone(),
         }
     }
 

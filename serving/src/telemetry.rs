@@ -97,6 +97,15 @@ pub fn install() -> Option<PrometheusHandle> {
                 })
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
+            // Histogram samples wait in buckets until they are folded in; without a scrape
+            // they would pile up, so fold them every few seconds.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                });
             for &(name, kind, unit, help) in FAMILIES {
                 match (kind, unit) {
                     (Kind::Counter, Some(u)) => describe_counter!(name, u, help),

@@ -189,3 +189,68 @@ async fn verify_names_an_edited_or_deleted_record_and_replay_confirms_outputs() 
     assert_eq!(code, 1);
     assert!(err.contains("--corridor"), "{err}");
 }
+
+#[tokio::test]
+async fn replicas_sharing_a_redis_trail_keep_one_verifiable_chain_per_corridor() {
+    let redis = RedisServer::start();
+    let shared = format!("redis_url = \"{}\"\n", redis.url());
+    let a = Server::start_with(options("durable", &shared)).await;
+    let b = Server::start_with(options("durable", &shared)).await;
+    let mut tasks = Vec::new();
+    for (name, s) in [("a", &a), ("b", &b)] {
+        for c in 0..2 {
+            let client = s.client.clone();
+            let url = format!("{}/v2/models/trust-scorer/infer", s.url);
+            tasks.push(tokio::spawn(async move {
+                let mut answered = Vec::new();
+                for n in 0..40 {
+                    let id = format!("{name}{c}-{n}");
+                    let mut row = TRUST_ROW;
+                    row[0] = f64::from(n);
+                    let r = client
+                        .post(&url)
+                        .header("x-request-id", &id)
+                        .body(trust_request(&[row]).to_string())
+                        .send()
+                        .await
+                        .expect("infer");
+                    if r.status() == 200 {
+                        answered.push(id);
+                    }
+                }
+                answered
+            }));
+        }
+    }
+    let mut answered = BTreeSet::new();
+    for t in tasks {
+        answered.extend(t.await.expect("client task"));
+    }
+    assert_eq!(answered.len(), 160);
+    let (code, out) = verify(&a);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("UAE-SA: ok, 160 records"), "{out}");
+    // Both servers' answers are in the one chain, read through either server's API.
+    let (status, r) = a.get("/v1/corridors/UAE-SA/audit?limit=1000&event=inference").await;
+    assert_eq!(status, 200, "{r}");
+    let ids: BTreeSet<String> = r["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids, answered);
+
+    // Deleting an entry from the stream is named by verify.
+    let deleted = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "XDEL", "inv:{UAE-SA}:audit", "40-0"])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&deleted.stdout).trim(), "1");
+    let (code, out) = verify(&a);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("BROKEN at record 40") && out.contains("sequence number 41 where 40 was due"),
+        "{out}"
+    );
+}

@@ -57,6 +57,14 @@ async fn push_and_read_with_statuses_order_and_isolation() {
     let (status, r) = push(&s, "UAE-SA", &push_body("a1", unix_seconds(-60), 12.0)).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r, json!({"written": 1, "ignored": 0}));
+    // Acknowledged pushes are in the corridor's audit chain.
+    let pushes: Vec<_> = s.audit().into_iter().filter(|a| a["event"] == "feature_push").collect();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(
+        (pushes[0]["chain"].as_str(), pushes[0]["written"].as_u64()),
+        (Some("UAE-SA"), Some(1))
+    );
+    assert_eq!(pushes[0]["actor"], "dev-no-auth");
     // A stale row (older than the view's 1-day max age) for another account.
     push(&s, "UAE-SA", &push_body("old", unix_seconds(-3 * 86400), 7.0)).await;
 
@@ -273,14 +281,34 @@ async fn materialize_loads_a_hundred_thousand_rows_and_reports_bad_ones() {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let state = dir.path().join("state");
+    let state_env = state.clone();
     let (code, out, err) = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        invariant(&refs)
+        let out = std::process::Command::new(binary())
+            .args(&args)
+            .env("INVARIANT_STATE_DIR", &state_env)
+            .current_dir(workspace_root())
+            .output()
+            .expect("invariant features materialize");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     })
     .await
     .unwrap();
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The materialization is recorded in the corridor's audit chain.
+    let audited = audit_records(&state.join("audit"));
+    assert!(
+        audited.iter().any(|r| r["event"] == "materialization"
+            && r["chain"] == "UK-NG"
+            && r["written"] == 99_980
+            && r["feature_view"] == "account_stats"),
+        "{audited:?}"
+    );
     assert_eq!(report["rows"], 100_000);
     assert_eq!(report["rejected"], 20);
     assert_eq!(report["written"], 99_980);

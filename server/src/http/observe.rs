@@ -100,12 +100,12 @@ async fn read_chain(state: &AppState, chain: String, query: AuditQuery) -> Resul
         model: query.model,
         event: query.event,
     };
-    let dir = state.audit.dir().to_path_buf();
+    let settings = state.audit.trail().settings().clone();
     let name = chain.clone();
     let (records, truncated) = tokio::task::spawn_blocking(move || {
         let mut records = Vec::new();
         let mut truncated = false;
-        invariant_audit::read::read(&dir, &name, &filter, |r| {
+        invariant_audit::read_chain(&settings, &name, &filter, |r| {
             if records.len() == limit {
                 truncated = true;
                 return std::ops::ControlFlow::Break(());
