@@ -185,6 +185,12 @@ async fn readiness_names_a_required_redis_that_is_down_and_recovers() {
         (json!(false), json!(true)),
         "{h}"
     );
+    let (code, out, err) = invariant(&["corridors", "health", "UAE-SA", "--server", &s.url]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("UAE-SA: NOT READY") && out.contains("cache_l2: DOWN"),
+        "{out}"
+    );
     // Inference still answers (an unreachable L2 is a miss), and liveness never moved.
     assert_eq!(
         s.post("/v2/models/trust-scorer/infer", &trust_request(&[TRUST_ROW]))
@@ -207,6 +213,12 @@ async fn readiness_names_a_required_redis_that_is_down_and_recovers() {
     }
     let (status, h) = s.get("/v1/corridors/UAE-SA/health").await;
     assert_eq!(status, 200, "{h}");
+    let (code, out, err) = invariant(&["corridors", "health", "UAE-SA", "--server", &s.url]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("UAE-SA: ready") && out.contains("cache_l2: ok") && out.contains("p99"),
+        "{out}"
+    );
     assert_eq!(h["recent"]["requests"], 1, "{h}");
     assert!(h["pool"]["capacity"].as_u64() > Some(0), "{h}");
     assert_eq!(h["governance"]["level"], 0, "{h}");
