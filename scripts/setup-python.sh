@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project-local Python venv (.venv) with the real clients the conformance tests drive:
-# tritonclient (HTTP + gRPC), KServe's client, and schemathesis for the OpenAPI contract tests.
+# tritonclient (HTTP + gRPC), KServe's client, and schemathesis for the OpenAPI contract tests;
+# and .venv-feast with Feast's SDK.
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +22,19 @@ for module in "tritonclient.http, tritonclient.grpc" kserve schemathesis; do
   .venv/bin/python -c "import $module" \
     || { echo "setup: $module is not importable from .venv" >&2; exit 1; }
 done
+
+# Feast's SDK for the feature-store conformance tests, in a venv of its own (its pins of
+# protobuf, pandas and pyarrow are not the Triton and KServe clients').
+FEAST_PACKAGES=("feast==0.67.0")
+FEAST_STAMP=".venv-feast/.invariant-packages"
+if [ ! -x .venv-feast/bin/python ]; then
+  echo "setup: creating the Python venv .venv-feast"
+  python3 -m venv .venv-feast
+fi
+if [ "$(cat "$FEAST_STAMP" 2>/dev/null)" != "${FEAST_PACKAGES[*]}" ]; then
+  echo "setup: installing ${FEAST_PACKAGES[*]} into .venv-feast"
+  .venv-feast/bin/python -m pip install --quiet --disable-pip-version-check "${FEAST_PACKAGES[@]}"
+  echo "${FEAST_PACKAGES[*]}" > "$FEAST_STAMP"
+fi
+.venv-feast/bin/python -c "import feast, pandas, pyarrow" \
+  || { echo "setup: feast is not importable from .venv-feast" >&2; exit 1; }

@@ -64,6 +64,9 @@ pub struct FeatureView {
     /// Free text.
     #[serde(default)]
     pub description: String,
+    /// The push source that feeds it (Feast's `push_source_name` for `POST /push`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_source: Option<String>,
     /// Features in declared order.
     pub features: Vec<Feature>,
 }

@@ -13,6 +13,7 @@ pub mod materialize;
 pub mod plan;
 pub mod redis_store;
 pub mod store;
+pub mod time;
 
 use defs::{check_value, Definitions, FeatureRef, KeyType};
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,10 @@ pub struct GetOnlineRequest {
     /// Name features `view__feature` instead of `feature`.
     #[serde(default)]
     pub full_feature_names: bool,
+    /// Add each view read and its schema version to the reply's metadata
+    /// (`feature_view_metadata`), as Feast 0.6x does.
+    #[serde(default)]
+    pub include_feature_view_version_metadata: bool,
 }
 
 /// One column of a reply: a value, status and event time per entity.
@@ -69,6 +74,18 @@ pub struct FeatureColumn {
 pub struct Metadata {
     /// Column names: the join key, then the features in requested order.
     pub feature_names: Vec<String>,
+    /// The views read and their schema versions, when the request asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub feature_view_metadata: Vec<ViewVersion>,
+}
+
+/// A view read and its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewVersion {
+    /// The view.
+    pub name: String,
+    /// Its schema version.
+    pub version: u32,
 }
 
 /// The reply of `get-online`.
@@ -130,26 +147,18 @@ pub struct PushOutcome {
     pub newest_written: (String, Option<i64>),
 }
 
+/// RFC 3339 of a stored time; the epoch for none or an out-of-range one.
 fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    time::rfc3339(ms).unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_string())
 }
 
 fn event_ms(v: &Value, field: &str) -> Result<i64, FeatureError> {
-    match v {
-        Value::String(s) => humantime::parse_rfc3339_weak(s)
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64)
-            .ok_or_else(|| FeatureError::Request(format!("{field}: '{s}' is not an RFC 3339 time"))),
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| (s * 1000.0).round() as i64)
-            .ok_or_else(|| FeatureError::Request(format!("{field}: {n} is not a Unix time in seconds"))),
-        other => Err(FeatureError::Request(format!("{field}: {other} is not a time"))),
-    }
+    time::from_json(v).map_err(|e| FeatureError::Request(format!("{field}: {e}")))
 }
+
+/// The column of a row's creation time (Feast's `created`): the tie-breaker between rows of the
+/// same event time.
+pub const CREATED: &str = "created";
 
 /// The feature store: definitions and the embedded store.
 #[derive(Debug)]
@@ -215,6 +224,31 @@ impl FeatureStore {
         }
     }
 
+    /// The views fed by push source `name` (Feast's `push_source_name`).
+    pub fn views_of_push_source(&self, name: &str) -> Vec<String> {
+        self.defs
+            .views
+            .iter()
+            .filter(|v| v.push_source.as_deref() == Some(name))
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
+    /// The declared defaults of `service`'s features, in its order.
+    pub fn service_defaults(&self, service: &str) -> Result<Vec<Option<Value>>, FeatureError> {
+        let refs = &self
+            .defs
+            .service(service)
+            .ok_or_else(|| FeatureError::Request(format!("unknown feature service '{service}'")))?
+            .features;
+        Ok(self
+            .defs
+            .resolve(refs)?
+            .iter()
+            .map(|r| self.defs.views[r.view].features[r.feature].default.clone())
+            .collect())
+    }
+
     /// Reads features of entities in `corridor` at time `now_ms`.
     pub fn get_online(
         &self,
@@ -222,8 +256,10 @@ impl FeatureStore {
         req: &GetOnlineRequest,
         now_ms: i64,
     ) -> Result<GetOnlineResponse, FeatureError> {
-        let refs: Vec<String> = match (&req.features, &req.feature_service) {
-            (Some(f), None) if !f.is_empty() => f.clone(),
+        // Feast sends `features: []` along with a feature service.
+        let features = req.features.as_ref().filter(|f| !f.is_empty());
+        let refs: Vec<String> = match (features, &req.feature_service) {
+            (Some(f), None) => f.clone(),
             (None, Some(s)) => self
                 .defs
                 .service(s)
@@ -285,21 +321,25 @@ impl FeatureStore {
             } else {
                 feature.name.clone()
             });
-            let default = feature.default.clone().unwrap_or(Value::Null);
             let mut column = FeatureColumn {
                 values: Vec::new(),
                 statuses: Vec::new(),
                 event_timestamps: Vec::new(),
             };
             for row in &rows[&r.view] {
+                // Feast's semantics: a value only when PRESENT, `null` otherwise (defaults are
+                // applied where a model's input is assembled, flagged there).
                 let (value, status, ts) = match row {
-                    None => (default.clone(), "NOT_FOUND", 0),
+                    None => (Value::Null, "NOT_FOUND", 0),
+                    // A row whose time is out of range (written before times were checked)
+                    // is answered as invalid, never formatted or served.
+                    Some(row) if time::check_ms(row.event_ms).is_err() => (Value::Null, "INVALID", 0),
                     Some(row) => {
                         let stale = view.ttl_seconds > 0 && now_ms - row.event_ms > (view.ttl_seconds as i64) * 1000;
                         match row.values.get(r.feature) {
-                            _ if stale => (default.clone(), "OUTSIDE_MAX_AGE", row.event_ms),
+                            _ if stale => (Value::Null, "OUTSIDE_MAX_AGE", row.event_ms),
                             Some(v) if !v.is_null() => (v.clone(), "PRESENT", row.event_ms),
-                            _ => (default.clone(), "NOT_FOUND", row.event_ms),
+                            _ => (Value::Null, "NULL_VALUE", row.event_ms),
                         }
                     }
                 };
@@ -313,15 +353,36 @@ impl FeatureStore {
             .iter()
             .map(|(&vi, rows)| {
                 let view = &self.defs.views[vi];
-                let fresh = |r: &&Row| view.ttl_seconds == 0 || now_ms - r.event_ms <= (view.ttl_seconds as i64) * 1000;
+                let fresh = |r: &&Row| {
+                    time::check_ms(r.event_ms).is_ok()
+                        && (view.ttl_seconds == 0 || now_ms - r.event_ms <= (view.ttl_seconds as i64) * 1000)
+                };
                 (
                     view.name.clone(),
                     rows.iter().flatten().filter(fresh).map(|r| r.event_ms).min(),
                 )
             })
             .collect();
+        let feature_view_metadata = if req.include_feature_view_version_metadata {
+            let mut seen = Vec::new();
+            for r in &resolved {
+                let view = &self.defs.views[r.view];
+                if !seen.iter().any(|v: &ViewVersion| v.name == view.name) {
+                    seen.push(ViewVersion {
+                        name: view.name.clone(),
+                        version: view.schema_version,
+                    });
+                }
+            }
+            seen
+        } else {
+            Vec::new()
+        };
         Ok(GetOnlineResponse {
-            metadata: Metadata { feature_names: names },
+            metadata: Metadata {
+                feature_names: names,
+                feature_view_metadata,
+            },
             results,
             oldest_served,
         })
@@ -345,9 +406,14 @@ impl FeatureStore {
         };
         let keys = column(&entity.join_key)?;
         let times = column("event_timestamp")?;
+        let created = req.df.get(CREATED);
         let n = keys.len();
         for (name, values) in &req.df {
-            if name != &entity.join_key && name != "event_timestamp" && !view.features.iter().any(|f| &f.name == name) {
+            if name != &entity.join_key
+                && name != "event_timestamp"
+                && name != CREATED
+                && !view.features.iter().any(|f| &f.name == name)
+            {
                 return Err(FeatureError::Request(format!(
                     "df.{name}: feature view '{}' has no such feature",
                     view.name
@@ -369,6 +435,16 @@ impl FeatureStore {
             let key = self.entity_key(entity.key_type, &json(&keys[i], key_field.clone())?, &key_field)?;
             let time_field = format!("df.event_timestamp[{i}]");
             let event = event_ms(&json(&times[i], time_field.clone())?, &time_field)?;
+            let created_ms = match created {
+                Some(c) => {
+                    let field = format!("df.{CREATED}[{i}]");
+                    match json(&c[i], field.clone())? {
+                        Value::Null => None,
+                        v => Some(event_ms(&v, &field)?),
+                    }
+                }
+                None => None,
+            };
             let mut values = Vec::with_capacity(view.features.len());
             for f in &view.features {
                 let v = match req.df.get(&f.name) {
@@ -386,6 +462,7 @@ impl FeatureStore {
                 Row {
                     event_ms: event,
                     written_ms: now_ms,
+                    created_ms,
                     schema_version: view.schema_version,
                     values,
                 },
@@ -462,14 +539,20 @@ mod tests {
             r.metadata.feature_names,
             ["account_id", "completed_orders", "avg_rating"]
         );
-        assert_eq!(r.results[1].values, [json!(12.0), json!(0.0)]);
+        // Feast's semantics: a value only when present, null with the status otherwise.
+        assert_eq!(r.results[1].values, [json!(12.0), Value::Null]);
         assert_eq!(r.results[1].statuses, ["PRESENT", "NOT_FOUND"]);
         assert_eq!(
             r.results[2].statuses,
-            ["NOT_FOUND", "NOT_FOUND"],
+            ["NULL_VALUE", "NOT_FOUND"],
             "pushed without avg_rating"
         );
-        assert_eq!(r.results[2].values, [json!(3.0), json!(3.0)], "the declared default");
+        assert_eq!(
+            r.results[2].values,
+            [Value::Null, Value::Null],
+            "no default on the wire"
+        );
+        assert_eq!(fs.service_defaults("trust_scorer_v1").unwrap().len(), 8);
         assert_eq!(r.results[1].event_timestamps[0], "2026-11-17T00:00:00.000Z");
         assert_eq!(
             r.oldest_served,
@@ -478,12 +561,80 @@ mod tests {
     }
 
     #[test]
-    fn stale_values_are_flagged_with_the_default() {
+    fn stale_values_are_flagged_and_not_served() {
         let (_d, fs) = store();
         push(&fs, "UAE-SA", "a1", "2026-11-10T00:00:00Z", 12.0);
         let r = get(&fs, "UAE-SA", &["a1"], NOW);
         assert_eq!(r.results[1].statuses, ["OUTSIDE_MAX_AGE"]);
-        assert_eq!(r.results[1].values, [json!(0.0)]);
+        assert_eq!(r.results[1].values, [Value::Null]);
+    }
+
+    #[test]
+    fn out_of_range_times_are_refused_and_corrupt_rows_answered_invalid_then_replaced() {
+        let (_d, fs) = store();
+        for bad in [
+            json!(253402300800u64),
+            json!(1e30),
+            json!(i64::MAX),
+            json!("10000-01-01T00:00:00Z"),
+            json!(-5),
+        ] {
+            let req: PushRequest = serde_json::from_value(json!({
+                "feature_view": "account_stats",
+                "df": {"account_id": ["a1"], "event_timestamp": [bad], "completed_orders": [1.0]}
+            }))
+            .unwrap();
+            let e = fs.push("UAE-SA", &req, NOW).unwrap_err().to_string();
+            assert!(e.contains("df.event_timestamp[0]"), "{bad}: {e}");
+        }
+        // A row stored before times were checked: read as INVALID (never formatted), and the
+        // next valid push replaces it.
+        let corrupt = Row {
+            event_ms: i64::MAX,
+            written_ms: NOW,
+            created_ms: None,
+            schema_version: 1,
+            values: vec![json!(5.0)],
+        };
+        fs.write_rows("UAE-SA", "account_stats", &[("a1".into(), corrupt)])
+            .unwrap();
+        let r = get(&fs, "UAE-SA", &["a1"], NOW);
+        assert_eq!(r.results[1].statuses, ["INVALID"]);
+        assert_eq!(r.results[1].values, [Value::Null]);
+        assert_eq!(r.results[1].event_timestamps, ["1970-01-01T00:00:00.000Z"]);
+        assert_eq!(r.oldest_served, vec![("account_stats".to_string(), None)]);
+        assert_eq!(push(&fs, "UAE-SA", "a1", "2026-11-17T00:00:00Z", 12.0).written, 1);
+        assert_eq!(get(&fs, "UAE-SA", &["a1"], NOW).results[1].values, [json!(12.0)]);
+    }
+
+    #[test]
+    fn the_created_column_breaks_ties_between_rows_of_the_same_event() {
+        let (_d, fs) = store();
+        let push_created = |created: &str, orders: f64| {
+            let req: PushRequest = serde_json::from_value(json!({
+                "feature_view": "account_stats",
+                "df": {"account_id": ["a1"], "event_timestamp": ["2026-11-17T00:00:00Z"],
+                       "created": [created], "completed_orders": [orders]}
+            }))
+            .unwrap();
+            fs.push("UAE-SA", &req, NOW).unwrap()
+        };
+        assert_eq!(push_created("2026-11-17T01:00:00Z", 1.0).written, 1);
+        assert_eq!(
+            push_created("2026-11-17T00:30:00Z", 2.0).ignored,
+            1,
+            "created earlier: loses"
+        );
+        assert_eq!(get(&fs, "UAE-SA", &["a1"], NOW).results[1].values, [json!(1.0)]);
+        // The same event and creation instant (written with an offset) with other values: the
+        // later write wins, as without a created column.
+        assert_eq!(push_created("2026-11-17T02:00:00+01:00", 3.0).written, 1);
+        assert_eq!(
+            push_created("2026-11-17T03:00:00Z", 4.0).written,
+            1,
+            "created later: wins"
+        );
+        assert_eq!(get(&fs, "UAE-SA", &["a1"], NOW).results[1].values, [json!(4.0)]);
     }
 
     #[test]

@@ -73,23 +73,14 @@ fn parse_cell(datatype: DataType, text: &str) -> Result<Value, String> {
 }
 
 fn parse_time(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Ok((seconds * 1000.0).round() as i64);
-        }
-    }
-    humantime::parse_rfc3339_weak(text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-        .ok_or_else(|| format!("event_timestamp '{text}' is neither RFC 3339 nor Unix seconds"))
+    crate::time::parse_text(text).map_err(|e| format!("event_timestamp: {e}"))
 }
 
 /// Column positions of a file's header for a view.
 struct Columns {
     key: usize,
     time: usize,
+    created: Option<usize>,
     features: Vec<Option<usize>>,
 }
 
@@ -100,7 +91,8 @@ fn columns(view: &FeatureView, join_key: &str, header: &[String]) -> Result<Colu
         .ok_or_else(|| FeatureError::Request("the file has no 'event_timestamp' column".into()))?;
     for h in header {
         let h = h.trim();
-        if h != join_key && h != "event_timestamp" && !view.features.iter().any(|f| f.name == h) {
+        if h != join_key && h != "event_timestamp" && h != crate::CREATED && !view.features.iter().any(|f| f.name == h)
+        {
             return Err(FeatureError::Request(format!(
                 "column '{h}': feature view '{}' has no such feature",
                 view.name
@@ -110,14 +102,37 @@ fn columns(view: &FeatureView, join_key: &str, header: &[String]) -> Result<Colu
     Ok(Columns {
         key,
         time,
+        created: find(crate::CREATED),
         features: view.features.iter().map(|f| find(&f.name)).collect(),
     })
 }
 
-/// A Parquet cell as the text the CSV path would have read.
-fn parquet_text(field: &parquet::record::Field) -> Result<String, String> {
+/// A time in milliseconds as the Unix seconds text the CSV path reads.
+fn seconds_text(ms: i64) -> String {
+    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+}
+
+/// Units per second of a Parquet INT64 timestamp column (`None`: not a timestamp).
+fn timestamp_units(column: &parquet::schema::types::ColumnDescriptor) -> Option<i64> {
+    use parquet::basic::{LogicalType, TimeUnit};
+    match column.logical_type_ref() {
+        Some(LogicalType::Timestamp(t)) => Some(match t.unit {
+            TimeUnit::MILLIS => 1000,
+            TimeUnit::MICROS => 1_000_000,
+            TimeUnit::NANOS => 1_000_000_000,
+        }),
+        _ => None,
+    }
+}
+
+/// A Parquet cell as the text the CSV path would have read; `units` is the units per second
+/// of its column when it is a timestamp (nanoseconds arrive as plain INT64 values).
+fn parquet_text(field: &parquet::record::Field, units: Option<i64>) -> Result<String, String> {
     use parquet::record::Field;
     Ok(match field {
+        Field::Long(v) if units.is_some() => seconds_text(crate::time::from_units(*v, units.unwrap_or(1))?),
+        Field::TimestampMillis(ms) => seconds_text(crate::time::from_units(*ms, 1000)?),
+        Field::TimestampMicros(us) => seconds_text(crate::time::from_units(*us, 1_000_000)?),
         Field::Null => String::new(),
         Field::Bool(b) => b.to_string(),
         Field::Byte(v) => v.to_string(),
@@ -131,8 +146,6 @@ fn parquet_text(field: &parquet::record::Field) -> Result<String, String> {
         Field::Float(v) => v.to_string(),
         Field::Double(v) => v.to_string(),
         Field::Str(v) => v.clone(),
-        Field::TimestampMillis(ms) => format!("{}", *ms as f64 / 1e3),
-        Field::TimestampMicros(us) => format!("{}", *us as f64 / 1e6),
         other => return Err(format!("unsupported Parquet value {other}")),
     })
 }
@@ -184,13 +197,11 @@ impl FeatureStore {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         let bad = |e: parquet::errors::ParquetError| FeatureError::Request(format!("Parquet: {e}"));
         let reader = SerializedFileReader::new(file).map_err(bad)?;
-        let header: Vec<String> = reader
-            .metadata()
-            .file_metadata()
-            .schema_descr()
-            .columns()
+        let columns = reader.metadata().file_metadata().schema_descr().columns().to_vec();
+        let header: Vec<String> = columns.iter().map(|c| c.name().to_string()).collect();
+        let units: std::collections::BTreeMap<String, i64> = columns
             .iter()
-            .map(|c| c.name().to_string())
+            .filter_map(|c| timestamp_units(c).map(|u| (c.name().to_string(), u)))
             .collect();
         let rows = reader.get_row_iter(None).map_err(bad)?;
         let mut n = 0u64;
@@ -200,7 +211,11 @@ impl FeatureStore {
             let cells = row.map_err(|e| format!("unreadable Parquet row: {e}")).and_then(|row| {
                 let by_name: std::collections::BTreeMap<String, String> = row
                     .get_column_iter()
-                    .map(|(name, field)| parquet_text(field).map(|t| (name.clone(), t)))
+                    .map(|(name, field)| {
+                        parquet_text(field, units.get(name).copied())
+                            .map(|t| (name.clone(), t))
+                            .map_err(|e| format!("{name}: {e}"))
+                    })
                     .collect::<Result<_, _>>()?;
                 Ok(header
                     .iter()
@@ -270,6 +285,10 @@ impl FeatureStore {
                     return Err(format!("entity key '{key}' is not an INT64"));
                 }
                 let time = parse_time(cell(cols.time))?;
+                let created_ms = match cols.created.map(cell).map(str::trim) {
+                    None | Some("") => None,
+                    Some(text) => Some(crate::time::parse_text(text).map_err(|e| format!("{}: {e}", crate::CREATED))?),
+                };
                 let mut values = Vec::with_capacity(view.features.len());
                 for (f, col) in view.features.iter().zip(&cols.features) {
                     let v = match col {
@@ -283,6 +302,7 @@ impl FeatureStore {
                     Row {
                         event_ms: time,
                         written_ms: now,
+                        created_ms,
                         schema_version: view.schema_version,
                         values,
                     },
@@ -384,9 +404,10 @@ mod tests {
         );
         assert_eq!(
             got.results[1].statuses,
-            ["PRESENT", "NOT_FOUND"],
-            "a null cell is a missing value"
+            ["PRESENT", "NULL_VALUE"],
+            "a null cell is a null value"
         );
+        assert_eq!(got.results[1].values[1], Value::Null);
     }
 
     #[test]

@@ -20,13 +20,22 @@ use std::time::{Duration, Instant};
 /// How long a corridor's calls fail fast after its Redis failed, before one call retries.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// ARGV: the row, its event time, its values' hash, its creation time (-1: none), the
+/// latest valid time. The same rule as [`Row::replaces`]: a newer event, or the same event
+/// created later, or the same of both with other values; a stored row whose event time is out
+/// of range is always replaced.
 const WRITE_IF_NEWER: &str = r#"
 local event = tonumber(redis.call('HGET', KEYS[1], 'event_ms'))
+local created = tonumber(redis.call('HGET', KEYS[1], 'created_ms') or '-1')
 local new_event = tonumber(ARGV[2])
-if event and (event > new_event or (event == new_event and redis.call('HGET', KEYS[1], 'vhash') == ARGV[3])) then
-  return 0
+local new_created = tonumber(ARGV[4])
+if event and event >= 0 and event <= tonumber(ARGV[5]) then
+  if event > new_event or (event == new_event and (created > new_created or
+      (created == new_created and redis.call('HGET', KEYS[1], 'vhash') == ARGV[3]))) then
+    return 0
+  end
 end
-redis.call('HSET', KEYS[1], 'row', ARGV[1], 'event_ms', ARGV[2], 'vhash', ARGV[3])
+redis.call('HSET', KEYS[1], 'row', ARGV[1], 'event_ms', ARGV[2], 'vhash', ARGV[3], 'created_ms', ARGV[4])
 return 1
 "#;
 
@@ -206,8 +215,21 @@ impl OnlineStore for RedisStore {
         let mut payloads = Vec::with_capacity(rows.len());
         for (entity, row) in rows {
             let json = serde_json::to_string(row).map_err(|e| FeatureError::Store(e.to_string()))?;
-            payloads.push((key(corridor, view, entity), json, row.event_ms, vhash(&row.values)));
+            payloads.push((
+                key(corridor, view, entity),
+                json,
+                (row.event_ms, row.created_ms.unwrap_or(-1)),
+                vhash(&row.values),
+            ));
         }
+        let invocations: Vec<redis::ScriptInvocation<'_>> = payloads
+            .iter()
+            .map(|(k, json, (event, created), hash)| {
+                let mut i = self.script.key(k);
+                i.arg(json).arg(*event).arg(hash).arg(*created).arg(crate::time::MAX_MS);
+                i
+            })
+            .collect();
         self.with(corridor, "feature_write", |conn| {
             let done: Vec<i64> = match conn {
                 Conn::Single(conn) => {
@@ -217,17 +239,15 @@ impl OnlineStore for RedisStore {
                         .arg(WRITE_IF_NEWER)
                         .query::<String>(conn)?;
                     let mut pipe = redis::pipe();
-                    for (k, json, event, hash) in &payloads {
-                        pipe.invoke_script(self.script.key(k).arg(json).arg(*event).arg(hash));
+                    for i in &invocations {
+                        pipe.invoke_script(i);
                     }
                     pipe.query(conn)?
                 }
                 // In a cluster each row's script runs on the node that owns its key.
-                Conn::Cluster(conn) => payloads
+                Conn::Cluster(conn) => invocations
                     .iter()
-                    .map(|(k, json, event, hash)| {
-                        self.script.key(k).arg(json).arg(*event).arg(hash).invoke(&mut **conn)
-                    })
+                    .map(|i| i.invoke(&mut **conn))
                     .collect::<redis::RedisResult<Vec<i64>>>()?,
             };
             Ok(done

@@ -32,10 +32,28 @@ pub struct Row {
     pub event_ms: i64,
     /// When the row was written.
     pub written_ms: i64,
+    /// When its source created it (Feast's `created` column): the tie-breaker between rows of
+    /// the same event time, the later winning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<i64>,
     /// The view's schema version at write time.
     pub schema_version: u32,
     /// Values in the view's feature order (`null` where the push had none).
     pub values: Vec<serde_json::Value>,
+}
+
+impl Row {
+    /// Whether this row replaces `old`: its event is newer, or equal with a later creation
+    /// time, or equal in both with different values. A stored row whose event time is out of
+    /// range (a corrupt write) is always replaced.
+    pub fn replaces(&self, old: &Row) -> bool {
+        if crate::time::check_ms(old.event_ms).is_err() {
+            return true;
+        }
+        let created = |r: &Row| r.created_ms.unwrap_or(-1);
+        (self.event_ms, created(self)) > (old.event_ms, created(old))
+            || ((self.event_ms, created(self)) == (old.event_ms, created(old)) && self.values != old.values)
+    }
 }
 
 /// What a write did.
@@ -104,12 +122,7 @@ impl EmbeddedStore {
                     Some(v) => serde_json::from_slice(v.value()).ok(),
                     None => None,
                 };
-                let newer = match &existing {
-                    None => true,
-                    Some(old) => {
-                        row.event_ms > old.event_ms || (row.event_ms == old.event_ms && row.values != old.values)
-                    }
-                };
+                let newer = existing.as_ref().is_none_or(|old| row.replaces(old));
                 if newer {
                     let bytes = serde_json::to_vec(row).map_err(store_err)?;
                     table.insert(k.as_slice(), bytes.as_slice()).map_err(store_err)?;

@@ -130,7 +130,8 @@ fn observe_read(corridor: &str, reply: &GetOnlineResponse) {
     }
 }
 
-/// A reply made of the service's declared defaults, every value flagged `UNAVAILABLE`.
+/// A reply with no values, every one flagged `UNAVAILABLE` (the input is then assembled from
+/// the declared defaults).
 fn defaults_reply(
     store: &FeatureStore,
     service: &str,
@@ -159,13 +160,16 @@ fn defaults_reply(
         let feature = &store.defs.views[r.view].features[r.feature];
         names.push(feature.name.clone());
         results.push(FeatureColumn {
-            values: vec![feature.default.clone().unwrap_or(Value::Null); n],
+            values: vec![Value::Null; n],
             statuses: vec!["UNAVAILABLE"; n],
             event_timestamps: vec![String::new(); n],
         });
     }
     Ok(GetOnlineResponse {
-        metadata: Metadata { feature_names: names },
+        metadata: Metadata {
+            feature_names: names,
+            feature_view_metadata: Vec::new(),
+        },
         results,
         oldest_served: Vec::new(),
     })
@@ -214,6 +218,7 @@ pub(crate) async fn enrich(
             feature_service: Some(service.clone()),
             entities: entities.clone(),
             full_feature_names: false,
+            include_feature_view_version_metadata: false,
         };
         let (s, c) = (store.clone(), corridor.to_string());
         let read = tokio::task::spawn_blocking(move || s.get_online(&c, &request, now_ms()))
@@ -241,19 +246,29 @@ pub(crate) async fn enrich(
                 spec.shape.get(1)
             )));
         }
+        // Values the store did not have (NOT_FOUND, OUTSIDE_MAX_AGE, NULL_VALUE, INVALID,
+        // UNAVAILABLE) are the features' declared defaults here, and their statuses say so.
+        let defaults = store.service_defaults(&service).map_err(ServeError::from)?;
         let rows = reply.results[0].values.len();
         let mut data = Vec::with_capacity(rows * width);
+        let mut values: Vec<Vec<Value>> = vec![Vec::with_capacity(rows); width];
         for r in 0..rows {
-            for column in &reply.results[1..] {
-                let value = column.values[r].as_f64().ok_or_else(|| {
+            for (c, column) in reply.results[1..].iter().enumerate() {
+                let value = if column.statuses[r] == "PRESENT" {
+                    column.values[r].clone()
+                } else {
+                    defaults.get(c).cloned().flatten().unwrap_or(Value::Null)
+                };
+                let number = value.as_f64().ok_or_else(|| {
                     ServeError::invalid(format!(
                         "parameters.entities: feature '{}' of entity {} is {} and has no default",
-                        reply.metadata.feature_names[1 + data.len() % width],
+                        reply.metadata.feature_names[1 + c],
                         reply.results[0].values[r],
                         column.statuses[r]
                     ))
                 })?;
-                data.push(value as f32);
+                data.push(number as f32);
+                values[c].push(value);
             }
         }
         let tensor = invariant_core::Tensor::new(
@@ -267,7 +282,7 @@ pub(crate) async fn enrich(
             "input": spec.name,
             "feature_service": service,
             "feature_names": reply.metadata.feature_names[1..],
-            "values": reply.results[1..].iter().map(|c| &c.values).collect::<Vec<_>>(),
+            "values": values,
             "statuses": reply.results[1..].iter().map(|c| &c.statuses).collect::<Vec<_>>(),
         }));
     }

@@ -74,15 +74,22 @@ async fn push_and_read_with_statuses_order_and_isolation() {
         json!(["account_id", "completed_orders", "avg_rating"])
     );
     assert_eq!(r["results"][0]["values"], json!(["a1", "old", "nobody"]));
-    assert_eq!(r["results"][1]["values"], json!([12.0, 0.0, 0.0]));
+    // Feast's semantics on the wire: a value only when PRESENT, null otherwise (a stale value
+    // is never served; defaults apply only where a model's input is assembled).
+    assert_eq!(r["results"][1]["values"], json!([12.0, null, null]));
     assert_eq!(
         r["results"][1]["statuses"],
         json!(["PRESENT", "OUTSIDE_MAX_AGE", "NOT_FOUND"])
     );
     assert_eq!(
         r["results"][2]["values"],
-        json!([3.0, 3.0, 3.0]),
-        "declared default of avg_rating"
+        json!([null, null, null]),
+        "no defaults on the wire"
+    );
+    assert_eq!(
+        r["results"][2]["statuses"],
+        json!(["NULL_VALUE", "OUTSIDE_MAX_AGE", "NOT_FOUND"]),
+        "a1 was pushed without avg_rating"
     );
 
     // Idempotent, and an older event never overwrites a newer one.
@@ -328,7 +335,7 @@ async fn materialize_loads_a_hundred_thousand_rows_and_reports_bad_ones() {
     })
     .await;
     let r = read(&s, "UK-NG", &["m1", "m99999", "m42"]).await;
-    assert_eq!(r["results"][1]["values"], json!([1.0, 499.0, 0.0]));
+    assert_eq!(r["results"][1]["values"], json!([1.0, 499.0, null]));
     assert_eq!(r["results"][1]["statuses"], json!(["PRESENT", "PRESENT", "NOT_FOUND"]));
     assert_eq!(
         read(&s, "UAE-SA", &["m1"]).await["results"][1]["statuses"],
@@ -427,7 +434,7 @@ async fn redis_backend_per_corridor_survives_an_outage() {
         200
     );
     let r = read(&s, "UAE-SA", &["a1", "zz", "stale"]).await;
-    assert_eq!(r["results"][1]["values"], json!([12.0, 0.0, 0.0]));
+    assert_eq!(r["results"][1]["values"], json!([12.0, null, null]));
     assert_eq!(
         r["results"][1]["statuses"],
         json!(["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE"])

@@ -57,9 +57,16 @@ impl From<ServeError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+impl ApiError {
+    /// The error in Feast's shape (`{"detail": "..."}`, which Feast's clients read), with the V2
+    /// `error` key too.
+    pub fn into_feast_response(self) -> Response {
+        let body = serde_json::json!({ "detail": self.message, "error": self.message });
+        self.respond(body)
+    }
+
+    fn respond(self, body: serde_json::Value) -> Response {
+        let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -72,6 +79,13 @@ impl IntoResponse for ApiError {
             }
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        self.respond(body)
     }
 }
 
