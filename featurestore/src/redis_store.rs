@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Connections per corridor.
+const CONNECTIONS: usize = 8;
+
 /// How long a corridor's calls fail fast after its Redis failed, before one call retries.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -56,7 +59,8 @@ enum Endpoint {
 struct Target {
     url: String,
     endpoint: Endpoint,
-    conn: Mutex<Option<Conn>>,
+    /// A few connections, so calls of the corridor do not wait for one another's round trips.
+    conns: Vec<Mutex<Option<Conn>>>,
     /// The last failure and until when calls fail fast because of it.
     down: Mutex<Option<(Instant, String)>>,
 }
@@ -64,6 +68,8 @@ struct Target {
 /// The Redis store: a Redis per corridor.
 pub struct RedisStore {
     targets: BTreeMap<String, Target>,
+    /// Round robin over busy connections.
+    next: std::sync::atomic::AtomicUsize,
     timeout: Duration,
     script: redis::Script,
 }
@@ -114,13 +120,14 @@ impl RedisStore {
                 Target {
                     url: url.clone(),
                     endpoint,
-                    conn: Mutex::new(None),
+                    conns: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
                     down: Mutex::new(None),
                 },
             );
         }
         Ok(Self {
             targets,
+            next: std::sync::atomic::AtomicUsize::new(0),
             timeout,
             script: redis::Script::new(WRITE_IF_NEWER),
         })
@@ -158,7 +165,11 @@ impl RedisStore {
                 Some((Instant::now() + RETRY_AFTER, e.to_string()));
             unavailable(e)
         };
-        let mut guard = target.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // A free connection, else wait for one (the caller's bulkhead bounds the waiters).
+        let mut guard = target.conns.iter().find_map(|c| c.try_lock().ok()).unwrap_or_else(|| {
+            let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % target.conns.len();
+            target.conns[i].lock().unwrap_or_else(|p| p.into_inner())
+        });
         if guard.is_none() {
             let conn = match &target.endpoint {
                 Endpoint::Single(client) => {

@@ -292,6 +292,22 @@ pub struct PoolsConfig {
     /// resolution, so small values round up to about 1 ms.
     #[serde(default = "default_delay")]
     pub max_queue_delay_us: u64,
+    /// Feature-store calls (reads, pushes, enrichment reads) in flight per corridor; more are
+    /// answered 429 at once, so one corridor's slow or hung store never takes threads that
+    /// other corridors need.
+    #[serde(default = "default_feature_concurrency")]
+    pub feature_concurrency: usize,
+    /// How long a feature-store call may take before it is answered 504 (an enriched
+    /// inference also stops at its own deadline).
+    #[serde(default = "default_feature_timeout")]
+    pub feature_timeout_ms: u64,
+}
+
+fn default_feature_concurrency() -> usize {
+    16
+}
+fn default_feature_timeout() -> u64 {
+    2_000
 }
 
 fn default_workers() -> usize {
@@ -315,6 +331,8 @@ impl Default for PoolsConfig {
             request_timeout_ms: default_timeout(),
             batching: true,
             max_queue_delay_us: default_delay(),
+            feature_concurrency: default_feature_concurrency(),
+            feature_timeout_ms: default_feature_timeout(),
         }
     }
 }

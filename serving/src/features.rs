@@ -85,7 +85,8 @@ impl InferenceService {
         Ok(outcome)
     }
 
-    /// Runs `op` on the store off the async threads.
+    /// Runs `op` on the store off the async threads, within the corridor's feature bulkhead
+    /// and the feature timeout.
     async fn on_store<Req, Out>(
         &self,
         corridor: &CorridorId,
@@ -98,10 +99,52 @@ impl InferenceService {
     {
         let store = self.feature_store()?;
         let c = corridor.clone();
-        tokio::task::spawn_blocking(move || op(&store, c.as_str(), &request, now_ms()))
-            .await
-            .map_err(|e| ServeError::internal(format!("feature store task failed: {e}")))?
-            .map_err(ServeError::from)
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(self.config.pools.feature_timeout_ms);
+        self.feature_call(corridor.as_str(), deadline, move || {
+            op(&store, c.as_str(), &request, now_ms())
+        })
+        .await?
+        .map_err(ServeError::from)
+    }
+
+    /// Runs `call` on the blocking pool within `corridor`'s feature bulkhead
+    /// (`pools.feature_concurrency` calls in flight; more are answered 429 at once) and gives up
+    /// at `deadline` (the store's error then says it did not answer in time). The bulkhead's
+    /// place is held until the call really ends, so a hung store holds at most that many
+    /// threads.
+    pub(crate) async fn feature_call<T: Send + 'static>(
+        &self,
+        corridor: &str,
+        deadline: tokio::time::Instant,
+        call: impl FnOnce() -> Result<T, FeatureError> + Send + 'static,
+    ) -> Result<Result<T, FeatureError>, ServeError> {
+        let slots = self
+            .feature_slots
+            .get(corridor)
+            .ok_or_else(|| ServeError::internal(format!("corridor {corridor} has no feature bulkhead")))?;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("invariant_rejected_requests_total", "corridor" => corridor.to_string(), "reason" => "features_full")
+                .increment(1);
+            return Err(ServeError::Overloaded {
+                retry_after_s: 1,
+                message: format!(
+                    "corridor {corridor}: {} feature-store calls are in flight (pools.feature_concurrency); retry later",
+                    self.config.pools.feature_concurrency
+                ),
+            });
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            call()
+        });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(e)) => Err(ServeError::internal(format!("feature store task failed: {e}"))),
+            Err(_) => Ok(Err(FeatureError::Store(format!(
+                "the feature store of corridor {corridor} did not answer in time"
+            )))),
+        }
     }
 
     /// Freshness of writes: the newest event time stored, per view and corridor.
@@ -186,7 +229,11 @@ pub(crate) async fn enrich(
     entities: Option<&Value>,
     inputs: &mut Vec<invariant_core::Tensor>,
     degraded: &mut Option<crate::request::Degraded>,
+    deadline: tokio::time::Instant,
 ) -> Result<Option<Value>, ServeError> {
+    let core: &InferenceService = service;
+    let deadline = deadline
+        .min(tokio::time::Instant::now() + std::time::Duration::from_millis(service.config.pools.feature_timeout_ms));
     let Some(entities) = entities else {
         return Ok(None);
     };
@@ -221,9 +268,9 @@ pub(crate) async fn enrich(
             include_feature_view_version_metadata: false,
         };
         let (s, c) = (store.clone(), corridor.to_string());
-        let read = tokio::task::spawn_blocking(move || s.get_online(&c, &request, now_ms()))
-            .await
-            .map_err(|e| ServeError::internal(format!("feature read failed: {e}")))?;
+        let read = core
+            .feature_call(corridor, deadline, move || s.get_online(&c, &request, now_ms()))
+            .await?;
         let reply = match read {
             Err(FeatureError::Store(why))
                 if manifest.inference.feature_fallback == Some(invariant_registry::FeatureFallback::Defaults) =>

@@ -129,6 +129,8 @@ pub struct InferenceService {
     pub recent: Arc<health::Recent>,
     /// The last dependency checks.
     pub(crate) dependency_cache: health::DependencyCache,
+    /// Each corridor's feature bulkhead: places for feature-store calls in flight.
+    pub(crate) feature_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
 /// Start-up failures.
@@ -286,6 +288,14 @@ impl InferenceService {
             feature_freshness: Default::default(),
             recent,
             dependency_cache: Default::default(),
+            feature_slots: config
+                .corridors
+                .iter()
+                .map(|c| {
+                    let places = config.pools.feature_concurrency.max(1);
+                    (c.id.to_string(), Arc::new(tokio::sync::Semaphore::new(places)))
+                })
+                .collect(),
             features,
             governance,
             authority,

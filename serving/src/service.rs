@@ -295,10 +295,17 @@ impl InferenceService {
         let mut degraded = None;
         let entities = body.parameters.get("entities");
         let fetch_started = std::time::Instant::now();
-        let features_used =
-            crate::features::enrich(self, corridor.as_str(), manifest, entities, &mut inputs, &mut degraded)
-                .instrument(tracing::debug_span!("features"))
-                .await;
+        let features_used = crate::features::enrich(
+            self,
+            corridor.as_str(),
+            manifest,
+            entities,
+            &mut inputs,
+            &mut degraded,
+            target.started + deadline_in,
+        )
+        .instrument(tracing::debug_span!("features"))
+        .await;
         if entities.is_some() {
             progress.features = Some(fetch_started.elapsed());
         }

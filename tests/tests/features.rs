@@ -3,6 +3,7 @@
 
 use invariant_blackbox::*;
 use serde_json::json;
+use std::time::Duration;
 
 /// Unix seconds, `offset_seconds` from now (the push API takes RFC 3339 text or Unix seconds).
 fn unix_seconds(offset_seconds: i64) -> f64 {
@@ -620,4 +621,101 @@ fn materialize_reads_parquet() {
         (json!(3), json!(2), json!(1))
     );
     assert_eq!(report["rejections"][0]["line"], 3);
+}
+
+/// The thread count of process `pid`.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|n| n.trim().parse().unwrap_or(0)))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_hung_corridor_redis_never_takes_other_corridors_down() {
+    let shared = RedisServer::start();
+    let uk = RedisServer::start();
+    let s = Server::start_with(ServerOptions {
+        top: format!(
+            "feature_backend = \"redis\"\nfeature_redis_url = \"{}\"\n",
+            shared.url()
+        ),
+        uk_ng: format!("feature_redis_url = \"{}\"\n", uk.url()),
+        extra: "[pools]\nfeature_concurrency = 8\nfeature_timeout_ms = 1000\n[cache]\nenabled = false\n".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        push(&s, "US-EG", &push_body("e1", unix_seconds(-60), 12.0)).await.0,
+        200
+    );
+    assert_eq!(push(&s, "UK-NG", &push_body("k1", unix_seconds(-60), 3.0)).await.0, 200);
+    uk.pause();
+
+    // 300 concurrent UK-NG reads against a Redis that accepts and never answers.
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let client = s.client.clone();
+        let url = format!("{}/v1/features/get-online", s.url);
+        flood.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = client
+                .post(url)
+                .header("x-corridor", "UK-NG")
+                .body(read_body(&["k1"]).to_string())
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await;
+            (r.map(|r| r.status().as_u16()).unwrap_or(0), started.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile US-EG reads and uncached inference answer at once.
+    for i in 0..5 {
+        let started = std::time::Instant::now();
+        let (status, r) = s
+            .post_raw(
+                "/v1/features/get-online",
+                read_body(&["e1"]).to_string(),
+                &[("x-corridor", "US-EG")],
+            )
+            .await;
+        assert_eq!(status, 200, "{r}");
+        let mut row = TRUST_ROW;
+        row[0] = 1000.0 + f64::from(i);
+        let (status, r) = s
+            .post_raw(
+                "/v2/models/trust-scorer/infer",
+                trust_request(&[row]).to_string(),
+                &[("x-corridor", "US-EG")],
+            )
+            .await;
+        assert_eq!(status, 200, "{r}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "US-EG waited {:?}",
+            started.elapsed()
+        );
+    }
+    let threads = threads_of(s.pid());
+    assert!(threads < 120, "{threads} threads while UK-NG's Redis hangs");
+    let mut statuses = std::collections::BTreeMap::new();
+    for f in flood {
+        let (status, took) = f.await.unwrap();
+        *statuses.entry(status).or_insert(0) += 1;
+        assert!(took < Duration::from_secs(5), "a UK-NG read took {took:?}");
+    }
+    // The bulkhead's places wait for the store (then 503: it did not answer); the rest are
+    // refused at once with 429.
+    assert!(statuses.get(&429).copied().unwrap_or(0) >= 250, "{statuses:?}");
+    assert_eq!(
+        statuses.keys().filter(|s| ![429, 503].contains(*s)).count(),
+        0,
+        "{statuses:?}"
+    );
+    uk.resume();
+    s.assert_still_serving().await;
 }
