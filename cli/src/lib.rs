@@ -92,13 +92,107 @@ pub enum FeaturesCommand {
         /// Corridor.
         #[arg(long)]
         corridor: String,
-        /// Rows per transaction.
+        /// Rows per transaction (per request with --server; at most the server's
+        /// limits.request.max_push_rows).
         #[arg(long, default_value_t = 5000)]
         batch: usize,
+        /// Load into this running server instead of the store file: the rows are checked here
+        /// and sent in batches to its `/corridors/{corridor}/write-to-online-store` with the key
+        /// from INVARIANT_API_KEY (`features:write` in the corridor); the server stays the only
+        /// writer of its store, and audits each batch.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Reads a CSV or Parquet file (by its extension) of rows of `view`, with a progress bar, and
+/// hands the checked rows to `write` a batch at a time.
+fn load_file(
+    from: &std::path::Path,
+    defs: &invariant_featurestore::defs::Definitions,
+    view: &str,
+    batch: usize,
+    write: impl invariant_featurestore::materialize::RowSink,
+) -> Result<invariant_featurestore::materialize::MaterializeReport> {
+    use invariant_featurestore::materialize::{materialize_csv_into, materialize_parquet_into};
+    let file = std::fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let parquet = from.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+    let report = if parquet {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("materializing {spinner} {pos} rows {per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        let report = materialize_parquet_into(defs, view, file, batch, |n| bar.set_position(n), write);
+        bar.finish_and_clear();
+        report
+    } else {
+        let bar = indicatif::ProgressBar::new(file.metadata()?.len());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("materializing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let report = materialize_csv_into(
+            defs,
+            view,
+            std::io::BufReader::new(file),
+            batch,
+            |b| bar.set_position(b),
+            write,
+        );
+        bar.finish_and_clear();
+        report
+    };
+    Ok(report?)
+}
+
+/// Loads a file into a running server: checked here, written there in batches (the server
+/// checks again, writes with the same rule and audits each batch).
+fn materialize_to_server(
+    config: &Config,
+    server: &str,
+    from: &std::path::Path,
+    view: &str,
+    corridor: &str,
+    batch: usize,
+) -> Result<invariant_featurestore::materialize::MaterializeReport> {
+    let defs = invariant_featurestore::load_definitions(&config.feature_repository, &config.features_applied_path())?;
+    let path = format!("/corridors/{corridor}/write-to-online-store");
+    load_file(from, &defs, view, batch, |v, rows| {
+        let request = invariant_featurestore::materialize::push_request(&defs, v, rows)?;
+        let body = serde_json::json!({ "feature_view_name": request.feature_view, "df": request.df });
+        let reply = models_cli::call(server, reqwest::Method::POST, &path, Some(body))
+            .map_err(|e| invariant_featurestore::FeatureError::Store(format!("{server}: {e:#}")))?;
+        Ok((
+            reply["written"].as_u64().unwrap_or(0),
+            reply["ignored"].as_u64().unwrap_or(0),
+        ))
+    })
+}
+
+/// Prints a materialization summary.
+fn print_materialization(report: &invariant_featurestore::materialize::MaterializeReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    println!(
+        "{} rows read, {} written, {} ignored (older or identical), {} rejected; {:.1} s, {:.0} rows/s",
+        report.rows, report.written, report.ignored, report.rejected, report.seconds, report.rows_per_second
+    );
+    for r in &report.rejections {
+        println!("  line {}: {}", r.line, r.reason);
+    }
+    if report.rejected as usize > report.rejections.len() {
+        println!(
+            "  ... and {} more rejected rows",
+            report.rejected as usize - report.rejections.len()
+        );
+    }
+    Ok(())
 }
 
 /// `invariant gate`
@@ -204,83 +298,50 @@ pub fn run(command: Command) -> Result<()> {
             view,
             corridor,
             batch,
+            server,
             json,
         }) => {
             let mut config = config.load()?;
-            if let Some(path) = feature_store {
-                config.feature_store = path.display().to_string();
-            }
             let corridor = config
                 .corridor(&corridor)
                 .map(|c| c.id.to_string())
                 .with_context(|| format!("unknown corridor '{corridor}'"))?;
-            let store = config.open_feature_store().with_context(|| {
-                format!(
-                    "opening {} (is a server holding it?)",
-                    config.feature_store_path().display()
-                )
-            })?;
-            let file = std::fs::File::open(&from).with_context(|| format!("cannot read {}", from.display()))?;
-            let parquet = from.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
-            let report = if parquet {
-                let bar = indicatif::ProgressBar::new_spinner();
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template("materializing {spinner} {pos} rows {per_sec}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                );
-                let report = store.materialize_parquet(&corridor, &view, file, batch, |n| bar.set_position(n));
-                bar.finish_and_clear();
-                report
-            } else {
-                let bar = indicatif::ProgressBar::new(file.metadata()?.len());
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "materializing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                let report = store.materialize_csv(&corridor, &view, std::io::BufReader::new(file), batch, |b| {
-                    bar.set_position(b)
-                });
-                bar.finish_and_clear();
-                report
+            let report = match server {
+                Some(server) => materialize_to_server(&config, &server, &from, &view, &corridor, batch)?,
+                None => {
+                    if let Some(path) = feature_store {
+                        config.feature_store = path.display().to_string();
+                    }
+                    let store = config.open_feature_store().with_context(|| {
+                        format!(
+                            "opening {} (is a server holding it? load through it with --server)",
+                            config.feature_store_path().display()
+                        )
+                    })?;
+                    let report = load_file(&from, &store.defs, &view, batch, |v, rows| {
+                        let outcomes = store.write_rows(&corridor, v, rows)?;
+                        let written = outcomes
+                            .iter()
+                            .filter(|o| **o == invariant_featurestore::store::WriteOutcome::Written)
+                            .count() as u64;
+                        Ok((written, outcomes.len() as u64 - written))
+                    })?;
+                    let audit = invariant_serving::audit::AuditLog::open(&config)
+                        .with_context(|| format!("opening the audit trail {}", config.audit_dir().display()))?;
+                    let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+                    audit.record(
+                        Some(&corridor),
+                        "materialization",
+                        &serde_json::json!({
+                            "actor": actor, "feature_view": view, "source": from.display().to_string(),
+                            "rows": report.rows, "written": report.written, "ignored": report.ignored,
+                            "rejected": report.rejected,
+                        }),
+                    )?;
+                    report
+                }
             };
-            let report = report?;
-            let audit = invariant_serving::audit::AuditLog::open(&config)
-                .with_context(|| format!("opening the audit trail {}", config.audit_dir().display()))?;
-            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-            audit.record(
-                Some(&corridor),
-                "materialization",
-                &serde_json::json!({
-                    "actor": actor, "feature_view": view, "source": from.display().to_string(),
-                    "rows": report.rows, "written": report.written, "ignored": report.ignored,
-                    "rejected": report.rejected,
-                }),
-            )?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "{} rows read, {} written, {} ignored (older or identical), {} rejected; {:.1} s, {:.0} rows/s",
-                    report.rows,
-                    report.written,
-                    report.ignored,
-                    report.rejected,
-                    report.seconds,
-                    report.rows_per_second
-                );
-                for r in &report.rejections {
-                    println!("  line {}: {}", r.line, r.reason);
-                }
-                if report.rejected as usize > report.rejections.len() {
-                    println!(
-                        "  ... and {} more rejected rows",
-                        report.rejected as usize - report.rejections.len()
-                    );
-                }
-            }
-            Ok(())
+            print_materialization(&report, json)
         }
         Command::Golden(GoldenCommand::Record {
             config,

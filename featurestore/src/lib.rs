@@ -160,6 +160,15 @@ fn event_ms(v: &Value, field: &str) -> Result<i64, FeatureError> {
 /// same event time.
 pub const CREATED: &str = "created";
 
+/// The definitions a store serves: those applied at `applied` (`invariant features apply`),
+/// or, when nothing was applied yet, those of `repository`.
+pub fn load_definitions(repository: &Path, applied: &Path) -> Result<Definitions, FeatureError> {
+    match plan::Applied::load(applied)? {
+        Some(a) => Ok(a.definitions()),
+        None => Definitions::load_dir(repository),
+    }
+}
+
 /// The feature store: definitions and the embedded store.
 #[derive(Debug)]
 pub struct FeatureStore {
@@ -177,10 +186,7 @@ impl FeatureStore {
     /// Opens the store file with the definitions applied at `applied` (`invariant features
     /// apply`), or, when nothing was applied yet, those of `repository`.
     pub fn open(repository: &Path, applied: &Path, store_path: &Path) -> Result<Self, FeatureError> {
-        let defs = match plan::Applied::load(applied)? {
-            Some(a) => a.definitions(),
-            None => Definitions::load_dir(repository)?,
-        };
+        let defs = load_definitions(repository, applied)?;
         Ok(Self {
             defs,
             store: Box::new(EmbeddedStore::open(store_path)?),
@@ -194,10 +200,7 @@ impl FeatureStore {
         urls: &BTreeMap<String, String>,
         timeout: std::time::Duration,
     ) -> Result<Self, FeatureError> {
-        let defs = match plan::Applied::load(applied)? {
-            Some(a) => a.definitions(),
-            None => Definitions::load_dir(repository)?,
-        };
+        let defs = load_definitions(repository, applied)?;
         Ok(Self {
             defs,
             store: Box::new(redis_store::RedisStore::new(urls, timeout)?),

@@ -2,7 +2,7 @@
 //! into one corridor, in batched transactions. Bad rows (a missing or malformed key, time or
 //! value) are reported with their line and reason and skipped; the rest is loaded.
 
-use crate::defs::{FeatureView, KeyType};
+use crate::defs::{Definitions, FeatureView, KeyType};
 use crate::store::{Row, WriteOutcome};
 use crate::{FeatureError, FeatureStore};
 use invariant_core::DataType;
@@ -161,8 +161,50 @@ impl FeatureStore {
         view_name: &str,
         input: impl Read,
         batch: usize,
-        mut progress: impl FnMut(u64),
+        progress: impl FnMut(u64),
     ) -> Result<MaterializeReport, FeatureError> {
+        materialize_csv_into(&self.defs, view_name, input, batch, progress, |view, rows| {
+            count(self.write_rows(corridor, view, rows)?)
+        })
+    }
+
+    /// Loads a Parquet file (columns named like the CSV header; uncompressed or Snappy) the same
+    /// way; rejections name the row (1-based) instead of a line. `progress` gets rows read.
+    pub fn materialize_parquet(
+        &self,
+        corridor: &str,
+        view_name: &str,
+        file: std::fs::File,
+        batch: usize,
+        progress: impl FnMut(u64),
+    ) -> Result<MaterializeReport, FeatureError> {
+        materialize_parquet_into(&self.defs, view_name, file, batch, progress, |view, rows| {
+            count(self.write_rows(corridor, view, rows)?)
+        })
+    }
+}
+
+/// (written, ignored) of write outcomes.
+fn count(outcomes: Vec<WriteOutcome>) -> Result<(u64, u64), FeatureError> {
+    let written = outcomes.iter().filter(|o| **o == WriteOutcome::Written).count() as u64;
+    Ok((written, outcomes.len() as u64 - written))
+}
+
+/// Where checked rows go: `write(view, rows)` stores a batch and returns (written, ignored).
+pub trait RowSink: FnMut(&str, &[(String, Row)]) -> Result<(u64, u64), FeatureError> {}
+impl<F: FnMut(&str, &[(String, Row)]) -> Result<(u64, u64), FeatureError>> RowSink for F {}
+
+/// [`FeatureStore::materialize_csv`] with the rows of `view_name` (of `defs`) written by
+/// `write`, a batch at a time (e.g. pushed to a running server).
+pub fn materialize_csv_into(
+    defs: &Definitions,
+    view_name: &str,
+    input: impl Read,
+    batch: usize,
+    mut progress: impl FnMut(u64),
+    write: impl RowSink,
+) -> Result<MaterializeReport, FeatureError> {
+    {
         let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
         let header: Vec<String> = reader
             .headers()
@@ -181,19 +223,20 @@ impl FeatureStore {
             progress(reader.position().byte());
             Some((line, next))
         });
-        self.materialize_records(corridor, view_name, &header, records, batch)
+        materialize_records(defs, view_name, &header, records, batch, write)
     }
+}
 
-    /// Loads a Parquet file (columns named like the CSV header; uncompressed or Snappy) the same
-    /// way; rejections name the row (1-based) instead of a line. `progress` gets rows read.
-    pub fn materialize_parquet(
-        &self,
-        corridor: &str,
-        view_name: &str,
-        file: std::fs::File,
-        batch: usize,
-        mut progress: impl FnMut(u64),
-    ) -> Result<MaterializeReport, FeatureError> {
+/// [`FeatureStore::materialize_parquet`] with the rows written by `write`.
+pub fn materialize_parquet_into(
+    defs: &Definitions,
+    view_name: &str,
+    file: std::fs::File,
+    batch: usize,
+    mut progress: impl FnMut(u64),
+    write: impl RowSink,
+) -> Result<MaterializeReport, FeatureError> {
+    {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         let bad = |e: parquet::errors::ParquetError| FeatureError::Request(format!("Parquet: {e}"));
         let reader = SerializedFileReader::new(file).map_err(bad)?;
@@ -225,25 +268,25 @@ impl FeatureStore {
             (n, cells)
         });
         let header_copy = header.clone();
-        self.materialize_records(corridor, view_name, &header_copy, records, batch)
+        materialize_records(defs, view_name, &header_copy, records, batch, write)
     }
+}
 
-    /// Checks and writes records (position, cells in header order), `batch` per transaction.
-    fn materialize_records(
-        &self,
-        corridor: &str,
-        view_name: &str,
-        header: &[String],
-        records: impl Iterator<Item = (u64, Result<Vec<String>, String>)>,
-        batch: usize,
-    ) -> Result<MaterializeReport, FeatureError> {
+/// Checks and writes records (position, cells in header order), `batch` per write.
+fn materialize_records(
+    defs: &Definitions,
+    view_name: &str,
+    header: &[String],
+    records: impl Iterator<Item = (u64, Result<Vec<String>, String>)>,
+    batch: usize,
+    mut write: impl RowSink,
+) -> Result<MaterializeReport, FeatureError> {
+    {
         let started = std::time::Instant::now();
-        let (_, view) = self
-            .defs
+        let (_, view) = defs
             .view(view_name)
             .ok_or_else(|| FeatureError::Request(format!("unknown feature view '{view_name}'")))?;
-        let entity = self
-            .defs
+        let entity = defs
             .entity(&view.entity)
             .ok_or_else(|| FeatureError::Definition(view.entity.clone()))?;
         let cols = columns(view, &entity.join_key, header)?;
@@ -260,19 +303,17 @@ impl FeatureStore {
             seconds: 0.0,
             rows_per_second: 0.0,
         };
-        let flush = |pending: &mut Vec<(String, Row)>, report: &mut MaterializeReport| -> Result<(), FeatureError> {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            for outcome in self.write_rows(corridor, &view.name, pending)? {
-                match outcome {
-                    WriteOutcome::Written => report.written += 1,
-                    WriteOutcome::Ignored => report.ignored += 1,
+        let mut flush =
+            |pending: &mut Vec<(String, Row)>, report: &mut MaterializeReport| -> Result<(), FeatureError> {
+                if pending.is_empty() {
+                    return Ok(());
                 }
-            }
-            pending.clear();
-            Ok(())
-        };
+                let (written, ignored) = write(&view.name, pending)?;
+                report.written += written;
+                report.ignored += ignored;
+                pending.clear();
+                Ok(())
+            };
         let mut pending: Vec<(String, Row)> = Vec::with_capacity(batch.max(1));
         for (line, cells) in records {
             report.rows += 1;
@@ -326,6 +367,49 @@ impl FeatureStore {
         report.rows_per_second = report.rows as f64 / report.seconds.max(1e-9);
         Ok(report)
     }
+}
+
+/// Checked rows of `view` as a push request (the `df` of `POST /v1/features/push`): the join
+/// key, `event_timestamp` and `created` as Unix seconds with milliseconds, and the values.
+pub fn push_request(
+    defs: &Definitions,
+    view_name: &str,
+    rows: &[(String, Row)],
+) -> Result<crate::PushRequest, FeatureError> {
+    use serde_json::value::RawValue;
+    let (_, view) = defs
+        .view(view_name)
+        .ok_or_else(|| FeatureError::Request(format!("unknown feature view '{view_name}'")))?;
+    let entity = defs
+        .entity(&view.entity)
+        .ok_or_else(|| FeatureError::Definition(view.entity.clone()))?;
+    let raw = |v: &Value| RawValue::from_string(v.to_string()).map_err(|e| FeatureError::Request(e.to_string()));
+    let seconds = |ms: i64| RawValue::from_string(seconds_text(ms)).map_err(|e| FeatureError::Request(e.to_string()));
+    let mut df: std::collections::BTreeMap<String, Vec<Box<RawValue>>> = std::collections::BTreeMap::new();
+    for (key, row) in rows {
+        let key = match entity.key_type {
+            KeyType::String => Value::from(key.as_str()),
+            KeyType::Int64 => Value::from(key.parse::<i64>().map_err(|e| FeatureError::Request(e.to_string()))?),
+        };
+        df.entry(entity.join_key.clone()).or_default().push(raw(&key)?);
+        df.entry("event_timestamp".into())
+            .or_default()
+            .push(seconds(row.event_ms)?);
+        if rows.iter().any(|(_, r)| r.created_ms.is_some()) {
+            let created = match row.created_ms {
+                Some(ms) => seconds(ms)?,
+                None => raw(&Value::Null)?,
+            };
+            df.entry(crate::CREATED.into()).or_default().push(created);
+        }
+        for (f, v) in view.features.iter().zip(&row.values) {
+            df.entry(f.name.clone()).or_default().push(raw(v)?);
+        }
+    }
+    Ok(crate::PushRequest {
+        feature_view: view.name.clone(),
+        df,
+    })
 }
 
 #[cfg(test)]

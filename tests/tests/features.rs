@@ -719,3 +719,107 @@ async fn a_hung_corridor_redis_never_takes_other_corridors_down() {
     uk.resume();
     s.assert_still_serving().await;
 }
+
+#[tokio::test]
+async fn materialize_loads_into_a_running_server_through_its_api() {
+    let s = Server::start_with(ServerOptions {
+        auth: true,
+        ..Default::default()
+    })
+    .await;
+    let (key_id, key) = s
+        .create_key("loader", &["features:write", "features:read"], &["UK-NG"])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("accounts.csv");
+    let now = unix_seconds(-120);
+    let mut text = String::from("account_id,event_timestamp,completed_orders,avg_rating\n");
+    for i in 0..1200u32 {
+        match i {
+            7 => text.push_str(&format!("m{i},not-a-time,1,4.0\n")),
+            9 => text.push_str(&format!("m{i},{},1,4.0\n", 253_402_300_800u64)),
+            _ => text.push_str(&format!("m{i},{now},{},{}\n", i % 500, 1.5 + (i % 4) as f64)),
+        }
+    }
+    std::fs::write(&csv, text).unwrap();
+    let config = s.config_path().display().to_string();
+    let load = |key: &str| {
+        let out = std::process::Command::new(binary())
+            .args([
+                "features",
+                "materialize",
+                "--config",
+                &config,
+                "--server",
+                &s.url,
+                "--from",
+            ])
+            .arg(&csv)
+            .args([
+                "--view",
+                "account_stats",
+                "--corridor",
+                "UK-NG",
+                "--batch",
+                "500",
+                "--json",
+            ])
+            .env("INVARIANT_API_KEY", key)
+            .current_dir(workspace_root())
+            .output()
+            .expect("materialize --server");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = load(&key);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            report["rows"].as_u64(),
+            report["written"].as_u64(),
+            report["rejected"].as_u64()
+        ),
+        (Some(1200), Some(1198), Some(2)),
+        "{report}"
+    );
+    assert!(
+        report["rejections"][1]["reason"].as_str().unwrap().contains("9999"),
+        "{report}"
+    );
+    // Idempotent: the same file again writes nothing.
+    let (code, out, _) = load(&key);
+    assert_eq!(code, 0);
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (again["written"].as_u64(), again["ignored"].as_u64()),
+        (Some(0), Some(1198))
+    );
+    // The rows serve at once, in their corridor, FP32 values exact.
+    let r = s
+        .client
+        .post(format!("{}/v1/features/get-online", s.url))
+        .bearer_auth(&key)
+        .header("x-corridor", "UK-NG")
+        .body(read_body(&["m1", "m1199", "m7"]).to_string())
+        .send()
+        .await
+        .unwrap();
+    let r: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(r["results"][1]["values"], json!([1.0, 199.0, null]), "{r}");
+    assert_eq!(r["results"][2]["values"], json!([2.5, 4.5, null]), "{r}");
+    // Every batch is audited on the server, under the key's id.
+    let pushes: Vec<_> = s.audit().into_iter().filter(|a| a["event"] == "feature_push").collect();
+    assert_eq!(pushes.len(), 6, "3 batches per run: {pushes:?}");
+    assert!(pushes
+        .iter()
+        .all(|p| p["actor"] == key_id.as_str() && p["chain"] == "UK-NG"));
+    // A key of another corridor is refused, and the command says so.
+    let (_, other) = s.create_key("elsewhere", &["features:write"], &["US-EG"]).await;
+    let (code, out, err) = load(&other);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("403"), "{err}");
+}
