@@ -227,6 +227,14 @@ impl FeatureStore {
         }
     }
 
+    /// The join key of the entity `service`'s features are keyed by.
+    pub fn service_join_key(&self, service: &str) -> Option<&str> {
+        let first = self.defs.service(service)?.features.first()?;
+        let view_name = first.split(':').next()?;
+        let (_, view) = self.defs.view(view_name)?;
+        Some(self.defs.entity(&view.entity)?.join_key.as_str())
+    }
+
     /// The views fed by push source `name` (Feast's `push_source_name`).
     pub fn views_of_push_source(&self, name: &str) -> Vec<String> {
         self.defs

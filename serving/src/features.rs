@@ -218,6 +218,67 @@ fn defaults_reply(
     })
 }
 
+/// Entity keys sent as a tensor, for clients that send only tensors (plain tritonclient or
+/// gRPC): an input named after the join key of a feature service bound to one of `manifest`'s
+/// inputs that the request leaves out, BYTES (UTF-8 keys) or INT64, shape `[n]` or `[n, 1]`. It
+/// is taken out of `inputs` and returned as `{"<join key>": [keys...]}`; `None` when the request
+/// has no such tensor.
+pub(crate) fn entities_from_tensor(
+    service: &InferenceService,
+    manifest: &invariant_registry::Manifest,
+    inputs: &mut Vec<invariant_core::Tensor>,
+) -> Result<Option<Value>, ServeError> {
+    let declared = |name: &str| manifest.inputs.iter().any(|s| s.name == name);
+    if inputs.iter().all(|t| declared(&t.name)) {
+        return Ok(None);
+    }
+    // Without a feature store an undeclared input is just unknown (the signature check says so).
+    let Ok(store) = service.feature_store() else {
+        return Ok(None);
+    };
+    let keys: Vec<&str> = manifest
+        .inputs
+        .iter()
+        .filter(|s| !inputs.iter().any(|t| t.name == s.name))
+        .filter_map(|s| s.feature_service.as_deref())
+        .filter_map(|svc| store.service_join_key(svc))
+        .collect();
+    let Some(pos) = inputs.iter().position(|t| keys.contains(&t.name.as_str())) else {
+        return Ok(None);
+    };
+    let tensor = inputs.remove(pos);
+    let field = format!("inputs.{}", tensor.name);
+    let n = tensor.shape.first().copied().unwrap_or(0);
+    if !(tensor.shape.len() == 1 || (tensor.shape.len() == 2 && tensor.shape[1] == 1)) {
+        return Err(ServeError::invalid(format!(
+            "{field}: entity keys have shape [n] or [n, 1], not {:?}",
+            tensor.shape
+        )));
+    }
+    let values: Vec<Value> = match &tensor.data {
+        invariant_core::TensorData::Int64(v) => v.iter().map(|k| Value::from(*k)).collect(),
+        invariant_core::TensorData::Bytes(v) => v
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                String::from_utf8(b.clone())
+                    .map(Value::from)
+                    .map_err(|_| ServeError::invalid(format!("{field}[{i}]: an entity key must be UTF-8")))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ServeError::invalid(format!(
+                "{field}: entity keys are BYTES or INT64, not {}",
+                tensor.datatype().name()
+            )))
+        }
+    };
+    debug_assert_eq!(values.len(), n);
+    let mut map = serde_json::Map::new();
+    map.insert(tensor.name.clone(), Value::Array(values));
+    Ok(Some(Value::Object(map)))
+}
+
 /// Fills the inputs of `manifest` bound to a feature service and left out of the request from
 /// the feature store of `corridor`, for the entities in `parameters.entities`. Returns the
 /// features used (names, values, statuses per entity), or `None` when the request names no

@@ -293,7 +293,12 @@ impl InferenceService {
         let selection = select_outputs(&serving, &body.outputs)?;
         let mut inputs = body.inputs;
         let mut degraded = None;
-        let entities = body.parameters.get("entities");
+        // Entity keys come in `parameters.entities`, or as a tensor named after the join key.
+        let from_tensor = match body.parameters.get("entities") {
+            Some(_) => None,
+            None => crate::features::entities_from_tensor(self, manifest, &mut inputs)?,
+        };
+        let entities = body.parameters.get("entities").or(from_tensor.as_ref());
         let fetch_started = std::time::Instant::now();
         let features_used = crate::features::enrich(
             self,

@@ -355,7 +355,25 @@ def parity(http, grpc_, http_url):
         values = list(seen.values())
         check(all(v == values[0] for v in values), f"parity {label}: {seen}")
         check(values[0] == alone, f"parity {label}: equals each row scored alone ({values[0]} vs {alone})")
-    print("ok: parity table (corridors, cache hits, batching, routing key, enrichment) over HTTP JSON, HTTP binary, gRPC", flush=True)
+    # Entity keys as a BYTES tensor named after the join key: plain tritonclient requests of a
+    # feature-enriched model, no parameters.
+    want = []
+    for rr in [row, other]:
+        r = http.infer("trust-scorer", tensor(httpclient, [rr], False), model_version="1.2.0",
+                       headers={"x-corridor": "UAE-SA"})
+        want.extend(bits_of(r.as_numpy("trust_score")))
+    keys = np.array([b"p1", b"p2"], dtype=np.object_)
+    for transport in ["http json", "http binary", "grpc"]:
+        module = grpcclient if transport == "grpc" else httpclient
+        i = module.InferInput("account_id", [2], "BYTES")
+        if transport == "grpc":
+            i.set_data_from_numpy(keys)
+            r = grpc_.infer("trust-scorer", [i], model_version="1.2.0", headers={"x-corridor": "UK-NG"})
+        else:
+            i.set_data_from_numpy(keys, binary_data=transport == "http binary")
+            r = http.infer("trust-scorer", [i], model_version="1.2.0", headers={"x-corridor": "UK-NG"})
+        check(bits_of(r.as_numpy("trust_score")) == want, f"entity keys tensor over {transport}: {bits_of(r.as_numpy('trust_score'))} vs {want}")
+    print("ok: parity table (corridors, cache hits, batching, routing key, enrichment, entity-key tensors) over HTTP JSON, HTTP binary, gRPC", flush=True)
 
 
 def refused(call, status, fragment, label):

@@ -823,3 +823,70 @@ async fn materialize_loads_into_a_running_server_through_its_api() {
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("403"), "{err}");
 }
+
+#[tokio::test]
+async fn entity_keys_may_come_as_a_tensor_named_after_the_join_key() {
+    let s = Server::start().await;
+    let row = [420.0, 57.0, 0.5, 4.5, 3.5, 2.0, 1.0, 0.0];
+    let names = [
+        "account_age_days",
+        "completed_orders",
+        "dispute_rate",
+        "avg_rating",
+        "response_time_hours",
+        "kyc_level",
+        "cancellations_90d",
+        "chargebacks_365d",
+    ];
+    let mut df = serde_json::Map::new();
+    df.insert("account_id".into(), json!(["t1"]));
+    df.insert("event_timestamp".into(), json!([unix_seconds(-30)]));
+    for (n, v) in names.iter().zip(row) {
+        df.insert((*n).into(), json!([v]));
+    }
+    let (status, r) = push(&s, "UAE-SA", &json!({"feature_view": "account_stats", "df": df})).await;
+    assert_eq!(status, 200, "{r}");
+    let infer = |inputs: serde_json::Value| {
+        let s = &s;
+        async move {
+            s.post_raw(
+                "/v2/models/trust-scorer/infer",
+                json!({"inputs": inputs, "parameters": {"return_features": true}}).to_string(),
+                &[("x-corridor", "UAE-SA")],
+            )
+            .await
+        }
+    };
+    let (status, by_tensor) =
+        infer(json!([{"name": "account_id", "datatype": "BYTES", "shape": [2], "data": ["t1", "nobody"]}])).await;
+    assert_eq!(status, 200, "{by_tensor}");
+    let (_, direct) = s
+        .post_raw(
+            "/v2/models/trust-scorer/infer",
+            trust_request(&[row, [0.0, 0.0, 0.0, 3.0, 24.0, 0.0, 0.0, 0.0]]).to_string(),
+            &[("x-corridor", "UAE-SA")],
+        )
+        .await;
+    assert_eq!(
+        f32_bits(output(&by_tensor, "trust_score")),
+        f32_bits(output(&direct, "trust_score"))
+    );
+    let used = &by_tensor["parameters"]["features"][0];
+    assert_eq!(used["statuses"][0], json!(["PRESENT", "NOT_FOUND"]), "{used}");
+    assert_eq!(
+        used["values"][3],
+        json!([4.5, 3.0]),
+        "the missing entity is assembled from defaults: {used}"
+    );
+    assert_error(
+        &infer(json!([{"name": "account_id", "datatype": "FP32", "shape": [1], "data": [1.0]}])).await,
+        400,
+        &["inputs.account_id", "BYTES or INT64"],
+    );
+    assert_error(
+        &infer(json!([{"name": "account_id", "datatype": "BYTES", "shape": [1, 2], "data": ["a", "b"]}])).await,
+        400,
+        &["inputs.account_id", "shape"],
+    );
+    s.assert_still_serving().await;
+}
