@@ -329,8 +329,9 @@ pub fn run(command: Command) -> Result<()> {
                     let audit = invariant_serving::audit::AuditLog::open(&config)
                         .with_context(|| format!("opening the audit trail {}", config.audit_dir().display()))?;
                     let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+                    let chain = (!store.is_global(&view)).then_some(corridor.as_str());
                     audit.record(
-                        Some(&corridor),
+                        chain,
                         "materialization",
                         &serde_json::json!({
                             "actor": actor, "feature_view": view, "source": from.display().to_string(),

@@ -64,6 +64,10 @@ pub struct FeatureView {
     /// Free text.
     #[serde(default)]
     pub description: String,
+    /// Shared by every corridor (`global = true`): its rows live in one namespace
+    /// ([`crate::GLOBAL`]) that every corridor reads and only `*` admin keys write.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub global: bool,
     /// The push source that feeds it (Feast's `push_source_name` for `POST /push`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_source: Option<String>,

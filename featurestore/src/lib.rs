@@ -156,6 +156,9 @@ fn event_ms(v: &Value, field: &str) -> Result<i64, FeatureError> {
     time::from_json(v).map_err(|e| FeatureError::Request(format!("{field}: {e}")))
 }
 
+/// The namespace of global views' rows (in place of a corridor): read by every corridor.
+pub const GLOBAL: &str = "_global";
+
 /// The column of a row's creation time (Feast's `created`): the tie-breaker between rows of the
 /// same event time.
 pub const CREATED: &str = "created";
@@ -214,7 +217,8 @@ impl FeatureStore {
         view: &str,
         rows: &[(String, Row)],
     ) -> Result<Vec<WriteOutcome>, FeatureError> {
-        self.store.write(corridor, view, rows)
+        let namespace = if self.is_global(view) { GLOBAL } else { corridor };
+        self.store.write(namespace, view, rows)
     }
 
     fn entity_key(&self, key_type: KeyType, v: &Value, field: &str) -> Result<String, FeatureError> {
@@ -225,6 +229,11 @@ impl FeatureStore {
                 "{field}: {other} is not a {t:?} entity key"
             ))),
         }
+    }
+
+    /// Whether `view` is global (shared by every corridor, written by admins only).
+    pub fn is_global(&self, view: &str) -> bool {
+        self.defs.view(view).is_some_and(|(_, v)| v.global)
     }
 
     /// The join key of the entity `service`'s features are keyed by.
@@ -315,7 +324,9 @@ impl FeatureStore {
         let mut rows: BTreeMap<usize, Vec<Option<Row>>> = BTreeMap::new();
         for r in &resolved {
             if let std::collections::btree_map::Entry::Vacant(slot) = rows.entry(r.view) {
-                slot.insert(self.store.read(corridor, &self.defs.views[r.view].name, &entity_keys)?);
+                let view = &self.defs.views[r.view];
+                let namespace = if view.global { GLOBAL } else { corridor };
+                slot.insert(self.store.read(namespace, &view.name, &entity_keys)?);
             }
         }
         let mut names = vec![join_key.clone()];
@@ -479,7 +490,8 @@ impl FeatureStore {
                 },
             ));
         }
-        let outcomes = self.store.write(corridor, &view.name, &rows)?;
+        let namespace = if view.global { GLOBAL } else { corridor };
+        let outcomes = self.store.write(namespace, &view.name, &rows)?;
         let written = outcomes.iter().filter(|o| **o == WriteOutcome::Written).count();
         let newest = rows
             .iter()

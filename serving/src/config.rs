@@ -673,6 +673,13 @@ impl Config {
                     }
                     urls.insert(c.id.to_string(), url);
                 }
+                // Global views live in the shared feature Redis (else the first corridor's).
+                let global = if self.feature_redis_url.is_empty() {
+                    urls.values().next().cloned().unwrap_or_default()
+                } else {
+                    self.feature_redis_url.clone()
+                };
+                urls.insert(invariant_featurestore::GLOBAL.to_string(), global);
                 FeatureStore::open_redis(
                     &self.feature_repository,
                     &self.features_applied_path(),

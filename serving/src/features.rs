@@ -51,14 +51,25 @@ impl InferenceService {
 
     /// Idempotent, ordered push of feature rows in `corridor` (see [`FeatureStore::push`]).
     /// Refused while the corridor is killed, frozen or isolated (degradation level 3 or more).
-    /// The push is recorded in the corridor's audit chain (view, rows written and ignored,
-    /// `actor`) before it is acknowledged.
+    /// The push is recorded in the corridor's audit chain (view, rows written and ignored, the
+    /// caller) before it is acknowledged. A global view (shared by every corridor) is written
+    /// only by `*` admin keys, and its pushes are in the `_server` chain.
     pub async fn push_features(
         &self,
         corridor: &CorridorId,
         request: PushRequest,
-        actor: &str,
+        caller: &invariant_auth::Principal,
     ) -> Result<PushOutcome, ServeError> {
+        let actor = caller.id();
+        let global = self.feature_store()?.is_global(&request.feature_view);
+        if global {
+            crate::auth::check(caller, crate::auth::Need::Everywhere(invariant_auth::Role::Admin)).map_err(|_| {
+                ServeError::PermissionDenied(format!(
+                    "feature_view: '{}' is global (shared by every corridor): only admin keys of every corridor write it",
+                    request.feature_view
+                ))
+            })?;
+        }
         let limit = self.config.limits.request.max_push_rows;
         if let Some((column, cells)) = request.df.iter().find(|(_, cells)| cells.len() > limit) {
             return Err(ServeError::invalid(format!(
@@ -77,8 +88,8 @@ impl InferenceService {
             "actor": actor, "feature_view": view, "written": outcome.written, "ignored": outcome.ignored,
         });
         let audit = self.audit.clone();
-        let chain = corridor.to_string();
-        tokio::task::spawn_blocking(move || audit.record(Some(&chain), "feature_push", &record))
+        let chain = (!global).then(|| corridor.to_string());
+        tokio::task::spawn_blocking(move || audit.record(chain.as_deref(), "feature_push", &record))
             .await
             .map_err(|e| ServeError::internal(format!("audit task failed: {e}")))?
             .map_err(|e| ServeError::unavailable(format!("the push was written but could not be audited: {e}")))?;

@@ -440,6 +440,16 @@ async fn redis_backend_per_corridor_survives_an_outage() {
         r["results"][1]["statuses"],
         json!(["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE"])
     );
+    // A global view lives once, in the shared feature Redis, and every corridor reads it.
+    assert_eq!(push(&s, "UK-NG", &global_push("UK-NG", 3)).await.0, 200);
+    let (status, r) = s
+        .post_raw(
+            "/v1/features/get-online",
+            global_read(&["UK-NG"]).to_string(),
+            &[("x-corridor", "UAE-SA")],
+        )
+        .await;
+    assert_eq!((status, r["results"][1]["values"].clone()), (200, json!([3])), "{r}");
     // The documented key layout, in the corridor's own Redis only.
     let hget = |port: u16, key: &str| {
         let out = std::process::Command::new("redis-cli")
@@ -889,4 +899,81 @@ async fn entity_keys_may_come_as_a_tensor_named_after_the_join_key() {
         &["inputs.account_id", "shape"],
     );
     s.assert_still_serving().await;
+}
+
+fn global_push(corridor_id: &str, tier: i64) -> serde_json::Value {
+    json!({"feature_view": "corridor_metadata", "df": {
+        "corridor_id": [corridor_id], "event_timestamp": [unix_seconds(-10)], "risk_tier": [tier], "fx_rate_usd": [3.6725]
+    }})
+}
+
+fn global_read(keys: &[&str]) -> serde_json::Value {
+    json!({"features": ["corridor_metadata:risk_tier", "corridor_metadata:fx_rate_usd"], "entities": {"corridor_id": keys}})
+}
+
+#[tokio::test]
+async fn global_views_are_read_by_every_corridor_and_written_by_admins_only() {
+    let s = Server::start_with(ServerOptions {
+        auth: true,
+        ..Default::default()
+    })
+    .await;
+    let (_, root) = s.create_key("platform", &["admin", "features:write"], &["*"]).await;
+    let (_, uae) = s
+        .create_key("uae", &["features:read", "features:write"], &["UAE-SA"])
+        .await;
+    let (_, eg) = s.create_key("eg", &["features:read"], &["US-EG"]).await;
+    let call = |path: &'static str, key: String, corridor: &'static str, body: serde_json::Value| {
+        let client = s.client.clone();
+        let url = format!("{}{path}", s.url);
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(key)
+                .header("x-corridor", corridor)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // A corridor's writer may not write what every corridor reads.
+    let refused = call("/v1/features/push", uae.clone(), "UAE-SA", global_push("UAE-SA", 2)).await;
+    assert_error(&refused, 403, &["corridor_metadata", "global"]);
+    let (status, r) = call("/v1/features/push", root.clone(), "UAE-SA", global_push("UAE-SA", 2)).await;
+    assert_eq!((status, r.clone()), (200, json!({"written": 1, "ignored": 0})), "{r}");
+    // Every corridor reads the one row.
+    for (key, corridor) in [(uae.clone(), "UAE-SA"), (eg.clone(), "US-EG")] {
+        let (status, r) = call(
+            "/v1/features/get-online",
+            key,
+            corridor,
+            global_read(&["UAE-SA", "UK-NG"]),
+        )
+        .await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["results"][1]["values"], json!([2, null]), "{corridor}: {r}");
+        assert_eq!(r["results"][2]["values"], json!([3.6725, null]), "{corridor}: {r}");
+    }
+    // A corridor view stays the corridor's own.
+    let (status, _) = call(
+        "/v1/features/push",
+        uae.clone(),
+        "UAE-SA",
+        push_body("own", unix_seconds(-10), 5.0),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, r) = call("/v1/features/get-online", eg.clone(), "US-EG", read_body(&["own"])).await;
+    assert_eq!(r["results"][1]["statuses"], json!(["NOT_FOUND"]), "{r}");
+    // Global pushes are audited server-wide.
+    let pushes: Vec<_> = s.audit().into_iter().filter(|a| a["event"] == "feature_push").collect();
+    assert_eq!(
+        pushes
+            .iter()
+            .map(|p| p["chain"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["_server", "UAE-SA"]
+    );
 }

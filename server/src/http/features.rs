@@ -173,7 +173,7 @@ async fn write(
     };
     let (mut written, mut ignored) = (0, 0);
     for request in requests {
-        let outcome = state.push_features(&corridor, request, caller.id()).await?;
+        let outcome = state.push_features(&corridor, request, &caller).await?;
         written += outcome.written;
         ignored += outcome.ignored;
     }
