@@ -329,6 +329,18 @@ impl FeatureStore {
                 slot.insert(self.store.read(namespace, &view.name, &entity_keys)?);
             }
         }
+        // Each row's event time, formatted once for all the features of its view.
+        let stamps: BTreeMap<usize, Vec<String>> = rows
+            .iter()
+            .map(|(&vi, rows)| {
+                (
+                    vi,
+                    rows.iter()
+                        .map(|r| rfc3339(r.as_ref().map_or(0, |r| r.event_ms)))
+                        .collect(),
+                )
+            })
+            .collect();
         let mut names = vec![join_key.clone()];
         let mut results = vec![FeatureColumn {
             values: keys.clone(),
@@ -348,26 +360,26 @@ impl FeatureStore {
                 statuses: Vec::new(),
                 event_timestamps: Vec::new(),
             };
-            for row in &rows[&r.view] {
+            for (row, stamp) in rows[&r.view].iter().zip(&stamps[&r.view]) {
                 // Feast's semantics: a value only when PRESENT, `null` otherwise (defaults are
                 // applied where a model's input is assembled, flagged there).
-                let (value, status, ts) = match row {
-                    None => (Value::Null, "NOT_FOUND", 0),
+                let (value, status) = match row {
+                    None => (Value::Null, "NOT_FOUND"),
                     // A row whose time is out of range (written before times were checked)
                     // is answered as invalid, never formatted or served.
-                    Some(row) if time::check_ms(row.event_ms).is_err() => (Value::Null, "INVALID", 0),
+                    Some(row) if time::check_ms(row.event_ms).is_err() => (Value::Null, "INVALID"),
                     Some(row) => {
                         let stale = view.ttl_seconds > 0 && now_ms - row.event_ms > (view.ttl_seconds as i64) * 1000;
                         match row.values.get(r.feature) {
-                            _ if stale => (Value::Null, "OUTSIDE_MAX_AGE", row.event_ms),
-                            Some(v) if !v.is_null() => (v.clone(), "PRESENT", row.event_ms),
-                            _ => (Value::Null, "NULL_VALUE", row.event_ms),
+                            _ if stale => (Value::Null, "OUTSIDE_MAX_AGE"),
+                            Some(v) if !v.is_null() => (v.clone(), "PRESENT"),
+                            _ => (Value::Null, "NULL_VALUE"),
                         }
                     }
                 };
                 column.values.push(value);
                 column.statuses.push(status);
-                column.event_timestamps.push(rfc3339(ts));
+                column.event_timestamps.push(stamp.clone());
             }
             results.push(column);
         }

@@ -20,7 +20,6 @@ use axum::{Json, Router};
 use invariant_auth::{Principal, Role};
 use invariant_core::CorridorId;
 use invariant_featurestore::{GetOnlineRequest, PushRequest};
-use invariant_serving::ServeError;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -63,17 +62,18 @@ fn corridor(
     Ok((caller, corridor))
 }
 
-fn json_value<T: serde::Serialize>(value: T) -> Result<Value, ApiError> {
-    serde_json::to_value(value).map_err(|e| ApiError::from(ServeError::internal(e.to_string())))
-}
-
-/// An online read.
-async fn read(state: &AppState, headers: &HeaderMap, body: Body, in_path: Option<&str>) -> Result<Value, ApiError> {
+/// An online read (serialised straight from the reply, never through a JSON value).
+async fn read(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    in_path: Option<&str>,
+) -> Result<invariant_featurestore::GetOnlineResponse, ApiError> {
     let (_, corridor) = corridor(state, headers, Role::FeaturesRead, in_path)?;
     state.feature_store()?;
     let body = body_of(state, headers, body).await?;
     let request: GetOnlineRequest = parse_json(&body)?;
-    json_value(state.get_online_features(&corridor, request).await?)
+    Ok(state.get_online_features(&corridor, request).await?)
 }
 
 /// Columns of rows, as every write path carries them.
@@ -180,14 +180,14 @@ async fn write(
     Ok(json!({ "written": written, "ignored": ignored }))
 }
 
-fn v2(result: Result<Value, ApiError>) -> Response {
+fn v2<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
     match result {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-fn feast(result: Result<Value, ApiError>) -> Response {
+fn feast<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
     match result {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_feast_response(),
