@@ -371,60 +371,79 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("invariant.toml");
         std::fs::write(&config, config_text(&options, &dir.path().join("state"))).expect("write config");
-        let port = free_port();
-        let grpc_port = free_port();
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let mut command = Command::new(binary());
-        command
-            .args(["serve", "--config"])
-            .arg(&config)
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")]);
-        if !options.auth {
-            command.arg("--dev-no-auth");
+        let mut dir = Some(dir);
+        // A free port may be taken by another test between choosing it and binding it: start
+        // again on new ports when that is why the server stopped.
+        for attempt in 0.. {
+            let port = free_port();
+            let grpc_port = free_port();
+            let log_path = dir.as_ref().expect("dir").path().join("server.log");
+            let log = std::fs::File::create(&log_path).expect("log file");
+            let mut command = Command::new(binary());
+            command
+                .args(["serve", "--config"])
+                .arg(&config)
+                .args(["--http-addr", &format!("127.0.0.1:{port}")])
+                .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")]);
+            if !options.auth {
+                command.arg("--dev-no-auth");
+            }
+            let child = command
+                .env_remove("INVARIANT_KEY_PEPPER")
+                .current_dir(workspace_root())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn invariant serve");
+            let mut server = Self {
+                tls_ca: options.tls_ca.clone(),
+                tls_client: options.tls_client.clone(),
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                grpc: format!("127.0.0.1:{grpc_port}"),
+                client: reqwest::Client::new(),
+                dir: dir.take().expect("dir"),
+            };
+            match server.wait_live().await {
+                Ok(()) => return server,
+                Err(log) if attempt < 3 && log.contains("Address already in use") => {
+                    let _ = server.child.wait();
+                    dir = Some(std::mem::replace(
+                        &mut server.dir,
+                        tempfile::tempdir().expect("tempdir"),
+                    ));
+                }
+                Err(log) => panic!("server did not become live; log:\n{log}"),
+            }
         }
-        let child = command
-            .env_remove("INVARIANT_KEY_PEPPER")
-            .current_dir(workspace_root())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn invariant serve");
-        let tls_ca = options.tls_ca.clone();
-        let tls_client = options.tls_client.clone();
-        let server = Self {
-            tls_ca,
-            tls_client,
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            grpc: format!("127.0.0.1:{grpc_port}"),
-            client: reqwest::Client::new(),
-            dir,
-        };
-        server.wait_live().await;
-        server
+        unreachable!("the loop returns or panics")
     }
 
-    async fn wait_live(&self) {
+    /// Waits (up to 60 s) until the server answers its liveness check; `Err(log)` when it
+    /// stopped or never answered.
+    async fn wait_live(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(self.log());
+            }
             if let Some(ca) = &self.tls_ca {
                 let addr = self.url.trim_start_matches("http://");
                 let live = b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
                 let client = self.tls_client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
                 if let Ok(reply) = tls_exchange(addr, ca, client, live).await {
                     if reply.text.starts_with("HTTP/1.1 200") {
-                        return;
+                        return Ok(());
                     }
                 }
             } else if let Ok(r) = self.client.get(format!("{}/v2/health/live", self.url)).send().await {
                 if r.status() == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("server did not become live in 60 s; log:\n{}", self.log());
+        Err(format!("(not live in 60 s)\n{}", self.log()))
     }
 
     /// The server's configuration file.
