@@ -674,7 +674,8 @@ async fn corridor_b_never_sees_an_error_caused_by_corridor_a() {
 
 /// Corridor B's inference and feature reads keep answering while corridor A's own Redis is
 /// killed, and then hung (SIGSTOP: it accepts connections and never answers), under many
-/// concurrent feature reads in A; A's reads answer 503 naming its Redis, within the timeout.
+/// concurrent feature reads in A; A's reads answer 503 naming its Redis within the timeout, or
+/// 429 at once past A's feature bulkhead.
 #[tokio::test]
 async fn corridor_b_is_untouched_when_corridor_as_redis_is_down_or_hung() {
     let redis_b = RedisServer::start();
@@ -706,7 +707,9 @@ async fn corridor_b_is_untouched_when_corridor_as_redis_is_down_or_hung() {
         let reads: Vec<_> = (0..64).map(|_| tokio::spawn(read_in("UK-NG"))).collect();
         for r in reads {
             let (status, body) = r.await.unwrap();
-            assert_eq!(status, 503, "{label}: {body}");
+            // 503: the store did not answer; 429: A's feature bulkhead was full (more than
+            // pools.feature_concurrency reads in flight), refused at once.
+            assert!(status == 503 || status == 429, "{label}: {status} {body}");
             assert!(error_of(&body).contains("UK-NG"), "{label}: {body}");
         }
         assert!(
