@@ -231,6 +231,11 @@ impl FeatureStore {
         }
     }
 
+    /// Whether reads are local (the embedded file), with no network round trip to wait for.
+    pub fn local_reads(&self) -> bool {
+        self.store.local_reads()
+    }
+
     /// Whether `view` is global (shared by every corridor, written by admins only).
     pub fn is_global(&self, view: &str) -> bool {
         self.defs.view(view).is_some_and(|(_, v)| v.global)
@@ -278,21 +283,22 @@ impl FeatureStore {
     ) -> Result<GetOnlineResponse, FeatureError> {
         // Feast sends `features: []` along with a feature service.
         let features = req.features.as_ref().filter(|f| !f.is_empty());
-        let refs: Vec<String> = match (features, &req.feature_service) {
-            (Some(f), None) => f.clone(),
-            (None, Some(s)) => self
-                .defs
-                .service(s)
-                .ok_or_else(|| FeatureError::Request(format!("feature_service: unknown feature service '{s}'")))?
-                .features
-                .clone(),
+        let refs: &[String] = match (features, &req.feature_service) {
+            (Some(f), None) => f,
+            (None, Some(s)) => {
+                &self
+                    .defs
+                    .service(s)
+                    .ok_or_else(|| FeatureError::Request(format!("feature_service: unknown feature service '{s}'")))?
+                    .features
+            }
             _ => {
                 return Err(FeatureError::Request(
                     "give exactly one of features (non-empty) or feature_service".into(),
                 ))
             }
         };
-        let resolved: Vec<FeatureRef> = self.defs.resolve(&refs)?;
+        let resolved: Vec<FeatureRef> = self.defs.resolve(refs)?;
         let (join_key, keys) = match req.entities.iter().next() {
             Some((k, v)) if req.entities.len() == 1 => (k.clone(), v),
             _ => {
@@ -356,9 +362,9 @@ impl FeatureStore {
                 feature.name.clone()
             });
             let mut column = FeatureColumn {
-                values: Vec::new(),
-                statuses: Vec::new(),
-                event_timestamps: Vec::new(),
+                values: Vec::with_capacity(keys.len()),
+                statuses: Vec::with_capacity(keys.len()),
+                event_timestamps: Vec::with_capacity(keys.len()),
             };
             for (row, stamp) in rows[&r.view].iter().zip(&stamps[&r.view]) {
                 // Feast's semantics: a value only when PRESENT, `null` otherwise (defaults are

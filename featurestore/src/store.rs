@@ -23,6 +23,11 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     fn check(&self, _corridor: &str) -> Result<(), FeatureError> {
         Ok(())
     }
+    /// Whether reads are local (a file in this process's page cache, no network): cheap
+    /// enough to run where they are asked for.
+    fn local_reads(&self) -> bool {
+        false
+    }
 }
 
 /// One stored row of a feature view for one entity.
@@ -153,6 +158,10 @@ impl EmbeddedStore {
 }
 
 impl OnlineStore for EmbeddedStore {
+    fn local_reads(&self) -> bool {
+        true
+    }
+
     fn write(&self, corridor: &str, view: &str, rows: &[(String, Row)]) -> Result<Vec<WriteOutcome>, FeatureError> {
         self.write_rows(corridor, view, rows)
     }

@@ -44,7 +44,7 @@ impl InferenceService {
             g.feature_read(corridor.as_str())
                 .map_err(|r| crate::governance::refusal_error(corridor.as_str(), &r))?;
         }
-        let reply = self.on_store(corridor, request, FeatureStore::get_online).await?;
+        let reply = self.on_store(corridor, request, FeatureStore::get_online, true).await?;
         observe_read(corridor.as_str(), &reply);
         Ok(reply)
     }
@@ -82,7 +82,7 @@ impl InferenceService {
                 .map_err(|r| crate::governance::refusal_error(corridor.as_str(), &r))?;
         }
         let view = request.feature_view.clone();
-        let outcome = self.on_store(corridor, request, FeatureStore::push).await?;
+        let outcome = self.on_store(corridor, request, FeatureStore::push, false).await?;
         self.observe_push(corridor.as_str(), &outcome);
         let record = serde_json::json!({
             "actor": actor, "feature_view": view, "written": outcome.written, "ignored": outcome.ignored,
@@ -96,13 +96,14 @@ impl InferenceService {
         Ok(outcome)
     }
 
-    /// Runs `op` on the store off the async threads, within the corridor's feature bulkhead
-    /// and the feature timeout.
+    /// Runs `op` on the store within the corridor's feature bulkhead and the feature timeout
+    /// (see [`InferenceService::feature_call`]; `read`: it only reads).
     async fn on_store<Req, Out>(
         &self,
         corridor: &CorridorId,
         request: Req,
         op: fn(&FeatureStore, &str, &Req, i64) -> Result<Out, FeatureError>,
+        read: bool,
     ) -> Result<Out, ServeError>
     where
         Req: Send + 'static,
@@ -112,22 +113,25 @@ impl InferenceService {
         let c = corridor.clone();
         let deadline =
             tokio::time::Instant::now() + std::time::Duration::from_millis(self.config.pools.feature_timeout_ms);
-        self.feature_call(corridor.as_str(), deadline, move || {
+        let inline = read && store.local_reads();
+        self.feature_call(corridor.as_str(), deadline, inline, move || {
             op(&store, c.as_str(), &request, now_ms())
         })
         .await?
         .map_err(ServeError::from)
     }
 
-    /// Runs `call` on the blocking pool within `corridor`'s feature bulkhead
-    /// (`pools.feature_concurrency` calls in flight; more are answered 429 at once) and gives up
-    /// at `deadline` (the store's error then says it did not answer in time). The bulkhead's
-    /// place is held until the call really ends, so a hung store holds at most that many
-    /// threads.
+    /// Runs `call` within `corridor`'s feature bulkhead (`pools.feature_concurrency` calls in
+    /// flight; more are answered 429 at once): on the blocking pool, giving up at `deadline`
+    /// (the store's error then says it did not answer in time), the bulkhead's place held
+    /// until the call really ends, so a hung store holds at most that many threads. `inline`
+    /// runs it here instead: for reads of the embedded store, which wait for no network and
+    /// cost less than the hop to another thread.
     pub(crate) async fn feature_call<T: Send + 'static>(
         &self,
         corridor: &str,
         deadline: tokio::time::Instant,
+        inline: bool,
         call: impl FnOnce() -> Result<T, FeatureError> + Send + 'static,
     ) -> Result<Result<T, FeatureError>, ServeError> {
         let slots = self
@@ -145,6 +149,10 @@ impl InferenceService {
                 ),
             });
         };
+        if inline {
+            let _slot = slot;
+            return Ok(call());
+        }
         let task = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             call()
@@ -340,8 +348,9 @@ pub(crate) async fn enrich(
             include_feature_view_version_metadata: false,
         };
         let (s, c) = (store.clone(), corridor.to_string());
+        let inline = store.local_reads();
         let read = core
-            .feature_call(corridor, deadline, move || s.get_online(&c, &request, now_ms()))
+            .feature_call(corridor, deadline, inline, move || s.get_online(&c, &request, now_ms()))
             .await?;
         let reply = match read {
             Err(FeatureError::Store(why))
