@@ -54,7 +54,7 @@ const FAMILIES: &[(&str, Kind, Option<Unit>, &str)] = &[
     ("invariant_pool_in_flight", Kind::Gauge, None, "Requests holding a place in the corridor's pool (running or queued)."),
     ("invariant_pool_queue_depth", Kind::Gauge, None, "Requests of the corridor's pool waiting for a worker."),
     ("invariant_pool_capacity", Kind::Gauge, None, "Places in the corridor's pool (workers plus queue)."),
-    ("invariant_rejected_requests_total", Kind::Counter, None, "Requests refused before running, by corridor and reason (queue_full, rate_limited, killed, frozen, breaker_open, degraded)."),
+    ("invariant_rejected_requests_total", Kind::Counter, None, "Requests refused before running, by corridor and reason (queue_full, rate_limited, killed, frozen, breaker_open, degraded, features_full)."),
     ("invariant_circuit_breaker_open", Kind::Gauge, None, "1 while the circuit breaker of a corridor's model is open, else 0."),
     ("invariant_corridor_degradation_level", Kind::Gauge, None, "The corridor's degradation level (0 full service to 4 emergency)."),
     ("invariant_kill_switch_active", Kind::Gauge, None, "1 while a kill switch is on, by scope (global, market:<n>, corridor:<id>)."),
