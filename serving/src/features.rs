@@ -293,6 +293,13 @@ pub(crate) fn entities_from_tensor(
         }
     };
     debug_assert_eq!(values.len(), n);
+    let limit = service.config.limits.request.max_entities;
+    if values.len() > limit {
+        return Err(ServeError::invalid(format!(
+            "{field}: {} entity keys exceed the limit of {limit} (limits.request.max_entities)",
+            values.len()
+        )));
+    }
     let mut map = serde_json::Map::new();
     map.insert(tensor.name.clone(), Value::Array(values));
     Ok(Some(Value::Object(map)))

@@ -898,6 +898,12 @@ async fn entity_keys_may_come_as_a_tensor_named_after_the_join_key() {
         400,
         &["inputs.account_id", "shape"],
     );
+    let many: Vec<String> = (0..1001).map(|i| format!("k{i}")).collect();
+    assert_error(
+        &infer(json!([{"name": "account_id", "datatype": "BYTES", "shape": [1001], "data": many}])).await,
+        400,
+        &["inputs.account_id", "limits.request.max_entities"],
+    );
     s.assert_still_serving().await;
 }
 
