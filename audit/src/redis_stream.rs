@@ -47,15 +47,7 @@ return redis.status_reply('OK')
 "#;
 
 fn redis_error(url: &str, e: impl std::fmt::Display) -> AuditError {
-    AuditError::NotWritten(format!("audit Redis {}: {e}", redact(url)))
-}
-
-/// `url` without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-        _ => url.to_string(),
-    }
+    AuditError::NotWritten(format!("audit Redis {}: {e}", invariant_core::secret::redact_url(url)))
 }
 
 fn connect(url: &str) -> Result<redis::Connection, AuditError> {
@@ -217,7 +209,11 @@ fn entries(url: &str, chain: &str, mut visit: impl FnMut(u64, &[u8]) -> ControlF
 pub(crate) fn verify(url: &str, chain: &str) -> Result<Report, AuditError> {
     let mut report = Report::new(chain);
     let mut broken = None;
-    let location = PathBuf::from(format!("redis {} {}", redact(url), stream_key(chain)));
+    let location = PathBuf::from(format!(
+        "redis {} {}",
+        invariant_core::secret::redact_url(url),
+        stream_key(chain)
+    ));
     entries(url, chain, |position, line| {
         let expected = report.head_seq + 1;
         if let Some(reason) = link_fault(chain, expected, &report.head_hash, line) {

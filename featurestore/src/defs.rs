@@ -221,6 +221,17 @@ impl Definitions {
         self.views.iter().enumerate().find(|(_, v)| v.name == name)
     }
 
+    /// The view named `name` and the entity it is keyed by.
+    pub fn view_with_entity(&self, name: &str) -> Result<(&FeatureView, &Entity), FeatureError> {
+        let (_, view) = self
+            .view(name)
+            .ok_or_else(|| FeatureError::Request(format!("unknown feature view '{name}'")))?;
+        let entity = self
+            .entity(&view.entity)
+            .ok_or_else(|| FeatureError::Definition(view.entity.clone()))?;
+        Ok((view, entity))
+    }
+
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&FeatureService> {
         self.services.iter().find(|s| s.name == name)

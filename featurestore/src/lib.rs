@@ -432,13 +432,10 @@ impl FeatureStore {
     /// first (unknown columns, missing keys or times, values of the wrong type: 400 naming
     /// `df.<column>[row]`), then written in one transaction.
     pub fn push(&self, corridor: &str, req: &PushRequest, now_ms: i64) -> Result<PushOutcome, FeatureError> {
-        let (_, view) = self.defs.view(&req.feature_view).ok_or_else(|| {
-            FeatureError::Request(format!("feature_view: unknown feature view '{}'", req.feature_view))
+        let (view, entity) = self.defs.view_with_entity(&req.feature_view).map_err(|e| match e {
+            FeatureError::Request(m) => FeatureError::Request(format!("feature_view: {m}")),
+            other => other,
         })?;
-        let entity = self
-            .defs
-            .entity(&view.entity)
-            .ok_or_else(|| FeatureError::Definition(view.entity.clone()))?;
         let column = |name: &str| {
             req.df
                 .get(name)

@@ -204,27 +204,25 @@ pub fn materialize_csv_into(
     mut progress: impl FnMut(u64),
     write: impl RowSink,
 ) -> Result<MaterializeReport, FeatureError> {
-    {
-        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
-        let header: Vec<String> = reader
-            .headers()
-            .map_err(|e| FeatureError::Request(format!("CSV header: {e}")))?
-            .iter()
-            .map(str::to_string)
-            .collect();
-        let mut record = csv::StringRecord::new();
-        let records = std::iter::from_fn(move || {
-            let line = reader.position().line();
-            let next = match reader.read_record(&mut record) {
-                Ok(false) => return None,
-                Ok(true) => Ok(record.iter().map(str::to_string).collect()),
-                Err(e) => Err(format!("unreadable CSV: {e}")),
-            };
-            progress(reader.position().byte());
-            Some((line, next))
-        });
-        materialize_records(defs, view_name, &header, records, batch, write)
-    }
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| FeatureError::Request(format!("CSV header: {e}")))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let mut record = csv::StringRecord::new();
+    let records = std::iter::from_fn(move || {
+        let line = reader.position().line();
+        let next = match reader.read_record(&mut record) {
+            Ok(false) => return None,
+            Ok(true) => Ok(record.iter().map(str::to_string).collect()),
+            Err(e) => Err(format!("unreadable CSV: {e}")),
+        };
+        progress(reader.position().byte());
+        Some((line, next))
+    });
+    materialize_records(defs, view_name, &header, records, batch, write)
 }
 
 /// [`FeatureStore::materialize_parquet`] with the rows written by `write`.
@@ -236,40 +234,38 @@ pub fn materialize_parquet_into(
     mut progress: impl FnMut(u64),
     write: impl RowSink,
 ) -> Result<MaterializeReport, FeatureError> {
-    {
-        use parquet::file::reader::{FileReader, SerializedFileReader};
-        let bad = |e: parquet::errors::ParquetError| FeatureError::Request(format!("Parquet: {e}"));
-        let reader = SerializedFileReader::new(file).map_err(bad)?;
-        let columns = reader.metadata().file_metadata().schema_descr().columns().to_vec();
-        let header: Vec<String> = columns.iter().map(|c| c.name().to_string()).collect();
-        let units: std::collections::BTreeMap<String, i64> = columns
-            .iter()
-            .filter_map(|c| timestamp_units(c).map(|u| (c.name().to_string(), u)))
-            .collect();
-        let rows = reader.get_row_iter(None).map_err(bad)?;
-        let mut n = 0u64;
-        let records = rows.map(|row| {
-            n += 1;
-            progress(n);
-            let cells = row.map_err(|e| format!("unreadable Parquet row: {e}")).and_then(|row| {
-                let by_name: std::collections::BTreeMap<String, String> = row
-                    .get_column_iter()
-                    .map(|(name, field)| {
-                        parquet_text(field, units.get(name).copied())
-                            .map(|t| (name.clone(), t))
-                            .map_err(|e| format!("{name}: {e}"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok(header
-                    .iter()
-                    .map(|h| by_name.get(h).cloned().unwrap_or_default())
-                    .collect())
-            });
-            (n, cells)
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let bad = |e: parquet::errors::ParquetError| FeatureError::Request(format!("Parquet: {e}"));
+    let reader = SerializedFileReader::new(file).map_err(bad)?;
+    let columns = reader.metadata().file_metadata().schema_descr().columns().to_vec();
+    let header: Vec<String> = columns.iter().map(|c| c.name().to_string()).collect();
+    let units: std::collections::BTreeMap<String, i64> = columns
+        .iter()
+        .filter_map(|c| timestamp_units(c).map(|u| (c.name().to_string(), u)))
+        .collect();
+    let rows = reader.get_row_iter(None).map_err(bad)?;
+    let mut n = 0u64;
+    let records = rows.map(|row| {
+        n += 1;
+        progress(n);
+        let cells = row.map_err(|e| format!("unreadable Parquet row: {e}")).and_then(|row| {
+            let by_name: std::collections::BTreeMap<String, String> = row
+                .get_column_iter()
+                .map(|(name, field)| {
+                    parquet_text(field, units.get(name).copied())
+                        .map(|t| (name.clone(), t))
+                        .map_err(|e| format!("{name}: {e}"))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(header
+                .iter()
+                .map(|h| by_name.get(h).cloned().unwrap_or_default())
+                .collect())
         });
-        let header_copy = header.clone();
-        materialize_records(defs, view_name, &header_copy, records, batch, write)
-    }
+        (n, cells)
+    });
+    let header_copy = header.clone();
+    materialize_records(defs, view_name, &header_copy, records, batch, write)
 }
 
 /// Checks and writes records (position, cells in header order), `batch` per write.
@@ -281,92 +277,84 @@ fn materialize_records(
     batch: usize,
     mut write: impl RowSink,
 ) -> Result<MaterializeReport, FeatureError> {
-    {
-        let started = std::time::Instant::now();
-        let (_, view) = defs
-            .view(view_name)
-            .ok_or_else(|| FeatureError::Request(format!("unknown feature view '{view_name}'")))?;
-        let entity = defs
-            .entity(&view.entity)
-            .ok_or_else(|| FeatureError::Definition(view.entity.clone()))?;
-        let cols = columns(view, &entity.join_key, header)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let mut report = MaterializeReport {
-            rows: 0,
-            written: 0,
-            ignored: 0,
-            rejected: 0,
-            rejections: Vec::new(),
-            seconds: 0.0,
-            rows_per_second: 0.0,
-        };
-        let mut flush =
-            |pending: &mut Vec<(String, Row)>, report: &mut MaterializeReport| -> Result<(), FeatureError> {
-                if pending.is_empty() {
-                    return Ok(());
-                }
-                let (written, ignored) = write(&view.name, pending)?;
-                report.written += written;
-                report.ignored += ignored;
-                pending.clear();
-                Ok(())
-            };
-        let mut pending: Vec<(String, Row)> = Vec::with_capacity(batch.max(1));
-        for (line, cells) in records {
-            report.rows += 1;
-            let row = cells.and_then(|cells| -> Result<(String, Row), String> {
-                let cell = |i: usize| cells.get(i).map(String::as_str).unwrap_or("");
-                let key = Some(cell(cols.key).trim())
-                    .filter(|k| !k.is_empty())
-                    .ok_or("missing entity key")?;
-                if entity.key_type == KeyType::Int64 && key.parse::<i64>().is_err() {
-                    return Err(format!("entity key '{key}' is not an INT64"));
-                }
-                let time = parse_time(cell(cols.time))?;
-                let created_ms = match cols.created.map(cell).map(str::trim) {
-                    None | Some("") => None,
-                    Some(text) => Some(crate::time::parse_text(text).map_err(|e| format!("{}: {e}", crate::CREATED))?),
-                };
-                let mut values = Vec::with_capacity(view.features.len());
-                for (f, col) in view.features.iter().zip(&cols.features) {
-                    let v = match col {
-                        Some(c) => parse_cell(f.datatype, cell(*c)).map_err(|m| format!("{}: {m}", f.name))?,
-                        None => Value::Null,
-                    };
-                    values.push(v);
-                }
-                Ok((
-                    key.to_string(),
-                    Row {
-                        event_ms: time,
-                        written_ms: now,
-                        created_ms,
-                        schema_version: view.schema_version,
-                        values,
-                    },
-                ))
-            });
-            match row {
-                Ok(r) => pending.push(r),
-                Err(reason) => {
-                    report.rejected += 1;
-                    if report.rejections.len() < MAX_LISTED_REJECTIONS {
-                        report.rejections.push(Rejection { line, reason });
-                    }
-                }
+    let started = std::time::Instant::now();
+    let (view, entity) = defs.view_with_entity(view_name)?;
+    let cols = columns(view, &entity.join_key, header)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut report = MaterializeReport {
+        rows: 0,
+        written: 0,
+        ignored: 0,
+        rejected: 0,
+        rejections: Vec::new(),
+        seconds: 0.0,
+        rows_per_second: 0.0,
+    };
+    let mut flush = |pending: &mut Vec<(String, Row)>, report: &mut MaterializeReport| -> Result<(), FeatureError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (written, ignored) = write(&view.name, pending)?;
+        report.written += written;
+        report.ignored += ignored;
+        pending.clear();
+        Ok(())
+    };
+    let mut pending: Vec<(String, Row)> = Vec::with_capacity(batch.max(1));
+    for (line, cells) in records {
+        report.rows += 1;
+        let row = cells.and_then(|cells| -> Result<(String, Row), String> {
+            let cell = |i: usize| cells.get(i).map(String::as_str).unwrap_or("");
+            let key = Some(cell(cols.key).trim())
+                .filter(|k| !k.is_empty())
+                .ok_or("missing entity key")?;
+            if entity.key_type == KeyType::Int64 && key.parse::<i64>().is_err() {
+                return Err(format!("entity key '{key}' is not an INT64"));
             }
-            if pending.len() >= batch.max(1) {
-                flush(&mut pending, &mut report)?;
+            let time = parse_time(cell(cols.time))?;
+            let created_ms = match cols.created.map(cell).map(str::trim) {
+                None | Some("") => None,
+                Some(text) => Some(crate::time::parse_text(text).map_err(|e| format!("{}: {e}", crate::CREATED))?),
+            };
+            let mut values = Vec::with_capacity(view.features.len());
+            for (f, col) in view.features.iter().zip(&cols.features) {
+                let v = match col {
+                    Some(c) => parse_cell(f.datatype, cell(*c)).map_err(|m| format!("{}: {m}", f.name))?,
+                    None => Value::Null,
+                };
+                values.push(v);
+            }
+            Ok((
+                key.to_string(),
+                Row {
+                    event_ms: time,
+                    written_ms: now,
+                    created_ms,
+                    schema_version: view.schema_version,
+                    values,
+                },
+            ))
+        });
+        match row {
+            Ok(r) => pending.push(r),
+            Err(reason) => {
+                report.rejected += 1;
+                if report.rejections.len() < MAX_LISTED_REJECTIONS {
+                    report.rejections.push(Rejection { line, reason });
+                }
             }
         }
-        flush(&mut pending, &mut report)?;
-        report.seconds = started.elapsed().as_secs_f64();
-        report.rows_per_second = report.rows as f64 / report.seconds.max(1e-9);
-        Ok(report)
+        if pending.len() >= batch.max(1) {
+            flush(&mut pending, &mut report)?;
+        }
     }
+    flush(&mut pending, &mut report)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.rows_per_second = report.rows as f64 / report.seconds.max(1e-9);
+    Ok(report)
 }
 
 /// Checked rows of `view` as a push request (the `df` of `POST /v1/features/push`): the join
@@ -377,12 +365,7 @@ pub fn push_request(
     rows: &[(String, Row)],
 ) -> Result<crate::PushRequest, FeatureError> {
     use serde_json::value::RawValue;
-    let (_, view) = defs
-        .view(view_name)
-        .ok_or_else(|| FeatureError::Request(format!("unknown feature view '{view_name}'")))?;
-    let entity = defs
-        .entity(&view.entity)
-        .ok_or_else(|| FeatureError::Definition(view.entity.clone()))?;
+    let (view, entity) = defs.view_with_entity(view_name)?;
     let raw = |v: &Value| RawValue::from_string(v.to_string()).map_err(|e| FeatureError::Request(e.to_string()));
     let seconds = |ms: i64| RawValue::from_string(seconds_text(ms)).map_err(|e| FeatureError::Request(e.to_string()));
     let mut df: std::collections::BTreeMap<String, Vec<Box<RawValue>>> = std::collections::BTreeMap::new();

@@ -838,23 +838,7 @@ async fn materialize_loads_into_a_running_server_through_its_api() {
 async fn entity_keys_may_come_as_a_tensor_named_after_the_join_key() {
     let s = Server::start().await;
     let row = [420.0, 57.0, 0.5, 4.5, 3.5, 2.0, 1.0, 0.0];
-    let names = [
-        "account_age_days",
-        "completed_orders",
-        "dispute_rate",
-        "avg_rating",
-        "response_time_hours",
-        "kyc_level",
-        "cancellations_90d",
-        "chargebacks_365d",
-    ];
-    let mut df = serde_json::Map::new();
-    df.insert("account_id".into(), json!(["t1"]));
-    df.insert("event_timestamp".into(), json!([unix_seconds(-30)]));
-    for (n, v) in names.iter().zip(row) {
-        df.insert((*n).into(), json!([v]));
-    }
-    let (status, r) = push(&s, "UAE-SA", &json!({"feature_view": "account_stats", "df": df})).await;
+    let (status, r) = push(&s, "UAE-SA", &trust_push("t1", unix_seconds(-30), row)).await;
     assert_eq!(status, 200, "{r}");
     let infer = |inputs: serde_json::Value| {
         let s = &s;
