@@ -38,7 +38,8 @@ pub enum Command {
     /// corridor).
     #[command(subcommand)]
     Switches(governance_cli::SwitchesCommand),
-    /// Corridor governance: status, freeze, unfreeze, degradation level, rate limits.
+    /// Corridor governance and health: status, health (of a running server), freeze, unfreeze,
+    /// degradation level, rate limits.
     #[command(subcommand)]
     Corridors(governance_cli::CorridorsCommand),
     /// Feature flags per scope: list, set, clear.

@@ -96,6 +96,8 @@ pub struct ServerOptions {
     /// Require API keys (off: the server runs with `--dev-no-auth`, as most tests need no
     /// keys). Create keys with [`Server::create_key`].
     pub auth: bool,
+    /// Extra environment variables of the server process (e.g. `INVARIANT_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOptions {
@@ -112,6 +114,7 @@ impl Default for ServerOptions {
             tls_ca: None,
             tls_client: None,
             auth: false,
+            env: Vec::new(),
         }
     }
 }
@@ -390,6 +393,7 @@ impl Server {
             }
             let child = command
                 .env_remove("INVARIANT_KEY_PEPPER")
+                .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .current_dir(workspace_root())
                 .stdout(Stdio::null())
                 .stderr(log)

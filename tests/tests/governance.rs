@@ -465,6 +465,17 @@ async fn breakers_open_per_corridor_half_open_close_and_fall_back_to_the_cache()
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(transitions, expected, "{transitions:?}");
+    // The breaker gauge follows: closed again, and every transition in UK-NG's audit chain.
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("invariant_circuit_breaker_open{corridor=\"UK-NG\",model=\"canary-probe\"} 0"),
+        "{metrics}"
+    );
+    assert!(s
+        .audit()
+        .iter()
+        .filter(|a| a["event"] == "circuit_breaker")
+        .all(|a| a["chain"] == "UK-NG"));
 }
 
 #[tokio::test]

@@ -463,6 +463,64 @@ async fn logs_are_json_with_request_ids_and_cli_commands_are_quiet() {
     assert!(err.contains("INFO") && err.contains("verified"), "{err}");
 }
 
+#[tokio::test]
+async fn debug_logs_carry_the_serving_steps_under_the_request_id() {
+    let s = Server::start_with(ServerOptions {
+        env: vec![("INVARIANT_LOG".into(), "info,invariant_serving::service=debug".into())],
+        extra: "[cache]\nenabled = false\n".into(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let (status, r) = s
+        .post_raw(
+            "/v2/models/trust-scorer/infer",
+            trust_request(&[TRUST_ROW]).to_string(),
+            &[("x-request-id", "steps-1"), ("x-corridor", "US-EG")],
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let log = s.log();
+    let mine: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["id"] == "steps-1"))
+        })
+        .collect();
+    let routed = mine
+        .iter()
+        .find(|l| l["message"] == "routed and admitted")
+        .unwrap_or_else(|| panic!("no routing step under the request id: {log}"));
+    assert_eq!(
+        (routed["corridor"].as_str(), routed["routing"].as_str()),
+        (Some("US-EG"), Some("active"))
+    );
+    let names: Vec<&str> = routed["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["request", "infer"], "{routed}");
+    let computed = mine
+        .iter()
+        .find(|l| l["message"] == "computed")
+        .unwrap_or_else(|| panic!("no compute step under the request id: {log}"));
+    assert!(
+        computed["compute_us"].is_u64() && computed["queue_us"].is_u64(),
+        "{computed}"
+    );
+    let names: Vec<&str> = computed["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["request", "infer", "cache_or_compute"], "{computed}");
+}
+
 #[test]
 fn the_shipped_alert_rules_pass_promtool_and_their_unit_tests() {
     let dir = workspace_root().join("deploy/prometheus");

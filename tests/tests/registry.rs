@@ -330,6 +330,23 @@ async fn unload_and_load_at_run_time() {
         )
         .await;
     assert_eq!(status, 200);
+    // Both changes are in the server-wide audit chain, with their actor.
+    let audit = s.audit();
+    let unload = audit.iter().find(|a| a["event"] == "unload").expect("unload audited");
+    assert_eq!(
+        (
+            unload["version"].as_str(),
+            unload["reason"].as_str(),
+            unload["actor"].as_str()
+        ),
+        (Some("1.1.0"), Some("memory"), Some("dev-no-auth"))
+    );
+    let load = audit.iter().find(|a| a["event"] == "load").expect("load audited");
+    assert_eq!(
+        (load["model"].as_str(), load["chain"].as_str()),
+        (Some("trust-scorer"), Some("_server"))
+    );
+    assert!(load["versions"].as_array().is_some_and(|v| !v.is_empty()), "{load}");
 }
 
 fn cli(args: &[&str], repo: &RepoCopy) -> (i32, String, String) {
