@@ -4,10 +4,10 @@
 //! once, when it is created; the key file ([`KeyStore`], `keys.json` in the state directory by
 //! default) keeps only an HMAC-SHA-256 of the whole key under a pepper (a secret kept apart
 //! from the file: `INVARIANT_KEY_PEPPER`, or a `0600` file), so a copy of the key file alone
-//! lets no one call the server. The file is changed under an exclusive lock and written
-//! atomically, so the CLI and every replica sharing it never lose one another's change; a
-//! server re-reads it on a short period, so a revoked key is refused everywhere within that
-//! period. [`Keyring`] is the verifying side: it turns a presented key into a [`Principal`].
+//! lets no one call the server. The keys are a document of the shared control state (a file,
+//! or Redis for replicas), changed by compare-and-set, so the CLI and every replica never lose
+//! one another's change; a server learns of changes by notification and polling, so a revoked
+//! key is refused everywhere within the poll period. [`Keyring`] is the verifying side: it turns a presented key into a [`Principal`].
 //!
 //! Keys look like `inv_<id>_<secret>`: 16 hexadecimal digits of public id (what audit records
 //! and `invariant keys list` name) and 64 of secret (256 random bits).
@@ -66,7 +66,10 @@ pub enum AuthError {
     /// The pepper is missing or too short.
     #[error("key pepper: {0}")]
     Pepper(String),
-    /// The key file cannot be read, locked or written.
+    /// The keys cannot be read or written.
+    #[error(transparent)]
+    Store(#[from] invariant_control::ControlError),
+    /// A key file (the pepper) cannot be read or written.
     #[error("key file {path}: {message}")]
     Io {
         /// The key file.
@@ -388,47 +391,46 @@ pub struct NewKey {
     pub secret: String,
 }
 
-/// The key file on disk.
+impl invariant_control::Document for KeyFile {
+    const NAME: &'static str = invariant_control::KEYS;
+
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+/// The keys document of the shared control state (`invariant_control`): in a file on one
+/// node, in Redis for replicas.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
-    path: PathBuf,
+    control: invariant_control::Control,
 }
 
 impl KeyStore {
-    /// The store at `path` (absent: no keys yet; created by the first key).
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+    /// The store in `control` (never written: no keys yet; created by the first key).
+    pub fn new(control: invariant_control::Control) -> Self {
+        Self { control }
     }
 
-    /// The key file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the keys are kept (a path or a Redis URL without its password).
+    pub fn place(&self) -> String {
+        self.control.backend().place()
     }
 
-    fn io(&self, e: impl fmt::Display) -> AuthError {
-        AuthError::Io {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
-    }
-
-    /// The file as it is now (empty when absent).
+    /// The keys as they are now (none when never written).
     pub fn read(&self) -> Result<KeyFile, AuthError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| self.io(format!("not a key file: {e}"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeyFile::default()),
-            Err(e) => Err(self.io(e)),
-        }
+        self.control.load().map_err(AuthError::from)
     }
 
-    /// Applies `change` to the newest file under the lock and writes it durably.
-    fn update<T>(&self, change: impl FnOnce(&mut KeyFile) -> Result<T, AuthError>) -> Result<T, AuthError> {
-        let _lock = invariant_core::durable::lock_exclusive(&self.path).map_err(|e| self.io(e))?;
-        let mut file = self.read()?;
-        let out = change(&mut file)?;
-        file.revision += 1;
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| self.io(e))?;
-        invariant_core::durable::write_atomic(&self.path, &bytes).map_err(|e| self.io(e))?;
+    /// Applies `change` to the newest keys by compare-and-set (rebuilt on the fresher keys
+    /// when another writer got there first) and stores them durably.
+    fn update<T>(&self, mut change: impl FnMut(&mut KeyFile) -> Result<T, AuthError>) -> Result<T, AuthError> {
+        let (_, out) = self.control.update::<KeyFile, T, AuthError>(None, |latest| {
+            let mut next = latest.clone();
+            let out = change(&mut next)?;
+            next.revision = latest.revision + 1;
+            Ok((next, out))
+        })?;
         Ok(out)
     }
 
@@ -606,6 +608,11 @@ pub fn bearer(header: &str) -> Result<&str, AuthError> {
 mod tests {
     use super::*;
 
+    fn store_at(path: &Path) -> KeyStore {
+        let backend = invariant_control::file::FileBackend::new([(invariant_control::KEYS, path.to_path_buf())]);
+        KeyStore::new(invariant_control::Control::new(std::sync::Arc::new(backend)))
+    }
+
     fn pepper() -> Pepper {
         Pepper::new(b"0123456789abcdef-test-pepper".to_vec()).unwrap()
     }
@@ -623,7 +630,7 @@ mod tests {
     #[test]
     fn a_created_key_authenticates_with_its_roles_and_corridors_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::new(dir.path().join("keys.json"));
+        let store = store_at(&dir.path().join("keys.json"));
         let corridors = Corridors::parse(&["uae-sa", "US-EG"]).unwrap();
         let key = store
             .create(
@@ -635,7 +642,7 @@ mod tests {
             )
             .unwrap();
         assert!(key.secret.starts_with("inv_"));
-        let text = std::fs::read_to_string(store.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("keys.json")).unwrap();
         assert!(!text.contains(&key.secret[20..]), "the secret is never stored");
         let ring = ring(&store);
         let p = ring.authenticate(&key.secret).unwrap();
@@ -651,7 +658,7 @@ mod tests {
     #[test]
     fn wrong_secrets_malformed_keys_other_peppers_and_revoked_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::new(dir.path().join("keys.json"));
+        let store = store_at(&dir.path().join("keys.json"));
         let key = store
             .create(&pepper(), "svc", roles(&["admin"]), &Corridors::All, "ops")
             .unwrap();
@@ -688,7 +695,7 @@ mod tests {
         let path = dir.path().join("keys.json");
         let threads: Vec<_> = (0..4)
             .map(|i| {
-                let store = KeyStore::new(&path);
+                let store = store_at(&path);
                 std::thread::spawn(move || {
                     for j in 0..5 {
                         store
@@ -701,7 +708,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let file = KeyStore::new(&path).read().unwrap();
+        let file = store_at(&path).read().unwrap();
         assert_eq!(file.keys.len(), 20);
         assert_eq!(file.revision, 20);
     }

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 fn in_process(config: &Config, model: &str) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("invariant-governance-bench-{}", std::process::id()));
     let mut config = config.clone();
+    config.state_dir = dir.clone();
     config.governance.state = dir.join("governance.json").display().to_string();
     for rate in config.governance.corridor_rate.values_mut() {
         *rate = 1e9;
     }
-    let g = config.open_governance()?;
+    let g = config.open_governance(config.open_control()?)?;
     let corridors: Vec<String> = config.corridors.iter().map(|c| c.id.to_string()).collect();
     let (Some(first), Some(last)) = (corridors.first(), corridors.last()) else {
         anyhow::bail!("no corridors configured");

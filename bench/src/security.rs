@@ -188,7 +188,9 @@ fn tls_vs_plain(args: &Args, path: &str, body: &str, scripts: &Path) -> Result<(
 /// verified from scratch (its HMAC), over a key file of 1 000 keys.
 fn in_process(scripts: &Path) -> Result<()> {
     use invariant_auth::{Corridors, KeyStore, Keyring, Pepper, Role};
-    let store = KeyStore::new(scripts.join("bench-keys.json"));
+    let backend =
+        invariant_control::file::FileBackend::new([(invariant_control::KEYS, scripts.join("bench-keys.json"))]);
+    let store = KeyStore::new(invariant_control::Control::new(std::sync::Arc::new(backend)));
     let pepper = Pepper::new(b"bench pepper, sixteen bytes or more".to_vec())?;
     let mut secrets = Vec::new();
     for i in 0..1000 {

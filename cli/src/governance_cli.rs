@@ -1,7 +1,7 @@
 //! `invariant switches …`, `invariant corridors …` and `invariant flags …`: corridor
-//! governance, either on the control state file directly (a running server sharing the file
-//! applies the change within its `governance.refresh_ms`) or, with `--server URL`, through a
-//! running server's admin API. Every change is durable and audited before it is reported.
+//! governance, either on the control state directly (the configured backend: a file, or Redis;
+//! running servers apply the change within their `control.poll_ms`) or, with `--server URL`,
+//! through a running server's admin API. Every change is durable and audited before it is reported.
 
 use crate::models_cli::{call, table};
 use crate::ConfigArgs;
@@ -194,8 +194,10 @@ fn apply(args: &GovernArgs, change: Change) -> Result<Value> {
         None => {
             let config = args.config.load()?;
             let governance = config
-                .open_governance()
-                .with_context(|| format!("opening {}", config.governance_state_path().display()))?;
+                .open_control()
+                .map_err(anyhow::Error::from)
+                .and_then(|control| Ok(config.open_governance(control)?))
+                .context("opening the governance control state")?;
             let audit = invariant_serving::audit::AuditLog::open(&config)
                 .with_context(|| format!("opening the audit trail {}", config.audit_dir().display()))?;
             let state = invariant_serving::governance::apply_change(
@@ -237,7 +239,7 @@ fn read(args: &GovernArgs) -> Result<Value> {
         Some(server) => call(server, reqwest::Method::GET, "/admin/v1/governance", None),
         None => {
             let config = args.config.load()?;
-            let governance = config.open_governance()?;
+            let governance = config.open_governance(config.open_control()?)?;
             let state: ControlState = (*governance.state()).clone();
             let limits: serde_json::Map<String, Value> = governance
                 .limits()
@@ -486,7 +488,7 @@ pub fn flags(command: FlagsCommand) -> Result<()> {
                 }
                 None => {
                     let config = args.config.load()?;
-                    let governance = config.open_governance()?;
+                    let governance = config.open_governance(config.open_control()?)?;
                     let id = match &corridor {
                         Some(c) => Some(
                             config

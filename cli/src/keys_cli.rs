@@ -1,7 +1,7 @@
-//! `invariant keys create|list|revoke`: API keys in the key file (`auth.keys`, shared by every
-//! replica). A key's secret is printed once, when it is created; the file keeps its HMAC
-//! only. Changes are durable before they are reported and reach running servers within
-//! their `auth.refresh_ms`.
+//! `invariant keys create|list|revoke`: API keys in the keys document of the control state
+//! (the key file `auth.keys`, or Redis for replicas). A key's secret is printed once, when it
+//! is created; only its HMAC is stored. Changes are durable before they are reported and
+//! reach running servers within their `control.poll_ms`.
 
 use crate::ConfigArgs;
 use anyhow::{Context, Result};
@@ -42,8 +42,8 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a key by id: refused by every server sharing the key file within its
-    /// auth.refresh_ms.
+    /// Revoke a key by id: refused by every server sharing the control state within its
+    /// control.poll_ms.
     Revoke {
         #[command(flatten)]
         config: ConfigArgs,
@@ -85,7 +85,7 @@ pub fn run(command: KeysCommand) -> Result<()> {
             }
             let pepper =
                 Pepper::load(&config.pepper_path(), true)?.context("no key pepper could be read or created")?;
-            let store = KeyStore::new(config.keys_path());
+            let store = KeyStore::new(config.open_control()?);
             let key = store.create(&pepper, &name, roles, &corridors, &actor(who))?;
             if json {
                 let mut value = serde_json::to_value(&key.record)?;
@@ -106,7 +106,7 @@ pub fn run(command: KeysCommand) -> Result<()> {
         }
         KeysCommand::List { config, json } => {
             let config = config.load()?;
-            let file = KeyStore::new(config.keys_path()).read()?;
+            let file = KeyStore::new(config.open_control()?).read()?;
             if json {
                 let records: Vec<_> = file.keys.values().collect();
                 println!("{}", serde_json::to_string_pretty(&records)?);
@@ -134,7 +134,7 @@ pub fn run(command: KeysCommand) -> Result<()> {
         }
         KeysCommand::Revoke { config, id, actor: who } => {
             let config = config.load()?;
-            let record = KeyStore::new(config.keys_path()).revoke(&id, &actor(who))?;
+            let record = KeyStore::new(config.open_control()?).revoke(&id, &actor(who))?;
             println!(
                 "revoked key {} ({}) at {}",
                 record.id,

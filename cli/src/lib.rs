@@ -258,6 +258,10 @@ pub struct ConfigArgs {
     /// Model repository directory (overrides model_repository).
     #[arg(long)]
     model_repository: Option<PathBuf>,
+    /// State directory (overrides state_dir): where the file control backend keeps the
+    /// registry, governance and key documents.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -270,6 +274,9 @@ impl ConfigArgs {
         let mut config = Config::load(file.as_deref())?;
         if let Some(repo) = &self.model_repository {
             config.model_repository = repo.clone();
+        }
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
         }
         tracing::info!(
             config = %file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "embedded defaults".into()),

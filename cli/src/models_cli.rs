@@ -56,9 +56,10 @@ pub struct Common {
     #[arg(long)]
     golden_vectors: Option<PathBuf>,
     /// Work against this running server's admin API instead of the repository files (the API
-    /// key is read from INVARIANT_API_KEY).
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
+    /// key is read from INVARIANT_API_KEY). `models list` takes it several times, one per
+    /// replica, and shows the control-state revisions each one applies.
+    #[arg(long = "server", value_name = "URL")]
+    servers: Vec<String>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -130,6 +131,18 @@ pub struct ImportArgs {
 }
 
 impl Common {
+    /// The one server this command acts on, if any.
+    fn server(&self) -> Result<Option<&String>> {
+        match self.servers.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            more => bail!(
+                "--server is given {} times; only `models list` compares several servers",
+                more.len()
+            ),
+        }
+    }
+
     fn config(&self) -> Result<invariant_serving::config::Config> {
         let mut config = self.config.load()?;
         if let Some(dir) = &self.golden_vectors {
@@ -170,7 +183,7 @@ pub(crate) fn call_any(server: &str, method: reqwest::Method, path: &str, body: 
 
 /// The registry view of every model (or one), from the server or the repository.
 fn views(common: &Common, model: Option<&str>) -> Result<Vec<Value>> {
-    if let Some(server) = &common.server {
+    if let Some(server) = common.server()? {
         return match model {
             Some(m) => Ok(vec![call(
                 server,
@@ -194,6 +207,61 @@ fn views(common: &Common, model: Option<&str>) -> Result<Vec<Value>> {
         .iter()
         .map(|m| invariant_serving::control::model_view(&snapshot, m).with_context(|| format!("unknown model '{m}'")))
         .collect()
+}
+
+/// `models list --server A [--server B …]`: the first server's models, then what each server
+/// applies of the control state, with a warning when they disagree.
+fn list_replicas(common: &Common) -> Result<()> {
+    let mut replicas = Vec::new();
+    let mut models = None;
+    for server in &common.servers {
+        let all = call(server, reqwest::Method::GET, "/admin/v1/models", None)?;
+        replicas.push(json!({"server": server, "control": all["control"]}));
+        models.get_or_insert_with(|| all["models"].as_array().cloned().unwrap_or_default());
+    }
+    let models = models.unwrap_or_default();
+    let revisions: std::collections::BTreeSet<String> =
+        replicas.iter().map(|r| r["control"]["revisions"].to_string()).collect();
+    if common.json {
+        let out = json!({"replicas": replicas, "agree": revisions.len() == 1, "models": models});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    print_versions(&models);
+    println!();
+    let rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|r| {
+            let c = &r["control"];
+            vec![
+                text(&r["server"]),
+                text(&c["backend"]),
+                text(&c["revisions"]["registry"]),
+                text(&c["revisions"]["governance"]),
+                text(&c["revisions"]["keys"]),
+                c["last_check_ms_ago"]
+                    .as_u64()
+                    .map_or("-".into(), |ms| format!("{ms} ms ago")),
+                c["error"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SERVER",
+            "CONTROL",
+            "REGISTRY",
+            "GOVERNANCE",
+            "KEYS",
+            "CHECKED",
+            "ERROR",
+        ],
+        &rows,
+    );
+    if revisions.len() > 1 {
+        eprintln!("warning: the servers apply different control-state revisions (converging, or cut off from it)");
+    }
+    Ok(())
 }
 
 fn text(v: &Value) -> String {
@@ -243,7 +311,7 @@ fn print_versions(views: &[Value]) {
 /// Runs a registry command.
 pub fn run(command: ModelsCommand) -> Result<()> {
     match command {
-        ModelsCommand::List(common) => {
+        ModelsCommand::List(common) if common.servers.is_empty() => {
             let views = views(&common, None)?;
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
@@ -251,6 +319,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
                 print_versions(&views);
             }
         }
+        ModelsCommand::List(common) => list_replicas(&common)?,
         ModelsCommand::Show(args) => {
             let views = views(&args.common, Some(&args.model))?;
             if args.common.json {
@@ -344,7 +413,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
             )?
         }
         ModelsCommand::Unload(t) => {
-            let Some(server) = &t.common.server else {
+            let Some(server) = t.common.server()? else {
                 bail!("unload acts on a running server's memory: pass --server URL");
             };
             let path = format!("/admin/v1/models/{}/versions/{}/unload", t.model, t.model_version);
@@ -415,7 +484,7 @@ fn actor(t: &TransitionArgs) -> String {
 }
 
 fn transition(t: TransitionArgs, action: Action, name: &str, percent: Option<f64>) -> Result<()> {
-    let result = match &t.common.server {
+    let result = match t.common.server()? {
         Some(server) => {
             let body = json!({ "reason": t.reason, "corridors": t.corridors, "percent": percent });
             let path = format!("/admin/v1/models/{}/versions/{}/{name}", t.model, t.model_version);
@@ -465,7 +534,7 @@ fn import(args: ImportArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     let outcome = outcome?;
-    if let Some(server) = &args.common.server {
+    if let Some(server) = args.common.server()? {
         call(
             server,
             reqwest::Method::POST,

@@ -44,6 +44,45 @@ pub fn lock_exclusive(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Claims `dir` for this process: an exclusive, non-blocking lock on `<dir>/<name>.lock`
+/// (released when the returned file is dropped or the process dies, even by kill -9), which
+/// then holds this process's id. When another process holds the claim, the error
+/// ([`std::io::ErrorKind::WouldBlock`]) names its process id.
+pub fn claim(dir: &Path, name: &str) -> std::io::Result<File> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{name}.lock"));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is held by {}",
+                    path.display(),
+                    if holder.is_empty() {
+                        "another process".to_string()
+                    } else {
+                        format!("process {holder}")
+                    }
+                ),
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e),
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +101,15 @@ mod tests {
         assert_eq!(names, vec!["state.json".to_string()]);
         let _lock = lock_exclusive(&path).unwrap();
         assert!(dir.join("nested/state.json.lock").exists());
+        let claimed = claim(&dir, "server").unwrap();
+        let again = claim(&dir, "server").unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::WouldBlock);
+        assert!(
+            again.to_string().contains(&format!("process {}", std::process::id())),
+            "{again}"
+        );
+        drop(claimed);
+        claim(&dir, "server").unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

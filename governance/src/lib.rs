@@ -25,7 +25,6 @@ use signals::{DegradationSettings, Summary, Window};
 use state::{Change, ControlState, Scope, Setting, Topology, EMERGENCY_SWITCH};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +38,11 @@ pub struct Settings {
     /// measuring what it costs).
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// The control state file (empty: `governance.json` in the state directory).
+    /// The governance document's file under the file control backend (empty:
+    /// `governance.json` in the state directory).
     #[serde(default)]
     pub state: String,
-    /// How often the state file is re-read for changes made by other processes, in ms.
+    /// How often degradation levels are recomputed (and level changes audited), in ms.
     #[serde(default = "default_refresh")]
     pub refresh_ms: u64,
     /// Inference requests per second admitted per corridor, by the corridor's market
@@ -362,15 +362,15 @@ pub struct Governance {
 }
 
 impl Governance {
-    /// Opens the control state at `path` for these corridors (corridor → market) with their
+    /// Opens the governance document of `control` for these corridors (corridor → market) with their
     /// configured rate limits (corridor → requests/s; absent: by market from the settings).
     pub fn open(
         settings: Settings,
         topology: Topology,
         corridor_rates: &BTreeMap<String, f64>,
-        path: PathBuf,
+        control: invariant_control::Control,
     ) -> Result<Self, StoreError> {
-        let store = StateStore::open(path)?;
+        let store = StateStore::open(control)?;
         let mut defaults = Defaults {
             model: Some(settings.model_rate).filter(|r| *r > 0.0),
             ..Default::default()
@@ -431,9 +431,9 @@ impl Governance {
         self.store.current()
     }
 
-    /// The state file.
-    pub fn state_path(&self) -> &std::path::Path {
-        self.store.path()
+    /// Where the state is kept (a path or a Redis URL without its password).
+    pub fn state_place(&self) -> String {
+        self.store.place()
     }
 
     /// Kill switches, freezes and rate limits over an inference request for `model` in
@@ -627,7 +627,10 @@ mod tests {
                 .into_iter()
                 .collect(),
         };
-        Governance::open(settings, topology, &BTreeMap::new(), dir.join("governance.json")).unwrap()
+        let backend =
+            invariant_control::file::FileBackend::new([(invariant_control::GOVERNANCE, dir.join("governance.json"))]);
+        let control = invariant_control::Control::new(std::sync::Arc::new(backend));
+        Governance::open(settings, topology, &BTreeMap::new(), control).unwrap()
     }
 
     fn change(g: &Governance, c: Change) {

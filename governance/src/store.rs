@@ -1,27 +1,29 @@
-//! The durable store of the [`ControlState`]: one JSON file, changed by compare-and-set on its
-//! revision under an exclusive lock on a sibling `.lock` file (so processes sharing the file,
-//! a server and the CLI or several replicas, never lose one another's change), written
-//! atomically (temporary file, fsync, rename, fsync of the directory) before a change is
-//! acknowledged. [`StateStore::refresh`] picks up changes made by other processes.
+//! The durable store of the [`ControlState`]: the governance document of the shared control
+//! state (`invariant_control`), changed by compare-and-set on its revision (in a file or in
+//! Redis), durable before a change is acknowledged, so processes sharing it (a server and the
+//! CLI, or several replicas) never lose one another's change. [`StateStore::refresh`] picks up
+//! changes made elsewhere.
 
 use crate::state::{Change, ChangeError, ControlState, Topology};
 use arc_swap::ArcSwap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use invariant_control::{Control, ControlError, Document};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
+
+impl Document for ControlState {
+    const NAME: &'static str = invariant_control::GOVERNANCE;
+
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+}
 
 /// Store failures.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    /// The file cannot be read, locked or written.
-    #[error("control state {path}: {message}")]
-    Io {
-        /// The state file.
-        path: PathBuf,
-        /// What failed.
-        message: String,
-    },
+    /// The state cannot be read or written.
+    #[error(transparent)]
+    Unavailable(ControlError),
     /// The change was made against an older revision.
     #[error("revision conflict: the change was made against revision {expected}, the state is at {current}")]
     Conflict {
@@ -35,30 +37,38 @@ pub enum StoreError {
     Change(#[from] ChangeError),
 }
 
-/// The state file and the last state read from or written to it.
+impl From<ControlError> for StoreError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Conflict { expected, current, .. } => StoreError::Conflict { expected, current },
+            other => StoreError::Unavailable(other),
+        }
+    }
+}
+
+/// The governance document and the last state read from or written to it.
 #[derive(Debug)]
 pub struct StateStore {
-    path: PathBuf,
+    control: Control,
     current: ArcSwap<ControlState>,
     write: Mutex<()>,
 }
 
 impl StateStore {
-    /// Opens the store at `path` (absent: the empty state at revision 0; created on the first
-    /// change).
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let path = path.into();
-        let state = read(&path)?;
+    /// Opens the governance document of `control` (never written: the empty state at
+    /// revision 0).
+    pub fn open(control: Control) -> Result<Self, StoreError> {
+        let state = control.load::<ControlState>()?;
         Ok(Self {
-            path,
+            control,
             current: ArcSwap::from_pointee(state),
             write: Mutex::new(()),
         })
     }
 
-    /// The state file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the state is kept, for messages.
+    pub fn place(&self) -> String {
+        self.control.backend().place()
     }
 
     /// The state as last read or written (cheap: no file access).
@@ -71,19 +81,24 @@ impl StateStore {
         self.current.load()
     }
 
-    /// Re-reads the file; returns the new state when another process changed it.
+    /// Re-reads the stored revision; returns the new state when it moved on.
     pub fn refresh(&self) -> Result<Option<Arc<ControlState>>, StoreError> {
-        let on_disk = read(&self.path)?;
-        if on_disk.revision == self.current.load().revision {
+        let stored = self.control.backend().revision(invariant_control::GOVERNANCE)?;
+        if stored <= self.current.load().revision {
             return Ok(None);
         }
-        let on_disk = Arc::new(on_disk);
-        self.current.store(on_disk.clone());
-        Ok(Some(on_disk))
+        let fresh = Arc::new(self.control.load::<ControlState>()?);
+        let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if fresh.revision <= self.current.load().revision {
+            return Ok(None);
+        }
+        self.current.store(fresh.clone());
+        Ok(Some(fresh))
     }
 
-    /// Applies `change` by `actor` to the newest state on disk, when `expected` (if given) is
-    /// still its revision, and makes it durable before returning the new state.
+    /// Applies `change` by `actor` to the newest stored state, when `expected` (if given) is
+    /// still its revision (without it, a change that lost a race is rebuilt on the fresher
+    /// state), and makes it durable before returning the new state.
     pub fn update(
         &self,
         change: &Change,
@@ -91,56 +106,28 @@ impl StateStore {
         expected: Option<u64>,
         topology: &Topology,
     ) -> Result<Arc<ControlState>, StoreError> {
-        let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let _lock = self.lock()?;
-        let latest = read(&self.path)?;
-        if let Some(expected) = expected.filter(|&e| e != latest.revision) {
-            return Err(StoreError::Conflict {
-                expected,
-                current: latest.revision,
-            });
-        }
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let next = Arc::new(latest.apply(change, actor, &now, topology)?);
-        write(&self.path, &next).map_err(|e| self.io(e))?;
-        self.current.store(next.clone());
+        let (next, ()) = self.control.update::<ControlState, _, StoreError>(expected, |latest| {
+            Ok((latest.apply(change, actor, &now, topology)?, ()))
+        })?;
+        let next = Arc::new(next);
+        let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if next.revision > self.current.load().revision {
+            self.current.store(next.clone());
+        }
         Ok(next)
     }
-
-    fn io(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Io {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
-    }
-
-    /// An exclusive lock on `<file>.lock`, held until dropped.
-    fn lock(&self) -> Result<File, StoreError> {
-        invariant_core::durable::lock_exclusive(&self.path).map_err(|e| self.io(e))
-    }
-}
-
-fn read(path: &Path) -> Result<ControlState, StoreError> {
-    let err = |message: String| StoreError::Io {
-        path: path.to_path_buf(),
-        message,
-    };
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(format!("not a control state: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ControlState::default()),
-        Err(e) => Err(err(e.to_string())),
-    }
-}
-
-fn write(path: &Path, state: &ControlState) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    invariant_core::durable::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::Scope;
+
+    fn open(path: &std::path::Path) -> StateStore {
+        let backend = invariant_control::file::FileBackend::new([(invariant_control::GOVERNANCE, path.to_path_buf())]);
+        StateStore::open(Control::new(Arc::new(backend))).unwrap()
+    }
 
     fn topology() -> Topology {
         Topology {
@@ -159,7 +146,7 @@ mod tests {
     fn changes_survive_reopening_and_conflicts_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/governance.json");
-        let store = StateStore::open(&path).unwrap();
+        let store = open(&path);
         assert_eq!(store.current().revision, 0);
         let s = store.update(&kill("one"), "ops", Some(0), &topology()).unwrap();
         assert_eq!(s.revision, 1);
@@ -174,7 +161,7 @@ mod tests {
             ),
             "{err}"
         );
-        let reopened = StateStore::open(&path).unwrap();
+        let reopened = open(&path);
         assert_eq!(reopened.current().revision, 1);
         assert_eq!(reopened.current().switches.values().next().unwrap().reason, "one");
     }
@@ -183,8 +170,8 @@ mod tests {
     fn a_second_store_on_the_same_file_sees_and_builds_on_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("governance.json");
-        let a = StateStore::open(&path).unwrap();
-        let b = StateStore::open(&path).unwrap();
+        let a = open(&path);
+        let b = open(&path);
         a.update(&kill("from a"), "a", None, &topology()).unwrap();
         // b has not refreshed, yet its change applies to the newest state on disk.
         let s = b
@@ -209,7 +196,7 @@ mod tests {
     fn concurrent_changes_from_many_threads_are_all_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("governance.json");
-        let stores: Vec<Arc<StateStore>> = (0..4).map(|_| Arc::new(StateStore::open(&path).unwrap())).collect();
+        let stores: Vec<Arc<StateStore>> = (0..4).map(|_| Arc::new(open(&path))).collect();
         let threads: Vec<_> = stores
             .iter()
             .enumerate()
@@ -235,7 +222,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let s = StateStore::open(&path).unwrap().current();
+        let s = open(&path).current();
         assert_eq!(s.revision, 40);
         assert_eq!(s.flags[&Scope::Global].len(), 40);
     }

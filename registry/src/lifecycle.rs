@@ -6,8 +6,8 @@
 //! version, and [`RegistryState::route`] never picks a version that is not ready.
 //!
 //! Transitions are pure functions from one [`RegistryState`] to the next ([`RegistryState::apply`]);
-//! the state file is written atomically (temporary file, fsync, rename, fsync of the
-//! directory), so a crash at any moment leaves either the old or the new state.
+//! the state is a control document (`invariant_control`), stored by compare-and-set on its
+//! revision, durably, in a file or in Redis.
 //! Routing ([`RegistryState::route`]) is a pure function of model, corridor, routing key and
 //! state: the same key always reaches the same version while the state is unchanged.
 //!
@@ -17,7 +17,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 use thiserror::Error;
 
 /// Format tag of the state file.
@@ -149,7 +148,7 @@ impl Action {
     }
 }
 
-/// A transition that is not allowed, or a state file that cannot be used.
+/// A transition that is not allowed.
 #[derive(Debug, Error)]
 pub enum LifecycleError {
     /// The transition does not fit the current state.
@@ -163,14 +162,6 @@ pub enum LifecycleError {
         version: String,
         /// Why not.
         why: String,
-    },
-    /// The state file cannot be read or written.
-    #[error("registry state {path}: {message}")]
-    File {
-        /// The file.
-        path: String,
-        /// What went wrong.
-        message: String,
     },
 }
 
@@ -267,6 +258,28 @@ pub struct TransitionContext<'a> {
     pub default_active: Option<&'a str>,
 }
 
+impl invariant_control::Document for RegistryState {
+    const NAME: &'static str = invariant_control::REGISTRY;
+
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn loaded(mut self) -> Result<Self, String> {
+        if self.format != STATE_FORMAT {
+            return Err(format!("format '{}' is not {STATE_FORMAT}", self.format));
+        }
+        // States written before corridor lists were de-duplicated route as fast as new ones.
+        for canary in self.models.values_mut().filter_map(|r| r.canary.as_mut()) {
+            canary.corridors = canonical_corridors(&canary.corridors);
+        }
+        for t in &mut self.history {
+            t.corridors = canonical_corridors(&t.corridors);
+        }
+        Ok(self)
+    }
+}
+
 /// Where in `[0, 10000)` a routing key falls for a model and corridor: blake3 of the three,
 /// first 8 bytes, modulo 10 000 (a basis-point bucket).
 pub fn bucket(model: &str, corridor: &str, key: &[u8]) -> u64 {
@@ -282,43 +295,6 @@ pub fn bucket(model: &str, corridor: &str, key: &[u8]) -> u64 {
 }
 
 impl RegistryState {
-    /// Reads the state file; a missing file is the empty state.
-    pub fn load(path: &Path) -> Result<Self, LifecycleError> {
-        let err = |message: String| LifecycleError::File {
-            path: path.display().to_string(),
-            message,
-        };
-        match std::fs::read(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(err(e.to_string())),
-            Ok(bytes) => {
-                let mut state: Self = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
-                if state.format != STATE_FORMAT {
-                    return Err(err(format!("format '{}' is not {STATE_FORMAT}", state.format)));
-                }
-                // Files written before corridor lists were de-duplicated route as fast as new ones.
-                for canary in state.models.values_mut().filter_map(|r| r.canary.as_mut()) {
-                    canary.corridors = canonical_corridors(&canary.corridors);
-                }
-                for t in &mut state.history {
-                    t.corridors = canonical_corridors(&t.corridors);
-                }
-                Ok(state)
-            }
-        }
-    }
-
-    /// Writes the state atomically: a temporary file in the same directory, fsync, rename over
-    /// the old file, fsync of the directory.
-    pub fn save(&self, path: &Path) -> Result<(), LifecycleError> {
-        let err = |message: String| LifecycleError::File {
-            path: path.display().to_string(),
-            message,
-        };
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| err(e.to_string()))?;
-        invariant_core::durable::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
-    }
-
     /// The lifecycle of a version: its recorded state, else ACTIVE for the default active
     /// version of a model that never had a promotion, else STAGED.
     pub fn lifecycle(&self, model: &str, version: &str, default_active: Option<&str>) -> Lifecycle {
@@ -798,11 +774,18 @@ mod tests {
         assert!(s.route("m", "UAE-SA", b"k", none, None).is_none());
     }
 
+    fn control(dir: &std::path::Path) -> invariant_control::Control {
+        invariant_control::Control::new(std::sync::Arc::new(invariant_control::file::FileBackend::new([(
+            invariant_control::REGISTRY,
+            dir.join("registry.json"),
+        )])))
+    }
+
     #[test]
-    fn state_file_round_trips_atomically() {
+    fn state_round_trips_through_the_control_store() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("registry.json");
-        assert_eq!(RegistryState::load(&path).unwrap(), RegistryState::default());
+        let control = control(dir.path());
+        assert_eq!(control.load::<RegistryState>().unwrap(), RegistryState::default());
         let (s, _) = RegistryState::default()
             .apply(
                 "m",
@@ -814,13 +797,15 @@ mod tests {
                 &ctx(ALL_READY, Some("1.0.0")),
             )
             .unwrap();
-        s.save(&path).unwrap();
-        assert_eq!(RegistryState::load(&path).unwrap(), s);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        control.swap(0, &s).unwrap();
+        assert_eq!(control.load::<RegistryState>().unwrap(), s);
+        std::fs::write(
+            dir.path().join("registry.json"),
+            br#"{"format": "other/1", "revision": 1}"#,
+        )
+        .unwrap();
+        let err = control.load::<RegistryState>().unwrap_err().to_string();
+        assert!(err.contains("format 'other/1'"), "{err}");
     }
 
     #[test]
@@ -927,15 +912,16 @@ mod tests {
     #[test]
     fn loading_deduplicates_old_corridor_lists() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("registry.json");
         let mut s = RegistryState::default();
         s.models.entry("m".into()).or_default().canary = Some(Canary {
             version: "1.1.0".into(),
             percent: 5.0,
             corridors: vec!["US-EG".into(), "UAE-SA".into(), "US-EG".into()],
         });
-        s.save(&path).unwrap();
-        let back = RegistryState::load(&path).unwrap();
+        s.revision = 1;
+        let control = control(dir.path());
+        control.swap(0, &s).unwrap();
+        let back = control.load::<RegistryState>().unwrap();
         assert_eq!(back.models["m"].canary.as_ref().unwrap().corridors, ["UAE-SA", "US-EG"]);
     }
 }

@@ -138,6 +138,20 @@ fn serve(args: ServeArgs) -> Result<()> {
             );
         }
     }
+    // One server per state directory: its feature store, audit chains and control files are
+    // this server's. Replicas each have their own and share the control state through Redis.
+    let _claim = invariant_core::durable::claim(&config.state_dir, "server").map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            anyhow::anyhow!(
+                "state_dir {} is in use by another server ({e}). Give each server its own state_dir; \
+                 replicas share the registry, governance and API keys through Redis with \
+                 [control] backend = \"redis\" (docs/replicas.md)",
+                config.state_dir.display()
+            )
+        } else {
+            anyhow::anyhow!("cannot claim state_dir {}: {e}", config.state_dir.display())
+        }
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let http_addr = config.server.http_addr.clone();

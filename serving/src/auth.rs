@@ -7,8 +7,9 @@
 //! [`ServeError::PermissionDenied`] (403), with the same message whether the corridor exists
 //! or not.
 //!
-//! The key file is re-read every `auth.refresh_ms` by a background task, so a key created or
-//! revoked with `invariant keys` (on this host or any replica sharing the file) takes effect
+//! The keys are a document of the shared control state; the convergence watcher re-reads them
+//! on notification and every `control.poll_ms`, so a key created or revoked with
+//! `invariant keys` (on this host, or on any replica sharing the Redis backend) takes effect
 //! within that period.
 
 use crate::config::Config;
@@ -48,11 +49,11 @@ struct Keys {
 impl Authority {
     /// The authority of `config`: its key file and pepper, or nothing to check when the server
     /// was started with `--dev-no-auth`.
-    pub fn open(config: &Config) -> Result<Self, AuthError> {
+    pub fn open(config: &Config, control: invariant_control::Control) -> Result<Self, AuthError> {
         if config.auth.disabled_for_development {
             return Ok(Self { keys: None });
         }
-        let store = KeyStore::new(config.keys_path());
+        let store = KeyStore::new(control);
         let file = store.read()?;
         let pepper_path = config.pepper_path();
         let pepper = Pepper::load(&pepper_path, false)?;
@@ -62,7 +63,7 @@ impl Authority {
             None => {
                 return Err(AuthError::Pepper(format!(
                     "{} holds keys but there is no pepper: set {} or restore {}",
-                    store.path().display(),
+                    store.place(),
                     invariant_auth::PEPPER_ENV,
                     pepper_path.display()
                 )))
@@ -104,7 +105,12 @@ impl Authority {
         keys.ring.load().authenticate(key).map_err(unauthenticated)
     }
 
-    /// Re-reads the key file; true when it changed.
+    /// The revision of the keys in force (0 when authentication is off).
+    pub fn revision(&self) -> u64 {
+        self.keys.as_ref().map_or(0, |k| k.ring.load().revision())
+    }
+
+    /// Re-reads the keys; true when they changed.
     pub fn refresh(&self) -> Result<bool, AuthError> {
         let Some(keys) = &self.keys else {
             return Ok(false);
@@ -121,7 +127,7 @@ impl Authority {
         let Some(p) = pepper.as_ref() else {
             return Err(AuthError::Pepper(format!(
                 "{} holds keys but there is no pepper at {}",
-                keys.store.path().display(),
+                keys.store.place(),
                 keys.pepper_path.display()
             )));
         };
@@ -142,39 +148,6 @@ fn build(file: &invariant_auth::KeyFile, pepper: &Pepper) -> Keyring {
         tracing::error!("key file: {w}; that key is refused");
     }
     ring
-}
-
-/// Re-reads the key file every `auth.refresh_ms` while `service` lives.
-pub(crate) fn spawn_refresh(service: &Arc<InferenceService>) {
-    if service.authority.is_disabled() || tokio::runtime::Handle::try_current().is_err() {
-        return;
-    }
-    let weak = Arc::downgrade(service);
-    let period = std::time::Duration::from_millis(service.config.auth.refresh_ms);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
-        loop {
-            tick.tick().await;
-            let Some(service) = weak.upgrade() else {
-                return;
-            };
-            match service.authority.refresh() {
-                Ok(true) => {
-                    failing = false;
-                    tracing::info!(active_keys = service.authority.active_keys(), "API keys reloaded");
-                }
-                Ok(false) => failing = false,
-                // Logged once per failing stretch; the keys last read stay in force.
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::error!("cannot reload API keys: {e}");
-                }
-                Err(_) => {}
-            }
-        }
-    });
 }
 
 /// The 403 of a caller without `role` in `corridor` (the same whether it exists or not).

@@ -22,7 +22,7 @@ pub enum ConfigError {
 
 /// Top-level keys that environment variables may override; other `INVARIANT_*` variables
 /// (used by tools and tests) are not configuration.
-const ENV_KEYS: [&str; 18] = [
+const ENV_KEYS: [&str; 19] = [
     "model_repository",
     "feature_repository",
     "feature_store",
@@ -41,6 +41,7 @@ const ENV_KEYS: [&str; 18] = [
     "auth__",
     "limits__",
     "audit__",
+    "control__",
 ];
 
 fn is_config_key(key: &str) -> bool {
@@ -338,35 +339,61 @@ impl Default for PoolsConfig {
 }
 
 /// `[auth]`: API keys (docs/security.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// The key file (empty: `keys.json` in `state_dir`), shared by the CLI and every replica.
+    /// The key file (empty: `keys.json` in `state_dir`) of the file control backend.
     #[serde(default)]
     pub keys: String,
     /// The pepper file (empty: `key-pepper` in `state_dir`); `INVARIANT_KEY_PEPPER` wins.
     #[serde(default)]
     pub pepper_file: String,
-    /// How often the key file is re-read: a revoked key is refused within this period.
-    #[serde(default = "default_auth_refresh")]
-    pub refresh_ms: u64,
     /// Authentication switched off. Never read from a file or the environment: only
     /// `invariant serve --dev-no-auth` (loopback addresses only) sets it.
     #[serde(skip)]
     pub disabled_for_development: bool,
 }
 
-fn default_auth_refresh() -> u64 {
-    250
+
+/// `[control]`: the shared control state (docs/replicas.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `file` (one node: `registry_state`, `governance.state`, `auth.keys`) or `redis`
+    /// (replicas sharing one Redis).
+    #[serde(default = "default_control_backend")]
+    pub backend: String,
+    /// The Redis of the `redis` backend (empty: `cache.redis_url`).
+    #[serde(default)]
+    pub redis_url: String,
+    /// Prefix of its keys and channel, so deployments can share one Redis.
+    #[serde(default = "default_control_prefix")]
+    pub key_prefix: String,
+    /// Every document's revision is re-read at least this often, so a change whose
+    /// notification was missed is applied within this period.
+    #[serde(default = "default_control_poll")]
+    pub poll_ms: u64,
 }
 
-impl Default for AuthConfig {
+fn default_control_backend() -> String {
+    "file".into()
+}
+
+fn default_control_prefix() -> String {
+    "inv".into()
+}
+
+fn default_control_poll() -> u64 {
+    1000
+}
+
+impl Default for ControlConfig {
     fn default() -> Self {
         Self {
-            keys: String::new(),
-            pepper_file: String::new(),
-            refresh_ms: default_auth_refresh(),
-            disabled_for_development: false,
+            backend: default_control_backend(),
+            redis_url: String::new(),
+            key_prefix: default_control_prefix(),
+            poll_ms: default_control_poll(),
         }
     }
 }
@@ -523,7 +550,8 @@ pub struct Config {
     /// Redis of the feature store for corridors that name none (`feature_backend = "redis"`).
     #[serde(default)]
     pub feature_redis_url: String,
-    /// Registry state file (empty: `registry.json` in the model repository).
+    /// Registry state file of the file control backend (empty: `registry.json` in
+    /// `state_dir`; one left in the model repository by an older release is adopted once).
     #[serde(default)]
     pub registry_state: String,
     /// Canary auto-rollback limits.
@@ -553,6 +581,9 @@ pub struct Config {
     /// The audit trail.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Where the control state (registry, governance, API keys) lives.
+    #[serde(default)]
+    pub control: ControlConfig,
     /// HTTP server settings.
     pub server: ServerConfig,
     /// Declared corridors.
@@ -591,6 +622,12 @@ impl Config {
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::Invalid(format!("corridor {} is declared twice", w[0])));
         }
+        if !matches!(self.control.backend.as_str(), "file" | "redis") {
+            return Err(ConfigError::Invalid(format!(
+                "control.backend = \"{}\": use \"file\" or \"redis\"",
+                self.control.backend
+            )));
+        }
         if let Some(default) = &self.server.default_corridor {
             if self.corridor(default.as_str()).is_none() {
                 return Err(ConfigError::Invalid(format!(
@@ -623,10 +660,10 @@ impl Config {
                 )));
             }
         }
-        if !(10..=60_000).contains(&self.auth.refresh_ms) {
+        if !(10..=60_000).contains(&self.control.poll_ms) {
             return Err(ConfigError::Invalid(format!(
-                "auth.refresh_ms = {} must be between 10 and 60000",
-                self.auth.refresh_ms
+                "control.poll_ms = {} must be between 10 and 60000",
+                self.control.poll_ms
             )));
         }
         if self.engine_instances == 0 {
@@ -723,19 +760,17 @@ impl Config {
         }
     }
 
-    /// Opens governance over this configuration's corridors (its state file, its limits).
-    pub fn open_governance(&self) -> Result<invariant_governance::Governance, invariant_governance::store::StoreError> {
+    /// Opens governance over this configuration's corridors (its limits), its state in `control`.
+    pub fn open_governance(
+        &self,
+        control: invariant_control::Control,
+    ) -> Result<invariant_governance::Governance, invariant_governance::store::StoreError> {
         let rates = self
             .corridors
             .iter()
             .filter_map(|c| c.rate_limit.map(|r| (c.id.to_string(), f64::from(r))))
             .collect();
-        invariant_governance::Governance::open(
-            self.governance.clone(),
-            self.topology(),
-            &rates,
-            self.governance_state_path(),
-        )
+        invariant_governance::Governance::open(self.governance.clone(), self.topology(), &rates, control)
     }
 
     /// Where the audit chains live.
@@ -776,13 +811,73 @@ impl Config {
         }
     }
 
-    /// Where the registry state (lifecycle, canaries, history) is stored.
+    /// Where the file backend stores the registry state (lifecycle, canaries, history).
     pub fn registry_state_path(&self) -> PathBuf {
         if self.registry_state.is_empty() {
-            self.model_repository.join("registry.json")
+            self.state_dir.join("registry.json")
         } else {
             PathBuf::from(&self.registry_state)
         }
+    }
+
+    /// Where releases before the control state kept the registry state by default.
+    pub fn legacy_registry_state_path(&self) -> PathBuf {
+        self.model_repository.join("registry.json")
+    }
+
+    /// The Redis of the `redis` control backend.
+    pub fn control_redis_url(&self) -> &str {
+        if self.control.redis_url.is_empty() {
+            &self.cache.redis_url
+        } else {
+            &self.control.redis_url
+        }
+    }
+
+    /// Opens the control state's backend, then adopts (once) documents it has never stored
+    /// from their earlier homes: the registry file an older release kept in the model
+    /// repository, and, for the Redis backend, this node's files (moving one node to
+    /// replicas).
+    pub fn open_control(&self) -> Result<invariant_control::Control, invariant_control::ControlError> {
+        use invariant_control::{file::FileBackend, redis_backend::RedisBackend, Control, GOVERNANCE, KEYS, REGISTRY};
+        let files = [
+            (REGISTRY, self.registry_state_path()),
+            (GOVERNANCE, self.governance_state_path()),
+            (KEYS, self.keys_path()),
+        ];
+        let control = match self.control.backend.as_str() {
+            "redis" => {
+                let url = self.control_redis_url();
+                if url.is_empty() {
+                    return Err(invariant_control::ControlError::Unavailable {
+                        doc: "*".into(),
+                        place: "[control]".into(),
+                        message: "backend \"redis\" needs control.redis_url or cache.redis_url".into(),
+                    });
+                }
+                Control::new(std::sync::Arc::new(RedisBackend::open(url, &self.control.key_prefix)?))
+            }
+            _ => Control::new(std::sync::Arc::new(FileBackend::new(files.clone()))),
+        };
+        let mut earlier: Vec<(&str, PathBuf)> = Vec::new();
+        if control.backend().kind() == "redis" {
+            earlier.extend(files.iter().cloned());
+        }
+        if self.registry_state.is_empty() {
+            earlier.push((REGISTRY, self.legacy_registry_state_path()));
+        }
+        for (doc, path) in earlier {
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            if control.adopt(doc, &bytes)? {
+                tracing::info!(
+                    document = doc,
+                    from = %path.display(),
+                    to = %control.backend().place(),
+                    "adopted the control document from its earlier home"
+                );
+            }
+        }
+        Ok(control)
     }
 
     /// The declared corridor with this id (case-insensitive), if any.

@@ -2,14 +2,16 @@
 //! (stage, canary, promote, rollback, deprecate), reloads and unloads each take the reload
 //! lock, do their blocking work off the async threads, swap the serving snapshot, write the
 //! audit record and publish the replica event. Transitions run the deploy-time verification
-//! first and are written atomically to the registry state file before they are acknowledged.
+//! first and are stored by compare-and-set in the shared control state (a file or Redis)
+//! before they are acknowledged.
 //! Used by the admin APIs of every transport, by the `invariant models` CLI when no server
 //! runs, and by canary auto-rollback.
 
 use crate::guards::RollbackOrder;
 use crate::models::{ModelTable, ReloadOutcome, VersionState};
 use crate::{InferenceService, ServeError};
-use invariant_registry::lifecycle::{Action, LifecycleError, Transition, TransitionContext};
+use invariant_control::ControlError;
+use invariant_registry::lifecycle::{Action, LifecycleError, RegistryState, Transition, TransitionContext};
 use invariant_verify::{verify_deploy, GoldenFile};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -28,14 +30,19 @@ pub enum TransitionError {
     /// The version failed its verification just now.
     #[error("{0}")]
     Verification(String),
+    /// The control state cannot be read or written, or kept changing under the transition.
+    #[error(transparent)]
+    Control(#[from] invariant_control::ControlError),
 }
 
 impl From<TransitionError> for ServeError {
     fn from(e: TransitionError) -> Self {
         match e {
             TransitionError::NotFound(m) => ServeError::NotFound(m),
-            TransitionError::Invalid(LifecycleError::File { .. }) => ServeError::Internal(e.to_string()),
             TransitionError::Invalid(_) | TransitionError::Verification(_) => ServeError::Conflict(e.to_string()),
+            TransitionError::Control(ControlError::Conflict { .. }) => ServeError::Conflict(e.to_string()),
+            TransitionError::Control(ControlError::Unavailable { .. }) => ServeError::unavailable(e.to_string()),
+            TransitionError::Control(ControlError::Corrupt { .. }) => ServeError::Internal(e.to_string()),
         }
     }
 }
@@ -72,10 +79,11 @@ fn reverify(
 }
 
 impl InferenceService {
-    /// One transition, blocking: canary and promotion re-verify the version first; the new
-    /// state is written atomically to the registry state file, swapped in for routing, and
-    /// audited. Callers serialise admin changes ([`ControlPlane`] takes the reload lock; the
-    /// CLI runs alone).
+    /// One transition, blocking: canary and promotion re-verify the version first; the
+    /// transition is applied to the newest stored registry state and stored by compare-and-set
+    /// (rebuilt on the fresher state when another process changed it meanwhile, so no
+    /// acknowledged transition is ever lost or applied twice), durably, then swapped in for
+    /// routing and audited. Within a process [`ControlPlane`] serialises admin changes.
     pub fn transition(
         &self,
         model: &str,
@@ -113,11 +121,12 @@ impl InferenceService {
             ready: &is_ready,
             default_active: default_active.as_deref(),
         };
-        let (next, transition) =
-            snapshot
-                .registry
-                .apply_with_limits(model, version, action, &ctx, &self.config.limits.lifecycle)?;
-        next.save(&self.config.registry_state_path())?;
+        let limits = &self.config.limits.lifecycle;
+        let (next, transition) = self
+            .control_state
+            .update::<RegistryState, Transition, TransitionError>(None, |latest| {
+                Ok(latest.apply_with_limits(model, version, action, &ctx, limits)?)
+            })?;
         self.set_registry(Arc::new(next));
         // The record's own time is the trail's; a transition confined to one corridor is in
         // that corridor's chain.
@@ -199,7 +208,7 @@ impl ControlPlane {
             tokio::task::spawn_blocking(move || span.in_scope(|| worker.transition(&m, &v, &action, &a, &r)))
                 .await
                 .map_err(|e| ServeError::internal(format!("transition task failed: {e}")))??;
-        crate::events::publish(&self.service, model, "transition").await;
+        // The control state's own notification tells the other replicas.
         Ok(transition)
     }
 

@@ -1,10 +1,10 @@
-//! Replica coordination over Redis pub/sub (channel `inv:events`): when one server changes
-//! what serves a model (a lifecycle transition or a reload), it publishes an event; the other
-//! replicas reload the registry state file they share and drop their L1 cache entries of that
-//! model. Without `cache.redis_url` a server runs alone and publishes nothing.
+//! Replica cache coordination over Redis pub/sub (channel `inv:events`): when one server
+//! reloads or unloads a model's files, it publishes an event; the other replicas drop their L1
+//! cache entries of that model. (Lifecycle changes travel through the shared control state,
+//! `invariant_control`, with its own notification and polling.) Without `cache.redis_url` a
+//! server runs alone and publishes nothing.
 
 use crate::InferenceService;
-use invariant_registry::lifecycle::RegistryState;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ pub struct Event {
     pub origin: String,
     /// The model whose serving changed.
     pub model: String,
-    /// `transition` or `reload`.
+    /// `reload` (or `unload`).
     pub kind: String,
 }
 
@@ -54,15 +54,11 @@ pub async fn publish(state: &InferenceService, model: &str, kind: &str) {
     }
 }
 
-/// Applies an event from another replica: reloads the shared registry state and drops the
-/// model's L1 entries in every corridor.
+/// Applies an event from another replica: drops the model's L1 entries in every corridor.
+/// (Registry changes reach every replica through the control state itself.)
 pub fn apply(state: &InferenceService, event: &Event) {
     if event.origin == state.server_id {
         return;
-    }
-    match RegistryState::load(&state.config.registry_state_path()) {
-        Ok(registry) => state.set_registry(Arc::new(registry)),
-        Err(e) => tracing::warn!(error = %e, "cannot reload the registry state after an event"),
     }
     for corridor in state.corridors.values() {
         corridor.cache.invalidate_model(&event.model);

@@ -216,7 +216,10 @@ impl From<GovernError> for ServeError {
             GovernError::Store(StoreError::Conflict { .. }) => ServeError::Conflict(e.to_string()),
             GovernError::Store(StoreError::Change(ChangeError::Invalid(_))) => ServeError::invalid(e.to_string()),
             GovernError::Store(StoreError::Change(ChangeError::NotSet(_))) => ServeError::not_found(e.to_string()),
-            GovernError::Store(StoreError::Io { .. }) => ServeError::internal(e.to_string()),
+            GovernError::Store(StoreError::Unavailable(invariant_control::ControlError::Corrupt { .. })) => {
+                ServeError::internal(e.to_string())
+            }
+            GovernError::Store(StoreError::Unavailable(_)) => ServeError::unavailable(e.to_string()),
         }
     }
 }
@@ -282,8 +285,9 @@ impl InferenceService {
     }
 }
 
-/// Starts the governance task (when a Tokio runtime is running): every `refresh_ms` it re-reads
-/// the control state and recomputes levels; it audits level and breaker changes as they come.
+/// Starts the governance task (when a Tokio runtime is running): every `refresh_ms` it
+/// recomputes levels (the control state itself is kept current by the convergence watcher);
+/// it audits level and breaker changes as they come.
 pub(crate) fn spawn_governance_task(
     service: &Arc<InferenceService>,
     mut events: tokio::sync::mpsc::UnboundedReceiver<GovernanceEvent>,
@@ -308,13 +312,8 @@ pub(crate) fn spawn_governance_task(
                 _ = tick.tick() => {
                     let Some(service) = weak.upgrade() else { return };
                     let g = governance.clone();
-                    // File reads and audit appends (fsync) stay off the runtime's threads.
-                    let _ = tokio::task::spawn_blocking(move || {
-                        if let Err(e) = g.refresh() {
-                            tracing::error!(error = %e, "governance state not re-read; the last good state stays in force");
-                        }
-                        service.after_tick(g.tick())
-                    })
+                    // Audit appends (fsync) stay off the runtime's threads.
+                    let _ = tokio::task::spawn_blocking(move || service.after_tick(g.tick()))
                     .await;
                 }
                 event = events.recv() => {

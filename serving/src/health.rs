@@ -52,6 +52,9 @@ pub struct ServerReadiness {
     pub not_ready: Vec<String>,
     /// Every dependency's state.
     pub dependencies: Vec<Dependency>,
+    /// What this server applies of the shared control state (equal revisions on every
+    /// replica once converged).
+    pub control: crate::convergence::ControlApplied,
 }
 
 /// One corridor's health.
@@ -259,6 +262,7 @@ impl InferenceService {
             versions_failed: failed,
             not_ready,
             dependencies,
+            control: self.control_applied(),
         }
     }
 

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod canary;
 pub mod config;
 pub mod control;
+pub mod convergence;
 pub mod error;
 pub mod events;
 pub mod features;
@@ -42,7 +43,7 @@ use audit::AuditLog;
 use config::Config;
 use invariant_engine::EngineOptions;
 use invariant_gpu::DeviceLayer;
-use invariant_registry::lifecycle::{LifecycleError, RegistryState};
+use invariant_registry::lifecycle::RegistryState;
 use models::{Loader, ModelTable};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -125,6 +126,10 @@ pub struct InferenceService {
     pub governance: Option<Arc<invariant_governance::Governance>>,
     /// API keys: who may call, where.
     pub authority: auth::Authority,
+    /// The shared control state (registry, governance, API keys): a file or Redis.
+    pub control_state: invariant_control::Control,
+    /// What this process has applied of it, and when it last checked.
+    pub(crate) converged: convergence::Converged,
     /// Each corridor's recent requests (for its health).
     pub recent: Arc<health::Recent>,
     /// The last dependency checks.
@@ -139,9 +144,6 @@ pub enum StartError {
     /// The repository directory cannot be read.
     #[error(transparent)]
     Repository(#[from] invariant_registry::RegistryError),
-    /// The registry state file cannot be used.
-    #[error(transparent)]
-    Registry(#[from] LifecycleError),
     /// A cache setting cannot be used.
     #[error(transparent)]
     Cache(#[from] invariant_cache::CacheError),
@@ -154,6 +156,9 @@ pub enum StartError {
     /// The audit trail cannot be opened.
     #[error(transparent)]
     Audit(#[from] invariant_audit::AuditError),
+    /// The control state cannot be used.
+    #[error(transparent)]
+    Control(#[from] invariant_control::ControlError),
 }
 
 /// Builds each declared corridor's pool and cache.
@@ -236,10 +241,11 @@ impl InferenceService {
         first: Vec<Box<dyn guards::Guard>>,
         open_features: bool,
     ) -> Result<Arc<Self>, StartError> {
-        let authority = auth::Authority::open(&config)?;
+        let control_state = config.open_control()?;
+        let authority = auth::Authority::open(&config, control_state.clone())?;
         let audit = Arc::new(AuditLog::open(&config)?);
         let onnx_unavailable = init_onnx(&config);
-        let registry = RegistryState::load(&config.registry_state_path())?;
+        let registry: RegistryState = control_state.load()?;
         let corridors = corridor_runtimes(&config)?;
         let events = if config.cache.redis_url.is_empty() {
             None
@@ -267,7 +273,7 @@ impl InferenceService {
         let stats = Arc::new(stats::Statistics::default());
         let (canary, rollbacks) = guards::CanaryGuard::new(canary::CanaryMonitor::new(config.canary.clone()));
         let governance = if config.governance.enabled {
-            Some(Arc::new(config.open_governance()?))
+            Some(Arc::new(config.open_governance(control_state.clone())?))
         } else {
             None
         };
@@ -299,6 +305,8 @@ impl InferenceService {
             features,
             governance,
             authority,
+            converged: convergence::Converged::new(&registry),
+            control_state,
             corridors,
             events,
             server_id: events::server_id(),
@@ -325,7 +333,7 @@ impl InferenceService {
         service.set_models(Arc::new(table));
         let service = Arc::new(service);
         control::spawn_auto_rollback(&service, rollbacks);
-        auth::spawn_refresh(&service);
+        convergence::spawn_watcher(&service);
         if let Some(events) = governance_events {
             governance::spawn_governance_task(&service, events);
         }
@@ -364,13 +372,27 @@ impl InferenceService {
         }
     }
 
-    /// Replaces the registry state.
-    pub fn set_registry(&self, registry: Arc<RegistryState>) {
-        self.swap(|s| Snapshot {
-            table: s.table.clone(),
+    /// Replaces the registry state with a newer revision (an older one, e.g. a change of this
+    /// process acknowledged after another replica's newer one was applied, is ignored: the
+    /// snapshot only moves forward). Returns whether it replaced.
+    pub fn set_registry(&self, registry: Arc<RegistryState>) -> bool {
+        self.store_registry(registry, true)
+    }
+
+    /// Replaces the registry state; with `only_forward`, only by a newer revision.
+    pub(crate) fn store_registry(&self, registry: Arc<RegistryState>, only_forward: bool) -> bool {
+        let _one = self.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot.load_full();
+        if only_forward && registry.revision <= current.registry.revision {
+            return false;
+        }
+        self.converged.applied(invariant_control::REGISTRY, registry.revision);
+        self.snapshot.store(Arc::new(Snapshot {
+            table: current.table.clone(),
             registry,
-            generation: 0,
-        });
+            generation: current.generation + 1,
+        }));
+        true
     }
 
     /// The loader for this configuration.

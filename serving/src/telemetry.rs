@@ -70,6 +70,8 @@ const FAMILIES: &[(&str, Kind, Option<Unit>, &str)] = &[
     ("invariant_audit_bytes_total", Kind::Counter, Some(Unit::Bytes), "Audit bytes written, by chain."),
     ("invariant_audit_fsync_seconds", Kind::Histogram, Some(Unit::Seconds), "Time of each audit segment sync."),
     ("invariant_audit_chain_head_sequence", Kind::Gauge, None, "Sequence number of the newest record of each audit chain."),
+    ("invariant_control_revision", Kind::Gauge, None, "Revision of each control document (registry, governance, keys) this server applies: equal on every replica once converged."),
+    ("invariant_control_sync_errors_total", Kind::Counter, None, "Failed reads of the shared control state, by document (the last good state stays in force)."),
     ("invariant_audit_errors_total", Kind::Counter, None, "Audit writes or syncs that failed, by chain."),
 ];
 

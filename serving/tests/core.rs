@@ -325,9 +325,9 @@ async fn deadlines_and_overload_are_errors_of_their_kind() {
 fn keyed_service() -> (Arc<InferenceService>, invariant_auth::KeyStore, invariant_auth::Pepper) {
     let mut c = config("");
     c.auth.disabled_for_development = false;
-    c.auth.refresh_ms = 20;
+    c.control.poll_ms = 20;
     let pepper = invariant_auth::Pepper::load(&c.pepper_path(), true).unwrap().unwrap();
-    let store = invariant_auth::KeyStore::new(c.keys_path());
+    let store = invariant_auth::KeyStore::new(c.open_control().unwrap());
     (InferenceService::build(c).unwrap(), store, pepper)
 }
 

@@ -8,6 +8,8 @@ use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The workspace root.
@@ -98,6 +100,8 @@ pub struct ServerOptions {
     pub auth: bool,
     /// Extra environment variables of the server process (e.g. `INVARIANT_LOG`).
     pub env: Vec<(String, String)>,
+    /// The state directory (default: a fresh one inside the server's temporary directory).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -115,6 +119,7 @@ impl Default for ServerOptions {
             tls_client: None,
             auth: false,
             env: Vec::new(),
+            state_dir: None,
         }
     }
 }
@@ -305,6 +310,75 @@ pub async fn counter(server: &Server, name: &str, labels: &[(&str, &str)]) -> f6
         .sum()
 }
 
+/// A TCP proxy on a free loopback port to `upstream`, whose connections can be cut (every open
+/// one closed, new ones refused) and restored: a network partition between one process and a
+/// service.
+pub struct TcpProxy {
+    /// Its port.
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl TcpProxy {
+    /// Proxies a new free port to `127.0.0.1:upstream`.
+    pub fn start(upstream: u16) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let mut held = o.lock().unwrap_or_else(|p| p.into_inner());
+                for s in [&client, &server] {
+                    if let Ok(s) = s.try_clone() {
+                        held.push(s);
+                    }
+                }
+                if let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) {
+                    pipe(c2, s2);
+                    pipe(server, client);
+                }
+            }
+        });
+        Self { port, cut, open }
+    }
+
+    /// Closes every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// `redis://127.0.0.1:<port>`, for a proxied Redis.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
 /// A running `invariant serve`, killed on drop.
 pub struct Server {
     child: Child,
@@ -315,6 +389,7 @@ pub struct Server {
     /// Shared HTTP client.
     pub client: reqwest::Client,
     dir: tempfile::TempDir,
+    state_dir: PathBuf,
     tls_ca: Option<PathBuf>,
     tls_client: Option<(PathBuf, PathBuf)>,
 }
@@ -371,9 +446,18 @@ impl Server {
 
     /// Starts a server and waits (up to 60 s) until `/v2/health/live` answers.
     pub async fn start_with(options: ServerOptions) -> Self {
+        match Self::try_start(options).await {
+            Ok(server) => server,
+            Err(log) => panic!("server did not become live; log:\n{log}"),
+        }
+    }
+
+    /// Starts a server; `Err(log)` when it stopped (or never became live) instead.
+    pub async fn try_start(options: ServerOptions) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("invariant.toml");
-        std::fs::write(&config, config_text(&options, &dir.path().join("state"))).expect("write config");
+        let state_dir = options.state_dir.clone().unwrap_or_else(|| dir.path().join("state"));
+        std::fs::write(&config, config_text(&options, &state_dir)).expect("write config");
         let mut dir = Some(dir);
         // A free port may be taken by another test between choosing it and binding it: start
         // again on new ports when that is why the server stopped.
@@ -400,6 +484,7 @@ impl Server {
                 .spawn()
                 .expect("spawn invariant serve");
             let mut server = Self {
+                state_dir: state_dir.clone(),
                 tls_ca: options.tls_ca.clone(),
                 tls_client: options.tls_client.clone(),
                 child,
@@ -409,7 +494,7 @@ impl Server {
                 dir: dir.take().expect("dir"),
             };
             match server.wait_live().await {
-                Ok(()) => return server,
+                Ok(()) => return Ok(server),
                 Err(log) if attempt < 3 && log.contains("Address already in use") => {
                     let _ = server.child.wait();
                     dir = Some(std::mem::replace(
@@ -417,10 +502,10 @@ impl Server {
                         tempfile::tempdir().expect("tempdir"),
                     ));
                 }
-                Err(log) => panic!("server did not become live; log:\n{log}"),
+                Err(log) => return Err(log),
             }
         }
-        unreachable!("the loop returns or panics")
+        unreachable!("the loop returns")
     }
 
     /// Waits (up to 60 s) until the server answers its liveness check; `Err(log)` when it
@@ -491,9 +576,14 @@ impl Server {
         }
     }
 
+    /// The server's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     /// Where the server's audit chains are.
     pub fn audit_dir(&self) -> PathBuf {
-        self.dir.path().join("state/audit")
+        self.state_dir.join("audit")
     }
 
     /// Every audit record written so far, of every chain, in time order (each chain's
@@ -817,14 +907,23 @@ impl RepoCopy {
         }
     }
 
-    /// `--model-repository` and `--golden-vectors` arguments for the CLI.
+    /// `--model-repository`, `--golden-vectors` and `--state-dir` (the copy's own) arguments
+    /// for the CLI.
     pub fn args(&self) -> Vec<String> {
         vec![
             "--model-repository".into(),
             self.models().display().to_string(),
             "--golden-vectors".into(),
             self.golden().display().to_string(),
+            "--state-dir".into(),
+            self.state_dir().display().to_string(),
         ]
+    }
+
+    /// A state directory that belongs to the copy (for the CLI, or a server that must find
+    /// the state again after a restart: [`ServerOptions::state_dir`]).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 }
 

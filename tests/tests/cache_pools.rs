@@ -324,7 +324,10 @@ async fn requests_past_their_deadline_get_504() {
 async fn replicas_share_redis_answers_and_invalidate_on_promotion() {
     let redis = RedisServer::start();
     let repo = RepoCopy::new();
-    let extra = format!("[cache]\nredis_url = \"{}\"\n", redis.url());
+    let extra = format!(
+        "[cache]\nredis_url = \"{}\"\n[control]\nbackend = \"redis\"\n",
+        redis.url()
+    );
     let a = Server::start_with(ServerOptions {
         extra: extra.clone(),
         ..repo.options()
@@ -349,7 +352,7 @@ async fn replicas_share_redis_answers_and_invalidate_on_promotion() {
     assert_eq!(rb["outputs"], ra["outputs"]);
     assert_eq!(counter(&b, "invariant_inference_requests_total", &labels).await, 1.0);
 
-    // A promotes 1.1.0; B hears it over pub/sub and routes to 1.1.0 without a restart.
+    // A promotes 1.1.0; B hears it from the shared control state and routes to 1.1.0 without a restart.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(a.admin("trust-scorer", "1.1.0", "promote", json!({})).await.0, 200);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -197,7 +197,10 @@ async fn changes_persist_across_kill_9_and_reach_a_running_server_from_the_cli_w
     let state = tempfile::tempdir().unwrap();
     let state_file = state.path().join("governance.json");
     let options = ServerOptions {
-        extra: format!("[governance]\nstate = \"{}\"\nrefresh_ms = 100\n", state_file.display()),
+        extra: format!(
+            "[governance]\nstate = \"{}\"\nrefresh_ms = 100\n[control]\npoll_ms = 100\n",
+            state_file.display()
+        ),
         ..Default::default()
     };
     let mut a = Server::start_with(options.clone()).await;

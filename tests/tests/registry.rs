@@ -139,7 +139,11 @@ async fn invalid_transitions_are_refused_with_clear_errors() {
 #[tokio::test]
 async fn state_survives_kill_9_and_routes_the_same_keys_the_same_way() {
     let repo = RepoCopy::new();
-    let mut s = Server::start_with(repo.options()).await;
+    let options = ServerOptions {
+        state_dir: Some(repo.state_dir()),
+        ..repo.options()
+    };
+    let mut s = Server::start_with(options.clone()).await;
     assert_eq!(s.admin("risk-assessor", "1.0.0", "promote", json!({})).await.0, 200);
     assert_eq!(
         s.admin("risk-assessor", "1.1.0", "canary", json!({"percent": 30}))
@@ -152,7 +156,7 @@ async fn state_survives_kill_9_and_routes_the_same_keys_the_same_way() {
         before.insert(i, risk(&s, "UK-NG", &format!("k{i}")).await);
     }
     s.kill_9();
-    let s = Server::start_with(repo.options()).await;
+    let s = Server::start_with(options).await;
     let (_, view) = s.get("/admin/v1/models/risk-assessor").await;
     assert_eq!(view["canary"]["percent"], 30.0);
     assert_eq!(view["active"], "1.0.0");
@@ -160,7 +164,7 @@ async fn state_survives_kill_9_and_routes_the_same_keys_the_same_way() {
         assert_eq!(risk(&s, "UK-NG", &format!("k{i}")).await, expected, "key k{i}");
     }
     let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo.models().join("registry.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo.state_dir().join("registry.json")).unwrap()).unwrap();
     assert_eq!(state["revision"], 2);
 }
 

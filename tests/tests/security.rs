@@ -520,6 +520,7 @@ async fn keys_created_and_revoked_on_one_key_file_reach_every_replica_within_a_s
         Server::start_with(ServerOptions {
             auth: true,
             top: auth.clone(),
+            extra: "[control]\npoll_ms = 250\n".into(),
             ..Default::default()
         })
     };

@@ -55,7 +55,7 @@ pub(crate) async fn list(State(state): State<AppState>, headers: HeaderMap) -> R
         .filter_map(|m| model_view(&snapshot, m))
         .collect();
     Ok(Json(
-        json!({ "revision": snapshot.registry.revision, "models": models }),
+        json!({ "revision": snapshot.registry.revision, "control": state.control_status(), "models": models }),
     ))
 }
 

@@ -56,7 +56,7 @@ pub(crate) async fn show(State(state): State<AppState>, headers: HeaderMap) -> R
         "state": *g.state(),
         "limits": limits,
         "corridors": g.corridors(),
-        "state_file": g.state_path().display().to_string(),
+        "state_place": g.state_place(),
     })))
 }
 
