@@ -354,7 +354,6 @@ pub struct AuthConfig {
     pub disabled_for_development: bool,
 }
 
-
 /// `[control]`: the shared control state (docs/replicas.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
