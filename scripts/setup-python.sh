@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project-local Python venv (.venv) with the real clients the conformance tests drive:
 # tritonclient (HTTP + gRPC), KServe's client, and schemathesis for the OpenAPI contract tests;
-# and .venv-feast with Feast's SDK.
+# .venv-feast with Feast's SDK; and .venv-moto with moto's S3-compatible server (the model
+# repository on object storage is tested against it, since no cloud is reachable).
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,3 +39,19 @@ if [ "$(cat "$FEAST_STAMP" 2>/dev/null)" != "${FEAST_PACKAGES[*]}" ]; then
 fi
 .venv-feast/bin/python -c "import feast, pandas, pyarrow" \
   || { echo "setup: feast is not importable from .venv-feast" >&2; exit 1; }
+
+# moto's server, a local S3-compatible endpoint, in a venv of its own (its Flask and Werkzeug
+# pins are not schemathesis's).
+MOTO_PACKAGES=("moto[server]==5.2.5")
+MOTO_STAMP=".venv-moto/.invariant-packages"
+if [ ! -x .venv-moto/bin/python ]; then
+  echo "setup: creating the Python venv .venv-moto"
+  python3 -m venv .venv-moto
+fi
+if [ "$(cat "$MOTO_STAMP" 2>/dev/null)" != "${MOTO_PACKAGES[*]}" ]; then
+  echo "setup: installing ${MOTO_PACKAGES[*]} into .venv-moto"
+  .venv-moto/bin/python -m pip install --quiet --disable-pip-version-check "${MOTO_PACKAGES[@]}"
+  echo "${MOTO_PACKAGES[*]}" > "$MOTO_STAMP"
+fi
+[ -x .venv-moto/bin/moto_server ] \
+  || { echo "setup: moto_server is not installed in .venv-moto" >&2; exit 1; }

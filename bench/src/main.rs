@@ -17,6 +17,7 @@ mod governance;
 mod isolation;
 mod observability;
 mod portable;
+mod replicas;
 mod security;
 mod transports;
 
@@ -71,6 +72,10 @@ struct Args {
     /// With --security-only: only its API-key part.
     #[arg(long)]
     auth_only: bool,
+    /// Run only the replicas section (transition latency on one node vs three replicas
+    /// sharing Redis; time until every replica serves a promotion; the routing decision).
+    #[arg(long)]
+    replicas_only: bool,
     /// Run only the isolation harness (corridor B's load while corridor A is flooded, killed,
     /// frozen, cut off from Redis and failing).
     #[arg(long)]
@@ -224,7 +229,7 @@ fn bench_gate(config: &Config) -> Result<()> {
 }
 
 /// Cost of the traffic-split decision: `RegistryState::route` with a canary, per call.
-fn bench_routing() -> Result<()> {
+pub(crate) fn bench_routing() -> Result<()> {
     use invariant_registry::lifecycle::{Action, RegistryState, TransitionContext};
     let ready: &dyn Fn(&str) -> bool = &|_| true;
     let ctx = TransitionContext {
@@ -822,8 +827,12 @@ fn run_engine_sections(args: &Args, config: &Config) -> Result<Vec<EngineResult>
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    invariant_remote::install_tls_provider();
     if args.features_only {
         return bench_features(&args);
+    }
+    if args.replicas_only {
+        return replicas::bench_replicas(&args);
     }
     let config = Config::load(None)?;
     if args.portable_only {

@@ -83,6 +83,18 @@ pub fn import(
             req.name
         )));
     }
+    for (what, place) in [
+        ("model_repository", &config.model_repository),
+        ("golden_vectors", &config.golden_vectors),
+    ] {
+        if invariant_remote::is_remote(&place.to_string_lossy()) {
+            return Err(ImportError::Invalid(format!(
+                "{what} is {}: import into a local repository (--model-repository DIR, --golden-vectors DIR), \
+                 then upload the version",
+                place.display()
+            )));
+        }
+    }
     let dir = config.model_repository.join(&req.name).join(version.to_string());
     if dir.exists() {
         return Err(ImportError::Invalid(format!("{} already exists", dir.display())));

@@ -364,6 +364,13 @@ pub fn run(command: Command) -> Result<()> {
             if let Some(dir) = golden_vectors {
                 config.golden_vectors = dir;
             }
+            if invariant_remote::is_remote(&config.golden_vectors.to_string_lossy()) {
+                anyhow::bail!(
+                    "golden_vectors is {}: record into a local directory (--golden-vectors DIR), then upload the file",
+                    config.golden_vectors.display()
+                );
+            }
+            invariant_serving::remote::Mirrors::open(&mut config)?;
             let (path, n) = gate::record_golden(&config, &model, &version, cpu_class.as_deref(), force)?;
             println!("recorded {n} golden vectors of {model} {version} in {}", path.display());
             Ok(())
@@ -376,6 +383,8 @@ fn gate(args: GateArgs) -> Result<()> {
     if let Some(dir) = args.golden_vectors {
         config.golden_vectors = dir;
     }
+    // An s3:// repository or golden store is gated on its verified local copy.
+    invariant_serving::remote::Mirrors::open(&mut config)?;
     let options = gate::GateOptions {
         selectors: args.select,
         server: args.server,

@@ -102,6 +102,8 @@ fn is_loopback(addr: &str) -> bool {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli);
+    // Every HTTPS client of this process (the object store, `--server` calls) uses ring.
+    invariant_remote::install_tls_provider();
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Tools(command) => invariant_cli::run(command),

@@ -22,7 +22,7 @@ pub enum ConfigError {
 
 /// Top-level keys that environment variables may override; other `INVARIANT_*` variables
 /// (used by tools and tests) are not configuration.
-const ENV_KEYS: [&str; 19] = [
+const ENV_KEYS: [&str; 20] = [
     "model_repository",
     "feature_repository",
     "feature_store",
@@ -42,6 +42,7 @@ const ENV_KEYS: [&str; 19] = [
     "limits__",
     "audit__",
     "control__",
+    "object_store__",
 ];
 
 fn is_config_key(key: &str) -> bool {
@@ -531,9 +532,10 @@ pub struct AuditModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Model repository directory.
+    /// Model repository: a directory, or `s3://bucket/prefix` (mirrored into the object
+    /// cache; `[object_store]`).
     pub model_repository: PathBuf,
-    /// Golden vector directory.
+    /// Golden vectors: a directory, or `s3://bucket/prefix`.
     pub golden_vectors: PathBuf,
     /// Directory of server state (audit log).
     pub state_dir: PathBuf,
@@ -583,6 +585,9 @@ pub struct Config {
     /// Where the control state (registry, governance, API keys) lives.
     #[serde(default)]
     pub control: ControlConfig,
+    /// How to reach an `s3://` model repository or golden vector store.
+    #[serde(default)]
+    pub object_store: invariant_remote::Settings,
     /// HTTP server settings.
     pub server: ServerConfig,
     /// Declared corridors.

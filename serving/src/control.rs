@@ -222,6 +222,14 @@ impl ControlPlane {
         if model.is_empty() || model.contains(['/', '\\']) || model.starts_with('.') {
             return Err(ServeError::invalid(format!("invalid model name '{model}'")));
         }
+        if !self.service.mirrors.is_empty() {
+            let worker = self.service.clone();
+            let name = model.to_string();
+            tokio::task::spawn_blocking(move || worker.mirrors.sync_model(&name))
+                .await
+                .map_err(|e| ServeError::internal(format!("object store task failed: {e}")))?
+                .map_err(|e| ServeError::unavailable(format!("cannot fetch model '{model}': {e}")))?;
+        }
         let root = self.service.config.model_repository.clone();
         if !root.join(model).is_dir() {
             return Err(ServeError::not_found(format!(

@@ -29,6 +29,7 @@ pub mod guards;
 pub mod health;
 pub mod models;
 pub mod pool;
+pub mod remote;
 pub mod request;
 pub mod service;
 pub mod stats;
@@ -130,6 +131,8 @@ pub struct InferenceService {
     pub control_state: invariant_control::Control,
     /// What this process has applied of it, and when it last checked.
     pub(crate) converged: convergence::Converged,
+    /// The object-store mirrors of a remote model repository or golden vectors.
+    pub mirrors: remote::Mirrors,
     /// Each corridor's recent requests (for its health).
     pub recent: Arc<health::Recent>,
     /// The last dependency checks.
@@ -159,6 +162,9 @@ pub enum StartError {
     /// The control state cannot be used.
     #[error(transparent)]
     Control(#[from] invariant_control::ControlError),
+    /// A remote model repository or golden vector store cannot be used.
+    #[error(transparent)]
+    Remote(#[from] remote::MirrorError),
 }
 
 /// Builds each declared corridor's pool and cache.
@@ -237,10 +243,14 @@ impl InferenceService {
     }
 
     fn build_inner(
-        config: Config,
+        mut config: Config,
         first: Vec<Box<dyn guards::Guard>>,
         open_features: bool,
     ) -> Result<Arc<Self>, StartError> {
+        // The recorder first: the object-store sync below already counts.
+        let metrics = metrics_handle();
+        // A remote repository is mirrored first; from here on the configuration names the copy.
+        let mirrors = remote::Mirrors::open(&mut config)?;
         let control_state = config.open_control()?;
         let authority = auth::Authority::open(&config, control_state.clone())?;
         let audit = Arc::new(AuditLog::open(&config)?);
@@ -306,6 +316,7 @@ impl InferenceService {
             governance,
             authority,
             converged: convergence::Converged::new(&registry),
+            mirrors,
             control_state,
             corridors,
             events,
@@ -318,7 +329,7 @@ impl InferenceService {
             swap_lock: std::sync::Mutex::new(()),
             guards: pipeline,
             stats,
-            metrics: metrics_handle(),
+            metrics,
             audit,
             devices: DeviceLayer::discover(),
             options: EngineOptions {

@@ -71,6 +71,8 @@ const FAMILIES: &[(&str, Kind, Option<Unit>, &str)] = &[
     ("invariant_audit_fsync_seconds", Kind::Histogram, Some(Unit::Seconds), "Time of each audit segment sync."),
     ("invariant_audit_chain_head_sequence", Kind::Gauge, None, "Sequence number of the newest record of each audit chain."),
     ("invariant_control_revision", Kind::Gauge, None, "Revision of each control document (registry, governance, keys) this server applies: equal on every replica once converged."),
+    ("invariant_object_store_fetched_objects_total", Kind::Counter, None, "Objects fetched from the object store into the local copy of the model repository or golden vectors (an unchanged object is never fetched again)."),
+    ("invariant_object_store_sync_errors_total", Kind::Counter, None, "Failed syncs from the object store (the local copy, hash-verified at load, stays in use)."),
     ("invariant_control_sync_errors_total", Kind::Counter, None, "Failed reads of the shared control state, by document (the last good state stays in force)."),
     ("invariant_audit_errors_total", Kind::Counter, None, "Audit writes or syncs that failed, by chain."),
 ];

@@ -12,6 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// An HTTP client. In a workspace build reqwest carries rustls without a bundled crypto
+/// provider (the object-store crate's choice), so ring is installed as the process's provider
+/// first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -379,6 +387,126 @@ impl TcpProxy {
     }
 }
 
+/// moto's S3-compatible server (`.venv-moto`, installed by `scripts/setup-python.sh`) on a
+/// free loopback port, killed on drop. Its buckets are created writable by anonymous requests,
+/// so tests put, overwrite and delete objects with plain HTTP (the server signs its own).
+pub struct S3Server {
+    child: Child,
+    log: tempfile::NamedTempFile,
+    /// Its endpoint, e.g. `http://127.0.0.1:40123`.
+    pub endpoint: String,
+    client: reqwest::Client,
+}
+
+impl S3Server {
+    /// Starts one (fails loudly when `.venv-moto` is missing: scripts/test.sh installs it).
+    pub async fn start() -> Self {
+        let server = workspace_root().join(".venv-moto/bin/moto_server");
+        assert!(
+            server.exists(),
+            "{} is missing: run scripts/setup-python.sh (scripts/test.sh does)",
+            server.display()
+        );
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("moto log");
+        let child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("moto log"))
+            .spawn()
+            .expect("spawn moto_server");
+        let s = Self {
+            log,
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            client: http_client(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.client.get(&s.endpoint).send().await.is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start in 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s
+    }
+
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Creates a bucket that anonymous requests (the tests') may write and overwrite in.
+    pub async fn create_bucket(&self, bucket: &str) {
+        let r = self
+            .client
+            .put(format!("{}/{bucket}", self.endpoint))
+            .header("x-amz-acl", "public-read-write")
+            .send()
+            .await
+            .expect("create bucket");
+        assert!(r.status().is_success(), "create bucket {bucket}: {}", r.status());
+    }
+
+    /// Puts one object.
+    pub async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
+        let r = self
+            .client
+            .put(format!("{}/{bucket}/{key}", self.endpoint))
+            .body(bytes)
+            .send()
+            .await
+            .expect("put object");
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "put {bucket}/{key}: {status} {body}\n{}",
+            self.log()
+        );
+    }
+
+    /// Puts every file under `dir` as `<prefix>/<relative path>`; returns how many.
+    pub async fn put_tree(&self, bucket: &str, prefix: &str, dir: &Path) -> usize {
+        let mut stack = vec![dir.to_path_buf()];
+        let mut count = 0;
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let rel = path
+                        .strip_prefix(dir)
+                        .expect("under dir")
+                        .to_string_lossy()
+                        .replace('\\', "/");
+                    self.put(bucket, &format!("{prefix}/{rel}"), std::fs::read(&path).expect("read"))
+                        .await;
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+
+    /// Removes one object.
+    pub async fn delete(&self, bucket: &str, key: &str) {
+        let r = self
+            .client
+            .delete(format!("{}/{bucket}/{key}", self.endpoint))
+            .send()
+            .await
+            .expect("delete object");
+        assert!(r.status().is_success(), "delete {bucket}/{key}: {}", r.status());
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running `invariant serve`, killed on drop.
 pub struct Server {
     child: Child,
@@ -490,7 +618,7 @@ impl Server {
                 child,
                 url: format!("http://127.0.0.1:{port}"),
                 grpc: format!("127.0.0.1:{grpc_port}"),
-                client: reqwest::Client::new(),
+                client: http_client(),
                 dir: dir.take().expect("dir"),
             };
             match server.wait_live().await {

@@ -300,7 +300,7 @@ async fn rate_limits_answer_429_with_retry_after_and_never_spill_over() {
     })
     .await;
     let body = trust_body();
-    let client = reqwest::Client::new();
+    let client = http_client();
     let mut ok = 0;
     let mut limited = 0;
     for _ in 0..20 {

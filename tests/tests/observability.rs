@@ -231,8 +231,13 @@ async fn an_active_version_that_fails_verification_makes_the_server_not_ready() 
     // Pin trust-scorer 1.2.0 as ACTIVE (it answers by default, as the highest verified
     // version, without being pinned).
     let repo = RepoCopy::new();
+    // The registry state must outlive the first server.
+    let options = ServerOptions {
+        state_dir: Some(repo.state_dir()),
+        ..repo.options()
+    };
     {
-        let s = Server::start_with(repo.options()).await;
+        let s = Server::start_with(options.clone()).await;
         for v in ["1.1.0", "1.2.0"] {
             let (status, r) = s.admin("trust-scorer", v, "promote", json!({"reason": "pin"})).await;
             assert_eq!(status, 200, "{r}");
@@ -242,7 +247,7 @@ async fn an_active_version_that_fails_verification_makes_the_server_not_ready() 
     let dir = repo.version_dir("trust-scorer", "1.2.0");
     bump_weight_one_ulp(&dir.join("model.safetensors"), "layers.2.weight", 0);
     rehash_manifest(&dir);
-    let s = Server::start_with(repo.options()).await;
+    let s = Server::start_with(options).await;
     let (status, r) = s.get("/v2/health/ready").await;
     assert_eq!(status, 503, "{r}");
     let why = r["not_ready"].to_string();
