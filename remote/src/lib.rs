@@ -48,7 +48,6 @@ pub struct Settings {
     pub cache_dir: String,
 }
 
-
 /// Mirror failures.
 #[derive(Debug, Error)]
 pub enum RemoteError {
