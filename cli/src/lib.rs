@@ -11,6 +11,7 @@ pub mod governance_cli;
 pub mod import;
 pub mod keys_cli;
 pub mod models_cli;
+pub mod review_cli;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -51,6 +52,10 @@ pub enum Command {
     /// The audit trail: verify the hash chains, show records, replay retained inferences.
     #[command(subcommand)]
     Audit(audit_cli::AuditCommand),
+    /// The human review queue of a corridor (through a running server): list, submit, show,
+    /// claim, release, resolve, escalate, summary.
+    #[command(subcommand)]
+    Review(review_cli::ReviewCommand),
 }
 
 /// `invariant features …`
@@ -296,6 +301,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Flags(command) => governance_cli::flags(command),
         Command::Keys(command) => keys_cli::run(command),
         Command::Audit(command) => audit_cli::run(command),
+        Command::Review(command) => review_cli::run(command),
         Command::Gate(args) => gate(args),
         Command::Features(FeaturesCommand::Plan { config, json }) => features_plan(config, json, false),
         Command::Features(FeaturesCommand::Apply { config, json }) => features_plan(config, json, true),

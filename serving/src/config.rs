@@ -22,7 +22,7 @@ pub enum ConfigError {
 
 /// Top-level keys that environment variables may override; other `INVARIANT_*` variables
 /// (used by tools and tests) are not configuration.
-const ENV_KEYS: [&str; 20] = [
+const ENV_KEYS: [&str; 21] = [
     "model_repository",
     "feature_repository",
     "feature_store",
@@ -43,6 +43,7 @@ const ENV_KEYS: [&str; 20] = [
     "audit__",
     "control__",
     "object_store__",
+    "review__",
 ];
 
 fn is_config_key(key: &str) -> bool {
@@ -588,6 +589,9 @@ pub struct Config {
     /// How to reach an `s3://` model repository or golden vector store.
     #[serde(default)]
     pub object_store: invariant_remote::Settings,
+    /// The human review queue: SLAs, claim expiry, overflow rules.
+    #[serde(default)]
+    pub review: invariant_review::Settings,
     /// HTTP server settings.
     pub server: ServerConfig,
     /// Declared corridors.
@@ -626,6 +630,7 @@ impl Config {
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::Invalid(format!("corridor {} is declared twice", w[0])));
         }
+        self.review.validate().map_err(ConfigError::Invalid)?;
         if !matches!(self.control.backend.as_str(), "file" | "redis") {
             return Err(ConfigError::Invalid(format!(
                 "control.backend = \"{}\": use \"file\" or \"redis\"",
@@ -775,6 +780,11 @@ impl Config {
             .filter_map(|c| c.rate_limit.map(|r| (c.id.to_string(), f64::from(r))))
             .collect();
         invariant_governance::Governance::open(self.governance.clone(), self.topology(), &rates, control)
+    }
+
+    /// Where the review queue is stored.
+    pub fn review_path(&self) -> PathBuf {
+        self.state_dir.join("review.redb")
     }
 
     /// Where the audit chains live.

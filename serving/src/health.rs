@@ -78,6 +78,11 @@ pub struct CorridorHealth {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub governance: Option<invariant_governance::CorridorStatus>,
+    /// Its review queue (depth, oldest age, near-breach and breached items by priority,
+    /// claims, reviewers, overflow signals), when the server has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub review: Option<invariant_review::Summary>,
 }
 
 /// Each corridor's recent requests, fed by the [`RecentGuard`].
@@ -308,6 +313,7 @@ impl InferenceService {
             pool: runtime.pool.load(),
             recent: self.recent.summary(&id),
             governance,
+            review: self.review_summary(&id),
         })
     }
 }

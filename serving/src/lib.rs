@@ -31,6 +31,7 @@ pub mod models;
 pub mod pool;
 pub mod remote;
 pub mod request;
+pub mod review;
 pub mod service;
 pub mod stats;
 pub mod telemetry;
@@ -133,6 +134,9 @@ pub struct InferenceService {
     pub(crate) converged: convergence::Converged,
     /// The object-store mirrors of a remote model repository or golden vectors.
     pub mirrors: remote::Mirrors,
+    /// The human review queue, or why it is not available (command-line tools do not open
+    /// it: a running server holds its file).
+    pub review: Result<Arc<invariant_review::Queue>, String>,
     /// Each corridor's recent requests (for its health).
     pub recent: Arc<health::Recent>,
     /// The last dependency checks.
@@ -280,6 +284,16 @@ impl InferenceService {
         if let (Err(why), true) = (&features, open_features) {
             tracing::warn!("{why}; the feature endpoints answer 503");
         }
+        let review = if open_features {
+            invariant_review::Queue::open(&config.review_path(), config.review.clone())
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        } else {
+            Err("the review queue is not opened by this command".to_string())
+        };
+        if let (Err(why), true) = (&review, open_features) {
+            tracing::error!("{why}; the review endpoints answer 503");
+        }
         let stats = Arc::new(stats::Statistics::default());
         let (canary, rollbacks) = guards::CanaryGuard::new(canary::CanaryMonitor::new(config.canary.clone()));
         let governance = if config.governance.enabled {
@@ -317,6 +331,7 @@ impl InferenceService {
             authority,
             converged: convergence::Converged::new(&registry),
             mirrors,
+            review,
             control_state,
             corridors,
             events,

@@ -73,6 +73,14 @@ const FAMILIES: &[(&str, Kind, Option<Unit>, &str)] = &[
     ("invariant_control_revision", Kind::Gauge, None, "Revision of each control document (registry, governance, keys) this server applies: equal on every replica once converged."),
     ("invariant_object_store_fetched_objects_total", Kind::Counter, None, "Objects fetched from the object store into the local copy of the model repository or golden vectors (an unchanged object is never fetched again)."),
     ("invariant_object_store_sync_errors_total", Kind::Counter, None, "Failed syncs from the object store (the local copy, hash-verified at load, stays in use)."),
+    ("invariant_review_items_total", Kind::Counter, None, "Items submitted to the review queue, by corridor and priority."),
+    ("invariant_review_resolved_total", Kind::Counter, None, "Review items resolved, by corridor and decision (approve, reject)."),
+    ("invariant_review_queue_depth", Kind::Gauge, None, "Open and claimed review items, by corridor and priority."),
+    ("invariant_review_oldest_age_seconds", Kind::Gauge, None, "Age of the oldest open or claimed review item, by corridor and priority (0 when none)."),
+    ("invariant_review_near_breach", Kind::Gauge, None, "Review items with less than review.near_breach_share of their SLA left (breached included), by corridor and priority."),
+    ("invariant_review_breached", Kind::Gauge, None, "Review items past their SLA, by corridor and priority."),
+    ("invariant_review_claimed_items", Kind::Gauge, None, "Review items under a live claim, by corridor."),
+    ("invariant_review_active_reviewers", Kind::Gauge, None, "Reviewers holding a live claim, by corridor (claimed items per reviewer is their utilisation)."),
     ("invariant_control_sync_errors_total", Kind::Counter, None, "Failed reads of the shared control state, by document (the last good state stays in force)."),
     ("invariant_audit_errors_total", Kind::Counter, None, "Audit writes or syncs that failed, by chain."),
 ];
@@ -363,6 +371,7 @@ impl InferenceService {
     pub fn render_metrics(&self) -> Option<String> {
         let handle = self.metrics.as_ref()?;
         self.collect_metrics();
+        crate::review::record_gauges(self);
         handle.run_upkeep();
         Some(handle.render())
     }

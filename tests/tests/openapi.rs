@@ -168,13 +168,18 @@ async fn the_document_describes_every_route_and_needs_no_key() {
         "POST /corridors/{corridor}/push",
         "POST /corridors/{corridor}/write-to-online-store",
         "GET /openapi.json",
+        "GET /v1/corridors/{corridor}/review/items",
+        "POST /v1/corridors/{corridor}/review/items",
+        "GET /v1/corridors/{corridor}/review/items/{id}",
+        "POST /v1/corridors/{corridor}/review/items/{id}/{action}",
+        "GET /v1/corridors/{corridor}/review/summary",
     ] {
         assert!(
             operations.iter().any(|o| o == expected),
             "{expected} is not documented: {operations:?}"
         );
     }
-    assert_eq!(operations.len(), 40, "{operations:?}");
+    assert_eq!(operations.len(), 45, "{operations:?}");
     // Only the health checks and the document itself need no key.
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {

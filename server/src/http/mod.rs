@@ -13,6 +13,7 @@ pub mod observe;
 pub mod openapi;
 pub mod reply_cache;
 pub mod repository;
+pub mod review;
 pub mod v2;
 
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(governance::routes())
         .merge(features::routes())
         .merge(observe::routes())
+        .merge(review::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

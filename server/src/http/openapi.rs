@@ -281,6 +281,11 @@ impl Modify for BearerAuth {
         crate::http::observe::health,
         crate::http::observe::corridor_audit,
         crate::http::observe::server_audit,
+        crate::http::review::list,
+        crate::http::review::submit,
+        crate::http::review::show,
+        crate::http::review::act,
+        crate::http::review::summary,
         document
     ),
     components(schemas(ErrorBody))
