@@ -98,6 +98,12 @@ pub struct Settings {
     pub p2_alert_hours: f64,
     /// The oldest P0 item above this many hours is escalated.
     pub p0_escalation_hours: f64,
+    /// Unresolved items one corridor may hold; past it, submissions are refused (429) until
+    /// reviewers catch up.
+    pub max_open_items: usize,
+    /// Resolved items of each corridor kept in memory for listing (the newest; every item
+    /// stays in the file).
+    pub keep_resolved: usize,
 }
 
 impl Default for Settings {
@@ -109,6 +115,8 @@ impl Default for Settings {
             p4_lower_threshold_hours: 8.0,
             p2_alert_hours: 4.0,
             p0_escalation_hours: 2.0,
+            max_open_items: 100_000,
+            keep_resolved: 10_000,
         }
     }
 }
@@ -123,6 +131,9 @@ impl Settings {
                     p.name()
                 ));
             }
+        }
+        if self.max_open_items == 0 {
+            return Err("review.max_open_items must be at least 1".into());
         }
         if self.claim_ttl_ms == 0 || self.claim_ttl_ms > 7 * 24 * 3_600_000 {
             return Err(format!(
@@ -309,6 +320,9 @@ pub enum ReviewError {
     /// Not allowed in the item's state (409).
     #[error("{0}")]
     Conflict(String),
+    /// The corridor's queue is full (429).
+    #[error("{0}")]
+    Full(String),
     /// The store cannot be read or written.
     #[error("review store: {0}")]
     Store(String),
@@ -351,7 +365,36 @@ pub struct Queue {
 #[derive(Debug)]
 struct Inner {
     db: Database,
+    corridors: BTreeMap<String, Corridor>,
+}
+
+/// One corridor's items in memory: every unresolved one and the newest resolved ones.
+#[derive(Debug, Default)]
+struct Corridor {
     items: BTreeMap<String, Item>,
+    /// Ids of the resolved items held, oldest resolution first.
+    resolved: std::collections::VecDeque<String>,
+}
+
+impl Corridor {
+    fn unresolved(&self) -> usize {
+        self.items.len() - self.resolved.len()
+    }
+
+    /// Holds `item`, then lets go of the oldest resolved items past `keep`.
+    fn hold(&mut self, item: Item, keep: usize) {
+        let newly_resolved =
+            item.resolution.is_some() && self.items.get(&item.id).is_none_or(|old| old.resolution.is_none());
+        if newly_resolved {
+            self.resolved.push_back(item.id.clone());
+        }
+        self.items.insert(item.id.clone(), item);
+        while self.resolved.len() > keep {
+            if let Some(old) = self.resolved.pop_front() {
+                self.items.remove(&old);
+            }
+        }
+    }
 }
 
 /// One corridor's queue at a glance.
@@ -402,7 +445,7 @@ impl Queue {
         txn.open_table(ITEMS).map_err(store_err)?;
         txn.open_table(SEQUENCES).map_err(store_err)?;
         txn.commit().map_err(store_err)?;
-        let mut items = BTreeMap::new();
+        let mut all = Vec::new();
         {
             let read = db.begin_read().map_err(store_err)?;
             let table = read.open_table(ITEMS).map_err(store_err)?;
@@ -410,12 +453,21 @@ impl Queue {
                 let (id, bytes) = row.map_err(store_err)?;
                 let item: Item = serde_json::from_slice(bytes.value())
                     .map_err(|e| ReviewError::Store(format!("item {}: {e}", id.value())))?;
-                items.insert(item.id.clone(), item);
+                all.push(item);
             }
+        }
+        // Resolved items in the order they were resolved, so the newest are the ones kept.
+        all.sort_by_key(|i| (i.resolution.as_ref().map(|r| r.at_ms), i.id.clone()));
+        let mut corridors: BTreeMap<String, Corridor> = BTreeMap::new();
+        for item in all {
+            corridors
+                .entry(item.corridor.clone())
+                .or_default()
+                .hold(item, settings.keep_resolved);
         }
         Ok(Self {
             settings,
-            inner: Mutex::new(Inner { db, items }),
+            inner: Mutex::new(Inner { db, corridors }),
         })
     }
 
@@ -429,7 +481,7 @@ impl Queue {
     }
 
     /// Stores `item` (and, for a new one, its corridor's next sequence number) durably.
-    fn commit(inner: &mut Inner, item: Item, sequence: Option<u64>) -> Result<Item, ReviewError> {
+    fn commit(&self, inner: &mut Inner, item: Item, sequence: Option<u64>) -> Result<Item, ReviewError> {
         let bytes = serde_json::to_vec(&item).map_err(store_err)?;
         let txn = inner.db.begin_write().map_err(store_err)?;
         {
@@ -441,7 +493,11 @@ impl Queue {
             }
         }
         txn.commit().map_err(store_err)?;
-        inner.items.insert(item.id.clone(), item.clone());
+        inner
+            .corridors
+            .entry(item.corridor.clone())
+            .or_default()
+            .hold(item.clone(), self.settings.keep_resolved);
         Ok(item)
     }
 
@@ -480,6 +536,13 @@ impl Queue {
         let source = new.source.clone().unwrap_or_else(|| "direct".into());
         check_text("source", &source, MAX_SUBJECT, true)?;
         let mut inner = self.lock();
+        let open = inner.corridors.get(corridor).map_or(0, Corridor::unresolved);
+        if open >= self.settings.max_open_items {
+            return Err(ReviewError::Full(format!(
+                "the review queue of {corridor} holds {open} unresolved items, its limit (review.max_open_items): \
+                 resolve some first"
+            )));
+        }
         let next = {
             let read = inner.db.begin_read().map_err(store_err)?;
             let seqs = read.open_table(SEQUENCES).map_err(store_err)?;
@@ -501,33 +564,46 @@ impl Queue {
             resolution: None,
             escalations: Vec::new(),
         };
-        Self::commit(&mut inner, item, Some(next))
+        self.commit(&mut inner, item, Some(next))
     }
 
     /// The items of `corridor` with one of `statuses` at `now_ms`, in queue order.
     pub fn list(&self, corridor: &str, statuses: &[Status], now_ms: i64, limit: usize) -> Vec<Item> {
         let inner = self.lock();
-        let mut items: Vec<&Item> = inner
+        let Some(c) = inner.corridors.get(corridor) else {
+            return Vec::new();
+        };
+        let mut items: Vec<&Item> = c
             .items
             .values()
-            .filter(|i| i.corridor == corridor && statuses.contains(&i.status(now_ms)))
+            .filter(|i| statuses.contains(&i.status(now_ms)))
             .collect();
         items.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         items.into_iter().take(limit).cloned().collect()
     }
 
-    /// One item of `corridor`.
+    /// One item of `corridor` (a resolved one no longer held in memory is read from the file).
     pub fn get(&self, corridor: &str, id: &str) -> Result<Item, ReviewError> {
         let inner = self.lock();
-        Self::find(&inner, corridor, id).cloned()
+        Self::find(&inner, corridor, id)
     }
 
-    fn find<'a>(inner: &'a Inner, corridor: &str, id: &str) -> Result<&'a Item, ReviewError> {
-        inner
-            .items
-            .get(id)
-            .filter(|i| i.corridor == corridor)
-            .ok_or_else(|| ReviewError::NotFound(format!("no review item '{id}' in corridor {corridor}")))
+    fn find(inner: &Inner, corridor: &str, id: &str) -> Result<Item, ReviewError> {
+        let missing = || ReviewError::NotFound(format!("no review item '{id}' in corridor {corridor}"));
+        if let Some(item) = inner.corridors.get(corridor).and_then(|c| c.items.get(id)) {
+            return Ok(item.clone());
+        }
+        let read = inner.db.begin_read().map_err(store_err)?;
+        let table = read.open_table(ITEMS).map_err(store_err)?;
+        let Some(bytes) = table.get(id).map_err(store_err)? else {
+            return Err(missing());
+        };
+        let item: Item = serde_json::from_slice(bytes.value()).map_err(store_err)?;
+        if item.corridor == corridor {
+            Ok(item)
+        } else {
+            Err(missing())
+        }
     }
 
     /// Changes one item under the lock: `change` sees it and its status at `now_ms`.
@@ -539,10 +615,10 @@ impl Queue {
         change: impl FnOnce(&mut Item, Status) -> Result<(), ReviewError>,
     ) -> Result<Item, ReviewError> {
         let mut inner = self.lock();
-        let mut item = Self::find(&inner, corridor, id)?.clone();
+        let mut item = Self::find(&inner, corridor, id)?;
         let status = item.status(now_ms);
         change(&mut item, status)?;
-        Self::commit(&mut inner, item, None)
+        self.commit(&mut inner, item, None)
     }
 
     /// `reviewer` claims the item until `now_ms + claim_ttl_ms`. Refused when it is resolved,
@@ -658,16 +734,6 @@ impl Queue {
         })
     }
 
-    /// Every corridor with items.
-    pub fn corridors(&self) -> Vec<String> {
-        let inner = self.lock();
-        let mut out: Vec<String> = inner.items.values().map(|i| i.corridor.clone()).collect();
-        out.dedup();
-        out.sort();
-        out.dedup();
-        out
-    }
-
     /// `corridor`'s queue at `now_ms`: depth, oldest age, near-breach and breached items by
     /// priority, claims, reviewers, and the overflow signals that fire.
     pub fn summary(&self, corridor: &str, now_ms: i64) -> Summary {
@@ -689,7 +755,8 @@ impl Queue {
             summary.breached.insert(p, 0);
         }
         let mut reviewers = std::collections::BTreeSet::new();
-        for item in inner.items.values().filter(|i| i.corridor == corridor) {
+        let items = inner.corridors.get(corridor).map(|c| c.items.values());
+        for item in items.into_iter().flatten() {
             let status = item.status(now_ms);
             if status == Status::Resolved {
                 continue;
@@ -881,6 +948,48 @@ mod tests {
             .map(|t| usize::from(t.join().unwrap()))
             .sum();
         assert_eq!(winners, 1);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_intake_and_resolved_items_leave_memory_not_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            max_open_items: 2,
+            keep_resolved: 1,
+            ..Settings::default()
+        };
+        let q = Queue::open(&dir.path().join("r.redb"), settings.clone()).unwrap();
+        let a = q.submit("UAE-SA", &new("P4", "a"), "t", 0).unwrap().id;
+        let b = q.submit("UAE-SA", &new("P4", "b"), "t", 0).unwrap().id;
+        let err = q.submit("UAE-SA", &new("P4", "c"), "t", 0).unwrap_err();
+        assert!(
+            matches!(err, ReviewError::Full(ref m) if m.contains("max_open_items")),
+            "{err}"
+        );
+        // Other corridors are not affected.
+        q.submit("US-EG", &new("P4", "d"), "t", 0).unwrap();
+        for (id, at) in [(&a, 10), (&b, 20)] {
+            q.claim("UAE-SA", id, "ana", at).unwrap();
+            q.resolve("UAE-SA", id, "ana", Decision::Approve, "", at + 1).unwrap();
+        }
+        q.submit("UAE-SA", &new("P4", "e"), "t", 30).unwrap();
+        // Only the newest resolved item is listed; the older one is still there to read.
+        let resolved: Vec<String> = q
+            .list("UAE-SA", &[Status::Resolved], 40, 10)
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(resolved, vec![b.clone()]);
+        assert_eq!(q.get("UAE-SA", &a).unwrap().status(40), Status::Resolved);
+        drop(q);
+        let q = Queue::open(&dir.path().join("r.redb"), settings).unwrap();
+        let resolved: Vec<String> = q
+            .list("UAE-SA", &[Status::Resolved], 40, 10)
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(resolved, [b]);
+        assert_eq!(q.get("UAE-SA", &a).unwrap().resolution.unwrap().at_ms, 11);
     }
 
     #[test]

@@ -52,6 +52,10 @@ impl From<ReviewError> for ServeError {
             ReviewError::Invalid(m) => ServeError::invalid(m),
             ReviewError::NotFound(m) => ServeError::not_found(m),
             ReviewError::Conflict(m) => ServeError::Conflict(m),
+            ReviewError::Full(message) => ServeError::Overloaded {
+                message,
+                retry_after_s: 60,
+            },
             ReviewError::Store(m) => ServeError::unavailable(format!("review store: {m}")),
         }
     }
