@@ -101,6 +101,8 @@ pub struct GateReport {
     pub passed: bool,
     /// Versions checked.
     pub versions: Vec<VersionReport>,
+    /// Advisory pipeline versions checked (all of them when no selection is given).
+    pub pipelines: Vec<crate::pipeline_gate::PipelineReport>,
     /// Engine thread counts compared.
     pub thread_counts: Vec<usize>,
     /// This host's CPU class.
@@ -150,10 +152,12 @@ impl GateReport {
 
     /// A human-readable report.
     pub fn render(&self) -> String {
-        let violations: usize = self.versions.iter().map(|v| v.violations.len()).sum();
+        let violations: usize = self.versions.iter().map(|v| v.violations.len()).sum::<usize>()
+            + self.pipelines.iter().map(|p| p.violations.len()).sum::<usize>();
         let mut out = format!(
-            "invariant gate: {} version(s), {} violation(s), engine threads {:?}, {:.1} s — {}\n",
+            "invariant gate: {} version(s), {} pipeline(s), {} violation(s), engine threads {:?}, {:.1} s — {}\n",
             self.versions.len(),
+            self.pipelines.len(),
             violations,
             self.thread_counts,
             self.seconds,
@@ -182,6 +186,18 @@ impl GateReport {
                 checks.join(" ")
             ));
             for violation in &v.violations {
+                out.push_str(&format!("    {violation}\n"));
+            }
+        }
+        for p in &self.pipelines {
+            out.push_str(&format!(
+                "  {} pipeline {} {} ({} cases): scores and advisories\n",
+                if p.passed { "PASS" } else { "FAIL" },
+                p.pipeline,
+                p.version,
+                p.cases
+            ));
+            for violation in &p.violations {
                 out.push_str(&format!("    {violation}\n"));
             }
         }
@@ -348,9 +364,15 @@ pub fn run_gate(config: &Config, options: &GateOptions) -> Result<GateReport, Ga
             refused,
         });
     }
+    let pipelines = if options.selectors.is_empty() {
+        crate::pipeline_gate::check_pipelines(config)
+    } else {
+        Vec::new()
+    };
     Ok(GateReport {
-        passed: versions.iter().all(|v| v.passed),
+        passed: versions.iter().all(|v| v.passed) && pipelines.iter().all(|p| p.passed),
         versions,
+        pipelines,
         thread_counts: threads,
         cpu_class: invariant_verify::cpu_class(),
         seconds: started.elapsed().as_secs_f64(),

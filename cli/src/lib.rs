@@ -11,6 +11,7 @@ pub mod governance_cli;
 pub mod import;
 pub mod keys_cli;
 pub mod models_cli;
+pub mod pipeline_gate;
 pub mod review_cli;
 
 use anyhow::{Context, Result};
@@ -252,6 +253,28 @@ pub enum GoldenCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Record the golden vectors of advisory pipeline NAME VERSION
+    /// (golden-vectors/pipelines/NAME/VERSION.jsonl): each case of --cases (JSONL,
+    /// `{"id": "...", "facts": {...}}` per line) scored by the pipeline's pinned model versions
+    /// in-process, with its advisory.
+    RecordPipeline {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Golden vector directory (overrides golden_vectors).
+        #[arg(long)]
+        golden_vectors: Option<PathBuf>,
+        /// The pipeline.
+        name: String,
+        /// Its version.
+        #[arg(value_name = "VERSION")]
+        pipeline_version: String,
+        /// The cases to record.
+        #[arg(long, value_name = "FILE")]
+        cases: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Where the configuration comes from.
@@ -381,6 +404,33 @@ pub fn run(command: Command) -> Result<()> {
             println!("recorded {n} golden vectors of {model} {version} in {}", path.display());
             Ok(())
         }
+        Command::Golden(GoldenCommand::RecordPipeline {
+            config,
+            golden_vectors,
+            name,
+            pipeline_version,
+            cases,
+            force,
+        }) => {
+            let mut config = config.load()?;
+            if let Some(dir) = golden_vectors {
+                config.golden_vectors = dir;
+            }
+            for place in [&config.model_repository, &config.golden_vectors] {
+                if invariant_remote::is_remote(&place.to_string_lossy()) {
+                    anyhow::bail!(
+                        "{} is on object storage: record into a local repository and golden directory, then upload",
+                        place.display()
+                    );
+                }
+            }
+            let (path, n) = pipeline_gate::record_pipeline(&config, &name, &pipeline_version, &cases, force)?;
+            println!(
+                "recorded {n} cases of pipeline {name} {pipeline_version} in {}",
+                path.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -405,7 +455,10 @@ fn gate(args: GateArgs) -> Result<()> {
     }
     if !report.passed {
         let failed = report.versions.iter().filter(|v| !v.passed).count();
-        anyhow::bail!("determinism gate failed: {failed} version(s) with violations");
+        let pipelines = report.pipelines.iter().filter(|p| !p.passed).count();
+        anyhow::bail!(
+            "determinism gate failed: {failed} version(s) and {pipelines} pipeline version(s) with violations"
+        );
     }
     Ok(())
 }

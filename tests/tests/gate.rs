@@ -232,3 +232,68 @@ fn golden_record_refuses_to_overwrite_without_force() {
     }
     assert!(ids.iter().any(|i| i.contains("max-active_riders")), "{ids:?}");
 }
+
+#[test]
+fn the_gate_checks_every_advisory_pipeline_against_its_golden_decisions() {
+    // The shipped transaction-review pipeline passes, case by case.
+    let (code, out, err) = invariant(&["gate", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pipelines = report["pipelines"].as_array().unwrap();
+    assert_eq!(pipelines.len(), 1, "{report}");
+    assert_eq!(pipelines[0]["pipeline"], "transaction-review");
+    assert_eq!(
+        (pipelines[0]["passed"].clone(), pipelines[0]["cases"].as_u64()),
+        (serde_json::json!(true), Some(24))
+    );
+
+    // A changed threshold is a new version: the old golden decisions refuse it.
+    let repo = RepoCopy::new();
+    let file = repo.models().join("pipelines/transaction-review/1.0.0/pipeline.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("value = 0.8", "value = 0.75")).unwrap();
+    let (code, out, err) = gate(&repo.args());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("FAIL pipeline transaction-review 1.0.0"), "{out}");
+    assert!(out.contains("changed since its golden vectors were recorded"), "{out}");
+    assert!(err.contains("1 pipeline version(s) with violations"), "{err}");
+
+    // A recorded decision that the pipeline no longer makes names the case.
+    let repo = RepoCopy::new();
+    let golden = repo.golden().join("pipelines/transaction-review/1.0.0.jsonl");
+    let text = std::fs::read_to_string(&golden).unwrap();
+    let edited: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.contains("\"001-high-value\"") {
+                l.replace("\"priority\":\"P1\"", "\"priority\":\"P3\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_ne!(edited.join("\n"), text.trim_end(), "the case was edited");
+    std::fs::write(&golden, edited.join("\n") + "\n").unwrap();
+    let (code, out, _) = gate(&repo.args());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("case 001-high-value: advisory"), "{out}");
+
+    // Recording refuses to overwrite, and names the pipeline when it does not exist.
+    let repo = RepoCopy::new();
+    let cases = repo.golden().join("pipelines/transaction-review/1.0.0.cases.jsonl");
+    let mut args = vec!["golden", "record-pipeline", "transaction-review", "1.0.0", "--cases"];
+    let cases = cases.display().to_string();
+    args.push(&cases);
+    let repo_args = repo.args();
+    args.extend(repo_args.iter().map(String::as_str));
+    let (code, _, err) = invariant(&args);
+    assert_ne!(code, 0);
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    args.push("--force");
+    let (code, out, err) = invariant(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("recorded 24 cases"), "{out}");
+    let (code, _, err) = invariant(&["golden", "record-pipeline", "no-such", "1.0.0", "--cases", &cases]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no-such"), "{err}");
+}
