@@ -96,18 +96,7 @@ impl<'a> Scorer<'a> {
         )
         .map_err(|e| e.to_string())?;
         let outputs = model.infer(vec![input]).map_err(|e| e.to_string())?;
-        let out = outputs
-            .iter()
-            .find(|t| t.name == step.output)
-            .ok_or_else(|| format!("no output '{}'", step.output))?;
-        let value = match &out.data {
-            TensorData::Fp32(v) => v.get(step.index).map(|x| f64::from(*x)),
-            TensorData::Fp64(v) => v.get(step.index).copied(),
-            TensorData::Int64(v) => v.get(step.index).map(|x| *x as f64),
-            TensorData::Int32(v) => v.get(step.index).map(|x| f64::from(*x)),
-            _ => return Err(format!("output '{}' is not numeric", step.output)),
-        };
-        value.ok_or_else(|| format!("output '{}' has no element {}", step.output, step.index))
+        invariant_serving::advisory::output_value(&outputs, step)
     }
 }
 

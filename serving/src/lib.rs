@@ -15,6 +15,7 @@
 //! ([`features`]), serving statistics ([`stats`]), replica events ([`events`]), the audit log
 //! ([`audit`]), API keys ([`auth`]) and the configuration ([`config`]).
 
+pub mod advisory;
 pub mod audit;
 pub mod auth;
 pub mod canary;
@@ -134,6 +135,8 @@ pub struct InferenceService {
     pub(crate) converged: convergence::Converged,
     /// The object-store mirrors of a remote model repository or golden vectors.
     pub mirrors: remote::Mirrors,
+    /// The advisory pipelines, verified once the models are loaded.
+    pub pipelines: std::sync::OnceLock<advisory::Pipelines>,
     /// The human review queue, or why it is not available (command-line tools do not open
     /// it: a running server holds its file).
     pub review: Result<Arc<invariant_review::Queue>, String>,
@@ -332,6 +335,7 @@ impl InferenceService {
             converged: convergence::Converged::new(&registry),
             mirrors,
             review,
+            pipelines: std::sync::OnceLock::new(),
             control_state,
             corridors,
             events,
@@ -357,6 +361,7 @@ impl InferenceService {
         };
         let table = ModelTable::load(&service.config.model_repository, &service.loader())?;
         service.set_models(Arc::new(table));
+        let _ = service.pipelines.set(advisory::Pipelines::load(&service));
         let service = Arc::new(service);
         control::spawn_auto_rollback(&service, rollbacks);
         convergence::spawn_watcher(&service);

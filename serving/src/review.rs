@@ -98,16 +98,23 @@ impl InferenceService {
     /// Refused while the corridor is killed, frozen or isolated.
     pub fn review_submit(&self, metadata: &Metadata, corridor: &str, new: &NewItem) -> Result<Item, ServeError> {
         let (caller, id) = self.reviewer(metadata, corridor)?;
+        self.review_intake(&id, new, caller.id())
+    }
+
+    /// Adds an item to a declared corridor's queue for `actor` (the caller was checked by
+    /// whoever asks: a reviewer, or an advisory that needs a person). Durable and audited
+    /// before it returns; refused while the corridor is killed, frozen or isolated.
+    pub(crate) fn review_intake(&self, id: &CorridorId, new: &NewItem, actor: &str) -> Result<Item, ServeError> {
         if let Some(g) = &self.governance {
             g.feature_write(id.as_str())
                 .map_err(|r| crate::governance::refusal_error(id.as_str(), &r))?;
         }
-        let item = self.review_queue()?.submit(id.as_str(), new, caller.id(), now_ms())?;
+        let item = self.review_queue()?.submit(id.as_str(), new, actor, now_ms())?;
         metrics::counter!("invariant_review_items_total", "corridor" => id.to_string(), "priority" => item.priority.name())
             .increment(1);
         self.audit_review(
             id.as_str(),
-            json!({"action": "submit", "id": item.id, "actor": caller.id(), "priority": item.priority,
+            json!({"action": "submit", "id": item.id, "actor": actor, "priority": item.priority,
                    "subject": item.subject, "reason_codes": item.reason_codes, "source": item.source,
                    "deadline": invariant_review::rfc3339_ms(item.deadline_ms)}),
         )?;

@@ -73,6 +73,7 @@ const FAMILIES: &[(&str, Kind, Option<Unit>, &str)] = &[
     ("invariant_control_revision", Kind::Gauge, None, "Revision of each control document (registry, governance, keys) this server applies: equal on every replica once converged."),
     ("invariant_object_store_fetched_objects_total", Kind::Counter, None, "Objects fetched from the object store into the local copy of the model repository or golden vectors (an unchanged object is never fetched again)."),
     ("invariant_object_store_sync_errors_total", Kind::Counter, None, "Failed syncs from the object store (the local copy, hash-verified at load, stays in use)."),
+    ("invariant_advisories_total", Kind::Counter, None, "Advisories computed (cache misses), by corridor, pipeline, recommendation and source (models or degraded)."),
     ("invariant_review_items_total", Kind::Counter, None, "Items submitted to the review queue, by corridor and priority."),
     ("invariant_review_resolved_total", Kind::Counter, None, "Review items resolved, by corridor and decision (approve, reject)."),
     ("invariant_review_queue_depth", Kind::Gauge, None, "Open and claimed review items, by corridor and priority."),

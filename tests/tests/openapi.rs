@@ -173,13 +173,15 @@ async fn the_document_describes_every_route_and_needs_no_key() {
         "GET /v1/corridors/{corridor}/review/items/{id}",
         "POST /v1/corridors/{corridor}/review/items/{id}/{action}",
         "GET /v1/corridors/{corridor}/review/summary",
+        "GET /v1/advisory",
+        "POST /v1/advisory/{pipeline}",
     ] {
         assert!(
             operations.iter().any(|o| o == expected),
             "{expected} is not documented: {operations:?}"
         );
     }
-    assert_eq!(operations.len(), 45, "{operations:?}");
+    assert_eq!(operations.len(), 47, "{operations:?}");
     // Only the health checks and the document itself need no key.
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {

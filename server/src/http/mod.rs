@@ -5,6 +5,7 @@
 //! in front of the router, through the core's guard pipeline.
 
 pub mod admin;
+pub mod advisory;
 pub mod binary;
 pub mod error;
 pub mod features;
@@ -90,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .merge(features::routes())
         .merge(observe::routes())
         .merge(review::routes())
+        .merge(advisory::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

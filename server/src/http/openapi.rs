@@ -286,6 +286,8 @@ impl Modify for BearerAuth {
         crate::http::review::show,
         crate::http::review::act,
         crate::http::review::summary,
+        crate::http::advisory::list,
+        crate::http::advisory::advise,
         document
     ),
     components(schemas(ErrorBody))
