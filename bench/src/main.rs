@@ -553,12 +553,15 @@ struct ServerProcess {
     child: Child,
     /// Its gRPC port (every server gets its own, so several can run side by side).
     grpc_port: u16,
+    /// Its state directory, removed when it stops (audit segments of a long run are large).
+    state: PathBuf,
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 
@@ -597,7 +600,11 @@ fn start_server_auth(binary: &Path, port: u16, env: &[(&str, String)], auth: boo
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    let server = ServerProcess { child, grpc_port };
+    let server = ServerProcess {
+        child,
+        grpc_port,
+        state: state_dir(port),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();

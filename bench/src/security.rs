@@ -30,8 +30,8 @@ fn create_key(binary: &Path, port: u16) -> Result<String> {
     }
     let key: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let secret = key["secret"].as_str().context("no secret")?.to_string();
-    // The server reads the key file every 250 ms.
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    // The server re-reads the keys at least every control.poll_ms (1 s by default).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     Ok(secret)
 }
 
