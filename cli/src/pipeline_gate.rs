@@ -55,15 +55,17 @@ pub fn pipeline_versions(repository: &Path) -> Vec<(String, String, PathBuf)> {
 /// Loads pinned model versions once each and scores rows with them.
 pub struct Scorer<'a> {
     repository: &'a Path,
+    limits: &'a invariant_registry::Limits,
     devices: DeviceLayer,
     models: BTreeMap<(String, String), Result<Model, String>>,
 }
 
 impl<'a> Scorer<'a> {
-    /// A scorer over `repository`.
-    pub fn new(repository: &'a Path) -> Self {
+    /// A scorer over `repository`, loading versions within `limits` as the server does.
+    pub fn new(repository: &'a Path, limits: &'a invariant_registry::Limits) -> Self {
         Self {
             repository,
+            limits,
             devices: DeviceLayer::discover(),
             models: BTreeMap::new(),
         }
@@ -73,10 +75,10 @@ impl<'a> Scorer<'a> {
     /// the output element as f64 (exactly).
     pub fn score(&mut self, step: &Step, row: &[f32]) -> Result<f64, String> {
         let key = (step.model.clone(), step.version.clone());
-        let (repository, devices) = (self.repository, &self.devices);
+        let (repository, limits, devices) = (self.repository, self.limits, &self.devices);
         let model = self.models.entry(key).or_insert_with(|| {
             let dir = repository.join(&step.model).join(&step.version);
-            let verified = invariant_registry::load_version(&dir).map_err(|e| e.to_string())?;
+            let verified = invariant_registry::load_version_with_limits(&dir, limits).map_err(|e| e.to_string())?;
             Model::load(
                 &verified,
                 devices,
@@ -102,7 +104,7 @@ impl<'a> Scorer<'a> {
 
 /// Checks every pipeline version of the configuration's repository against its golden file.
 pub fn check_pipelines(config: &Config) -> Vec<PipelineReport> {
-    let mut scorer = Scorer::new(&config.model_repository);
+    let mut scorer = Scorer::new(&config.model_repository, &config.limits.repository);
     pipeline_versions(&config.model_repository)
         .into_iter()
         .map(|(name, version, file)| {
@@ -187,7 +189,7 @@ pub fn record_pipeline(
     if let Some(why) = invariant_serving::init_onnx(config) {
         tracing::warn!("{why}");
     }
-    let mut scorer = Scorer::new(&config.model_repository);
+    let mut scorer = Scorer::new(&config.model_repository, &config.limits.repository);
     let set = GoldenSet::record(&pipeline, cases, &mut |s, row| scorer.score(s, row))?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
