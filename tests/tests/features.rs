@@ -55,7 +55,9 @@ async fn read(s: &Server, corridor: &str, keys: &[&str]) -> serde_json::Value {
 #[tokio::test]
 async fn push_and_read_with_statuses_order_and_isolation() {
     let s = Server::start().await;
-    let (status, r) = push(&s, "UAE-SA", &push_body("a1", unix_seconds(-60), 12.0)).await;
+    // One event time for the push and its repeat (see below).
+    let at = unix_seconds(-60);
+    let (status, r) = push(&s, "UAE-SA", &push_body("a1", at, 12.0)).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r, json!({"written": 1, "ignored": 0}));
     // Acknowledged pushes are in the corridor's audit chain.
@@ -94,7 +96,7 @@ async fn push_and_read_with_statuses_order_and_isolation() {
     );
 
     // Idempotent, and an older event never overwrites a newer one.
-    let (_, again) = push(&s, "UAE-SA", &push_body("a1", unix_seconds(-60), 12.0)).await;
+    let (_, again) = push(&s, "UAE-SA", &push_body("a1", at, 12.0)).await;
     assert_eq!(again, json!({"written": 0, "ignored": 1}));
     let (_, older) = push(&s, "UAE-SA", &push_body("a1", unix_seconds(-120), 99.0)).await;
     assert_eq!(older, json!({"written": 0, "ignored": 1}));
@@ -414,12 +416,15 @@ async fn redis_backend_per_corridor_survives_an_outage() {
         ..Default::default()
     };
     let s = Server::start_with(options).await;
+    // One event time for both pushes: computed twice, a second boundary between them would
+    // make the repeat newer.
+    let at = unix_seconds(-60);
     assert_eq!(
-        push(&s, "UAE-SA", &push_body("a1", unix_seconds(-60), 12.0)).await.1,
+        push(&s, "UAE-SA", &push_body("a1", at, 12.0)).await.1,
         json!({"written": 1, "ignored": 0})
     );
     assert_eq!(
-        push(&s, "UAE-SA", &push_body("a1", unix_seconds(-60), 12.0)).await.1,
+        push(&s, "UAE-SA", &push_body("a1", at, 12.0)).await.1,
         json!({"written": 0, "ignored": 1})
     );
     assert_eq!(
