@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod advisory;
 mod governance;
 mod isolation;
 mod observability;
@@ -72,6 +73,9 @@ struct Args {
     /// With --security-only: only its API-key part.
     #[arg(long)]
     auth_only: bool,
+    /// Run only the advisory section (advisories vs single inferences, uncached).
+    #[arg(long)]
+    advisory_only: bool,
     /// Run only the replicas section (transition latency on one node vs three replicas
     /// sharing Redis; time until every replica serves a promotion; the routing decision).
     #[arg(long)]
@@ -840,6 +844,13 @@ fn main() -> Result<()> {
     }
     if args.replicas_only {
         return replicas::bench_replicas(&args);
+    }
+    if args.advisory_only {
+        let scripts = std::env::temp_dir().join(format!("invariant-bench-advisory-{}", std::process::id()));
+        std::fs::create_dir_all(&scripts)?;
+        let done = advisory::bench_advisory(&args, &scripts);
+        let _ = std::fs::remove_dir_all(&scripts);
+        return done;
     }
     let config = Config::load(None)?;
     if args.portable_only {
