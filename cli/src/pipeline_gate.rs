@@ -3,8 +3,6 @@
 //! pinned model versions are loaded hash-verified and run in-process, and each recorded case
 //! of its golden file must give the same scores, bit for bit, and the same advisory.
 
-use invariant_core::tensor::TensorData;
-use invariant_core::Tensor;
 use invariant_engine::{EngineOptions, Model};
 use invariant_gpu::DeviceLayer;
 use invariant_pipeline::golden::{self, GoldenSet};
@@ -90,15 +88,7 @@ impl<'a> Scorer<'a> {
             .map_err(|e| e.to_string())
         });
         let model = model.as_ref().map_err(Clone::clone)?;
-        let input = Tensor::new(
-            step.input.clone(),
-            vec![1, row.len()],
-            TensorData::Fp32(row.to_vec()),
-            "row",
-        )
-        .map_err(|e| e.to_string())?;
-        let outputs = model.infer(vec![input]).map_err(|e| e.to_string())?;
-        invariant_serving::advisory::output_value(&outputs, step)
+        invariant_serving::advisory::score_model(model, step, row)
     }
 }
 

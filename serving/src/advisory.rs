@@ -53,25 +53,31 @@ pub struct AdvisoryRequest {
     pub version: Option<String>,
 }
 
-/// Scores one step with a loaded, verified model version, in-process.
+/// A step's input: its row of facts as one FP32 row of its input tensor.
+fn row_tensor(step: &Step, row: Vec<f32>) -> Result<Tensor, String> {
+    Tensor::new(step.input.clone(), vec![1, row.len()], TensorData::Fp32(row), "row").map_err(|e| e.to_string())
+}
+
+/// Scores one step with `model` (the step's pinned version), in-process, outside the request
+/// path: what golden verification of a pipeline runs (the server's, and the gate's).
+pub fn score_model(model: &invariant_engine::Model, step: &Step, row: &[f32]) -> Result<f64, String> {
+    let outputs = model
+        .infer(vec![row_tensor(step, row.to_vec())?])
+        .map_err(|e| e.to_string())?;
+    output_value(&outputs, step)
+}
+
+/// Scores one step with a loaded, verified model version of the serving table.
 fn score_in(table: &crate::models::ModelTable, step: &Step, row: &[f32]) -> Result<f64, String> {
     let serving = table
         .resolve(&step.model, Some(&step.version))
         .map_err(|_| format!("{} {} is not loaded and verified", step.model, step.version))?;
-    let input = Tensor::new(
-        step.input.clone(),
-        vec![1, row.len()],
-        TensorData::Fp32(row.to_vec()),
-        "row",
-    )
-    .map_err(|e| e.to_string())?;
-    let outputs = serving.model.infer(vec![input]).map_err(|e| e.to_string())?;
-    output_value(&outputs, step)
+    score_model(&serving.model, step, row)
 }
 
 /// A step's score in a model's outputs: element `step.index` of output `step.output`, as f64
 /// (exactly).
-pub fn output_value(outputs: &[Tensor], step: &Step) -> Result<f64, String> {
+fn output_value(outputs: &[Tensor], step: &Step) -> Result<f64, String> {
     let out = outputs
         .iter()
         .find(|t| t.name == step.output)
@@ -247,8 +253,7 @@ impl InferenceService {
                 corridor: Some(corridor.to_string()),
                 ..metadata.clone()
             };
-            let input = Tensor::new(step.input.clone(), vec![1, row.len()], TensorData::Fp32(row), "row")
-                .map_err(|e| ServeError::internal(e.to_string()))?;
+            let input = row_tensor(step, row).map_err(ServeError::internal)?;
             let body = InferBody {
                 inputs: vec![input],
                 outputs: vec![step.output.clone()],
