@@ -79,7 +79,7 @@ pub struct ModelArgs {
 pub struct TransitionArgs {
     #[command(flatten)]
     common: Common,
-    /// Model name.
+    /// Model name, or `pipelines/<name>` for an advisory pipeline.
     model: String,
     /// Version.
     #[arg(value_name = "VERSION")]
@@ -487,7 +487,10 @@ fn transition(t: TransitionArgs, action: Action, name: &str, percent: Option<f64
     let result = match t.common.server()? {
         Some(server) => {
             let body = json!({ "reason": t.reason, "corridors": t.corridors, "percent": percent });
-            let path = format!("/admin/v1/models/{}/versions/{}/{name}", t.model, t.model_version);
+            let path = match t.model.strip_prefix(invariant_serving::advisory::SUBJECT_PREFIX) {
+                Some(pipeline) => format!("/admin/v1/pipelines/{pipeline}/versions/{}/{name}", t.model_version),
+                None => format!("/admin/v1/models/{}/versions/{}/{name}", t.model, t.model_version),
+            };
             call(server, reqwest::Method::POST, &path, Some(body))?["transition"].clone()
         }
         None => {

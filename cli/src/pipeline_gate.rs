@@ -117,6 +117,12 @@ pub fn check_pipelines(config: &Config) -> Vec<PipelineReport> {
                             p.version
                         ));
                     }
+                    let defs = invariant_featurestore::load_definitions(
+                        &config.feature_repository,
+                        &config.features_applied_path(),
+                    )
+                    .map_err(|e| e.to_string());
+                    invariant_serving::advisory::check_features(&p, defs.as_ref().map_err(Clone::clone))?;
                     let path = golden::path(&config.golden_vectors, &name, &version);
                     let set = GoldenSet::read(&path).map_err(|e| {
                         format!(

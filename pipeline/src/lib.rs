@@ -189,6 +189,16 @@ pub struct Rule {
     pub all: Vec<Condition>,
 }
 
+/// Facts read from a feature service of the online feature store: the request names the
+/// entity (`entities: {"<join key>": "<key>"}`), and each feature of the service fills the fact
+/// of the same name that the request does not give.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureInput {
+    /// The feature service (its features, in its order, name the facts they fill).
+    pub service: String,
+}
+
 /// A pipeline file as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +214,8 @@ struct File {
     #[serde(default = "default_priority")]
     default_priority: String,
     facts: Vec<Fact>,
+    #[serde(default)]
+    features: Vec<FeatureInput>,
     #[serde(default)]
     models: Vec<Step>,
     rules: Vec<Rule>,
@@ -238,6 +250,8 @@ pub struct Pipeline {
     pub default_priority: Priority,
     /// Its facts.
     pub facts: Vec<Fact>,
+    /// The feature services that fill facts.
+    pub features: Vec<FeatureInput>,
     /// Its model steps.
     pub steps: Vec<Step>,
     /// Its rules, with their priorities parsed.
@@ -353,6 +367,7 @@ impl Pipeline {
         for (what, n, max) in [
             ("facts", file.facts.len(), MAX_FACTS),
             ("models", file.models.len(), MAX_STEPS),
+            ("features", file.features.len(), MAX_STEPS),
             ("rules", file.rules.len(), MAX_RULES),
         ] {
             if n > max {
@@ -379,6 +394,15 @@ impl Pipeline {
                 }
             }
             facts.insert(f.name.clone(), f.clone());
+        }
+        let mut services = BTreeSet::new();
+        for (i, f) in file.features.iter().enumerate() {
+            if f.service.is_empty() || f.service.len() > MAX_TEXT {
+                return Err(bad(format!("features[{i}].service: must be 1 to {MAX_TEXT} bytes")));
+            }
+            if !services.insert(f.service.as_str()) {
+                return Err(bad(format!("features[{i}].service: '{}' is named twice", f.service)));
+            }
         }
         let mut scores = BTreeSet::new();
         for (i, s) in file.models.iter().enumerate() {
@@ -470,6 +494,7 @@ impl Pipeline {
             on_degraded: file.on_degraded,
             default_priority,
             facts: file.facts,
+            features: file.features,
             steps: file.models,
             rules,
             content_hash: blake3::hash(bytes).to_hex().to_string(),
@@ -877,5 +902,20 @@ all = [{ var = "age_days", op = "<", value = 30.0 }, { var = "currency", op = "!
                 .to_string();
             assert!(err.starts_with(field), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn feature_services_are_named_once_each() {
+        let with = |services: &str| format!("{SAMPLE}\n{services}");
+        let one = Pipeline::parse(with("[[features]]\nservice = \"svc\"").as_bytes()).unwrap();
+        assert_eq!(one.features, [FeatureInput { service: "svc".into() }]);
+        assert_ne!(one.content_hash, p().content_hash);
+        let twice = with("[[features]]\nservice = \"svc\"\n[[features]]\nservice = \"svc\"");
+        let err = Pipeline::parse(twice.as_bytes()).unwrap_err().to_string();
+        assert!(err.starts_with("features[1].service"), "{err}");
+        let empty = Pipeline::parse(with("[[features]]\nservice = \"\"").as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(empty.starts_with("features[0].service"), "{empty}");
     }
 }

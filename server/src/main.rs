@@ -222,7 +222,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         };
         let grpc_task = grpc.map(|l| {
             let mut stop = stop_rx.clone();
-            let routes = tonic::service::Routes::new(invariant_server::grpc::service(service.clone())).prepare();
+            let routes = tonic::service::Routes::new(invariant_server::grpc::service(service.clone()))
+                .add_service(invariant_server::grpc::advisory::service(service.clone()))
+                .prepare();
             tokio::spawn(invariant_server::listener::serve(
                 l,
                 routes,

@@ -7,16 +7,19 @@
 //! open, corridor degraded) makes the declared degraded decision, never a silent guess.
 //! Every advisory is audited; one that needs a person enters the corridor's review queue.
 
-use crate::request::{InferBody, Metadata, Target, Transport};
+use crate::request::{InferBody, Metadata, Routing, Target, Transport};
 use crate::{InferenceService, ServeError};
 use invariant_auth::Role;
 use invariant_core::tensor::TensorData;
-use invariant_core::Tensor;
+use invariant_core::{CorridorId, Tensor};
+use invariant_featurestore::defs::Definitions;
+use invariant_featurestore::GetOnlineRequest;
 use invariant_pipeline::golden::{self, GoldenSet};
-use invariant_pipeline::{Advisory, Pipeline, Recommendation, Step, PIPELINES_DIR, PIPELINE_FILE};
-use serde::Deserialize;
+use invariant_pipeline::{Advisory, FactType, Pipeline, Recommendation, Step, PIPELINES_DIR, PIPELINE_FILE};
+use invariant_registry::lifecycle::RegistryState;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,18 +42,83 @@ pub struct Entry {
 pub struct Pipelines {
     /// Versions by pipeline name, lowest first.
     pub versions: BTreeMap<String, Vec<Entry>>,
-    cache: Mutex<BTreeMap<String, (Instant, Value)>>,
+    cache: Mutex<BTreeMap<String, (Instant, AdvisoryReply)>>,
 }
 
+/// The registry name of pipeline `name` (`pipelines/<name>`: model names hold no `/`, so the
+/// two never meet): its lifecycle (stage, canary, promote, rollback, deprecate) is the model
+/// registry's, under this name.
+pub fn subject(name: &str) -> String {
+    format!("{SUBJECT_PREFIX}{name}")
+}
+
+/// The prefix of pipeline names in the registry.
+pub const SUBJECT_PREFIX: &str = "pipelines/";
+
 /// An advisory request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdvisoryRequest {
     /// The request's facts.
+    #[serde(default)]
     pub facts: Map<String, Value>,
-    /// A pipeline version (default: the highest verified one).
+    /// Entity keys for the pipeline's feature services, by join key (`{"account_id": "a1"}`).
+    #[serde(default)]
+    pub entities: BTreeMap<String, Value>,
+    /// A pipeline version (default: the registry's routing among verified versions).
     #[serde(default)]
     pub version: Option<String>,
+}
+
+/// A model version an advisory used.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelUsed {
+    /// The step.
+    pub name: String,
+    /// The model.
+    pub model: String,
+    /// Its pinned version.
+    pub version: String,
+}
+
+/// A feature an advisory read, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureUsed {
+    /// The feature service.
+    pub service: String,
+    /// The feature (the fact it fills).
+    pub feature: String,
+    /// The store's status: `PRESENT`, `NOT_FOUND` or `OUTSIDE_MAX_AGE`.
+    pub status: String,
+    /// The value the fact took from it (`null` when the fact did not come from the store).
+    pub value: Value,
+    /// `store` (the stored value), `default` (the feature's declared default: nothing
+    /// fresh is stored), `request` (the request gave the fact itself) or `missing`.
+    pub used: &'static str,
+}
+
+/// An advisory as answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdvisoryReply {
+    /// The corridor.
+    pub corridor: String,
+    /// How the pipeline version was chosen: `explicit`, `active` or `canary`.
+    pub routing: &'static str,
+    /// The advisory.
+    pub advisory: Advisory,
+    /// Every model version the pipeline asks.
+    pub models: Vec<ModelUsed>,
+    /// Every feature read.
+    pub features: Vec<FeatureUsed>,
+    /// Why the models could not be asked (the degraded policy decided), if so.
+    pub degraded: Option<String>,
+    /// Whether the answer came from the advisory cache.
+    pub cached: bool,
+    /// The review item it raised (`None` for `auto_clear` or when intake is stopped).
+    pub review_item: Option<String>,
+    /// Why intake refused the item, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_error: Option<String>,
 }
 
 /// A step's input: its row of facts as one FP32 row of its input tensor.
@@ -92,18 +160,103 @@ fn output_value(outputs: &[Tensor], step: &Step) -> Result<f64, String> {
     value.ok_or_else(|| format!("output '{}' has no element {}", step.output, step.index))
 }
 
+/// Checks a pipeline's feature inputs against the feature repository: each service exists,
+/// and each of its features is a fact of the pipeline that a feature value can fill (a
+/// number fact for a numeric feature, a bool fact for a BOOL one).
+/// Used by the server at load and by the gate.
+pub fn check_features(p: &Pipeline, defs: Result<&Definitions, String>) -> Result<(), String> {
+    if p.features.is_empty() {
+        return Ok(());
+    }
+    let defs =
+        defs.map_err(|why| format!("it reads feature services, but the feature store is not available: {why}"))?;
+    for (i, input) in p.features.iter().enumerate() {
+        let service = defs
+            .service(&input.service)
+            .ok_or_else(|| format!("features[{i}].service: unknown feature service '{}'", input.service))?;
+        let refs = defs.resolve(&service.features).map_err(|e| e.to_string())?;
+        for r in refs {
+            let feature = &defs.views[r.view].features[r.feature];
+            let fact = p.facts.iter().find(|f| f.name == feature.name).ok_or_else(|| {
+                format!(
+                    "features[{i}]: feature '{}' of service '{}' is not a fact of the pipeline",
+                    feature.name, input.service
+                )
+            })?;
+            let fits = match feature.datatype {
+                invariant_core::DataType::Bool => fact.kind == FactType::Bool,
+                invariant_core::DataType::Bytes => fact.kind == FactType::String,
+                _ => fact.kind == FactType::Number,
+            };
+            if !fits {
+                return Err(format!(
+                    "features[{i}]: feature '{}' ({:?}) cannot fill fact '{}' ({:?})",
+                    feature.name, feature.datatype, fact.name, fact.kind
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads, checks and verifies pipeline `name` `version` of the repository against the loaded
+/// model versions of `table`.
+fn load_version(
+    service: &InferenceService,
+    table: &crate::models::ModelTable,
+    name: &str,
+    version: &semver::Version,
+) -> Result<Pipeline, String> {
+    let dir_version = version.to_string();
+    let file = service
+        .config
+        .model_repository
+        .join(PIPELINES_DIR)
+        .join(name)
+        .join(&dir_version)
+        .join(PIPELINE_FILE);
+    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let p = Pipeline::parse(&bytes).map_err(|e| e.to_string())?;
+    if p.name != name || &p.version != version {
+        return Err(format!("{} declares {} {}", file.display(), p.name, p.version));
+    }
+    // The served definitions; a command-line tool (no store opened) reads them from the
+    // repository as the server would.
+    let read;
+    let defs = match &service.features {
+        Ok(store) => Ok(&store.defs),
+        Err(why) if p.features.is_empty() => Err(why.clone()),
+        Err(_) => {
+            let config = &service.config;
+            read =
+                invariant_featurestore::load_definitions(&config.feature_repository, &config.features_applied_path());
+            read.as_ref().map_err(|e| e.to_string())
+        }
+    };
+    check_features(&p, defs)?;
+    let set = GoldenSet::read(&golden::path(&service.config.golden_vectors, &p.name, &dir_version))
+        .map_err(|e| e.to_string())?;
+    let violations = set.verify(&p, &mut |s, row| score_in(table, s, row));
+    match violations.first() {
+        Some(v) => Err(format!("verification failed ({} violations): {v}", violations.len())),
+        None => Ok(p),
+    }
+}
+
 impl Pipelines {
-    /// Loads and verifies every pipeline version of the service's repository.
+    /// Loads and verifies every pipeline version of the service's repository (a version that
+    /// does not parse, reads an unknown feature service or misses a golden decision does not
+    /// serve, and says why).
     pub fn load(service: &InferenceService) -> Self {
         let root = service.config.model_repository.join(PIPELINES_DIR);
         let snapshot = service.snapshot();
         let mut versions: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-        let names = std::fs::read_dir(&root).into_iter().flatten().flatten();
-        for name in names.filter(|e| e.path().is_dir()) {
+        let mut names: Vec<_> = std::fs::read_dir(&root).into_iter().flatten().flatten().collect();
+        names.sort_by_key(|e| e.file_name());
+        for name in names.into_iter().filter(|e| e.path().is_dir()) {
             let name_text = name.file_name().to_string_lossy().into_owned();
             for dir in std::fs::read_dir(name.path()).into_iter().flatten().flatten() {
-                let file = dir.path().join(PIPELINE_FILE);
-                if !file.is_file() {
+                if !dir.path().join(PIPELINE_FILE).is_file() {
                     continue;
                 }
                 let dir_version = dir.file_name().to_string_lossy().into_owned();
@@ -111,21 +264,7 @@ impl Pipelines {
                     tracing::warn!(pipeline = %name_text, dir = %dir_version, "not a semantic version; ignored");
                     continue;
                 };
-                let loaded = std::fs::read(&file)
-                    .map_err(|e| format!("{}: {e}", file.display()))
-                    .and_then(|b| Pipeline::parse(&b).map_err(|e| e.to_string()))
-                    .and_then(|p| {
-                        if p.name != name_text || p.version != version {
-                            return Err(format!("{} declares {} {}", file.display(), p.name, p.version));
-                        }
-                        let set = GoldenSet::read(&golden::path(&service.config.golden_vectors, &p.name, &dir_version))
-                            .map_err(|e| e.to_string())?;
-                        let violations = set.verify(&p, &mut |s, row| score_in(&snapshot.table, s, row));
-                        match violations.first() {
-                            Some(v) => Err(format!("verification failed ({} violations): {v}", violations.len())),
-                            None => Ok(p),
-                        }
-                    });
+                let loaded = load_version(service, &snapshot.table, &name_text, &version);
                 let entry = match loaded {
                     Ok(p) => {
                         tracing::info!(pipeline = %p.name, version = %p.version, "pipeline verified");
@@ -156,34 +295,90 @@ impl Pipelines {
         }
     }
 
-    /// The version that serves `name` (`version`, else the highest verified one).
-    pub fn pick(&self, name: &str, version: Option<&str>) -> Result<Arc<Pipeline>, ServeError> {
+    /// The verified version `version` of `name`.
+    pub fn verified(&self, name: &str, version: &str) -> Option<Arc<Pipeline>> {
+        self.versions
+            .get(name)?
+            .iter()
+            .find(|e| e.version.to_string() == version)?
+            .pipeline
+            .clone()
+    }
+
+    /// The highest verified version of `name`: what serves while no version was promoted.
+    pub fn default_version(&self, name: &str) -> Option<String> {
+        self.versions
+            .get(name)?
+            .iter()
+            .rev()
+            .find(|e| e.pipeline.is_some())
+            .map(|e| e.version.to_string())
+    }
+
+    /// The version that serves `name` in `corridor` for `key`: `version` when named (any
+    /// verified one), else the registry's route among verified versions (canary share,
+    /// corridor override, active version), else the highest verified one.
+    pub fn route(
+        &self,
+        registry: &RegistryState,
+        name: &str,
+        version: Option<&str>,
+        corridor: &str,
+        key: &[u8],
+    ) -> Result<(Arc<Pipeline>, Routing), ServeError> {
         let entries = self
             .versions
             .get(name)
             .ok_or_else(|| ServeError::not_found(format!("unknown pipeline '{name}'")))?;
-        match version {
-            Some(v) => {
-                let entry = entries
-                    .iter()
-                    .find(|e| e.version.to_string() == v)
-                    .ok_or_else(|| ServeError::not_found(format!("pipeline '{name}' has no version '{v}'")))?;
-                entry.pipeline.clone().ok_or_else(|| {
-                    ServeError::unavailable(format!(
-                        "pipeline {name} {v} does not serve: {}",
-                        entry.error.as_deref().unwrap_or("not verified")
-                    ))
-                })
-            }
-            None => entries
+        if let Some(v) = version {
+            let entry = entries
                 .iter()
-                .rev()
-                .find_map(|e| e.pipeline.clone())
-                .ok_or_else(|| ServeError::unavailable(format!("pipeline '{name}' has no verified version"))),
+                .find(|e| e.version.to_string() == v)
+                .ok_or_else(|| ServeError::not_found(format!("version: pipeline '{name}' has no version '{v}'")))?;
+            let p = entry.pipeline.clone().ok_or_else(|| {
+                ServeError::unavailable(format!(
+                    "pipeline {name} {v} does not serve: {}",
+                    entry.error.as_deref().unwrap_or("not verified")
+                ))
+            })?;
+            return Ok((p, Routing::Explicit));
         }
+        let default = self.default_version(name);
+        let ready = |v: &str| self.verified(name, v).is_some();
+        let route = registry
+            .route(&subject(name), corridor, key, &ready, default.as_deref())
+            .ok_or_else(|| ServeError::unavailable(format!("pipeline '{name}' has no verified version")))?;
+        let p = self
+            .verified(name, &route.version)
+            .ok_or_else(|| ServeError::unavailable(format!("pipeline {name} {} is not verified", route.version)))?;
+        Ok((p, Routing::from_reason(route.reason)))
     }
 
-    fn cached(&self, key: &str, ttl: Duration) -> Option<Value> {
+    /// Every version's view: state (READY or FAILED), lifecycle in `registry`, content hash,
+    /// models, feature services, why it does not serve.
+    pub fn views(&self, registry: &RegistryState) -> Vec<Value> {
+        self.versions
+            .iter()
+            .flat_map(|(name, versions)| {
+                let default = self.default_version(name);
+                versions.iter().map(move |e| {
+                    let v = e.version.to_string();
+                    json!({
+                        "name": name,
+                        "version": v,
+                        "state": if e.pipeline.is_some() { "READY" } else { "FAILED" },
+                        "lifecycle": registry.lifecycle(&subject(name), &v, default.as_deref()).to_string(),
+                        "error": e.error,
+                        "content_hash": e.pipeline.as_ref().map(|p| p.content_hash.clone()),
+                        "models": e.pipeline.as_ref().map(|p| p.steps.iter().map(|s| json!({"name": s.name, "model": s.model, "version": s.version})).collect::<Vec<_>>()),
+                        "features": e.pipeline.as_ref().map(|p| p.features.iter().map(|f| f.service.clone()).collect::<Vec<_>>()),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    fn cached(&self, key: &str, ttl: Duration) -> Option<AdvisoryReply> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .get(key)
@@ -191,7 +386,7 @@ impl Pipelines {
             .map(|(_, v)| v.clone())
     }
 
-    fn keep(&self, key: String, reply: Value, ttl: Duration) {
+    fn keep(&self, key: String, reply: AdvisoryReply, ttl: Duration) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_CAPACITY {
             cache.retain(|_, (at, _)| at.elapsed() < ttl);
@@ -209,40 +404,173 @@ fn degrades(e: &ServeError) -> bool {
     matches!(e, ServeError::Unavailable(_) | ServeError::DeadlineExceeded(_))
 }
 
+/// blake3 over length-prefixed parts, hex.
+fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in parts {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().to_hex().to_string()
+}
+
 impl InferenceService {
+    /// The advisory pipelines as loaded now.
+    pub fn pipelines(&self) -> Arc<Pipelines> {
+        self.pipelines.load_full()
+    }
+
+    /// Verifies pipeline `name` `version` again from the files (before it receives traffic):
+    /// its golden decisions on the loaded models, and that the file is the one loaded.
+    pub(crate) fn reverify_pipeline(&self, name: &str, version: &str) -> Result<(), crate::control::TransitionError> {
+        use crate::control::TransitionError;
+        let loaded = self
+            .pipelines()
+            .verified(name, version)
+            .ok_or_else(|| TransitionError::Verification(format!("pipeline {name} {version} is not verified")))?;
+        let parsed = semver::Version::parse(version)
+            .map_err(|e| TransitionError::Verification(format!("version: '{version}': {e}")))?;
+        let again = load_version(self, &self.snapshot().table, name, &parsed).map_err(TransitionError::Verification)?;
+        if again.content_hash != loaded.content_hash {
+            return Err(TransitionError::Verification(format!(
+                "pipeline {name} {version} changed on disk since it was verified: reload the pipelines first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fills `facts` the request did not give from the pipeline's feature services, read in
+    /// `corridor` for the request's entity keys (through the one feature read path: its
+    /// governance, bulkhead and deadline). A feature with no fresh value fills its fact with
+    /// the feature's declared default, and says so.
+    async fn pipeline_features(
+        &self,
+        corridor: &CorridorId,
+        p: &Pipeline,
+        entities: &BTreeMap<String, Value>,
+        facts: &mut Map<String, Value>,
+    ) -> Result<Vec<FeatureUsed>, ServeError> {
+        let mut used = Vec::new();
+        if p.features.is_empty() {
+            if let Some(key) = entities.keys().next() {
+                return Err(ServeError::invalid(format!(
+                    "entities.{key}: pipeline {} {} reads no feature service",
+                    p.name, p.version
+                )));
+            }
+            return Ok(used);
+        }
+        let store = self.feature_store()?;
+        let mut wanted = BTreeSet::new();
+        for input in &p.features {
+            let join_key = store
+                .service_join_key(&input.service)
+                .ok_or_else(|| ServeError::internal(format!("feature service '{}' has no entity", input.service)))?
+                .to_string();
+            wanted.insert(join_key.clone());
+            let Some(key) = entities.get(&join_key) else {
+                continue;
+            };
+            let request = GetOnlineRequest {
+                features: None,
+                feature_service: Some(input.service.clone()),
+                entities: BTreeMap::from([(join_key.clone(), vec![key.clone()])]),
+                full_feature_names: false,
+                include_feature_view_version_metadata: false,
+            };
+            let reply = self.get_online_features(corridor, request).await.map_err(|e| match e {
+                ServeError::InvalidArgument(m) => ServeError::invalid(format!("entities.{join_key}: {m}")),
+                other => other,
+            })?;
+            let defaults = store.service_defaults(&input.service).map_err(ServeError::from)?;
+            let names = reply.metadata.feature_names.iter().skip(1);
+            for ((name, column), default) in names.zip(reply.results.iter().skip(1)).zip(defaults) {
+                let status = column.statuses.first().copied().unwrap_or("NOT_FOUND");
+                let stored = column.values.first().cloned().unwrap_or(Value::Null);
+                let (value, how) = if facts.get(name).is_some_and(|v| !v.is_null()) {
+                    (Value::Null, "request")
+                } else if status == "PRESENT" && !stored.is_null() {
+                    (stored, "store")
+                } else if let Some(d) = default {
+                    (d, "default")
+                } else {
+                    (Value::Null, "missing")
+                };
+                if !value.is_null() {
+                    facts.insert(name.clone(), value.clone());
+                }
+                used.push(FeatureUsed {
+                    service: input.service.clone(),
+                    feature: name.clone(),
+                    status: status.to_string(),
+                    value,
+                    used: how,
+                });
+            }
+        }
+        if let Some(key) = entities.keys().find(|k| !wanted.contains(k.as_str())) {
+            return Err(ServeError::invalid(format!(
+                "entities.{key}: not the join key of a feature service of pipeline {} {} (it reads {})",
+                p.name,
+                p.version,
+                wanted.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(used)
+    }
+
     /// The advisory of `pipeline` for `request` in the caller's corridor (the `infer` role
-    /// there), as JSON: the advisory (recommendation, priority, reason codes, scores, source,
-    /// advisory hash), the model versions used, whether it came from the cache, and the review
-    /// item it raised.
+    /// there): facts from the request and the pipeline's feature services, every model step
+    /// through the one request path, the rule table; the version chosen by the registry (or
+    /// named); the advisory (recommendation, priority, reason codes, scores, source, advisory
+    /// hash), the model versions and features used, whether it came from the cache, and the
+    /// review item it raised.
     pub async fn advise(
         self: &Arc<Self>,
         metadata: &Metadata,
         pipeline: &str,
         request: AdvisoryRequest,
-    ) -> Result<Value, ServeError> {
+    ) -> Result<AdvisoryReply, ServeError> {
         let corridor = self.corridor_of(metadata.corridor.as_deref(), &Map::new())?;
         let caller = self.authorize(metadata, crate::auth::Need::In(Role::Infer, corridor.as_str()))?;
-        let pipelines = self
-            .pipelines
-            .get()
-            .ok_or_else(|| ServeError::unavailable("pipelines are not loaded yet"))?;
-        let p = pipelines.pick(pipeline, request.version.as_deref())?;
-        let facts = p
-            .facts(&request.facts)
-            .map_err(|e| ServeError::invalid(e.to_string()))?;
-        // The key: corridor, pipeline version and content, the checked facts (canonical).
-        let key = {
-            let mut h = blake3::Hasher::new();
-            for part in [corridor.as_str(), &p.name, &p.version.to_string(), &p.content_hash] {
-                h.update(&(part.len() as u64).to_le_bytes());
-                h.update(part.as_bytes());
+        let pipelines = self.pipelines();
+        // The routing key: the caller's, else the request itself (the same request always
+        // reaches the same version, so it always gets the same advisory).
+        let key = match &metadata.routing_key {
+            Some(k) => k.clone(),
+            None => {
+                let facts = serde_json::to_vec(&request.facts).unwrap_or_default();
+                let entities = serde_json::to_vec(&request.entities).unwrap_or_default();
+                digest([facts.as_slice(), entities.as_slice()]).into_bytes()
             }
-            h.update(serde_json::to_string(&facts).unwrap_or_default().as_bytes());
-            h.finalize().to_hex().to_string()
         };
+        let (p, routing) = pipelines.route(
+            &self.snapshot().registry,
+            pipeline,
+            request.version.as_deref(),
+            corridor.as_str(),
+            &key,
+        )?;
+        let mut given = request.facts.clone();
+        let features = self
+            .pipeline_features(&corridor, &p, &request.entities, &mut given)
+            .await?;
+        let facts = p.facts(&given).map_err(|e| ServeError::invalid(e.to_string()))?;
+        // The key: corridor, pipeline version and content, the checked facts (canonical).
+        let version = p.version.to_string();
+        let canonical = serde_json::to_string(&facts).unwrap_or_default();
+        let key = digest([
+            corridor.as_str().as_bytes(),
+            p.name.as_bytes(),
+            version.as_bytes(),
+            p.content_hash.as_bytes(),
+            canonical.as_bytes(),
+        ]);
         let ttl = Duration::try_from_secs_f64(p.cache_ttl_seconds).unwrap_or(Duration::ZERO);
         if let Some(mut hit) = pipelines.cached(&key, ttl) {
-            hit["cached"] = json!(true);
+            hit.cached = true;
+            hit.routing = routing.name();
+            hit.features = features;
             return Ok(hit);
         }
         let mut scores = BTreeMap::new();
@@ -275,21 +603,28 @@ impl InferenceService {
             None => p.decide(&facts, &scores),
             Some(_) => p.degraded(&facts),
         };
-        let models: Vec<Value> = p
+        let models = p
             .steps
             .iter()
-            .map(|s| json!({"name": s.name, "model": s.model, "version": s.version}))
+            .map(|s| ModelUsed {
+                name: s.name.clone(),
+                model: s.model.clone(),
+                version: s.version.clone(),
+            })
             .collect();
-        let mut reply = json!({
-            "corridor": corridor.as_str(),
-            "advisory": advisory,
-            "models": models,
-            "degraded": degraded_by,
-            "cached": false,
-            "review_item": null,
-        });
+        let mut reply = AdvisoryReply {
+            corridor: corridor.to_string(),
+            routing: routing.name(),
+            advisory: advisory.clone(),
+            models,
+            features,
+            degraded: degraded_by.clone(),
+            cached: false,
+            review_item: None,
+            review_error: None,
+        };
         let record = json!({
-            "actor": caller.id(), "pipeline": p.name, "version": p.version.to_string(),
+            "actor": caller.id(), "pipeline": p.name, "version": version, "routing": routing.name(),
             "advisory_hash": advisory.advisory_hash, "recommendation": advisory.recommendation,
             "priority": advisory.priority, "reason_codes": advisory.reason_codes, "source": advisory.source,
         });
@@ -304,9 +639,7 @@ impl InferenceService {
             priority: advisory.priority.map_or("P4", |p| p.name()).to_string(),
             subject,
             reason_codes: advisory.reason_codes.clone(),
-            facts: Some(
-                json!({"facts": request.facts, "scores": advisory.scores, "advisory_hash": advisory.advisory_hash}),
-            ),
+            facts: Some(json!({"facts": given, "scores": advisory.scores, "advisory_hash": advisory.advisory_hash})),
             source: Some(format!("advisory:{}@{}", p.name, p.version)),
         };
         let (corridor_id, actor) = (corridor.clone(), caller.id().to_string());
@@ -320,8 +653,8 @@ impl InferenceService {
         .await
         .map_err(|e| ServeError::internal(format!("advisory task failed: {e}")))??;
         match review {
-            Some(Ok(item)) => reply["review_item"] = json!(item.id),
-            Some(Err(e)) => reply["review_error"] = json!(e.to_string()),
+            Some(Ok(item)) => reply.review_item = Some(item.id),
+            Some(Err(e)) => reply.review_error = Some(e.to_string()),
             None => {}
         }
         metrics::counter!("invariant_advisories_total", "corridor" => corridor.to_string(), "pipeline" => p.name.clone(),

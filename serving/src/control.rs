@@ -47,6 +47,9 @@ impl From<TransitionError> for ServeError {
     }
 }
 
+/// Whether a version of the subject of a transition is ready for traffic.
+type Ready<'a> = dyn Fn(&str) -> bool + 'a;
+
 /// Whether a version is loaded and verified.
 pub fn ready(table: &ModelTable, model: &str, version: &str) -> bool {
     table.versions(model).is_some_and(|vs| {
@@ -94,31 +97,57 @@ impl InferenceService {
     ) -> Result<Transition, TransitionError> {
         let snapshot = self.snapshot();
         let table = &snapshot.table;
-        let versions = table
-            .versions(model)
-            .ok_or_else(|| TransitionError::NotFound(format!("unknown model '{model}'")))?;
-        if !versions.iter().any(|e| e.version == version) {
-            return Err(TransitionError::NotFound(format!(
-                "model '{model}' has no version '{version}'"
-            )));
-        }
-        if matches!(action, Action::Canary { .. } | Action::Promote { .. }) {
-            reverify(
-                table,
-                &self.config.golden_vectors,
-                &self.config.limits.golden,
-                model,
-                version,
-            )?;
-        }
-        let default_active = table.default_version(model);
-        let is_ready = |v: &str| ready(table, model, v);
+        let pipelines = self.pipelines();
+        let pipeline = model.strip_prefix(crate::advisory::SUBJECT_PREFIX);
+        let (default_active, is_ready): (Option<String>, Box<Ready<'_>>) = match pipeline {
+            // A pipeline: its versions are those of the repository, ready when verified, and
+            // verified again (golden decisions, on the loaded models) before traffic.
+            Some(name) => {
+                let versions = pipelines
+                    .versions
+                    .get(name)
+                    .ok_or_else(|| TransitionError::NotFound(format!("unknown pipeline '{name}'")))?;
+                if !versions.iter().any(|e| e.version.to_string() == version) {
+                    return Err(TransitionError::NotFound(format!(
+                        "pipeline '{name}' has no version '{version}'"
+                    )));
+                }
+                if matches!(action, Action::Canary { .. } | Action::Promote { .. }) {
+                    self.reverify_pipeline(name, version)?;
+                }
+                let p = pipelines.clone();
+                (
+                    pipelines.default_version(name),
+                    Box::new(move |v: &str| p.verified(name, v).is_some()),
+                )
+            }
+            None => {
+                let versions = table
+                    .versions(model)
+                    .ok_or_else(|| TransitionError::NotFound(format!("unknown model '{model}'")))?;
+                if !versions.iter().any(|e| e.version == version) {
+                    return Err(TransitionError::NotFound(format!(
+                        "model '{model}' has no version '{version}'"
+                    )));
+                }
+                if matches!(action, Action::Canary { .. } | Action::Promote { .. }) {
+                    reverify(
+                        table,
+                        &self.config.golden_vectors,
+                        &self.config.limits.golden,
+                        model,
+                        version,
+                    )?;
+                }
+                (table.default_version(model), Box::new(|v: &str| ready(table, model, v)))
+            }
+        };
         let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let ctx = TransitionContext {
             actor,
             reason,
             time: &time,
-            ready: &is_ready,
+            ready: &*is_ready,
             default_active: default_active.as_deref(),
         };
         let limits = &self.config.limits.lifecycle;
@@ -266,6 +295,44 @@ impl ControlPlane {
             .map_err(|e| ServeError::unavailable(format!("the model was reloaded but could not be audited: {e}")))?;
         crate::events::publish(&self.service, model, "reload").await;
         Ok(ReloadReport { versions })
+    }
+
+    /// Re-reads and verifies every pipeline version of the repository (fetching
+    /// `pipelines/` first from a remote repository) and swaps them in whole: advisories in
+    /// flight finish on the versions they started with; a version that fails verification does
+    /// not serve, and says why. Audited (event `load`, with each version's outcome).
+    pub async fn reload_pipelines(&self, actor: &str) -> Result<Vec<Value>, ServeError> {
+        let _one_at_a_time = self.service.reload_lock.lock().await;
+        let worker = self.service.clone();
+        let span = tracing::Span::current();
+        let pipelines = tokio::task::spawn_blocking(move || {
+            let _in_request = span.enter();
+            if !worker.mirrors.is_empty() {
+                worker
+                    .mirrors
+                    .sync_model(invariant_pipeline::PIPELINES_DIR)
+                    .map_err(|e| ServeError::unavailable(format!("cannot fetch the pipelines: {e}")))?;
+            }
+            Ok::<_, ServeError>(crate::advisory::Pipelines::load(&worker))
+        })
+        .await
+        .map_err(|e| ServeError::internal(format!("reload task failed: {e}")))??;
+        let views = pipelines.views(&self.service.snapshot().registry);
+        self.service.pipelines.store(Arc::new(pipelines));
+        tracing::info!(versions = views.len(), "pipelines reloaded");
+        let outcomes: Vec<Value> = views
+            .iter()
+            .map(|v| json!({"pipeline": v["name"], "version": v["version"], "state": v["state"], "error": v["error"]}))
+            .collect();
+        let record = json!({"actor": actor, "pipelines": outcomes});
+        let audit = self.service.audit.clone();
+        tokio::task::spawn_blocking(move || audit.record(None, "load", &record))
+            .await
+            .map_err(|e| ServeError::internal(format!("audit task failed: {e}")))?
+            .map_err(|e| {
+                ServeError::unavailable(format!("the pipelines were reloaded but could not be audited: {e}"))
+            })?;
+        Ok(views)
     }
 
     /// Takes a version out of memory (audited). Refused while it receives traffic (active,

@@ -135,8 +135,9 @@ pub struct InferenceService {
     pub(crate) converged: convergence::Converged,
     /// The object-store mirrors of a remote model repository or golden vectors.
     pub mirrors: remote::Mirrors,
-    /// The advisory pipelines, verified once the models are loaded.
-    pub pipelines: std::sync::OnceLock<advisory::Pipelines>,
+    /// The advisory pipelines, verified once the models are loaded (swapped whole by a
+    /// reload: [`control::ControlPlane::reload_pipelines`]).
+    pub pipelines: ArcSwap<advisory::Pipelines>,
     /// The human review queue, or why it is not available (command-line tools do not open
     /// it: a running server holds its file).
     pub review: Result<Arc<invariant_review::Queue>, String>,
@@ -335,7 +336,7 @@ impl InferenceService {
             converged: convergence::Converged::new(&registry),
             mirrors,
             review,
-            pipelines: std::sync::OnceLock::new(),
+            pipelines: ArcSwap::from_pointee(advisory::Pipelines::default()),
             control_state,
             corridors,
             events,
@@ -361,7 +362,7 @@ impl InferenceService {
         };
         let table = ModelTable::load(&service.config.model_repository, &service.loader())?;
         service.set_models(Arc::new(table));
-        let _ = service.pipelines.set(advisory::Pipelines::load(&service));
+        service.pipelines.store(Arc::new(advisory::Pipelines::load(&service)));
         let service = Arc::new(service);
         control::spawn_auto_rollback(&service, rollbacks);
         convergence::spawn_watcher(&service);

@@ -235,17 +235,36 @@ fn golden_record_refuses_to_overwrite_without_force() {
 
 #[test]
 fn the_gate_checks_every_advisory_pipeline_against_its_golden_decisions() {
-    // The shipped transaction-review pipeline passes, case by case.
+    // The shipped transaction-review pipeline versions pass, case by case.
     let (code, out, err) = invariant(&["gate", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let pipelines = report["pipelines"].as_array().unwrap();
-    assert_eq!(pipelines.len(), 1, "{report}");
-    assert_eq!(pipelines[0]["pipeline"], "transaction-review");
-    assert_eq!(
-        (pipelines[0]["passed"].clone(), pipelines[0]["cases"].as_u64()),
-        (serde_json::json!(true), Some(24))
-    );
+    assert_eq!(pipelines.len(), 2, "{report}");
+    for (p, version) in pipelines.iter().zip(["1.0.0", "1.1.0"]) {
+        assert_eq!(
+            (p["pipeline"].as_str(), p["version"].as_str()),
+            (Some("transaction-review"), Some(version))
+        );
+        assert_eq!(
+            (p["passed"].clone(), p["cases"].as_u64()),
+            (serde_json::json!(true), Some(24))
+        );
+    }
+
+    // A version reading an unknown feature service fails the gate, naming it.
+    let repo = RepoCopy::new();
+    let file = repo.models().join("pipelines/transaction-review/1.1.0/pipeline.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("service = \"trust_scorer_v1\"", "service = \"trust_scorer_v9\""),
+    )
+    .unwrap();
+    let (code, out, err) = gate(&repo.args());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("FAIL pipeline transaction-review 1.1.0"), "{out}");
+    assert!(out.contains("trust_scorer_v9"), "{out}");
 
     // A changed threshold is a new version: the old golden decisions refuse it.
     let repo = RepoCopy::new();

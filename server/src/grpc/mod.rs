@@ -7,7 +7,10 @@
 //! routing key and deadline come from request `parameters` or the metadata keys `x-corridor`,
 //! `x-routing-key`, `x-deadline-ms` and the gRPC deadline, with the same rules as HTTP.
 //! Errors map once ([`status_of`]). Shared memory, tracing and log settings are not offered
-//! (UNIMPLEMENTED).
+//! (UNIMPLEMENTED). The same listener serves `invariant.advisory.v1.AdvisoryService`
+//! ([`advisory`]).
+
+pub mod advisory;
 
 /// The generated protocol types and service trait.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -96,8 +96,38 @@ struct ActionBody {
 /// `POST /admin/v1/models/{model}/versions/{version}/{stage|canary|promote|rollback|deprecate|unload}`.
 #[utoipa::path(post, path = "/admin/v1/models/{model}/versions/{version}/{action}", tag = "admin", params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version"), ("action" = String, Path, description = "stage, canary, promote, rollback, deprecate or unload")), request_body(content = crate::http::openapi::Object, description = "reason, percent, corridors", content_type = "application/json"), responses((status = 200, description = "the transition and the model's view", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
 pub(crate) async fn act(
-    State(state): State<AppState>,
+    state: State<AppState>,
     Path((model, version, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    transition(state, model, version, action, headers, body).await
+}
+
+/// `POST /admin/v1/pipelines/{pipeline}/versions/{version}/{stage|canary|promote|rollback|deprecate}`:
+/// a pipeline's lifecycle, in the model registry under `pipelines/<name>`.
+#[utoipa::path(post, path = "/admin/v1/pipelines/{pipeline}/versions/{version}/{action}", tag = "advisory", params(("pipeline" = String, Path, description = "pipeline name"), ("version" = String, Path, description = "pipeline version"), ("action" = String, Path, description = "stage, canary, promote, rollback or deprecate")), request_body(content = crate::http::openapi::Object, description = "reason, percent, corridors", content_type = "application/json"), responses((status = 200, description = "the transition and the pipeline's versions", body = crate::http::openapi::Object), crate::http::openapi::Errors))]
+pub(crate) async fn act_pipeline(
+    state: State<AppState>,
+    Path((pipeline, version, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if action == "unload" {
+        return Err(ApiError::not_found(
+            "unknown action 'unload' for a pipeline (stage, canary, promote, rollback, deprecate)",
+        ));
+    }
+    let subject = invariant_serving::advisory::subject(&pipeline);
+    transition(state, subject, version, action, headers, body).await
+}
+
+/// One transition of a model or (`pipelines/<name>`) a pipeline.
+async fn transition(
+    State(state): State<AppState>,
+    model: String,
+    version: String,
+    action: String,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -152,6 +182,15 @@ pub(crate) async fn act(
         }
     };
     let transition = control.transition(&model, &version, action, actor, &reason).await?;
+    if let Some(name) = model.strip_prefix(invariant_serving::advisory::SUBJECT_PREFIX) {
+        let versions: Vec<Value> = state
+            .pipelines()
+            .views(&state.snapshot().registry)
+            .into_iter()
+            .filter(|v| v["name"] == name)
+            .collect();
+        return Ok(Json(json!({ "transition": transition, "pipeline": versions })).into_response());
+    }
     let view = model_view(&state.snapshot(), &model);
     Ok(Json(json!({ "transition": transition, "model": view })).into_response())
 }

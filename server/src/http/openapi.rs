@@ -288,6 +288,8 @@ impl Modify for BearerAuth {
         crate::http::review::summary,
         crate::http::advisory::list,
         crate::http::advisory::advise,
+        crate::http::advisory::reload,
+        crate::http::admin::act_pipeline,
         document
     ),
     components(schemas(ErrorBody))
