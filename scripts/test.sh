@@ -26,6 +26,12 @@ if ! command -v promtool >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus
 fi
 command -v promtool >/dev/null || { echo "test: promtool is required and could not be installed" >&2; exit 1; }
+# The dashboard test drives Debian's chromium headless over the DevTools protocol.
+if ! [ -x /usr/bin/chromium ]; then
+  echo "test: installing chromium"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+[ -x /usr/bin/chromium ] || { echo "test: /usr/bin/chromium is required and could not be installed" >&2; exit 1; }
 
 echo "test: cargo fmt --check"
 cargo fmt --all --check

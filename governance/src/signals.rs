@@ -84,6 +84,7 @@ struct Second {
     second: u64,
     requests: u64,
     failures: u64,
+    hits: u64,
     latency: [u32; BUCKETS],
 }
 
@@ -93,6 +94,7 @@ impl Second {
             second,
             requests: 0,
             failures: 0,
+            hits: 0,
             latency: [0; BUCKETS],
         }
     }
@@ -111,6 +113,76 @@ pub struct Summary {
     pub p99_ms: f64,
     /// p50 latency in ms, the same way.
     pub p50_ms: f64,
+    /// Requests answered from a cache.
+    pub cache_hits: u64,
+}
+
+/// One step of a window's series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    /// How many seconds ago the step ended (0: the current step).
+    pub ago_s: u64,
+    /// The step's requests, failures, cache hits and latency quantiles.
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// Totals and a latency histogram over some seconds.
+struct Totals {
+    requests: u64,
+    failures: u64,
+    hits: u64,
+    hist: [u64; BUCKETS],
+}
+
+impl Totals {
+    fn new() -> Self {
+        Self {
+            requests: 0,
+            failures: 0,
+            hits: 0,
+            hist: [0; BUCKETS],
+        }
+    }
+
+    fn add(&mut self, s: &Second) {
+        self.requests += s.requests;
+        self.failures += s.failures;
+        self.hits += s.hits;
+        for (h, v) in self.hist.iter_mut().zip(s.latency) {
+            *h += u64::from(v);
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        let requests = self.requests;
+        let quantile = |q: f64| {
+            if requests == 0 {
+                return 0.0;
+            }
+            let rank = (requests as f64 * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in self.hist.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return (bucket_upper_us(i)).round() / 1000.0;
+                }
+            }
+            0.0
+        };
+        Summary {
+            requests,
+            failures: self.failures,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                self.failures as f64 / requests as f64
+            },
+            p99_ms: quantile(0.99),
+            p50_ms: quantile(0.5),
+            cache_hits: self.hits,
+        }
+    }
 }
 
 /// One corridor's sliding window.
@@ -136,6 +208,11 @@ impl Window {
 
     /// Records one request's latency and whether it failed.
     pub fn record(&self, latency: Duration, failed: bool) {
+        self.record_answer(latency, failed, false);
+    }
+
+    /// Records one request's latency, whether it failed, and whether a cache answered it.
+    pub fn record_answer(&self, latency: Duration, failed: bool, hit: bool) {
         let second = self.now_second();
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         let n = ring.len();
@@ -145,53 +222,53 @@ impl Window {
         }
         slot.requests += 1;
         slot.failures += u64::from(failed);
+        slot.hits += u64::from(hit);
         slot.latency[bucket_of(latency)] += 1;
     }
 
-    /// The window's totals, its failure rate and p99.
+    /// The whole window's totals, its failure rate and latency quantiles.
     pub fn summary(&self) -> Summary {
+        self.summary_over(u64::MAX)
+    }
+
+    /// The same over the last `seconds` (at most the window).
+    pub fn summary_over(&self, seconds: u64) -> Summary {
         let now = self.now_second();
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let n = ring.len() as u64;
-        let mut requests = 0;
-        let mut failures = 0;
-        let mut hist = [0u64; BUCKETS];
+        let span = seconds.min(ring.len() as u64);
+        let mut totals = Totals::new();
         for s in ring
             .iter()
-            .filter(|s| s.second != u64::MAX && now - s.second.min(now) < n)
+            .filter(|s| s.second != u64::MAX && now - s.second.min(now) < span)
         {
-            requests += s.requests;
-            failures += s.failures;
-            for (h, v) in hist.iter_mut().zip(s.latency) {
-                *h += u64::from(v);
+            totals.add(s);
+        }
+        totals.summary()
+    }
+
+    /// The window as consecutive steps of `step` seconds, oldest first, the last one ending
+    /// now (a step with no requests has zeros).
+    pub fn series(&self, step: u64) -> Vec<Point> {
+        let step = step.max(1);
+        let now = self.now_second();
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let steps = (ring.len() as u64).div_ceil(step);
+        let mut totals: Vec<Totals> = (0..steps).map(|_| Totals::new()).collect();
+        for s in ring.iter().filter(|s| s.second != u64::MAX && s.second <= now) {
+            let age = now - s.second;
+            if let Some(t) = totals.get_mut((age / step) as usize) {
+                t.add(s);
             }
         }
-        let quantile = |q: f64| {
-            if requests == 0 {
-                return 0.0;
-            }
-            let rank = (requests as f64 * q).ceil().max(1.0) as u64;
-            let mut seen = 0;
-            for (i, c) in hist.iter().enumerate() {
-                seen += c;
-                if seen >= rank {
-                    return (bucket_upper_us(i)).round() / 1000.0;
-                }
-            }
-            0.0
-        };
-        let (p50_ms, p99_ms) = (quantile(0.5), quantile(0.99));
-        Summary {
-            requests,
-            failures,
-            error_rate: if requests == 0 {
-                0.0
-            } else {
-                failures as f64 / requests as f64
-            },
-            p99_ms,
-            p50_ms,
-        }
+        totals
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, t)| Point {
+                ago_s: i as u64 * step,
+                summary: t.summary(),
+            })
+            .collect()
     }
 }
 
@@ -262,5 +339,23 @@ mod tests {
                 "{us} in bucket {i}"
             );
         }
+    }
+
+    #[test]
+    fn series_steps_end_now_and_count_cache_hits() {
+        let w = Window::new(60);
+        w.record_answer(Duration::from_micros(300), false, true);
+        w.record_answer(Duration::from_millis(30), true, false);
+        let series = w.series(10);
+        assert_eq!(series.len(), 6);
+        assert_eq!(
+            series.iter().map(|p| p.ago_s).collect::<Vec<_>>(),
+            [50, 40, 30, 20, 10, 0]
+        );
+        let now = series[5].summary;
+        assert_eq!((now.requests, now.failures, now.cache_hits), (2, 1, 1));
+        assert!(now.p99_ms >= 30.0 && now.p50_ms < 1.0, "{now:?}");
+        assert!(series[..5].iter().all(|p| p.summary.requests == 0));
+        assert_eq!(w.summary_over(10), w.summary());
     }
 }

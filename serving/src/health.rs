@@ -10,8 +10,9 @@
 //! lookup, not a Redis call.
 
 use crate::guards::{Guard, Outcome, RequestContext};
+use crate::request::Source;
 use crate::{InferenceService, Snapshot};
-use invariant_governance::signals::{Summary, Window};
+use invariant_governance::signals::{Point, Summary, Window};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ pub const DEPENDENCY_TTL: Duration = Duration::from_secs(1);
 
 /// The window of each corridor's recent latency and errors, in seconds.
 pub const RECENT_SECONDS: u32 = 60;
+
+/// How far back each corridor's series goes (the dashboard's charts), in seconds.
+pub const SERIES_SECONDS: u32 = 300;
 
 /// One dependency's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -96,12 +100,12 @@ impl Recent {
     pub fn new<'a>(corridors: impl Iterator<Item = &'a str>) -> Self {
         Self {
             windows: corridors
-                .map(|c| (c.to_string(), Window::new(RECENT_SECONDS)))
+                .map(|c| (c.to_string(), Window::new(SERIES_SECONDS)))
                 .collect(),
         }
     }
 
-    /// `corridor`'s window now.
+    /// `corridor`'s last [`RECENT_SECONDS`] now.
     pub fn summary(&self, corridor: &str) -> Summary {
         self.windows.get(corridor).map_or(
             Summary {
@@ -110,9 +114,15 @@ impl Recent {
                 error_rate: 0.0,
                 p99_ms: 0.0,
                 p50_ms: 0.0,
+                cache_hits: 0,
             },
-            Window::summary,
+            |w| w.summary_over(u64::from(RECENT_SECONDS)),
         )
+    }
+
+    /// `corridor`'s last [`SERIES_SECONDS`] in steps of `step` seconds, oldest first.
+    pub fn series(&self, corridor: &str, step: u64) -> Vec<Point> {
+        self.windows.get(corridor).map(|w| w.series(step)).unwrap_or_default()
     }
 }
 
@@ -137,7 +147,8 @@ impl Guard for RecentGuard {
     fn observe(&self, ctx: &RequestContext<'_>, outcome: &Outcome<'_>) {
         if let Some(w) = ctx.corridor.and_then(|c| self.recent.windows.get(c)) {
             let failed = outcome.result.is_err_and(|e| e.kind().is_server_fault());
-            w.record(outcome.elapsed, failed);
+            let hit = matches!(outcome.result, Ok(Source::L1 | Source::L2 | Source::Reply));
+            w.record_answer(outcome.elapsed, failed, hit);
         }
     }
 }

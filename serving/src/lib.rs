@@ -22,6 +22,7 @@ pub mod canary;
 pub mod config;
 pub mod control;
 pub mod convergence;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod features;

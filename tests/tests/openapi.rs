@@ -175,13 +175,16 @@ async fn the_document_describes_every_route_and_needs_no_key() {
         "GET /v1/corridors/{corridor}/review/summary",
         "GET /v1/advisory",
         "POST /v1/advisory/{pipeline}",
+        "POST /admin/v1/pipelines/reload",
+        "POST /admin/v1/pipelines/{pipeline}/versions/{version}/{action}",
+        "GET /admin/v1/dashboard",
     ] {
         assert!(
             operations.iter().any(|o| o == expected),
             "{expected} is not documented: {operations:?}"
         );
     }
-    assert_eq!(operations.len(), 47, "{operations:?}");
+    assert_eq!(operations.len(), 50, "{operations:?}");
     // Only the health checks and the document itself need no key.
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod advisory;
 pub mod binary;
+pub mod dashboard;
 pub mod error;
 pub mod features;
 pub mod governance;
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(observe::routes())
         .merge(review::routes())
         .merge(advisory::routes())
+        .merge(dashboard::routes())
         .route("/openapi.json", axum::routing::get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

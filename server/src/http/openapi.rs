@@ -289,6 +289,7 @@ impl Modify for BearerAuth {
         crate::http::advisory::list,
         crate::http::advisory::advise,
         crate::http::advisory::reload,
+        crate::http::dashboard::data,
         crate::http::admin::act_pipeline,
         document
     ),
