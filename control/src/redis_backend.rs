@@ -23,88 +23,68 @@ redis.call('PUBLISH', ARGV[4], ARGV[5])
 return {1, tonumber(ARGV[2])}
 "#;
 
-/// Documents in one Redis.
-pub struct RedisBackend {
-    url: String,
-    prefix: String,
-    client: redis::Client,
-    conn: Mutex<Option<redis::Connection>>,
-    durability: String,
+/// A Redis server's persistence settings, as text (`Redis appendonly yes, appendfsync always`).
+pub fn persistence(c: &mut redis::Connection) -> String {
+    let mut config = |name: &str| -> String {
+        redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query::<Vec<String>>(c)
+            .ok()
+            .and_then(|v| v.get(1).cloned())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    format!(
+        "Redis appendonly {}, appendfsync {}",
+        config("appendonly"),
+        config("appendfsync")
+    )
 }
 
-impl std::fmt::Debug for RedisBackend {
+/// Whether [`persistence`] says an acknowledged write survives a crash of Redis itself.
+pub fn durable(persistence: &str) -> bool {
+    persistence.contains("appendonly yes") && persistence.contains("appendfsync always")
+}
+
+/// One kept connection to a Redis, opened on first use and again after a failure, with
+/// read and write timeouts. Shared by the control backend and the review queue.
+pub struct Link {
+    url: String,
+    client: redis::Client,
+    conn: Mutex<Option<redis::Connection>>,
+}
+
+impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBackend")
-            .field("url", &invariant_core::secret::redact_url(&self.url))
-            .field("prefix", &self.prefix)
+        f.debug_struct("Link")
+            .field("url", &self.place())
             .finish_non_exhaustive()
     }
 }
 
-impl RedisBackend {
-    /// The backend on `url` with keys under `prefix` (e.g. `inv`). Connects once to check the
-    /// server and read its persistence settings.
-    pub fn open(url: &str, prefix: &str) -> Result<Self, ControlError> {
-        let place = invariant_core::secret::redact_url(url);
-        let fail = |message: String| ControlError::Unavailable {
-            doc: "*".into(),
-            place: place.clone(),
-            message,
-        };
-        let client = redis::Client::open(url).map_err(|e| fail(e.to_string()))?;
-        let backend = Self {
+impl Link {
+    /// A link to `url` (nothing is connected yet); `Err` names what is wrong with the URL.
+    pub fn new(url: &str) -> Result<Self, String> {
+        Ok(Self {
             url: url.to_string(),
-            prefix: prefix.to_string(),
-            client,
+            client: redis::Client::open(url).map_err(|e| e.to_string())?,
             conn: Mutex::new(None),
-            durability: String::new(),
-        };
-        let durability = backend
-            .with_conn("*", true, |c| {
-                let mut config = |name: &str| -> String {
-                    redis::cmd("CONFIG")
-                        .arg("GET")
-                        .arg(name)
-                        .query::<Vec<String>>(c)
-                        .ok()
-                        .and_then(|v| v.get(1).cloned())
-                        .unwrap_or_else(|| "unknown".into())
-                };
-                Ok(format!(
-                    "Redis appendonly {}, appendfsync {}",
-                    config("appendonly"),
-                    config("appendfsync")
-                ))
-            })
-            .map_err(|e| fail(format!("cannot reach it: {e}")))?;
-        if !durability.contains("appendonly yes") || !durability.contains("appendfsync always") {
-            tracing::warn!(
-                redis = %place,
-                "{durability}: an acknowledged control change can be lost if Redis itself crashes; \
-                 run it with appendonly yes and appendfsync always"
-            );
-        }
-        Ok(Self { durability, ..backend })
+        })
     }
 
-    /// The hash of `doc`.
-    pub fn key(&self, doc: &str) -> String {
-        format!("{}:control:{doc}", self.prefix)
+    /// The URL with any password redacted.
+    pub fn place(&self) -> String {
+        invariant_core::secret::redact_url(&self.url)
     }
 
-    /// The channel changes are published on.
-    pub fn channel(&self) -> String {
-        format!("{}:control", self.prefix)
-    }
-
-    /// Runs `f` on the shared connection, reconnecting once after a failure; a command that
-    /// is not `idempotent` is not sent twice (its first try may have been executed).
-    fn with_conn<T>(
+    /// Runs `f` on the kept connection, reconnecting once after a failure; a command that
+    /// is not `idempotent` is not sent twice (its first try may have been executed). `Err` is
+    /// the last failure's message.
+    pub fn run<T>(
         &self,
-        doc: &str,
         idempotent: bool,
         mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, ControlError> {
+    ) -> Result<T, String> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut last = String::new();
         for _ in 0..2 {
@@ -129,11 +109,7 @@ impl RedisBackend {
                 }
             }
         }
-        Err(ControlError::Unavailable {
-            doc: doc.to_string(),
-            place: invariant_core::secret::redact_url(&self.url),
-            message: last,
-        })
+        Err(last)
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
@@ -144,13 +120,76 @@ impl RedisBackend {
     }
 }
 
+/// Documents in one Redis.
+#[derive(Debug)]
+pub struct RedisBackend {
+    link: Link,
+    prefix: String,
+    durability: String,
+}
+
+impl RedisBackend {
+    /// The backend on `url` with keys under `prefix` (e.g. `inv`). Connects once to check the
+    /// server and read its persistence settings.
+    pub fn open(url: &str, prefix: &str) -> Result<Self, ControlError> {
+        let place = invariant_core::secret::redact_url(url);
+        let fail = |message: String| ControlError::Unavailable {
+            doc: "*".into(),
+            place: place.clone(),
+            message,
+        };
+        let backend = Self {
+            link: Link::new(url).map_err(fail)?,
+            prefix: prefix.to_string(),
+            durability: String::new(),
+        };
+        let durability = backend
+            .with_conn("*", true, |c| Ok(persistence(c)))
+            .map_err(|e| fail(format!("cannot reach it: {e}")))?;
+        if !durable(&durability) {
+            tracing::warn!(
+                redis = %place,
+                "{durability}: an acknowledged control change can be lost if Redis itself crashes; \
+                 run it with appendonly yes and appendfsync always"
+            );
+        }
+        Ok(Self { durability, ..backend })
+    }
+
+    /// The hash of `doc`.
+    pub fn key(&self, doc: &str) -> String {
+        format!("{}:control:{doc}", self.prefix)
+    }
+
+    /// The channel changes are published on.
+    pub fn channel(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
+    /// [`Link::run`], its failure as the control error of `doc`.
+    fn with_conn<T>(
+        &self,
+        doc: &str,
+        idempotent: bool,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, ControlError> {
+        self.link
+            .run(idempotent, f)
+            .map_err(|message| ControlError::Unavailable {
+                doc: doc.to_string(),
+                place: self.link.place(),
+                message,
+            })
+    }
+}
+
 impl Backend for RedisBackend {
     fn kind(&self) -> &'static str {
         "redis"
     }
 
     fn place(&self) -> String {
-        invariant_core::secret::redact_url(&self.url)
+        self.link.place()
     }
 
     fn read(&self, doc: &str) -> Result<Option<Stored>, ControlError> {
@@ -212,6 +251,6 @@ impl Backend for RedisBackend {
     }
 
     fn notifications(&self) -> Option<(String, String)> {
-        Some((self.url.clone(), self.channel()))
+        Some((self.link.url.clone(), self.channel()))
     }
 }

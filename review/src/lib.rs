@@ -28,6 +28,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use thiserror::Error;
 
+pub mod redis_queue;
+
 const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("review_items");
 const SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("review_sequences");
 
@@ -101,9 +103,16 @@ pub struct Settings {
     /// Unresolved items one corridor may hold; past it, submissions are refused (429) until
     /// reviewers catch up.
     pub max_open_items: usize,
-    /// Resolved items of each corridor kept in memory for listing (the newest; every item
-    /// stays in the file).
+    /// Resolved items of each corridor kept for listing (the newest; every item stays
+    /// readable by id).
     pub keep_resolved: usize,
+    /// Where items live: `embedded` (a redb file in the state directory, one server) or
+    /// `redis` (shared by replicas).
+    pub backend: String,
+    /// The Redis of the `redis` backend (empty: `control.redis_url`, else `cache.redis_url`).
+    pub redis_url: String,
+    /// Prefix of the `redis` backend's keys.
+    pub key_prefix: String,
 }
 
 impl Default for Settings {
@@ -117,6 +126,9 @@ impl Default for Settings {
             p0_escalation_hours: 2.0,
             max_open_items: 100_000,
             keep_resolved: 10_000,
+            backend: "embedded".into(),
+            redis_url: String::new(),
+            key_prefix: "inv".into(),
         }
     }
 }
@@ -131,6 +143,12 @@ impl Settings {
                     p.name()
                 ));
             }
+        }
+        if !matches!(self.backend.as_str(), "embedded" | "redis") {
+            return Err(format!(
+                "review.backend = \"{}\" must be \"embedded\" or \"redis\"",
+                self.backend
+            ));
         }
         if self.max_open_items == 0 {
             return Err("review.max_open_items must be at least 1".into());
@@ -355,12 +373,25 @@ fn check_text(field: &str, text: &str, max: usize, required: bool) -> Result<(),
     Ok(())
 }
 
-/// The queues of every corridor, in one redb file.
+/// The queues of every corridor: in one redb file, or in Redis.
 #[derive(Debug)]
 pub struct Queue {
     settings: Settings,
-    inner: Mutex<Inner>,
+    store: Store,
 }
+
+/// Where the items are.
+#[derive(Debug)]
+enum Store {
+    /// A redb file, with every unresolved item (and the newest resolved ones) in memory;
+    /// changes serialised by the lock.
+    Embedded(Mutex<Inner>),
+    /// Redis, shared by replicas; changes by compare-and-set.
+    Redis(Box<redis_queue::RedisQueue>),
+}
+
+/// How often a change is tried again on a fresher item when other replicas keep changing it.
+const CHANGE_TRIES: usize = 32;
 
 #[derive(Debug)]
 struct Inner {
@@ -434,9 +465,22 @@ pub struct Signal {
 }
 
 impl Queue {
-    /// Opens (or creates) the queue file at `path`.
+    /// Opens the queue of `settings.backend`: the redb file at `path` (created when missing),
+    /// or Redis at `settings.redis_url`.
     pub fn open(path: &Path, settings: Settings) -> Result<Self, ReviewError> {
         settings.validate().map_err(ReviewError::Invalid)?;
+        if settings.backend == "redis" {
+            if settings.redis_url.is_empty() {
+                return Err(ReviewError::Invalid(
+                    "review.backend = \"redis\" needs review.redis_url (or control.redis_url, cache.redis_url)".into(),
+                ));
+            }
+            let redis = redis_queue::RedisQueue::open(&settings.redis_url, &settings.key_prefix)?;
+            return Ok(Self {
+                settings,
+                store: Store::Redis(Box::new(redis)),
+            });
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(store_err)?;
         }
@@ -467,8 +511,16 @@ impl Queue {
         }
         Ok(Self {
             settings,
-            inner: Mutex::new(Inner { db, corridors }),
+            store: Store::Embedded(Mutex::new(Inner { db, corridors })),
         })
+    }
+
+    /// `embedded` or `redis`, and where.
+    pub fn place(&self) -> String {
+        match &self.store {
+            Store::Embedded(_) => "embedded".into(),
+            Store::Redis(r) => format!("redis ({})", r.durability()),
+        }
     }
 
     /// The settings.
@@ -476,8 +528,30 @@ impl Queue {
         &self.settings
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` over `corridor`'s unresolved items (and, with `resolved`, the newest resolved
+    /// ones), in no particular order.
+    fn with_items<T>(
+        &self,
+        corridor: &str,
+        resolved: bool,
+        f: impl FnOnce(&mut dyn Iterator<Item = &Item>) -> T,
+    ) -> Result<T, ReviewError> {
+        match &self.store {
+            Store::Embedded(m) => {
+                let inner = m.lock().unwrap_or_else(|p| p.into_inner());
+                let mut items = inner
+                    .corridors
+                    .get(corridor)
+                    .into_iter()
+                    .flat_map(|c| c.items.values())
+                    .filter(|i| resolved || i.resolution.is_none());
+                Ok(f(&mut items))
+            }
+            Store::Redis(r) => {
+                let items = r.items(corridor, resolved)?;
+                Ok(f(&mut items.iter()))
+            }
+        }
     }
 
     /// Stores `item` (and, for a new one, its corridor's next sequence number) durably.
@@ -535,22 +609,8 @@ impl Queue {
         }
         let source = new.source.clone().unwrap_or_else(|| "direct".into());
         check_text("source", &source, MAX_SUBJECT, true)?;
-        let mut inner = self.lock();
-        let open = inner.corridors.get(corridor).map_or(0, Corridor::unresolved);
-        if open >= self.settings.max_open_items {
-            return Err(ReviewError::Full(format!(
-                "the review queue of {corridor} holds {open} unresolved items, its limit (review.max_open_items): \
-                 resolve some first"
-            )));
-        }
-        let next = {
-            let read = inner.db.begin_read().map_err(store_err)?;
-            let seqs = read.open_table(SEQUENCES).map_err(store_err)?;
-            let current = seqs.get(corridor).map_err(store_err)?.map_or(0, |v| v.value());
-            current + 1
-        };
         let item = Item {
-            id: format!("{corridor}-{next:08}"),
+            id: String::new(),
             corridor: corridor.to_string(),
             priority,
             subject: new.subject.clone(),
@@ -564,28 +624,61 @@ impl Queue {
             resolution: None,
             escalations: Vec::new(),
         };
-        self.commit(&mut inner, item, Some(next))
+        let max = self.settings.max_open_items;
+        let full = |open: usize| {
+            ReviewError::Full(format!(
+                "the review queue of {corridor} holds {open} unresolved items, its limit (review.max_open_items): \
+                 resolve some first"
+            ))
+        };
+        match &self.store {
+            Store::Redis(r) => r.submit(corridor, item, max)?.map_err(full),
+            Store::Embedded(m) => {
+                let mut inner = m.lock().unwrap_or_else(|p| p.into_inner());
+                let open = inner.corridors.get(corridor).map_or(0, Corridor::unresolved);
+                if open >= max {
+                    return Err(full(open));
+                }
+                let next = {
+                    let read = inner.db.begin_read().map_err(store_err)?;
+                    let seqs = read.open_table(SEQUENCES).map_err(store_err)?;
+                    let current = seqs.get(corridor).map_err(store_err)?.map_or(0, |v| v.value());
+                    current + 1
+                };
+                let item = Item {
+                    id: format!("{corridor}-{next:08}"),
+                    ..item
+                };
+                self.commit(&mut inner, item, Some(next))
+            }
+        }
     }
 
     /// The items of `corridor` with one of `statuses` at `now_ms`, in queue order.
-    pub fn list(&self, corridor: &str, statuses: &[Status], now_ms: i64, limit: usize) -> Vec<Item> {
-        let inner = self.lock();
-        let Some(c) = inner.corridors.get(corridor) else {
-            return Vec::new();
-        };
-        let mut items: Vec<&Item> = c
-            .items
-            .values()
-            .filter(|i| statuses.contains(&i.status(now_ms)))
-            .collect();
-        items.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-        items.into_iter().take(limit).cloned().collect()
+    pub fn list(
+        &self,
+        corridor: &str,
+        statuses: &[Status],
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Item>, ReviewError> {
+        self.with_items(corridor, statuses.contains(&Status::Resolved), |all| {
+            let mut items: Vec<&Item> = all.filter(|i| statuses.contains(&i.status(now_ms))).collect();
+            items.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+            items.into_iter().take(limit).cloned().collect()
+        })
     }
 
-    /// One item of `corridor` (a resolved one no longer held in memory is read from the file).
+    /// One item of `corridor` (a resolved one no longer held in memory is read from the store).
     pub fn get(&self, corridor: &str, id: &str) -> Result<Item, ReviewError> {
-        let inner = self.lock();
-        Self::find(&inner, corridor, id)
+        match &self.store {
+            Store::Embedded(m) => Self::find(&m.lock().unwrap_or_else(|p| p.into_inner()), corridor, id),
+            Store::Redis(r) => r
+                .get(id)?
+                .map(|(item, _)| item)
+                .filter(|item| item.corridor == corridor)
+                .ok_or_else(|| ReviewError::NotFound(format!("no review item '{id}' in corridor {corridor}"))),
+        }
     }
 
     fn find(inner: &Inner, corridor: &str, id: &str) -> Result<Item, ReviewError> {
@@ -606,19 +699,39 @@ impl Queue {
         }
     }
 
-    /// Changes one item under the lock: `change` sees it and its status at `now_ms`.
+    /// Changes one item: `change` sees it and its status at `now_ms`. Embedded: under the
+    /// lock. Redis: by compare-and-set, run again on the fresh item when another replica
+    /// changed it meanwhile.
     fn change(
         &self,
         corridor: &str,
         id: &str,
         now_ms: i64,
-        change: impl FnOnce(&mut Item, Status) -> Result<(), ReviewError>,
+        change: impl Fn(&mut Item, Status) -> Result<(), ReviewError>,
     ) -> Result<Item, ReviewError> {
-        let mut inner = self.lock();
-        let mut item = Self::find(&inner, corridor, id)?;
-        let status = item.status(now_ms);
-        change(&mut item, status)?;
-        self.commit(&mut inner, item, None)
+        let missing = || ReviewError::NotFound(format!("no review item '{id}' in corridor {corridor}"));
+        match &self.store {
+            Store::Embedded(m) => {
+                let mut inner = m.lock().unwrap_or_else(|p| p.into_inner());
+                let mut item = Self::find(&inner, corridor, id)?;
+                let status = item.status(now_ms);
+                change(&mut item, status)?;
+                self.commit(&mut inner, item, None)
+            }
+            Store::Redis(r) => {
+                for _ in 0..CHANGE_TRIES {
+                    let (mut item, rev) = r.get(id)?.filter(|(i, _)| i.corridor == corridor).ok_or_else(missing)?;
+                    let status = item.status(now_ms);
+                    change(&mut item, status)?;
+                    if r.replace(&item, rev, self.settings.keep_resolved)? {
+                        return Ok(item);
+                    }
+                }
+                Err(ReviewError::Conflict(format!(
+                    "{id} kept changing under this change ({CHANGE_TRIES} tries): try again"
+                )))
+            }
+        }
     }
 
     /// `reviewer` claims the item until `now_ms + claim_ttl_ms`. Refused when it is resolved,
@@ -736,8 +849,7 @@ impl Queue {
 
     /// `corridor`'s queue at `now_ms`: depth, oldest age, near-breach and breached items by
     /// priority, claims, reviewers, and the overflow signals that fire.
-    pub fn summary(&self, corridor: &str, now_ms: i64) -> Summary {
-        let inner = self.lock();
+    pub fn summary(&self, corridor: &str, now_ms: i64) -> Result<Summary, ReviewError> {
         let s = &self.settings;
         let mut summary = Summary {
             corridor: corridor.to_string(),
@@ -755,31 +867,18 @@ impl Queue {
             summary.breached.insert(p, 0);
         }
         let mut reviewers = std::collections::BTreeSet::new();
-        let items = inner.corridors.get(corridor).map(|c| c.items.values());
-        for item in items.into_iter().flatten() {
-            let status = item.status(now_ms);
-            if status == Status::Resolved {
-                continue;
+        self.with_items(corridor, false, |items| {
+            for item in items {
+                summary_add(&mut summary, &mut reviewers, s, item, now_ms);
             }
-            let p = item.priority;
-            *summary.depth.entry(p).or_default() += 1;
-            let age = (now_ms - item.created_ms).max(0) as f64 / 1000.0;
-            let oldest = summary.oldest_age_seconds.entry(p).or_insert(0.0);
-            *oldest = oldest.max(age);
-            if item.near_breach(now_ms, s.sla_ms(p), s.near_breach_share) {
-                *summary.near_breach.entry(p).or_default() += 1;
-            }
-            if item.breached(now_ms) {
-                *summary.breached.entry(p).or_default() += 1;
-            }
-            if status == Status::Claimed {
-                summary.claimed += 1;
-                if let Some(c) = &item.claim {
-                    reviewers.insert(c.by.clone());
-                }
-            }
-        }
+        })?;
         summary.active_reviewers = reviewers.len();
+        Self::signals(&mut summary, s);
+        Ok(summary)
+    }
+
+    /// The overflow rules that fire for `summary`.
+    fn signals(summary: &mut Summary, s: &Settings) {
         let rules = [
             (
                 Priority::P4,
@@ -813,7 +912,37 @@ impl Queue {
                 });
             }
         }
-        summary
+    }
+}
+
+/// Counts one item into `summary` (resolved items do not count).
+fn summary_add(
+    summary: &mut Summary,
+    reviewers: &mut std::collections::BTreeSet<String>,
+    s: &Settings,
+    item: &Item,
+    now_ms: i64,
+) {
+    let status = item.status(now_ms);
+    if status == Status::Resolved {
+        return;
+    }
+    let p = item.priority;
+    *summary.depth.entry(p).or_default() += 1;
+    let age = (now_ms - item.created_ms).max(0) as f64 / 1000.0;
+    let oldest = summary.oldest_age_seconds.entry(p).or_insert(0.0);
+    *oldest = oldest.max(age);
+    if item.near_breach(now_ms, s.sla_ms(p), s.near_breach_share) {
+        *summary.near_breach.entry(p).or_default() += 1;
+    }
+    if item.breached(now_ms) {
+        *summary.breached.entry(p).or_default() += 1;
+    }
+    if status == Status::Claimed {
+        summary.claimed += 1;
+        if let Some(c) = &item.claim {
+            reviewers.insert(c.by.clone());
+        }
     }
 }
 
@@ -858,6 +987,7 @@ mod tests {
         // P1 and P2 have the same SLA: priority still comes first; equal deadlines by id.
         let ids: Vec<String> = q
             .list("UAE-SA", &[Status::Open], 20, 100)
+            .unwrap()
             .into_iter()
             .map(|i| i.id)
             .collect();
@@ -876,7 +1006,7 @@ mod tests {
         // Near breach: strictly less than 25% of the SLA left.
         assert!(!item.near_breach(sla - sla / 4, sla, 0.25));
         assert!(item.near_breach(sla - sla / 4 + 1, sla, 0.25));
-        let at = |now| q.summary("UAE-SA", now);
+        let at = |now| q.summary("UAE-SA", now).unwrap();
         assert_eq!(at(sla).breached[&Priority::P0], 0);
         assert_eq!(at(sla + 1).breached[&Priority::P0], 1);
         // The P0 escalation signal fires strictly above 2 h.
@@ -892,7 +1022,14 @@ mod tests {
         let q = queue(dir.path());
         q.submit("UK-NG", &new("P4", "standard"), "t", 0).unwrap();
         q.submit("UK-NG", &new("P2", "risky"), "t", 0).unwrap();
-        let kinds = |now| -> Vec<&'static str> { q.summary("UK-NG", now).signals.iter().map(|s| s.kind).collect() };
+        let kinds = |now| -> Vec<&'static str> {
+            q.summary("UK-NG", now)
+                .unwrap()
+                .signals
+                .iter()
+                .map(|s| s.kind)
+                .collect()
+        };
         assert!(kinds(4 * H).is_empty());
         assert_eq!(kinds(4 * H + 1), ["throttle"]);
         assert_eq!(kinds(8 * H + 1), ["lower_auto_clear_threshold", "throttle"]);
@@ -976,6 +1113,7 @@ mod tests {
         // Only the newest resolved item is listed; the older one is still there to read.
         let resolved: Vec<String> = q
             .list("UAE-SA", &[Status::Resolved], 40, 10)
+            .unwrap()
             .into_iter()
             .map(|i| i.id)
             .collect();
@@ -985,6 +1123,7 @@ mod tests {
         let q = Queue::open(&dir.path().join("r.redb"), settings).unwrap();
         let resolved: Vec<String> = q
             .list("UAE-SA", &[Status::Resolved], 40, 10)
+            .unwrap()
             .into_iter()
             .map(|i| i.id)
             .collect();

@@ -782,9 +782,19 @@ impl Config {
         invariant_governance::Governance::open(self.governance.clone(), self.topology(), &rates, control)
     }
 
-    /// Where the review queue is stored.
+    /// Where the review queue is stored (the embedded backend's file).
     pub fn review_path(&self) -> PathBuf {
         self.state_dir.join("review.redb")
+    }
+
+    /// The review queue's settings with the Redis of its `redis` backend resolved
+    /// (`review.redis_url`, else the control state's Redis).
+    pub fn review_settings(&self) -> invariant_review::Settings {
+        let mut settings = self.review.clone();
+        if settings.redis_url.is_empty() {
+            settings.redis_url = self.control_redis_url().to_string();
+        }
+        settings
     }
 
     /// Where the audit chains live.

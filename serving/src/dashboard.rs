@@ -83,6 +83,7 @@ impl InferenceService {
             let items: Vec<Value> = match &self.review {
                 Ok(queue) => queue
                     .list(id, &[Status::Open, Status::Claimed], now, ITEMS_SHOWN)
+                    .unwrap_or_default()
                     .into_iter()
                     .map(|item| {
                         let sla = self.config.review.sla_ms(item.priority);

@@ -290,7 +290,7 @@ impl InferenceService {
             tracing::warn!("{why}; the feature endpoints answer 503");
         }
         let review = if open_features {
-            invariant_review::Queue::open(&config.review_path(), config.review.clone())
+            invariant_review::Queue::open(&config.review_path(), config.review_settings())
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
         } else {

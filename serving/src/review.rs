@@ -130,7 +130,7 @@ impl InferenceService {
         limit: usize,
     ) -> Result<Vec<Item>, ServeError> {
         let (_, id) = self.reviewer(metadata, corridor)?;
-        Ok(self.review_queue()?.list(id.as_str(), statuses, now_ms(), limit))
+        Ok(self.review_queue()?.list(id.as_str(), statuses, now_ms(), limit)?)
     }
 
     /// One item.
@@ -181,18 +181,27 @@ impl InferenceService {
         Ok(done)
     }
 
-    /// The corridor's queue at a glance (`None` without a queue).
+    /// The corridor's queue at a glance (`None` without a queue, or when its store does not
+    /// answer: logged).
     pub fn review_summary(&self, corridor: &str) -> Option<Summary> {
-        self.review.as_ref().ok().map(|q| q.summary(corridor, now_ms()))
+        let queue = self.review.as_ref().ok()?;
+        queue
+            .summary(corridor, now_ms())
+            .inspect_err(|e| tracing::warn!(corridor, "review queue summary: {e}"))
+            .ok()
     }
 }
 
 /// Sets the queue gauges of every declared corridor (called at scrape time).
 pub(crate) fn record_gauges(service: &InferenceService) {
-    let Ok(queue) = &service.review else { return };
-    let now = now_ms();
+    if service.review.is_err() {
+        return;
+    }
     for c in &service.config.corridors {
-        let s = queue.summary(c.id.as_str(), now);
+        // A store that does not answer leaves the gauges as they were (and is logged).
+        let Some(s) = service.review_summary(c.id.as_str()) else {
+            continue;
+        };
         let corridor = c.id.to_string();
         for p in Priority::ALL {
             let labels = [("corridor", corridor.clone()), ("priority", p.name().to_string())];

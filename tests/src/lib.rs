@@ -1239,3 +1239,27 @@ pub async fn tls_exchange(
         alpn: session.alpn_protocol().map(<[u8]>::to_vec),
     })
 }
+
+/// Runs the futures concurrently, in one task, and returns their outputs in order.
+pub async fn join_all<T, F: std::future::Future<Output = T>>(futures: Vec<F>) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(slots.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    slots.into_iter().flatten().collect()
+}

@@ -262,7 +262,7 @@ async fn one_advisory_hash_on_http_and_grpc_cached_or_not_and_in_any_batch() {
             assert_eq!(r["advisory"]["advisory_hash"], want, "{r}");
         });
     }
-    futures_join_all(calls).await;
+    join_all(calls).await;
     for c in &cases {
         for version in ["", NEWEST] {
             let r = grpc_advise(&s, grpc_request(&c["facts"], version), &[("x-corridor", "UAE-SA")])
@@ -354,20 +354,6 @@ fn find(list: &Value, key: &str, value: &str) -> Value {
         .find(|x| x[key] == value)
         .unwrap_or_else(|| panic!("no {key} = {value} in {list}"))
         .clone()
-}
-
-/// Runs the futures concurrently, in one task.
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
-    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    std::future::poll_fn(|cx| {
-        pinned.retain_mut(|f| f.as_mut().poll(cx).is_pending());
-        if pinned.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -415,3 +415,149 @@ async fn acknowledged_review_changes_survive_kill_9() {
     let next = submit(&s, None, "P2", "subject:5").await;
     assert_eq!(next["id"], "UAE-SA-00000006");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_one_redis_queue_claims_never_collide_and_acknowledged_changes_survive_kill_9() {
+    let redis = RedisServer::start();
+    // Replicas share the key pepper (docs/replicas.md).
+    let shared = tempfile::tempdir().unwrap();
+    let pepper = shared.path().join("key-pepper");
+    std::fs::write(&pepper, "a-pepper-shared-by-both-replicas-0123456789abcdef").unwrap();
+    let extra = format!(
+        "[cache]\nredis_url = \"{}\"\n[control]\nbackend = \"redis\"\npoll_ms = 100\n[review]\nbackend = \"redis\"\n[auth]\npepper_file = \"{}\"\n",
+        redis.url(),
+        pepper.display()
+    );
+    let options = || ServerOptions {
+        auth: true,
+        extra: extra.clone(),
+        ..Default::default()
+    };
+    let mut a = Server::start_with(options()).await;
+    let b = Server::start_with(options()).await;
+    let (ana_id, ana) = a.create_key("ana", &["reviewer"], &["UAE-SA"]).await;
+    let (_, ben) = a.create_key("ben", &["reviewer"], &["UAE-SA"]).await;
+    // The keys are in the shared control state: B accepts them too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = send(&b, reqwest::Method::GET, ITEMS, Some(&ben), None).await;
+        if answer.0 == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never accepted the key: {answer:?}\n{}",
+            std::fs::read_to_string(b.config_path()).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Submissions through both replicas at once: one sequence, no id twice, no gap.
+    let mut calls = Vec::new();
+    for i in 0..30 {
+        let (server, key) = if i % 2 == 0 {
+            (&a, ana.clone())
+        } else {
+            (&b, ben.clone())
+        };
+        let priority = ["P1", "P2", "P4"][i % 3];
+        calls.push(async move { submit(server, Some(&key), priority, &format!("listing:R-{i}")).await });
+    }
+    let submitted: Vec<Value> = join_all(calls).await;
+    let mut got: Vec<String> = submitted
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    let want: Vec<String> = (1..=30).map(|n| format!("UAE-SA-{n:08}")).collect();
+    assert_eq!(got, want);
+    // Both replicas list the same queue in the same order.
+    let on_a = listed(&a, &ana).await;
+    assert_eq!(on_a.len(), 30);
+    assert_eq!(on_a, listed(&b, &ben).await);
+    // Concurrent claims of the same items through different replicas: one owner each.
+    let targets: Vec<String> = on_a[..10].to_vec();
+    let mut races = Vec::new();
+    for id in &targets {
+        let (a, b, ana, ben, id) = (&a, &b, ana.clone(), ben.clone(), id.clone());
+        races.push(async move {
+            let (x, y) = tokio::join!(
+                act(a, Some(&ana), &id, "claim", json!({})),
+                act(b, Some(&ben), &id, "claim", json!({}))
+            );
+            (id, x, y)
+        });
+    }
+    for (id, x, y) in join_all(races).await {
+        let mut codes = [x.0, y.0];
+        codes.sort();
+        assert_eq!(codes, [200, 409], "{id}: {x:?} {y:?}");
+        let winner = if x.0 == 200 { &x.1 } else { &y.1 };
+        let (_, shown) = send(&b, reqwest::Method::GET, &format!("{ITEMS}/{id}"), Some(&ben), None).await;
+        assert_eq!(shown["claim"]["by"], winner["claim"]["by"], "{shown}");
+    }
+    // Resolved through A, acknowledged, then A is killed: B has it, and the queue summary.
+    let first = &targets[0];
+    let (_, owner) = send(&a, reqwest::Method::GET, &format!("{ITEMS}/{first}"), Some(&ana), None).await;
+    let owner_key = if owner["claim"]["by"] == ana_id.as_str() {
+        ana.clone()
+    } else {
+        ben.clone()
+    };
+    let (status, done) = act(
+        &a,
+        Some(&owner_key),
+        first,
+        "resolve",
+        json!({"decision": "reject", "note": "stolen card"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    let (status, late) = send(
+        &a,
+        reqwest::Method::POST,
+        ITEMS,
+        Some(&ana),
+        Some(item("P0", "escrow:E-9")),
+    )
+    .await;
+    assert_eq!(status, 200, "{late}");
+    a.kill_9();
+    let (_, shown) = send(&b, reqwest::Method::GET, &format!("{ITEMS}/{first}"), Some(&ben), None).await;
+    assert_eq!(
+        (shown["status"].clone(), shown["resolution"]["note"].clone()),
+        (json!("resolved"), json!("stolen card")),
+        "{shown}"
+    );
+    let (status, shown) = send(
+        &b,
+        reqwest::Method::GET,
+        &format!("{ITEMS}/{}", late["id"].as_str().unwrap()),
+        Some(&ben),
+        None,
+    )
+    .await;
+    assert_eq!((status, shown["priority"].clone()), (200, json!("P0")), "{shown}");
+    let (_, summary) = send(
+        &b,
+        reqwest::Method::GET,
+        "/v1/corridors/UAE-SA/review/summary",
+        Some(&ben),
+        None,
+    )
+    .await;
+    assert_eq!(summary["depth"]["P0"], 1, "{summary}");
+    assert_eq!(summary["claimed"], 9, "{summary}");
+    let total: u64 = summary["depth"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 30, "29 left of the 30, and the P0: {summary}");
+}
+
+/// Every item of UAE-SA's queue in queue order, as `key` sees it on `s`.
+async fn listed(s: &Server, key: &str) -> Vec<String> {
+    let path = format!("{ITEMS}?status=open,claimed,resolved");
+    ids(&send(s, reqwest::Method::GET, &path, Some(key), None).await.1)
+}
