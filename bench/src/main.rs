@@ -488,7 +488,9 @@ fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> Resu
         bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
     }
     if let Some(line) = text.lines().find(|l| l.contains("Non-2xx")) {
-        bail!("requests failed during the benchmark: {line}");
+        // A script's `response` may print the first failures (`NON2XX <status> <body>`).
+        let shown: Vec<&str> = text.lines().filter(|l| l.starts_with("NON2XX")).collect();
+        bail!("requests failed during the benchmark: {line}\n{}", shown.join("\n"));
     }
     let field = |prefix: &str| {
         text.lines()
