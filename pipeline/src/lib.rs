@@ -88,6 +88,9 @@ pub enum Degraded {
     Rules,
     /// `manual_review` with reason `AI_DEGRADED`.
     ManualReview,
+    /// The advisory last computed for the same facts in the corridor, when one is kept (up to
+    /// `degraded_cache_seconds`; the server answers it, saying why), else as `ManualReview`.
+    Cached,
 }
 
 /// The type of a fact.
@@ -211,6 +214,8 @@ struct File {
     cache_ttl_seconds: f64,
     #[serde(default = "default_degraded")]
     on_degraded: Degraded,
+    #[serde(default = "default_degraded_cache")]
+    degraded_cache_seconds: f64,
     #[serde(default = "default_priority")]
     default_priority: String,
     facts: Vec<Fact>,
@@ -223,6 +228,10 @@ struct File {
 
 fn default_ttl() -> f64 {
     30.0
+}
+
+fn default_degraded_cache() -> f64 {
+    3600.0
 }
 
 fn default_degraded() -> Degraded {
@@ -246,6 +255,9 @@ pub struct Pipeline {
     pub cache_ttl_seconds: f64,
     /// What it does when the models cannot be asked.
     pub on_degraded: Degraded,
+    /// How long a computed advisory may answer for its facts while the models cannot be
+    /// asked (`on_degraded = "cached"`), in seconds.
+    pub degraded_cache_seconds: f64,
     /// The priority of a decision that needs a person when no fired rule names one.
     pub default_priority: Priority,
     /// Its facts.
@@ -357,6 +369,12 @@ impl Pipeline {
             return Err(bad(format!(
                 "cache_ttl_seconds: {} must be 0 to 86400",
                 file.cache_ttl_seconds
+            )));
+        }
+        if !(file.degraded_cache_seconds.is_finite() && (0.0..=7.0 * 86_400.0).contains(&file.degraded_cache_seconds)) {
+            return Err(bad(format!(
+                "degraded_cache_seconds: {} must be 0 to 604800",
+                file.degraded_cache_seconds
             )));
         }
         let default_priority =
@@ -492,6 +510,7 @@ impl Pipeline {
             description: file.description,
             cache_ttl_seconds: file.cache_ttl_seconds,
             on_degraded: file.on_degraded,
+            degraded_cache_seconds: file.degraded_cache_seconds,
             default_priority,
             facts: file.facts,
             features: file.features,
@@ -608,7 +627,7 @@ impl Pipeline {
         match self.on_degraded {
             // Rules that need a score cannot hold without one: only the facts decide.
             Degraded::Rules => self.conclude(facts, &none, Source::Rules, vec![AI_DEGRADED.into()]),
-            Degraded::ManualReview => {
+            Degraded::ManualReview | Degraded::Cached => {
                 let mut a = self.conclude(facts, &none, Source::Degraded, vec![AI_DEGRADED.into()]);
                 a.recommendation = a.recommendation.max(Recommendation::ManualReview);
                 a.priority = a.priority.or(Some(self.default_priority));
@@ -917,5 +936,23 @@ all = [{ var = "age_days", op = "<", value = 30.0 }, { var = "currency", op = "!
             .unwrap_err()
             .to_string();
         assert!(empty.starts_with("features[0].service"), "{empty}");
+    }
+
+    #[test]
+    fn the_cached_policy_falls_back_to_manual_review_and_its_window_is_bounded() {
+        let cached = SAMPLE.replace("on_degraded = \"manual_review\"", "on_degraded = \"cached\"");
+        let p = Pipeline::parse(cached.as_bytes()).unwrap();
+        assert_eq!((p.on_degraded, p.degraded_cache_seconds), (Degraded::Cached, 3600.0));
+        let a = p.degraded(
+            &p.facts(json!({"amount_usd": 20, "age_days": 400}).as_object().unwrap())
+                .unwrap(),
+        );
+        assert_eq!(
+            (a.recommendation, a.source),
+            (Recommendation::ManualReview, Source::Degraded)
+        );
+        let long = format!("degraded_cache_seconds = 1e9\n{cached}");
+        let err = Pipeline::parse(long.as_bytes()).unwrap_err().to_string();
+        assert!(err.starts_with("degraded_cache_seconds"), "{err}");
     }
 }

@@ -386,10 +386,11 @@ impl Pipelines {
             .map(|(_, v)| v.clone())
     }
 
-    fn keep(&self, key: String, reply: AdvisoryReply, ttl: Duration) {
+    /// Keeps `reply` under `key` for `kept_for` (past it, or at capacity, it may go).
+    fn keep(&self, key: String, reply: AdvisoryReply, kept_for: Duration) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_CAPACITY {
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            cache.retain(|_, (at, _)| at.elapsed() < kept_for);
             if cache.len() >= CACHE_CAPACITY {
                 cache.clear();
             }
@@ -588,6 +589,19 @@ impl InferenceService {
                 ..InferBody::default()
             };
             match self.infer(target, move || Ok(body)).await {
+                // An answer from the model's declared fallback rules is not its score: the
+                // pipeline degrades. (A cached answer for the same input is the model's own.)
+                Ok(answer) if answer.degraded.as_ref().is_some_and(|d| d.source != "cache") => {
+                    let why = answer
+                        .degraded
+                        .map(|d| format!("{} ({})", d.reason, d.source))
+                        .unwrap_or_default();
+                    degraded_by = Some(format!(
+                        "{} {}: answered by its fallback: {why}",
+                        step.model, step.version
+                    ));
+                    break;
+                }
                 Ok(answer) => {
                     let s = output_value(&answer.outputs, step).map_err(ServeError::internal)?;
                     scores.insert(step.name.clone(), s);
@@ -597,6 +611,25 @@ impl InferenceService {
                     break;
                 }
                 Err(e) => return Err(e),
+            }
+        }
+        // The declared policy may answer the advisory last computed for these facts.
+        let kept_for = match p.on_degraded {
+            invariant_pipeline::Degraded::Cached => {
+                ttl.max(Duration::try_from_secs_f64(p.degraded_cache_seconds).unwrap_or(Duration::ZERO))
+            }
+            _ => ttl,
+        };
+        if let (Some(why), invariant_pipeline::Degraded::Cached) = (&degraded_by, p.on_degraded) {
+            if let Some(mut kept) = pipelines.cached(&key, kept_for) {
+                kept.cached = true;
+                kept.routing = routing.name();
+                kept.features = features;
+                kept.degraded = Some(why.clone());
+                metrics::counter!("invariant_advisories_total", "corridor" => corridor.to_string(), "pipeline" => p.name.clone(),
+                    "recommendation" => kept.advisory.recommendation.name(), "source" => "degraded_cache")
+                .increment(1);
+                return Ok(kept);
             }
         }
         let advisory: Advisory = match &degraded_by {
@@ -662,7 +695,7 @@ impl InferenceService {
         .increment(1);
         // A degraded decision is not cached: the models may answer the next request.
         if degraded_by.is_none() {
-            pipelines.keep(key, reply.clone(), ttl);
+            pipelines.keep(key, reply.clone(), kept_for);
         }
         Ok(reply)
     }

@@ -631,3 +631,87 @@ async fn versions_are_staged_canaried_promoted_and_reloaded_in_the_registry() {
         .count();
     assert_eq!(loads, 2, "each reload is audited");
 }
+
+#[tokio::test]
+async fn a_degraded_corridor_and_the_cached_policy_never_guess() {
+    // Version 1.3.0: 1.1.0's rules, no advisory cache, and `on_degraded = "cached"`.
+    let repo = RepoCopy::new();
+    let dir = repo.models().join("pipelines/transaction-review/1.3.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(repo.models().join("pipelines/transaction-review/1.1.0/pipeline.toml"))
+        .unwrap()
+        .replacen("version = \"1.1.0\"", "version = \"1.3.0\"", 1)
+        .replace("on_degraded = \"manual_review\"", "on_degraded = \"cached\"")
+        .replace("cache_ttl_seconds = 30", "cache_ttl_seconds = 0");
+    std::fs::write(dir.join("pipeline.toml"), text).unwrap();
+    let cases = shipped_golden().join("pipelines/transaction-review/1.0.0.cases.jsonl");
+    let cases = cases.display().to_string();
+    let mut args = vec![
+        "golden",
+        "record-pipeline",
+        "transaction-review",
+        "1.3.0",
+        "--cases",
+        &cases,
+    ];
+    let repo_args = repo.args();
+    args.extend(repo_args.iter().map(String::as_str));
+    let (code, out, err) = invariant(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    let s = Server::start_with(repo.options()).await;
+    let with = |facts: &Value| json!({"facts": facts, "version": "1.3.0"});
+    let clean = case("000-clean-small");
+    let (status, first) = s.post(ADVISE, &with(&clean["facts"])).await;
+    assert_eq!((status, first["cached"].clone()), (200, json!(false)), "{first}");
+    let (_, again) = s.post(ADVISE, &with(&clean["facts"])).await;
+    assert_eq!(again["cached"], false, "cache_ttl_seconds = 0: computed every time");
+    // The model killed: the advisory computed for these facts answers, saying why.
+    let kill = json!({"op": "kill", "scope": "model:risk-assessor", "reason": "incident 31"});
+    assert_eq!(s.post("/admin/v1/governance", &kill).await.0, 200);
+    let (status, kept) = s.post(ADVISE, &with(&clean["facts"])).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["cached"], true, "{kept}");
+    assert_eq!(kept["advisory"], first["advisory"], "the same advisory, hash and all");
+    assert!(kept["degraded"].as_str().unwrap().contains("risk-assessor"), "{kept}");
+    // Facts never computed: no guess, a person decides.
+    let mut fresh = clean["facts"].clone();
+    fresh["amount_usd"] = json!(46.25);
+    let (_, r) = s.post(ADVISE, &with(&fresh)).await;
+    assert_eq!(
+        (
+            r["advisory"]["recommendation"].clone(),
+            r["advisory"]["reason_codes"].clone(),
+            r["cached"].clone()
+        ),
+        (json!("manual_review"), json!(["AI_DEGRADED"]), json!(false)),
+        "{r}"
+    );
+    let revive = json!({"op": "revive", "scope": "model:risk-assessor"});
+    assert_eq!(s.post("/admin/v1/governance", &revive).await.0, 200);
+
+    // An isolated corridor (level 3) answers models from their cache only: facts never seen
+    // degrade to manual_review, and its review intake is stopped, which the reply says.
+    let isolate = json!({"op": "set_level", "corridor": "UAE-SA", "level": 3, "reason": "drill"});
+    assert_eq!(s.post("/admin/v1/governance", &isolate).await.0, 200);
+    fresh["amount_usd"] = json!(47.75);
+    let (status, r) = s.post(ADVISE, &json!({"facts": fresh})).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["advisory"]["recommendation"].clone(), r["advisory"]["source"].clone()),
+        (json!("manual_review"), json!("degraded")),
+        "{r}"
+    );
+    assert!(r["degraded"].as_str().unwrap().contains("no cached answer"), "{r}");
+    assert_eq!(r["review_item"], Value::Null, "{r}");
+    assert!(r["review_error"].as_str().unwrap().contains("UAE-SA"), "{r}");
+    // Facts whose model answers are cached are the models' own answers: the same advisory.
+    let (status, r) = s
+        .post(ADVISE, &json!({"facts": clean["facts"], "version": "1.3.0"}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["advisory"]["advisory_hash"], first["advisory"]["advisory_hash"],
+        "{r}"
+    );
+    assert_eq!(r["degraded"], Value::Null, "{r}");
+}
