@@ -715,3 +715,116 @@ async fn a_degraded_corridor_and_the_cached_policy_never_guess() {
     );
     assert_eq!(r["degraded"], Value::Null, "{r}");
 }
+
+/// A repository copy with the `canary-probe` fixture and pipeline `probe-review` 1.0.0 over
+/// its faulty version 1.1.0 (x >= 4 makes the engine fail), golden decisions recorded;
+/// `rules_fallback` declares the version's fallback rules (golden vectors re-recorded).
+fn probe_repo(rules_fallback: bool) -> RepoCopy {
+    let repo = RepoCopy::new().with_fixture("canary-probe");
+    let repo_args = repo.args();
+    if rules_fallback {
+        let manifest = repo.version_dir("canary-probe", "1.1.0").join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let rules = "\n[[fallback_rules]]\noutputs = { y = [7.0, 7.0] }\n";
+        std::fs::write(
+            &manifest,
+            text.replace("[inference]\n", "[inference]\nfallback = \"rules\"\n") + rules,
+        )
+        .unwrap();
+        let mut record = vec!["golden", "record", "canary-probe", "1.1.0", "--force"];
+        record.extend(repo_args.iter().map(String::as_str));
+        let (code, out, err) = invariant(&record);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let dir = repo.models().join("pipelines/probe-review/1.0.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        r#"name = "probe-review"
+version = "1.0.0"
+cache_ttl_seconds = 0
+on_degraded = "manual_review"
+default_priority = "P4"
+
+[[facts]]
+name = "x"
+type = "number"
+min = -100.0
+max = 100.0
+
+[[models]]
+name = "probe"
+model = "canary-probe"
+version = "1.1.0"
+input = "x"
+row = ["x", "x"]
+output = "y"
+index = 0
+
+[[rules]]
+reason = "PROBE_ABOVE_25"
+recommend = "manual_review"
+priority = "P3"
+all = [{ var = "probe", op = ">", value = 25.0 }]
+"#,
+    )
+    .unwrap();
+    let cases = repo.models().parent().unwrap().join("probe-cases.jsonl");
+    std::fs::write(
+        &cases,
+        "{\"id\": \"low\", \"facts\": {\"x\": 1.0}}\n{\"id\": \"high\", \"facts\": {\"x\": 2.5}}\n",
+    )
+    .unwrap();
+    let cases = cases.display().to_string();
+    let mut args = vec!["golden", "record-pipeline", "probe-review", "1.0.0", "--cases", &cases];
+    args.extend(repo_args.iter().map(String::as_str));
+    let (code, out, err) = invariant(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    repo
+}
+
+#[tokio::test]
+async fn an_open_breaker_or_a_fallback_answer_degrades_the_advisory() {
+    for rules_fallback in [false, true] {
+        let repo = probe_repo(rules_fallback);
+        let s = Server::start_with(ServerOptions {
+            extra: "[governance.breaker]\nfailures = 3\nopen_seconds = 600\n[governance.degradation]\nmin_requests = 1000\n"
+                .into(),
+            ..repo.options()
+        })
+        .await;
+        let advise = |x: f64| {
+            let s = &s;
+            async move { s.post("/v1/advisory/probe-review", &json!({"facts": {"x": x}})).await }
+        };
+        let (status, r) = advise(2.5).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(
+            (r["advisory"]["reason_codes"].clone(), r["advisory"]["source"].clone()),
+            (json!(["PROBE_ABOVE_25"]), json!("models")),
+            "{r}"
+        );
+        // The model fails (x >= 4): the caller sees the failure, and the breaker counts it.
+        for _ in 0..3 {
+            let (status, r) = advise(10.0).await;
+            assert_eq!(status, 500, "{r}");
+        }
+        // Open breaker: 503 for the model (or its fallback rules' answer): never a score.
+        let (status, r) = advise(2.0).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(
+            (
+                r["advisory"]["recommendation"].clone(),
+                r["advisory"]["reason_codes"].clone(),
+                r["advisory"]["source"].clone()
+            ),
+            (json!("manual_review"), json!(["AI_DEGRADED"]), json!("degraded")),
+            "fallback rules {rules_fallback}: {r}"
+        );
+        let why = r["degraded"].as_str().unwrap();
+        assert!(why.contains("canary-probe"), "{r}");
+        if rules_fallback {
+            assert!(why.contains("fallback") && why.contains("rules"), "{r}");
+        }
+    }
+}
