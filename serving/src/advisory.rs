@@ -415,6 +415,23 @@ fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// A request's own routing key: its facts and entity keys, canonical (keys sorted, numbers
+/// by their f64 value, so `1` over HTTP and `1.0` over gRPC route alike).
+fn routing_digest(request: &AdvisoryRequest) -> Vec<u8> {
+    fn canonical(v: &Value) -> Value {
+        match v {
+            Value::Number(n) => n.as_f64().map_or(Value::Null, |x| json!(x)),
+            Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+            Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), canonical(v))).collect()),
+            other => other.clone(),
+        }
+    }
+    let facts = canonical(&Value::Object(request.facts.clone())).to_string();
+    let entities: BTreeMap<&String, Value> = request.entities.iter().map(|(k, v)| (k, canonical(v))).collect();
+    let entities = serde_json::to_string(&entities).unwrap_or_default();
+    digest([facts.as_bytes(), entities.as_bytes()]).into_bytes()
+}
+
 impl InferenceService {
     /// The advisory pipelines as loaded now.
     pub fn pipelines(&self) -> Arc<Pipelines> {
@@ -539,11 +556,7 @@ impl InferenceService {
         // reaches the same version, so it always gets the same advisory).
         let key = match &metadata.routing_key {
             Some(k) => k.clone(),
-            None => {
-                let facts = serde_json::to_vec(&request.facts).unwrap_or_default();
-                let entities = serde_json::to_vec(&request.entities).unwrap_or_default();
-                digest([facts.as_slice(), entities.as_slice()]).into_bytes()
-            }
+            None => routing_digest(&request),
         };
         let (p, routing) = pipelines.route(
             &self.snapshot().registry,

@@ -828,3 +828,43 @@ async fn an_open_breaker_or_a_fallback_answer_degrades_the_advisory() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_canary_routes_one_request_to_one_version_on_either_transport() {
+    let s = Server::start().await;
+    let act = |version: &str, action: &str, body: Value| {
+        let path = format!("/admin/v1/pipelines/transaction-review/versions/{version}/{action}");
+        let s = &s;
+        async move { s.post(&path, &body).await }
+    };
+    assert_eq!(act("1.0.0", "promote", json!({})).await.0, 200);
+    assert_eq!(act(NEWEST, "canary", json!({"percent": 50})).await.0, 200);
+    let mut versions = std::collections::BTreeSet::new();
+    for c in golden_cases() {
+        // The recorded facts hold integers (`"completed_orders": 120`); gRPC sends doubles.
+        let (status, http) = s.post(ADVISE, &json!({"facts": c["facts"]})).await;
+        assert_eq!(status, 200, "{http}");
+        let grpc = grpc_advise(&s, grpc_request(&c["facts"], ""), &[]).await.unwrap();
+        let version = http["advisory"]["version"].as_str().unwrap().to_string();
+        assert_eq!(
+            (grpc.version.as_str(), grpc.routing.as_str()),
+            (version.as_str(), http["routing"].as_str().unwrap()),
+            "case {}",
+            c["id"]
+        );
+        assert_eq!(
+            grpc.advisory_hash,
+            http["advisory"]["advisory_hash"].as_str().unwrap(),
+            "case {}",
+            c["id"]
+        );
+        let want = case_of(&version, c["id"].as_str().unwrap());
+        assert_eq!(
+            http["advisory"]["advisory_hash"], want["advisory"]["advisory_hash"],
+            "case {}",
+            c["id"]
+        );
+        versions.insert(version);
+    }
+    assert_eq!(versions.len(), 2, "a 50 % canary splits the 24 cases: {versions:?}");
+}
