@@ -86,6 +86,17 @@ async fn the_dashboard_shows_the_api_numbers_and_its_actions_take_effect() {
     let (_, metrics_only) = s.create_key("scraper", &["metrics"], &["*"]).await;
     let (status, _) = call(&s, &metrics_only, reqwest::Method::GET, "/admin/v1/dashboard", None).await;
     assert_eq!(status, 403, "the dashboard needs admin or reviewer");
+    // A reviewer sees the corridors of its key, without the admin's switches.
+    let (_, reviewer) = s.create_key("uk-reviewer", &["reviewer"], &["UK-NG"]).await;
+    let (status, view) = call(&s, &reviewer, reqwest::Method::GET, "/admin/v1/dashboard", None).await;
+    assert_eq!(status, 200, "{view}");
+    let seen: Vec<(Value, Value)> = view["corridors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["corridor"].clone(), c["admin"].clone()))
+        .collect();
+    assert_eq!(seen, [(json!("UK-NG"), json!(false))], "{view}");
     // Review items in UAE-SA, one to resolve from the page.
     let mut ids = Vec::new();
     for (p, subject) in [
