@@ -103,15 +103,16 @@ function resolveItem(corridor, item, me) {
   };
 }
 
-function corridorCard(c, me, governed) {
+function corridorCard(c, me, governed, stepSeconds) {
   const h = c.health;
   const g = h.governance || null;
   const card = el("article", { class: "card corridor", "data-corridor": c.corridor });
   const state = h.ready ? el("span", { class: "badge", "data-field": "ready", text: "ready" })
     : el("span", { class: "badge bad", "data-field": "ready", text: "not ready" });
   card.append(el("h2", {}, el("span", { text: c.corridor }), state));
-  const last = c.series.length ? c.series[c.series.length - 1] : null;
-  const perSecond = last ? last.requests / 10 : 0;
+  // The last complete step of the series (the newest one is still filling).
+  const step = c.series.length > 1 ? c.series[c.series.length - 2] : null;
+  const perSecond = step ? step.requests / stepSeconds : 0;
   const breakers = g ? Object.entries(g.breakers).map(([m, s]) => m + ": " + s).join(", ") : "";
   const hit = h.recent.requests ? h.recent.cache_hits / h.recent.requests : 0;
   card.append(facts([
@@ -129,7 +130,7 @@ function corridorCard(c, me, governed) {
   card.append(el("div", { class: "charts" },
     chart("p50 / p99 ms, 5 min", c.series, [{ value: (p) => p.p50_ms }, { value: (p) => p.p99_ms }]),
     chart("cache hit ratio", c.series, [{ value: (p) => (p.requests ? p.cache_hits / p.requests : 0) }]),
-    chart("requests / 10 s", c.series, [{ value: (p) => p.requests }])));
+    chart("requests / " + stepSeconds + " s", c.series, [{ value: (p) => p.requests }])));
   const traffic = el("table", { class: "traffic" }, el("tr", {}, el("th", { text: "Model" }), el("th", { text: "Traffic split" })));
   for (const m of c.models) {
     const split = Object.entries(m.traffic).map(([v, p]) => v + " " + fmt(p, 0) + "%").join(", ");
@@ -213,7 +214,7 @@ function render(data) {
   $("server").textContent = (s.ready ? "Server ready" : "Server not ready: " + s.not_ready.join("; ")) +
     " · " + s.versions_ready + " versions verified, " + s.versions_failed + " refused";
   $("server").setAttribute("data-ready", String(s.ready));
-  const cards = data.corridors.map((c) => corridorCard(c, data.caller, data.governance_enabled));
+  const cards = data.corridors.map((c) => corridorCard(c, data.caller, data.governance_enabled, data.series_step_seconds));
   $("corridors").replaceChildren(...cards);
   renderModels(data);
   $("status").textContent = "updated " + new Date().toLocaleTimeString();
