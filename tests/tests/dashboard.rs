@@ -45,10 +45,12 @@ fn click(tab: &Tab, selector: &str) {
         .unwrap_or_else(|e| panic!("click {selector}: {e}"));
 }
 
+/// Focuses the field with a click and enters `value` as the browser's text input
+/// (`Input.insertText`: one event for the whole text, where typing it key by key costs a
+/// round trip per character).
 fn type_into(tab: &Tab, selector: &str, value: &str) {
-    tab.wait_for_element_with_custom_timeout(selector, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{selector}: {e}"))
-        .type_into(value)
+    click(tab, selector);
+    tab.send_character(value)
         .unwrap_or_else(|e| panic!("type into {selector}: {e}"));
 }
 
