@@ -3,9 +3,10 @@
 //! transport's throughput as a ratio to HTTP JSON and to `GET /v2/health/live` of the same
 //! server, measured in one run. HTTP load comes from wrk; gRPC load from a tonic client in
 //! this process, one HTTP/2 connection per concurrent caller (as wrk opens one connection per
-//! caller), on as many threads as wrk uses.
+//! caller), on as many threads as wrk uses, and from `h2load` (nghttp2's C load generator,
+//! as cheap per request as wrk), the same way.
 
-use crate::{median, process_cpu_seconds, start_server, wrk_measured, Args, Measured, WrkResult};
+use crate::{children_cpu_seconds, median, process_cpu_seconds, start_server, wrk_measured, Args, Measured, WrkResult};
 use anyhow::{bail, Context, Result};
 use invariant_blackbox::free_port;
 use invariant_core::Tensor;
@@ -178,9 +179,117 @@ fn grpc_measured(server_pid: u32, port: u16, request: &ModelInferRequest, c: u32
     })
 }
 
+/// The server's count of gRPC inference requests that did not end `ok` (from `/metrics`):
+/// h2load sees HTTP statuses only, a gRPC failure is a 200 with a `grpc-status` trailer.
+fn grpc_failures(base: &str) -> Result<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let text = rt.block_on(async {
+        invariant_blackbox::http_client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await
+    })?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("invariant_inference_requests_total{"))
+        .filter(|l| l.contains("transport=\"grpc\"") && !l.contains("status=\"ok\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum())
+}
+
+/// Drives `ModelInfer` with `h2load` (Debian's nghttp2-client, a C load generator as cheap
+/// as wrk): `connections` connections with one stream each, for `seconds`. Latencies come
+/// from its per-request log; every answer must be HTTP 200, and the server must count no gRPC
+/// failure meanwhile.
+fn h2load_measured(
+    server_pid: u32,
+    base: &str,
+    port: u16,
+    request: &ModelInferRequest,
+    c: u32,
+    seconds: u32,
+    dir: &Path,
+) -> Result<Measured> {
+    use prost::Message;
+    let body = dir.join("grpc-body.bin");
+    let message = request.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    framed.extend_from_slice(&message);
+    std::fs::write(&body, framed)?;
+    let log = dir.join("h2load.log");
+    // h2load appends to its log: each run starts from an empty one.
+    let _ = std::fs::remove_file(&log);
+    let failures_before = grpc_failures(base)?;
+    let (s0, w0) = (process_cpu_seconds(server_pid), children_cpu_seconds());
+    let out = std::process::Command::new("h2load")
+        .args([
+            "-D",
+            &seconds.to_string(),
+            "-c",
+            &c.to_string(),
+            "-m",
+            "1",
+            "-t",
+            &c.clamp(1, 2).to_string(),
+        ])
+        .arg("-d")
+        .arg(&body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!("--log-file={}", log.display()))
+        .arg(format!(
+            "http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
+        ))
+        .output()
+        .context("running h2load (install it: apt-get install nghttp2-client)")?;
+    let (s1, w1) = (process_cpu_seconds(server_pid), children_cpu_seconds());
+    if !out.status.success() {
+        bail!(
+            "h2load failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(&log)?;
+    let mut latencies_us: Vec<u64> = Vec::new();
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (Some(status), Some(us)) = (cols.get(1), cols.get(2)) else {
+            continue;
+        };
+        if *status != "200" {
+            bail!("h2load: an answer was HTTP {status}");
+        }
+        latencies_us.push(us.trim().parse()?);
+    }
+    let failed = grpc_failures(base)? - failures_before;
+    if failed > 0.0 {
+        bail!("h2load: the server counted {failed} failed gRPC requests");
+    }
+    if latencies_us.is_empty() {
+        bail!("h2load completed no request");
+    }
+    latencies_us.sort_unstable();
+    let at = |q: f64| latencies_us[((latencies_us.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    let requests = latencies_us.len() as f64;
+    let per = |d: f64| d * 1e6 / requests;
+    Ok(Measured {
+        wrk: WrkResult {
+            requests_per_s: requests / f64::from(seconds),
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            requests,
+        },
+        server_us: per(s1 - s0),
+        wrk_us: per(w1 - w0),
+    })
+}
+
 /// Runs the section: for the server with the inference cache off (every answer computed)
 /// and with it on (every answer after the first a cache hit), at every concurrency, rounds
-/// of `floor, JSON, binary, gRPC, floor`; each row prints medians over the rounds, its ratio
+/// of `floor, JSON, binary, gRPC (tonic client), gRPC (h2load), floor`; each row prints medians over the rounds, its ratio
 /// to HTTP JSON of the same round and to the mean of that round's two floor runs.
 pub fn bench_transports(args: &Args, work: &Workload, dir: &Path) -> Result<()> {
     let (json, binary) = scripts(work, dir)?;
@@ -190,7 +299,7 @@ pub fn bench_transports(args: &Args, work: &Workload, dir: &Path) -> Result<()> 
         work.model, work.version
     );
     println!(
-        "# medians of {} rounds (floor, JSON, binary, gRPC, floor); vs json / vs floor: ratio to \
+        "# medians of {} rounds (floor, JSON, binary, gRPC with the tonic client, gRPC with h2load, floor); vs json / vs floor: ratio to \
          HTTP JSON and to the mean of the round's two floor runs; cpu = microseconds of CPU per \
          request, server / load generator",
         args.rounds
@@ -209,7 +318,13 @@ pub fn bench_transports(args: &Args, work: &Workload, dir: &Path) -> Result<()> 
         let base = format!("http://127.0.0.1:{port}");
         let live = format!("{base}/v2/health/live");
         let infer = format!("{base}/v2/models/{}/versions/{}/infer", work.model, work.version);
-        let names = ["GET /v2/health/live", "HTTP JSON", "HTTP binary", "gRPC"];
+        let names = [
+            "GET /v2/health/live",
+            "HTTP JSON",
+            "HTTP binary",
+            "gRPC (tonic)",
+            "gRPC (h2load)",
+        ];
         for &c in &args.concurrency {
             let mut runs: Vec<Vec<Measured>> = names.iter().map(|_| Vec::new()).collect();
             let mut vs_json: Vec<Vec<f64>> = names.iter().map(|_| Vec::new()).collect();
@@ -219,10 +334,11 @@ pub fn bench_transports(args: &Args, work: &Workload, dir: &Path) -> Result<()> 
                 let j = wrk_measured(pid, &infer, c, args.http_seconds, Some(&json))?;
                 let b = wrk_measured(pid, &infer, c, args.http_seconds, Some(&binary))?;
                 let g = grpc_measured(pid, server.grpc_port, &request, c, args.http_seconds)?;
+                let h = h2load_measured(pid, &base, server.grpc_port, &request, c, args.http_seconds, dir)?;
                 let after = wrk_measured(pid, &live, c, args.http_seconds, None)?;
                 let floor = (before.wrk.requests_per_s + after.wrk.requests_per_s) / 2.0;
                 let json_rps = j.wrk.requests_per_s;
-                for (i, m) in [(1, j), (2, b), (3, g)] {
+                for (i, m) in [(1, j), (2, b), (3, g), (4, h)] {
                     vs_json[i].push(m.wrk.requests_per_s / json_rps);
                     vs_floor[i].push(m.wrk.requests_per_s / floor);
                     runs[i].push(m);
