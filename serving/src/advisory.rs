@@ -1,10 +1,14 @@
 //! Advisory pipelines served: `pipelines/<name>/<version>/pipeline.toml` of the model
-//! repository, each version verified against its golden decisions at start (only verified
-//! versions serve; the highest one unless a request names another). An advisory asks every
-//! pinned model through the one request path ([`InferenceService::infer`]: governance, the
-//! inference cache, metrics and the audit record apply to each model call), applies the rule
-//! table, and is cached for the pipeline's TTL. A model that cannot be asked (killed, breaker
-//! open, corridor degraded) makes the declared degraded decision, never a silent guess.
+//! repository, each version verified against its golden decisions at load and on every
+//! reload (only verified versions serve). Which version answers is the model registry's
+//! routing under the name `pipelines/<name>` (active, corridor override, canary share; the
+//! highest verified version while none was promoted), unless a request names one. Facts come
+//! from the request and from the version's feature services (the request's entity keys, read
+//! through the one feature path). An advisory asks every pinned model through the one request
+//! path ([`InferenceService::infer`]: governance, the inference cache, metrics and the audit
+//! record apply to each model call), applies the rule table, and is cached for the pipeline's
+//! TTL. A model that cannot be asked (killed, breaker open, corridor degraded, or answering
+//! from its fallback rules) makes the declared degraded decision, never a silent guess.
 //! Every advisory is audited; one that needs a person enters the corridor's review queue.
 
 use crate::request::{InferBody, Metadata, Routing, Target, Transport};
