@@ -1,4 +1,5 @@
-//! Canonical encoding of tensors and the inference input hash.
+//! Canonical encoding of tensors and the inference input hash, and the length-prefixed hash
+//! of a list of parts ([`Parts`]).
 //!
 //! The encoding is independent of how the tensors arrived (JSON spelling, key order, binary
 //! or gRPC): tensors are sorted by name, and each is written as its name, datatype, shape and
@@ -10,6 +11,39 @@ use crate::{CorridorId, Tensor};
 
 /// Domain-separation tag of the inference key, bumped if the encoding ever changes.
 const INFERENCE_KEY_DOMAIN: &[u8] = b"invariant/inference-key/v1";
+
+/// blake3 over parts, each prefixed by its length (u64, little-endian), so no two different
+/// lists of parts hash alike: the one way Invariant hashes a list of fields.
+#[derive(Debug, Clone, Default)]
+pub struct Parts(blake3::Hasher);
+
+impl Parts {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one part.
+    pub fn part(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+        self
+    }
+
+    /// The hash of the parts added.
+    pub fn finish(&self) -> blake3::Hash {
+        self.0.finalize()
+    }
+}
+
+/// [`Parts`] over `parts`.
+pub fn parts_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> blake3::Hash {
+    let mut h = Parts::new();
+    for p in parts {
+        h.part(p);
+    }
+    h.finish()
+}
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
@@ -119,6 +153,19 @@ pub fn inference_key(parts: InferenceKeyParts<'_>) -> blake3::Hash {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parts_are_length_prefixed() {
+        let split = |a: &[u8], b: &[u8]| super::parts_hash([a, b]);
+        assert_ne!(split(b"ab", b"c"), split(b"a", b"bc"));
+        let mut manual = blake3::Hasher::new();
+        for p in [&b"ab"[..], b"c"] {
+            manual.update(&(p.len() as u64).to_le_bytes());
+            manual.update(p);
+        }
+        assert_eq!(split(b"ab", b"c"), manual.finalize());
+        assert_eq!(super::Parts::new().part(b"ab").part(b"c").finish(), split(b"ab", b"c"));
+    }
+
     use super::*;
     use crate::TensorData;
 

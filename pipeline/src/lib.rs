@@ -674,10 +674,9 @@ impl Pipeline {
     /// content hash, every fact (sorted by name; numbers as their f64 bits), every score
     /// (sorted; f64 bits), the source, the recommendation, the priority and the reason codes.
     fn hash(&self, facts: &Facts, a: &Advisory) -> String {
-        let mut h = blake3::Hasher::new();
+        let mut h = invariant_core::hash::Parts::new();
         let mut part = |bytes: &[u8]| {
-            h.update(&(bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
+            h.part(bytes);
         };
         part(b"invariant-advisory/1");
         part(self.name.as_bytes());
@@ -717,7 +716,7 @@ impl Pipeline {
         for r in &a.reason_codes {
             part(r.as_bytes());
         }
-        h.finalize().to_hex().to_string()
+        h.finish().to_hex().to_string()
     }
 }
 

@@ -283,12 +283,7 @@ impl invariant_control::Document for RegistryState {
 /// Where in `[0, 10000)` a routing key falls for a model and corridor: blake3 of the three,
 /// first 8 bytes, modulo 10 000 (a basis-point bucket).
 pub fn bucket(model: &str, corridor: &str, key: &[u8]) -> u64 {
-    let mut h = blake3::Hasher::new();
-    for part in [model.as_bytes(), corridor.as_bytes(), key] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    let bytes = h.finalize();
+    let bytes = invariant_core::hash::parts_hash([model.as_bytes(), corridor.as_bytes(), key]);
     let mut first = [0u8; 8];
     first.copy_from_slice(&bytes.as_bytes()[..8]);
     u64::from_le_bytes(first) % 10_000

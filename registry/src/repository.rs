@@ -232,7 +232,7 @@ fn load_inside(root: &Path, dir: &Path, limits: &Limits) -> Result<VerifiedVersi
         )));
     }
     let mut artifacts = BTreeMap::new();
-    let mut content = blake3::Hasher::new();
+    let mut content = invariant_core::hash::Parts::new();
     let mut entries: Vec<_> = manifest.artifacts.iter().collect();
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let mut total = 0u64;
@@ -284,8 +284,7 @@ fn load_inside(root: &Path, dir: &Path, limits: &Limits) -> Result<VerifiedVersi
             }
         }
         for part in [&entry.path, &entry.sha256, &entry.blake3] {
-            content.update(&(part.len() as u64).to_le_bytes());
-            content.update(part.as_bytes());
+            content.part(part.as_bytes());
         }
         artifacts.insert(entry.path.clone(), bytes);
     }
@@ -293,7 +292,7 @@ fn load_inside(root: &Path, dir: &Path, limits: &Limits) -> Result<VerifiedVersi
         manifest,
         dir: dir.to_path_buf(),
         artifacts,
-        content_hash: content.finalize().to_hex().to_string(),
+        content_hash: content.finish().to_hex().to_string(),
     })
 }
 

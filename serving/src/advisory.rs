@@ -409,14 +409,9 @@ fn degrades(e: &ServeError) -> bool {
     matches!(e, ServeError::Unavailable(_) | ServeError::DeadlineExceeded(_))
 }
 
-/// blake3 over length-prefixed parts, hex.
+/// [`invariant_core::hash::parts_hash`], hex.
 fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
-    let mut h = blake3::Hasher::new();
-    for part in parts {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    h.finalize().to_hex().to_string()
+    invariant_core::hash::parts_hash(parts).to_hex().to_string()
 }
 
 /// A request's own routing key: its facts and entity keys, canonical (keys sorted, numbers

@@ -273,17 +273,15 @@ impl VerificationRecord {
     /// equal hashes mean the same bits were verified against the same expectations by the
     /// same runtime. Also stored in the record.
     pub fn verification_hash(&mut self) -> String {
-        let mut h = blake3::Hasher::new();
-        for part in [
+        let parts = [
             &self.content_hash,
             &self.golden_hash,
             &self.engine,
             &self.runtime_version,
-        ] {
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
-        }
-        self.verification_hash = h.finalize().to_hex().to_string();
+        ];
+        self.verification_hash = invariant_core::hash::parts_hash(parts.map(|p| p.as_bytes()))
+            .to_hex()
+            .to_string();
         self.verification_hash.clone()
     }
 }
