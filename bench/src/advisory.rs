@@ -9,23 +9,11 @@
 
 use crate::{start_server, wrk, Args};
 use anyhow::{bail, Context, Result};
-use invariant_blackbox::{free_port, RedisServer};
+use invariant_blackbox::{free_port, trust_features, RedisServer};
 use std::path::Path;
 
 /// Accounts pushed to the feature store.
 const ACCOUNTS: u32 = 1000;
-
-/// The facts trust_scorer_v1 fills.
-const ACCOUNT_FACTS: [&str; 8] = [
-    "account_age_days",
-    "completed_orders",
-    "dispute_rate",
-    "avg_rating",
-    "response_time_hours",
-    "kyc_level",
-    "cancellations_90d",
-    "chargebacks_365d",
-];
 
 /// A wrk script that POSTs `template` with `%s` replaced by a fresh random amount and `%k` by
 /// a random account number each time.
@@ -61,8 +49,8 @@ fn push_accounts(base: &str, facts: &serde_json::Value) -> Result<()> {
         "account_id": (0..ACCOUNTS).map(|i| format!("acct-{i}")).collect::<Vec<_>>(),
         "event_timestamp": vec![now; n],
     });
-    for k in ACCOUNT_FACTS {
-        df[k] = serde_json::json!(vec![facts[k].clone(); n]);
+    for k in trust_features() {
+        df[&k] = serde_json::json!(vec![facts[&k].clone(); n]);
     }
     let body = serde_json::json!({"feature_view": "account_stats", "df": df});
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -96,8 +84,8 @@ pub fn bench_advisory(args: &Args, scripts: &Path) -> Result<()> {
         .to_string()
         .replace("\"AMOUNT\"", "%s");
     let mut txn = facts.clone();
-    for k in ACCOUNT_FACTS {
-        txn.as_object_mut().context("facts")?.remove(k);
+    for k in trust_features() {
+        txn.as_object_mut().context("facts")?.remove(&k);
     }
     let from_store = serde_json::json!({ "facts": txn, "entities": {"account_id": "acct-ACCOUNT"} })
         .to_string()

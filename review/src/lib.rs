@@ -972,6 +972,15 @@ mod tests {
         }
     }
 
+    /// The ids UAE-SA lists with `status` at `now`.
+    fn listed(q: &Queue, status: Status, now: i64, limit: usize) -> Vec<String> {
+        q.list("UAE-SA", &[status], now, limit)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect()
+    }
+
     #[test]
     fn order_is_priority_then_deadline_then_id_and_deadlines_follow_the_slas() {
         let dir = tempfile::tempdir().unwrap();
@@ -985,12 +994,7 @@ mod tests {
         assert_eq!(p1.deadline_ms, 10 + 4 * H);
         assert_eq!(p2.deadline_ms, 5 + 4 * H);
         // P1 and P2 have the same SLA: priority still comes first; equal deadlines by id.
-        let ids: Vec<String> = q
-            .list("UAE-SA", &[Status::Open], 20, 100)
-            .unwrap()
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
+        let ids: Vec<String> = listed(&q, Status::Open, 20, 100);
         assert_eq!(ids, [p1.id.clone(), p1_later.id.clone(), p2.id, p4.id]);
         assert_eq!(p1.id, "UAE-SA-00000002");
     }
@@ -1111,22 +1115,12 @@ mod tests {
         }
         q.submit("UAE-SA", &new("P4", "e"), "t", 30).unwrap();
         // Only the newest resolved item is listed; the older one is still there to read.
-        let resolved: Vec<String> = q
-            .list("UAE-SA", &[Status::Resolved], 40, 10)
-            .unwrap()
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
+        let resolved: Vec<String> = listed(&q, Status::Resolved, 40, 10);
         assert_eq!(resolved, vec![b.clone()]);
         assert_eq!(q.get("UAE-SA", &a).unwrap().status(40), Status::Resolved);
         drop(q);
         let q = Queue::open(&dir.path().join("r.redb"), settings).unwrap();
-        let resolved: Vec<String> = q
-            .list("UAE-SA", &[Status::Resolved], 40, 10)
-            .unwrap()
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
+        let resolved: Vec<String> = listed(&q, Status::Resolved, 40, 10);
         assert_eq!(resolved, [b]);
         assert_eq!(q.get("UAE-SA", &a).unwrap().resolution.unwrap().at_ms, 11);
     }

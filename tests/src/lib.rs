@@ -1240,26 +1240,18 @@ pub async fn tls_exchange(
     })
 }
 
-/// Runs the futures concurrently, in one task, and returns their outputs in order.
-pub async fn join_all<T, F: std::future::Future<Output = T>>(futures: Vec<F>) -> Vec<T> {
-    let mut slots: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in pinned.iter_mut().zip(slots.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    slots.into_iter().flatten().collect()
+/// Runs futures concurrently, in one task, and returns their outputs in order.
+pub use futures_util::future::join_all;
+
+/// The feature names of the shipped feature service `trust_scorer_v1` (features/), in its
+/// order: trust-scorer's inputs, and the account facts transaction-review 1.1.0 reads.
+pub fn trust_features() -> Vec<String> {
+    let defs = invariant_featurestore::defs::Definitions::load_dir(&workspace_root().join("features"))
+        .expect("the shipped feature repository");
+    defs.service("trust_scorer_v1")
+        .expect("feature service trust_scorer_v1")
+        .features
+        .iter()
+        .map(|f| f.rsplit(':').next().unwrap_or(f).to_string())
+        .collect()
 }

@@ -14,17 +14,6 @@ use serde_json::{json, Value};
 const ADVISE: &str = "/v1/advisory/transaction-review";
 /// The version that serves while none was promoted: the highest verified one.
 const NEWEST: &str = "1.1.0";
-/// The facts trust_scorer_v1 (pipeline 1.1.0's feature service) fills.
-const ACCOUNT_FACTS: [&str; 8] = [
-    "account_age_days",
-    "completed_orders",
-    "dispute_rate",
-    "avg_rating",
-    "response_time_hours",
-    "kyc_level",
-    "cancellations_90d",
-    "chargebacks_365d",
-];
 
 /// The recorded golden cases of transaction-review `version`, by id.
 fn golden_of(version: &str) -> Vec<Value> {
@@ -377,8 +366,8 @@ async fn facts_come_from_the_feature_store_for_the_entity() {
     assert_eq!(status, 200, "{r}");
     let high = case("001-high-value");
     let mut txn = high["facts"].clone();
-    for k in ACCOUNT_FACTS {
-        txn.as_object_mut().unwrap().remove(k);
+    for k in trust_features() {
+        txn.as_object_mut().unwrap().remove(&k);
     }
     let (status, from_store) = s
         .post(ADVISE, &json!({"facts": txn, "entities": {"account_id": "acct-7"}}))

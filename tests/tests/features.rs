@@ -169,16 +169,7 @@ async fn acknowledged_writes_survive_kill_9() {
 }
 
 fn trust_push(key: &str, at_unix: f64, row: [f64; 8]) -> serde_json::Value {
-    let names = [
-        "account_age_days",
-        "completed_orders",
-        "dispute_rate",
-        "avg_rating",
-        "response_time_hours",
-        "kyc_level",
-        "cancellations_90d",
-        "chargebacks_365d",
-    ];
+    let names = trust_features();
     let mut df = serde_json::Map::new();
     df.insert("account_id".into(), json!([key]));
     df.insert("event_timestamp".into(), json!([at_unix]));
