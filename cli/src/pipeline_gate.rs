@@ -27,29 +27,6 @@ pub struct PipelineReport {
     pub violations: Vec<String>,
 }
 
-/// Every pipeline version of the repository: (name, version, its file), sorted.
-pub fn pipeline_versions(repository: &Path) -> Vec<(String, String, PathBuf)> {
-    let mut out = Vec::new();
-    let names = std::fs::read_dir(repository.join(PIPELINES_DIR))
-        .into_iter()
-        .flatten()
-        .flatten();
-    for name in names.filter(|e| e.path().is_dir()) {
-        for version in std::fs::read_dir(name.path()).into_iter().flatten().flatten() {
-            let file = version.path().join(PIPELINE_FILE);
-            if file.is_file() {
-                out.push((
-                    name.file_name().to_string_lossy().into_owned(),
-                    version.file_name().to_string_lossy().into_owned(),
-                    file,
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Loads pinned model versions once each and scores rows with them.
 pub struct Scorer<'a> {
     repository: &'a Path,
@@ -95,9 +72,11 @@ impl<'a> Scorer<'a> {
 /// Checks every pipeline version of the configuration's repository against its golden file.
 pub fn check_pipelines(config: &Config) -> Vec<PipelineReport> {
     let mut scorer = Scorer::new(&config.model_repository, &config.limits.repository);
-    pipeline_versions(&config.model_repository)
+    let defs = invariant_featurestore::load_definitions(&config.feature_repository, &config.features_applied_path())
+        .map_err(|e| e.to_string());
+    invariant_pipeline::versions(&config.model_repository)
         .into_iter()
-        .map(|(name, version, file)| {
+        .map(|(name, version, _)| {
             let mut report = PipelineReport {
                 pipeline: name.clone(),
                 version: version.clone(),
@@ -105,33 +84,9 @@ pub fn check_pipelines(config: &Config) -> Vec<PipelineReport> {
                 cases: 0,
                 violations: Vec::new(),
             };
-            let checked = std::fs::read(&file)
-                .map_err(|e| format!("{}: {e}", file.display()))
-                .and_then(|bytes| Pipeline::parse(&bytes).map_err(|e| e.to_string()))
-                .and_then(|p| {
-                    if p.name != name || p.version.to_string() != version {
-                        return Err(format!(
-                            "{} declares {} {}, but lives in {name}/{version}",
-                            file.display(),
-                            p.name,
-                            p.version
-                        ));
-                    }
-                    let defs = invariant_featurestore::load_definitions(
-                        &config.feature_repository,
-                        &config.features_applied_path(),
-                    )
-                    .map_err(|e| e.to_string());
-                    invariant_serving::advisory::check_features(&p, defs.as_ref().map_err(Clone::clone))?;
-                    let path = golden::path(&config.golden_vectors, &name, &version);
-                    let set = GoldenSet::read(&path).map_err(|e| {
-                        format!(
-                            "{e} (record them with `invariant golden record-pipeline {name} {version} --cases FILE`)"
-                        )
-                    })?;
-                    Ok((p, set))
-                });
-            match checked {
+            let read =
+                invariant_serving::advisory::read_version(config, defs.as_ref().map_err(Clone::clone), &name, &version);
+            match read {
                 Err(e) => report.violations.push(e),
                 Ok((p, set)) => {
                     report.cases = set.cases.len();

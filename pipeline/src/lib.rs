@@ -43,6 +43,30 @@ const MAX_RULES: usize = 256;
 const MAX_CONDITIONS: usize = 16;
 const MAX_TEXT: usize = 256;
 
+/// Every pipeline version directory of a model repository that holds a pipeline file:
+/// (name, version directory, the file), sorted.
+pub fn versions(repository: &std::path::Path) -> Vec<(String, String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let names = std::fs::read_dir(repository.join(PIPELINES_DIR))
+        .into_iter()
+        .flatten()
+        .flatten();
+    for name in names.filter(|e| e.path().is_dir()) {
+        for version in std::fs::read_dir(name.path()).into_iter().flatten().flatten() {
+            let file = version.path().join(PIPELINE_FILE);
+            if file.is_file() {
+                out.push((
+                    name.file_name().to_string_lossy().into_owned(),
+                    version.file_name().to_string_lossy().into_owned(),
+                    file,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Pipeline failures, each naming the field at fault.
 #[derive(Debug, Error)]
 pub enum PipelineError {

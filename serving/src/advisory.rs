@@ -11,6 +11,7 @@
 //! from its fallback rules) makes the declared degraded decision, never a silent guess.
 //! Every advisory is audited; one that needs a person enters the corridor's review queue.
 
+use crate::config::Config;
 use crate::request::{InferBody, Metadata, Routing, Target, Transport};
 use crate::{InferenceService, ServeError};
 use invariant_auth::Role;
@@ -203,43 +204,59 @@ pub fn check_features(p: &Pipeline, defs: Result<&Definitions, String>) -> Resul
     Ok(())
 }
 
-/// Reads, checks and verifies pipeline `name` `version` of the repository against the loaded
-/// model versions of `table`.
+/// Reads and checks pipeline `name` in version directory `version` of the configuration's
+/// model repository: the file parses and declares that name and version, its feature services
+/// fit `defs`; and reads its golden decisions. What the server loads and the gate checks.
+pub fn read_version(
+    config: &Config,
+    defs: Result<&Definitions, String>,
+    name: &str,
+    version: &str,
+) -> Result<(Pipeline, GoldenSet), String> {
+    let file = config
+        .model_repository
+        .join(PIPELINES_DIR)
+        .join(name)
+        .join(version)
+        .join(PIPELINE_FILE);
+    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let p = Pipeline::parse(&bytes).map_err(|e| e.to_string())?;
+    if p.name != name || p.version.to_string() != version {
+        return Err(format!(
+            "{} declares {} {}, but lives in {name}/{version}",
+            file.display(),
+            p.name,
+            p.version
+        ));
+    }
+    check_features(&p, defs)?;
+    let set = GoldenSet::read(&golden::path(&config.golden_vectors, name, version)).map_err(|e| {
+        format!("{e} (record them with `invariant golden record-pipeline {name} {version} --cases FILE`)")
+    })?;
+    Ok((p, set))
+}
+
+/// Reads, checks and verifies pipeline `name` `version` against the loaded model versions of
+/// `table`.
 fn load_version(
     service: &InferenceService,
     table: &crate::models::ModelTable,
     name: &str,
     version: &semver::Version,
 ) -> Result<Pipeline, String> {
-    let dir_version = version.to_string();
-    let file = service
-        .config
-        .model_repository
-        .join(PIPELINES_DIR)
-        .join(name)
-        .join(&dir_version)
-        .join(PIPELINE_FILE);
-    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let p = Pipeline::parse(&bytes).map_err(|e| e.to_string())?;
-    if p.name != name || &p.version != version {
-        return Err(format!("{} declares {} {}", file.display(), p.name, p.version));
-    }
     // The served definitions; a command-line tool (no store opened) reads them from the
     // repository as the server would.
+    let config = &service.config;
     let read;
     let defs = match &service.features {
         Ok(store) => Ok(&store.defs),
-        Err(why) if p.features.is_empty() => Err(why.clone()),
         Err(_) => {
-            let config = &service.config;
             read =
                 invariant_featurestore::load_definitions(&config.feature_repository, &config.features_applied_path());
             read.as_ref().map_err(|e| e.to_string())
         }
     };
-    check_features(&p, defs)?;
-    let set = GoldenSet::read(&golden::path(&service.config.golden_vectors, &p.name, &dir_version))
-        .map_err(|e| e.to_string())?;
+    let (p, set) = read_version(config, defs, name, &version.to_string())?;
     let violations = set.verify(&p, &mut |s, row| score_in(table, s, row));
     match violations.first() {
         Some(v) => Err(format!("verification failed ({} violations): {v}", violations.len())),
@@ -252,43 +269,33 @@ impl Pipelines {
     /// does not parse, reads an unknown feature service or misses a golden decision does not
     /// serve, and says why).
     pub fn load(service: &InferenceService) -> Self {
-        let root = service.config.model_repository.join(PIPELINES_DIR);
         let snapshot = service.snapshot();
         let mut versions: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-        let mut names: Vec<_> = std::fs::read_dir(&root).into_iter().flatten().flatten().collect();
-        names.sort_by_key(|e| e.file_name());
-        for name in names.into_iter().filter(|e| e.path().is_dir()) {
-            let name_text = name.file_name().to_string_lossy().into_owned();
-            for dir in std::fs::read_dir(name.path()).into_iter().flatten().flatten() {
-                if !dir.path().join(PIPELINE_FILE).is_file() {
-                    continue;
+        for (name_text, dir_version, _) in invariant_pipeline::versions(&service.config.model_repository) {
+            let Ok(version) = semver::Version::parse(&dir_version) else {
+                tracing::warn!(pipeline = %name_text, dir = %dir_version, "not a semantic version; ignored");
+                continue;
+            };
+            let loaded = load_version(service, &snapshot.table, &name_text, &version);
+            let entry = match loaded {
+                Ok(p) => {
+                    tracing::info!(pipeline = %p.name, version = %p.version, "pipeline verified");
+                    Entry {
+                        version,
+                        pipeline: Some(Arc::new(p)),
+                        error: None,
+                    }
                 }
-                let dir_version = dir.file_name().to_string_lossy().into_owned();
-                let Ok(version) = semver::Version::parse(&dir_version) else {
-                    tracing::warn!(pipeline = %name_text, dir = %dir_version, "not a semantic version; ignored");
-                    continue;
-                };
-                let loaded = load_version(service, &snapshot.table, &name_text, &version);
-                let entry = match loaded {
-                    Ok(p) => {
-                        tracing::info!(pipeline = %p.name, version = %p.version, "pipeline verified");
-                        Entry {
-                            version,
-                            pipeline: Some(Arc::new(p)),
-                            error: None,
-                        }
+                Err(e) => {
+                    tracing::error!(pipeline = %name_text, version = %dir_version, "pipeline refused: {e}");
+                    Entry {
+                        version,
+                        pipeline: None,
+                        error: Some(e),
                     }
-                    Err(e) => {
-                        tracing::error!(pipeline = %name_text, version = %dir_version, "pipeline refused: {e}");
-                        Entry {
-                            version,
-                            pipeline: None,
-                            error: Some(e),
-                        }
-                    }
-                };
-                versions.entry(name_text.clone()).or_default().push(entry);
-            }
+                }
+            };
+            versions.entry(name_text.clone()).or_default().push(entry);
         }
         for v in versions.values_mut() {
             v.sort_by(|a, b| a.version.cmp(&b.version));
