@@ -25,11 +25,11 @@ use invariant_registry::lifecycle::RegistryState;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Advisories kept in the cache at most (past it, expired ones go, then all).
-const CACHE_CAPACITY: usize = 10_000;
+/// Advisories kept in the cache at most (past it, the cache lets the least used go).
+const CACHE_CAPACITY: u64 = 10_000;
 
 /// One pipeline version as loaded.
 #[derive(Debug, Clone)]
@@ -43,11 +43,33 @@ pub struct Entry {
 }
 
 /// Every pipeline version, and the advisory cache.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pipelines {
     /// Versions by pipeline name, lowest first.
     pub versions: BTreeMap<String, Vec<Entry>>,
-    cache: Mutex<BTreeMap<String, (Instant, AdvisoryReply)>>,
+    cache: moka::future::Cache<String, Arc<Kept>>,
+}
+
+/// An advisory in the cache: when it was computed, and how long it may be kept.
+#[derive(Debug)]
+struct Kept {
+    at: Instant,
+    kept_for: Duration,
+    reply: AdvisoryReply,
+}
+
+struct KeptExpiry;
+
+impl moka::Expiry<String, Arc<Kept>> for KeptExpiry {
+    fn expire_after_create(&self, _key: &String, value: &Arc<Kept>, _created_at: Instant) -> Option<Duration> {
+        Some(value.kept_for)
+    }
+}
+
+impl Default for Pipelines {
+    fn default() -> Self {
+        Self::with_versions(BTreeMap::new())
+    }
 }
 
 /// The registry name of pipeline `name` (`pipelines/<name>`: model names hold no `/`, so the
@@ -300,9 +322,18 @@ impl Pipelines {
         for v in versions.values_mut() {
             v.sort_by(|a, b| a.version.cmp(&b.version));
         }
+        Self::with_versions(versions)
+    }
+
+    /// `versions`, with an empty advisory cache of [`CACHE_CAPACITY`] entries, each kept as
+    /// long as its pipeline allows.
+    fn with_versions(versions: BTreeMap<String, Vec<Entry>>) -> Self {
         Self {
             versions,
-            cache: Mutex::default(),
+            cache: moka::future::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .expire_after(KeptExpiry)
+                .build(),
         }
     }
 
@@ -389,24 +420,20 @@ impl Pipelines {
             .collect()
     }
 
-    fn cached(&self, key: &str, ttl: Duration) -> Option<AdvisoryReply> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < ttl)
-            .map(|(_, v)| v.clone())
+    /// The advisory kept under `key`, if it was computed less than `within` ago.
+    async fn cached(&self, key: &str, within: Duration) -> Option<AdvisoryReply> {
+        let kept = self.cache.get(key).await?;
+        (kept.at.elapsed() < within).then(|| kept.reply.clone())
     }
 
-    /// Keeps `reply` under `key` for `kept_for` (past it, or at capacity, it may go).
-    fn keep(&self, key: String, reply: AdvisoryReply, kept_for: Duration) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_CAPACITY {
-            cache.retain(|_, (at, _)| at.elapsed() < kept_for);
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (Instant::now(), reply));
+    /// Keeps `reply` under `key` for `kept_for` (the cache may let it go sooner when full).
+    async fn keep(&self, key: String, reply: AdvisoryReply, kept_for: Duration) {
+        let kept = Kept {
+            at: Instant::now(),
+            kept_for,
+            reply,
+        };
+        self.cache.insert(key, Arc::new(kept)).await;
     }
 }
 
@@ -587,7 +614,7 @@ impl InferenceService {
             canonical.as_bytes(),
         ]);
         let ttl = Duration::try_from_secs_f64(p.cache_ttl_seconds).unwrap_or(Duration::ZERO);
-        if let Some(mut hit) = pipelines.cached(&key, ttl) {
+        if let Some(mut hit) = pipelines.cached(&key, ttl).await {
             hit.cached = true;
             hit.routing = routing.name();
             hit.features = features;
@@ -640,7 +667,7 @@ impl InferenceService {
             _ => ttl,
         };
         if let (Some(why), invariant_pipeline::Degraded::Cached) = (&degraded_by, p.on_degraded) {
-            if let Some(mut kept) = pipelines.cached(&key, kept_for) {
+            if let Some(mut kept) = pipelines.cached(&key, kept_for).await {
                 kept.cached = true;
                 kept.routing = routing.name();
                 kept.features = features;
@@ -714,7 +741,7 @@ impl InferenceService {
         .increment(1);
         // A degraded decision is not cached: the models may answer the next request.
         if degraded_by.is_none() {
-            pipelines.keep(key, reply.clone(), kept_for);
+            pipelines.keep(key, reply.clone(), kept_for).await;
         }
         Ok(reply)
     }
