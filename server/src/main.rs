@@ -69,7 +69,8 @@ fn init_logging(cli: &Cli) {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the model repository and serve the V2 API over HTTP and gRPC.
+    /// Load the model repository and serve the V2 API over HTTP and gRPC (with the advisory
+    /// pipelines, the review queue and the ops dashboard at /dashboard).
     Serve(ServeArgs),
     #[command(flatten)]
     Tools(invariant_cli::Command),
@@ -170,7 +171,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             let l = tokio::net::TcpListener::bind(&grpc_addr)
                 .await
                 .with_context(|| format!("cannot listen on {grpc_addr} (gRPC)"))?;
-            tracing::info!(addr = %l.local_addr()?, "serving gRPC (inference.GRPCInferenceService)");
+            tracing::info!(addr = %l.local_addr()?, "serving gRPC (inference.GRPCInferenceService, invariant.advisory.v1.AdvisoryService)");
             Some(l)
         };
         if !service.authority.is_disabled() && service.authority.active_keys() == 0 {
