@@ -80,6 +80,9 @@ async fn the_dashboard_shows_the_api_numbers_and_its_actions_take_effect() {
     let s = Arc::new(
         Server::start_with(ServerOptions {
             auth: true,
+            // P5's SLA is 7.2 s here, so its item nears and passes its deadline while the page
+            // is open.
+            extra: "[review]\nsla_hours = [2.0, 4.0, 4.0, 8.0, 24.0, 0.002]\n".into(),
             ..Default::default()
         })
         .await,
@@ -105,6 +108,7 @@ async fn the_dashboard_shows_the_api_numbers_and_its_actions_take_effect() {
         ("P1", "listing:L-1"),
         ("P1", "listing:L-2"),
         ("P4", "listing:<b>L-3</b>"),
+        ("P5", "listing:L-4"),
     ] {
         let body = json!({"priority": p, "subject": subject, "reason_codes": ["HIGH_VALUE_OVER_1000"]});
         let (status, item) = call(
@@ -204,7 +208,7 @@ async fn the_dashboard_shows_the_api_numbers_and_its_actions_take_effect() {
         None,
     )
     .await;
-    for p in ["P0", "P1", "P4"] {
+    for p in ["P0", "P1", "P4", "P5"] {
         let want = summary["depth"][p].as_u64().unwrap_or(0).to_string();
         assert_eq!(
             text(&tab, &format!("{card} [data-field=depth-{p}]")),
@@ -228,6 +232,52 @@ async fn the_dashboard_shows_the_api_numbers_and_its_actions_take_effect() {
             );
         }
     }
+    // Verification states, and each model's traffic split in the corridor: its active version.
+    for m in models["models"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        for v in m["versions"].as_array().unwrap() {
+            let row = format!(
+                "#models tr[data-model=\"{name}\"][data-version=\"{}\"]",
+                v["version"].as_str().unwrap()
+            );
+            assert!(
+                text(&tab, &format!("{row} [data-field=state]")).starts_with(v["state"].as_str().unwrap()),
+                "{row}"
+            );
+        }
+        let split = text(&tab, &format!("{card} tr[data-model=\"{name}\"] [data-field=split]"));
+        assert_eq!(split, format!("{} 100%", m["active"].as_str().unwrap()), "{name}");
+    }
+    // Rate-limit use against the corridor's limit, as governance reports it.
+    let rate = text(&tab, &format!("{card} [data-field=rate]"));
+    match gov["rate_limit"].as_f64() {
+        Some(limit) => assert!(rate.ends_with(&format!("of {limit} req/s")), "{rate} vs {gov}"),
+        None => assert!(rate.ends_with("no limit"), "{rate} vs {gov}"),
+    }
+    assert_eq!(text(&tab, &format!("{card} [data-field=breakers]")), "none", "{gov}");
+    // The P5 item is highlighted once it is near its SLA, then breached.
+    wait_for(
+        &tab,
+        &format!(
+            "document.querySelector('[data-item=\"{}\"]').classList.contains('breached')",
+            ids[3]
+        ),
+        "the breached P5 item highlighted",
+    );
+    let (_, summary) = call(
+        &s,
+        &admin,
+        reqwest::Method::GET,
+        "/v1/corridors/UAE-SA/review/summary",
+        None,
+    )
+    .await;
+    assert_eq!(summary["breached"]["P5"], 1, "{summary}");
+    wait_for(
+        &tab,
+        &format!("document.querySelector('{card} [data-field=near-P5]').textContent === '1'"),
+        "near-SLA P5 count",
+    );
     let (_, pipelines) = call(&s, &admin, reqwest::Method::GET, "/v1/advisory", None).await;
     let rows = tab
         .evaluate("document.querySelectorAll('#pipelines tbody tr').length", false)
