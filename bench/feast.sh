@@ -7,7 +7,7 @@
 #
 #   bash bench/feast.sh [SECONDS_PER_RUN]
 #
-# Needs: a release build (cargo build --release --bin invariant), redis-server, wrk, and
+# Needs: a release build (cargo build --release --bin invariant), redis-server, wrk, h2load, and
 # .venv-feast (scripts/setup-python.sh); feast's Redis extra is installed here if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ PY=.venv-feast/bin/python
 [ -x "$BIN" ] || { echo "feast.sh: build $BIN first (cargo build --release --bin invariant)" >&2; exit 1; }
 [ -x "$PY" ] || { echo "feast.sh: run scripts/setup-python.sh first" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "feast.sh: wrk is required (apt-get install wrk)" >&2; exit 1; }
+command -v h2load >/dev/null || { echo "feast.sh: h2load is required (apt-get install nghttp2-client)" >&2; exit 1; }
 "$PY" -c "import redis" 2>/dev/null || "$PY" -m pip install --quiet --disable-pip-version-check "feast[redis]==0.67.0"
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -133,6 +134,7 @@ script() { # entities -> lua file
   local feats=""
   for f in $(seq 0 19); do feats="$feats\"user_stats:f$(printf %02d "$f")\","; done
   local file="$WORK/get-$n.lua"
+  printf '{"features": [%s], "entities": {"user_id": [%s]}}' "${feats%,}" "${keys%,}" > "$WORK/get-$n.json"
   printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{"features": [%s], "entities": {"user_id": [%s]}}]]\n' \
     "${feats%,}" "${keys%,}" > "$file"
   echo "$file"
@@ -146,6 +148,26 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
 m = re.search(r"99%\s+([\d.]+)(us|ms|s)", t)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
 print(f"{rps:.0f} {p99:.2f}")'
+}
+
+paced() { # url body-file-or-empty conc total-rps -> "achieved-rps p50ms p99ms" (open loop, h2load over HTTP/1.1)
+  local log="$WORK/paced.log" per=$(( ($4 + $3 - 1) / $3 ))
+  rm -f "$log"
+  h2load --h1 -D "$RUN" -c "$3" -t 2 --rps="$per" ${2:+-d "$2" -H 'content-type: application/json'} \
+    --log-file="$log" "$1" > /dev/null
+  python3 - "$log" "$RUN" <<'PY'
+import sys
+lat, bad = [], 0
+for line in open(sys.argv[1]):
+    cols = line.split("\t")
+    if len(cols) >= 3:
+        bad += cols[1] != "200"
+        lat.append(int(cols[2]))
+assert lat and not bad, f"{bad} answers were not 200"
+lat.sort()
+at = lambda q: lat[int((len(lat) - 1) * q)] / 1000
+print(f"{len(lat) / float(sys.argv[2]):.0f} {at(0.50):.2f} {at(0.99):.2f}")
+PY
 }
 
 # A sanity check: both answer the same values.
@@ -173,10 +195,22 @@ for n in 1 10; do
   for c in 1 8 32; do
     read -r frps fp99 <<< "$(measure "http://127.0.0.1:$FEAST_PORT/get-online-features" "$lua" "$c")"
     read -r irps ip99 <<< "$(measure "http://127.0.0.1:$INV_PORT/get-online-features" "$lua" "$c")"
+    [ "$n.$c" = "1.8" ] && FEAST_1_8=$frps
     printf "%-9s %4s %12s %10s %12s %10s %8s\n" "$n" "$c" "$frps" "${fp99}ms" "$irps" "${ip99}ms" \
       "$(python3 -c "print(f'{$irps / $frps:.1f}x')")"
   done
 done
+echo
+echo "# Redis reads at 20x Feast's throughput (1 entity, c=8 above), paced: h2load --h1 -c 8 --rps, open loop"
+echo "# (wrk keeps every connection busy, so its p99 above is queueing on 2 shared cores; here requests arrive"
+echo "#  at a fixed rate and the latency is the server's). The health-check floor at the same rate for scale."
+printf "%-30s %12s %12s %8s %8s\n" what "offered/s" "achieved/s" "p50 ms" "p99 ms"
+RATE=$(python3 -c "print(int(20 * $FEAST_1_8))")
+read -r a p50 p99 <<< "$(paced "http://127.0.0.1:$INV_PORT/get-online-features" "$WORK/get-1.json" 8 "$RATE")"
+printf "%-30s %12s %12s %8s %8s\n" "invariant get-online (Redis)" "$RATE" "$a" "$p50" "$p99"
+read -r a p50 p99 <<< "$(paced "http://127.0.0.1:$INV_PORT/v2/health/live" "" 8 "$RATE")"
+printf "%-30s %12s %12s %8s %8s\n" "invariant /v2/health/live" "$RATE" "$a" "$p50" "$p99"
+
 echo
 echo "# embedded store (redb) vs the same server's GET /v2/health/live floor, 1 entity"
 printf "%4s %12s %12s %8s\n" conc "floor req/s" "read req/s" "read/floor"

@@ -180,6 +180,19 @@ pub struct FeatureStore {
     store: Box<dyn OnlineStore>,
 }
 
+/// A read, planned: see [`FeatureStore::get_online`].
+struct ReadPlan<'a> {
+    /// The features, in requested order.
+    resolved: Vec<FeatureRef>,
+    /// The request's join key and its entity keys as sent.
+    join_key: &'a str,
+    keys: &'a Vec<Value>,
+    /// The entity keys as stored.
+    entity_keys: Vec<String>,
+    /// Each view read (by index, in index order) and its namespace.
+    reads: Vec<(usize, &'a str)>,
+}
+
 impl FeatureStore {
     /// Whether `corridor`'s rows can be reached now (see [`OnlineStore::check`]).
     pub fn check(&self, corridor: &str) -> Result<(), FeatureError> {
@@ -274,13 +287,67 @@ impl FeatureStore {
             .collect())
     }
 
-    /// Reads features of entities in `corridor` at time `now_ms`.
+    /// Reads features of entities in `corridor` at time `now_ms`, with blocking reads.
     pub fn get_online(
         &self,
         corridor: &str,
         req: &GetOnlineRequest,
         now_ms: i64,
     ) -> Result<GetOnlineResponse, FeatureError> {
+        // Without asynchronous reads nothing in the read waits: it is done at its first poll.
+        let mut read = std::pin::pin!(self.read_online(corridor, req, now_ms, false));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::future::Future::poll(read.as_mut(), &mut context) {
+            std::task::Poll::Ready(reply) => reply,
+            std::task::Poll::Pending => Err(FeatureError::Store("a blocking read did not complete".into())),
+        }
+    }
+
+    /// [`FeatureStore::get_online`] without holding a thread while the store answers, where it
+    /// has an asynchronous client for the corridor (see [`FeatureStore::async_reads`]); other
+    /// reads are made here, blocking. Must run inside a Tokio runtime.
+    pub async fn get_online_async(
+        &self,
+        corridor: &str,
+        req: &GetOnlineRequest,
+        now_ms: i64,
+    ) -> Result<GetOnlineResponse, FeatureError> {
+        self.read_online(corridor, req, now_ms, true).await
+    }
+
+    /// A read: the plan, one read per view (over the asynchronous client when `use_async` and
+    /// the store has one), the reply.
+    async fn read_online(
+        &self,
+        corridor: &str,
+        req: &GetOnlineRequest,
+        now_ms: i64,
+        use_async: bool,
+    ) -> Result<GetOnlineResponse, FeatureError> {
+        let plan = self.plan(corridor, req)?;
+        let mut rows = BTreeMap::new();
+        for &(view, namespace) in &plan.reads {
+            let name = &self.defs.views[view].name;
+            let pending = use_async.then(|| self.store.read_async(namespace, name, &plan.entity_keys));
+            let read = match pending.flatten() {
+                Some(pending) => pending.await?,
+                None => self.store.read(namespace, name, &plan.entity_keys)?,
+            };
+            rows.insert(view, read);
+        }
+        self.assemble(req, plan, rows, now_ms)
+    }
+
+    /// Whether every read of `corridor` (its own views and the global ones) has an
+    /// asynchronous client: then [`FeatureStore::get_online_async`] waits for the network
+    /// without a thread.
+    pub fn async_reads(&self, corridor: &str) -> bool {
+        self.store.async_reads(corridor) && self.store.async_reads(GLOBAL)
+    }
+
+    /// What a read needs: the features resolved, the entity keys checked and rendered, and
+    /// one read per view (all its entities at once), whatever the number of features.
+    fn plan<'a>(&'a self, corridor: &'a str, req: &'a GetOnlineRequest) -> Result<ReadPlan<'a>, FeatureError> {
         // Feast sends `features: []` along with a feature service.
         let features = req.features.as_ref().filter(|f| !f.is_empty());
         let refs: &[String] = match (features, &req.feature_service) {
@@ -300,7 +367,7 @@ impl FeatureStore {
         };
         let resolved: Vec<FeatureRef> = self.defs.resolve(refs)?;
         let (join_key, keys) = match req.entities.iter().next() {
-            Some((k, v)) if req.entities.len() == 1 => (k.clone(), v),
+            Some((k, v)) if req.entities.len() == 1 => (k.as_str(), v),
             _ => {
                 return Err(FeatureError::Request(
                     "entities: give exactly one join key with its entity keys".into(),
@@ -326,15 +393,41 @@ impl FeatureStore {
                 }
             }
         }
-        // One read per view (all its entities at once), whatever the number of features.
-        let mut rows: BTreeMap<usize, Vec<Option<Row>>> = BTreeMap::new();
+        let mut reads: Vec<(usize, &str)> = Vec::new();
         for r in &resolved {
-            if let std::collections::btree_map::Entry::Vacant(slot) = rows.entry(r.view) {
-                let view = &self.defs.views[r.view];
-                let namespace = if view.global { GLOBAL } else { corridor };
-                slot.insert(self.store.read(namespace, &view.name, &entity_keys)?);
+            if !reads.iter().any(|(v, _)| *v == r.view) {
+                let namespace = if self.defs.views[r.view].global {
+                    GLOBAL
+                } else {
+                    corridor
+                };
+                reads.push((r.view, namespace));
             }
         }
+        reads.sort_unstable();
+        Ok(ReadPlan {
+            resolved,
+            join_key,
+            keys,
+            entity_keys,
+            reads,
+        })
+    }
+
+    /// The reply of a read from the rows of each view of `plan`.
+    fn assemble(
+        &self,
+        req: &GetOnlineRequest,
+        plan: ReadPlan<'_>,
+        rows: BTreeMap<usize, Vec<Option<Row>>>,
+        now_ms: i64,
+    ) -> Result<GetOnlineResponse, FeatureError> {
+        let ReadPlan {
+            resolved,
+            join_key,
+            keys,
+            ..
+        } = plan;
         // Each row's event time, formatted once for all the features of its view.
         let stamps: BTreeMap<usize, Vec<String>> = rows
             .iter()
@@ -347,7 +440,7 @@ impl FeatureStore {
                 )
             })
             .collect();
-        let mut names = vec![join_key.clone()];
+        let mut names = vec![join_key.to_string()];
         let mut results = vec![FeatureColumn {
             values: keys.clone(),
             statuses: vec!["PRESENT"; keys.len()],

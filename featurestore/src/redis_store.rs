@@ -6,12 +6,17 @@
 //! JSON), `event_ms` and `vhash` (blake3 of the values). A write runs one Lua script per row
 //! that stores it only if its event is newer, or equal with other values, so the rule "an older
 //! event never overwrites a newer one" holds across writers. A read of many entities is one
-//! pipelined round trip (`HGET row` per key), never one per feature. A failed connection is
-//! dropped; for the next second the corridor's calls fail at once with the failure's text (no
-//! caller waits on a dead or hung Redis but the one that retries after that second), then one
-//! call reconnects. Other corridors are unaffected.
+//! pipelined round trip (`HGET row` per key), never one per feature. Reads of a single Redis
+//! go over one multiplexed asynchronous connection per corridor
+//! ([`OnlineStore::read_async`]): the reads of every caller are pipelined on it, and a caller
+//! waiting for Redis holds no thread. Writes, health checks and Redis Cluster reads (whose
+//! keys span slots, which one asynchronous pipeline cannot) are blocking calls over a few
+//! connections per corridor. A failed connection is dropped; for the next second the
+//! corridor's calls fail at once with the failure's text (no caller waits on a dead or hung
+//! Redis but the one that retries after that second), then one call reconnects. Other
+//! corridors are unaffected.
 
-use crate::store::{OnlineStore, Row, WriteOutcome};
+use crate::store::{OnlineStore, ReadFuture, Row, WriteOutcome};
 use crate::FeatureError;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -59,10 +64,79 @@ enum Endpoint {
 struct Target {
     url: String,
     endpoint: Endpoint,
-    /// A few connections, so calls of the corridor do not wait for one another's round trips.
-    conns: Vec<Mutex<Option<Conn>>>,
+    /// A few connections, so calls of the corridor do not wait for one another's round trips
+    /// (each with the [`Target::epoch`] it was made in).
+    conns: Vec<Mutex<Option<(u64, Conn)>>>,
+    /// The multiplexed asynchronous connection reads share (single Redis only), made on
+    /// first use.
+    shared: tokio::sync::Mutex<Option<(u64, redis::aio::MultiplexedConnection)>>,
+    /// Counts failures: a connection made before the last failure is not used again (after
+    /// Redis restarts, every connection to the old process is dead, not just the one that
+    /// noticed).
+    epoch: std::sync::atomic::AtomicU64,
     /// The last failure and until when calls fail fast because of it.
     down: Mutex<Option<(Instant, String)>>,
+}
+
+impl Target {
+    /// The error of a call that could not reach the corridor's Redis.
+    fn unavailable(&self, corridor: &str, e: &dyn std::fmt::Display) -> FeatureError {
+        FeatureError::Store(format!("Redis of corridor {corridor} ({}) unavailable: {e}", self.url))
+    }
+
+    /// Fails at once while the last failure is recent (see the module's documentation).
+    fn fail_fast(&self, corridor: &str) -> Result<(), FeatureError> {
+        if let Some((until, why)) = self.down.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let now = Instant::now();
+            if now < *until {
+                return Err(self.unavailable(
+                    corridor,
+                    &format!("{why} (retried in {} ms)", until.duration_since(now).as_millis().max(1)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a failure: calls fail fast for [`RETRY_AFTER`], then reconnect.
+    fn failed(&self, corridor: &str, e: &dyn std::fmt::Display) -> FeatureError {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *self.down.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now() + RETRY_AFTER, e.to_string()));
+        self.unavailable(corridor, e)
+    }
+
+    /// The current epoch (see [`Target::epoch`]).
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records a call that reached Redis.
+    fn answered(&self) {
+        *self.down.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Records a round trip's duration and outcome.
+fn observe(purpose: &'static str, started: Instant, error: Option<&redis::RedisError>) {
+    let outcome = match error {
+        None => "ok",
+        Some(e) if e.is_timeout() => "timeout",
+        Some(_) => "error",
+    };
+    metrics::histogram!("invariant_redis_round_trip_seconds", "purpose" => purpose, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Stored rows from the `row` fields read.
+fn decode(raw: Vec<Option<String>>) -> Result<Vec<Option<Row>>, FeatureError> {
+    raw.into_iter()
+        .map(|r| match r {
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| FeatureError::Store(e.to_string())),
+            None => Ok(None),
+        })
+        .collect()
 }
 
 /// The Redis store: a Redis per corridor.
@@ -121,6 +195,8 @@ impl RedisStore {
                     url: url.clone(),
                     endpoint,
                     conns: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
+                    shared: tokio::sync::Mutex::new(None),
+                    epoch: std::sync::atomic::AtomicU64::new(0),
                     down: Mutex::new(None),
                 },
             );
@@ -133,44 +209,33 @@ impl RedisStore {
         })
     }
 
-    /// Runs `op` on the corridor's connection, connecting first if needed; a failure drops the
-    /// connection so the next call reconnects.
+    fn target(&self, corridor: &str) -> Result<&Target, FeatureError> {
+        self.targets
+            .get(corridor)
+            .ok_or_else(|| FeatureError::Store(format!("no Redis is configured for corridor {corridor}")))
+    }
+
+    /// Runs `op` on one of the corridor's blocking connections, connecting first if needed; a
+    /// failure drops the connection so the next call reconnects.
     fn with<T>(
         &self,
         corridor: &str,
         purpose: &'static str,
         op: impl FnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, FeatureError> {
-        let target = self
-            .targets
-            .get(corridor)
-            .ok_or_else(|| FeatureError::Store(format!("no Redis is configured for corridor {corridor}")))?;
-        let unavailable = |e: &dyn std::fmt::Display| {
-            FeatureError::Store(format!(
-                "Redis of corridor {corridor} ({}) unavailable: {e}",
-                target.url
-            ))
-        };
-        if let Some((until, why)) = target.down.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let now = Instant::now();
-            if now < *until {
-                return Err(unavailable(&format!(
-                    "{why} (retried in {} ms)",
-                    until.duration_since(now).as_millis().max(1)
-                )));
-            }
-        }
-        let failed = |e: &dyn std::fmt::Display| {
-            *target.down.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((Instant::now() + RETRY_AFTER, e.to_string()));
-            unavailable(e)
-        };
+        let target = self.target(corridor)?;
+        target.fail_fast(corridor)?;
         // A free connection, else wait for one (the caller's bulkhead bounds the waiters).
         let mut guard = target.conns.iter().find_map(|c| c.try_lock().ok()).unwrap_or_else(|| {
             let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % target.conns.len();
             target.conns[i].lock().unwrap_or_else(|p| p.into_inner())
         });
+        let epoch = target.epoch();
+        if guard.as_ref().is_some_and(|(made, _)| *made != epoch) {
+            *guard = None;
+        }
         if guard.is_none() {
+            let failed = |e: &dyn std::fmt::Display| target.failed(corridor, e);
             let conn = match &target.endpoint {
                 Endpoint::Single(client) => {
                     let conn = client
@@ -182,27 +247,70 @@ impl RedisStore {
                 }
                 Endpoint::Cluster(client) => Conn::Cluster(Box::new(client.get_connection().map_err(|e| failed(&e))?)),
             };
-            *guard = Some(conn);
+            *guard = Some((epoch, conn));
         }
-        let conn = guard.as_mut().ok_or_else(|| unavailable(&"no connection"))?;
+        let (_, conn) = guard
+            .as_mut()
+            .ok_or_else(|| target.unavailable(corridor, &"no connection"))?;
         let started = Instant::now();
         let result = op(conn);
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) if e.is_timeout() => "timeout",
-            Err(_) => "error",
-        };
-        metrics::histogram!("invariant_redis_round_trip_seconds", "purpose" => purpose, "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
+        observe(purpose, started, result.as_ref().err());
         match result {
             Ok(v) => {
-                *target.down.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                target.answered();
                 Ok(v)
             }
             Err(e) => {
                 *guard = None;
-                Err(failed(&e))
+                Err(target.failed(corridor, &e))
             }
+        }
+    }
+
+    /// A read over the corridor's multiplexed connection (single Redis), connecting first if
+    /// needed; a failure drops the connection so the next read reconnects.
+    async fn read_shared(
+        &self,
+        target: &Target,
+        client: &redis::Client,
+        corridor: &str,
+        view: &str,
+        entities: &[String],
+    ) -> Result<Vec<Option<Row>>, FeatureError> {
+        target.fail_fast(corridor)?;
+        let mut conn = {
+            let mut slot = target.shared.lock().await;
+            let epoch = target.epoch();
+            match slot.as_ref().filter(|(made, _)| *made == epoch) {
+                Some((_, conn)) => conn.clone(),
+                None => {
+                    // Checked again: the caller before this one may have just failed.
+                    target.fail_fast(corridor)?;
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout));
+                    let conn = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map_err(|e| target.failed(corridor, &e))?;
+                    *slot = Some((epoch, conn.clone()));
+                    conn
+                }
+            }
+        };
+        let mut pipe = redis::pipe();
+        for e in entities {
+            pipe.hget(key(corridor, view, e), "row");
+        }
+        let started = Instant::now();
+        let result: redis::RedisResult<Vec<Option<String>>> = pipe.query_async(&mut conn).await;
+        observe("feature_read", started, result.as_ref().err());
+        match result {
+            Ok(raw) => {
+                target.answered();
+                decode(raw)
+            }
+            Err(e) => Err(target.failed(corridor, &e)),
         }
     }
 }
@@ -291,13 +399,24 @@ impl OnlineStore for RedisStore {
                 pipe.query(conn)
             }
         })?;
-        raw.into_iter()
-            .map(|r| match r {
-                Some(json) => serde_json::from_str(&json)
-                    .map(Some)
-                    .map_err(|e| FeatureError::Store(e.to_string())),
-                None => Ok(None),
+        decode(raw)
+    }
+
+    fn read_async<'a>(&'a self, corridor: &'a str, view: &'a str, entities: &'a [String]) -> Option<ReadFuture<'a>> {
+        let target = self.targets.get(corridor)?;
+        let Endpoint::Single(client) = &target.endpoint else {
+            return None;
+        };
+        Some(Box::pin(self.read_shared(target, client, corridor, view, entities)))
+    }
+
+    fn async_reads(&self, corridor: &str) -> bool {
+        matches!(
+            self.targets.get(corridor),
+            Some(Target {
+                endpoint: Endpoint::Single(_),
+                ..
             })
-            .collect()
+        )
     }
 }

@@ -28,7 +28,21 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     fn local_reads(&self) -> bool {
         false
     }
+    /// [`OnlineStore::read`] over an asynchronous client, which holds no thread while the
+    /// store answers: `Some` where `corridor` has one (see [`OnlineStore::async_reads`]),
+    /// `None` where its reads are blocking calls. The future must run inside a Tokio runtime.
+    fn read_async<'a>(&'a self, _corridor: &'a str, _view: &'a str, _entities: &'a [String]) -> Option<ReadFuture<'a>> {
+        None
+    }
+    /// Whether [`OnlineStore::read_async`] answers `Some` for `corridor`.
+    fn async_reads(&self, _corridor: &str) -> bool {
+        false
+    }
 }
+
+/// A pending [`OnlineStore::read_async`]: the rows of the entities, in order.
+pub type ReadFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Option<Row>>, FeatureError>> + Send + 'a>>;
 
 /// One stored row of a feature view for one entity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

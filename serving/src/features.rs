@@ -44,7 +44,9 @@ impl InferenceService {
             g.feature_read(corridor.as_str())
                 .map_err(|r| crate::governance::refusal_error(corridor.as_str(), &r))?;
         }
-        let reply = self.on_store(corridor, request, FeatureStore::get_online, true).await?;
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(self.config.pools.feature_timeout_ms);
+        let reply = self.feature_read(corridor.as_str(), deadline, request).await??;
         observe_read(corridor.as_str(), &reply);
         Ok(reply)
     }
@@ -82,7 +84,7 @@ impl InferenceService {
                 .map_err(|r| crate::governance::refusal_error(corridor.as_str(), &r))?;
         }
         let view = request.feature_view.clone();
-        let outcome = self.on_store(corridor, request, FeatureStore::push, false).await?;
+        let outcome = self.on_store(corridor, request, FeatureStore::push).await?;
         self.observe_push(corridor.as_str(), &outcome);
         let record = serde_json::json!({
             "actor": actor, "feature_view": view, "written": outcome.written, "ignored": outcome.ignored,
@@ -97,13 +99,12 @@ impl InferenceService {
     }
 
     /// Runs `op` on the store within the corridor's feature bulkhead and the feature timeout
-    /// (see [`InferenceService::feature_call`]; `read`: it only reads).
+    /// (see [`InferenceService::feature_call`]).
     async fn on_store<Req, Out>(
         &self,
         corridor: &CorridorId,
         request: Req,
         op: fn(&FeatureStore, &str, &Req, i64) -> Result<Out, FeatureError>,
-        read: bool,
     ) -> Result<Out, ServeError>
     where
         Req: Send + 'static,
@@ -113,12 +114,37 @@ impl InferenceService {
         let c = corridor.clone();
         let deadline =
             tokio::time::Instant::now() + std::time::Duration::from_millis(self.config.pools.feature_timeout_ms);
-        let inline = read && store.local_reads();
-        self.feature_call(corridor.as_str(), deadline, inline, move || {
+        self.feature_call(corridor.as_str(), deadline, false, move || {
             op(&store, c.as_str(), &request, now_ms())
         })
         .await?
         .map_err(ServeError::from)
+    }
+
+    /// Reads features in `corridor` within its feature bulkhead, giving up at `deadline`:
+    /// over the store's asynchronous client where the corridor has one (a single Redis: the
+    /// wait holds no thread, and a read given up on is dropped), here for the embedded store
+    /// (no network to wait for), else on the blocking pool ([`InferenceService::feature_call`]).
+    pub(crate) async fn feature_read(
+        &self,
+        corridor: &str,
+        deadline: tokio::time::Instant,
+        request: GetOnlineRequest,
+    ) -> Result<Result<GetOnlineResponse, FeatureError>, ServeError> {
+        let store = self.feature_store()?;
+        if store.async_reads(corridor) {
+            let _slot = self.feature_slot(corridor)?;
+            let read = store.get_online_async(corridor, &request, now_ms());
+            return Ok(tokio::time::timeout_at(deadline, read)
+                .await
+                .unwrap_or_else(|_| Err(too_late(corridor))));
+        }
+        let inline = store.local_reads();
+        let c = corridor.to_string();
+        self.feature_call(corridor, deadline, inline, move || {
+            store.get_online(&c, &request, now_ms())
+        })
+        .await
     }
 
     /// Runs `call` within `corridor`'s feature bulkhead (`pools.feature_concurrency` calls in
@@ -134,6 +160,24 @@ impl InferenceService {
         inline: bool,
         call: impl FnOnce() -> Result<T, FeatureError> + Send + 'static,
     ) -> Result<Result<T, FeatureError>, ServeError> {
+        let slot = self.feature_slot(corridor)?;
+        if inline {
+            let _slot = slot;
+            return Ok(call());
+        }
+        let task = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            call()
+        });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(e)) => Err(ServeError::internal(format!("feature store task failed: {e}"))),
+            Err(_) => Ok(Err(too_late(corridor))),
+        }
+    }
+
+    /// A place in `corridor`'s feature bulkhead, or 429 at once when it is full.
+    fn feature_slot(&self, corridor: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ServeError> {
         let slots = self
             .feature_slots
             .get(corridor)
@@ -149,21 +193,7 @@ impl InferenceService {
                 ),
             });
         };
-        if inline {
-            let _slot = slot;
-            return Ok(call());
-        }
-        let task = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            call()
-        });
-        match tokio::time::timeout_at(deadline, task).await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(e)) => Err(ServeError::internal(format!("feature store task failed: {e}"))),
-            Err(_) => Ok(Err(FeatureError::Store(format!(
-                "the feature store of corridor {corridor} did not answer in time"
-            )))),
-        }
+        Ok(slot)
     }
 
     /// Freshness of writes: the newest event time stored, per view and corridor.
@@ -179,6 +209,13 @@ impl InferenceService {
                 .set(*newest as f64 / 1000.0);
         }
     }
+}
+
+/// The error of a feature-store call given up on at its deadline.
+fn too_late(corridor: &str) -> FeatureError {
+    FeatureError::Store(format!(
+        "the feature store of corridor {corridor} did not answer in time"
+    ))
 }
 
 /// Freshness of reads: the age of the oldest value served as PRESENT, per view and corridor.
@@ -354,11 +391,7 @@ pub(crate) async fn enrich(
             full_feature_names: false,
             include_feature_view_version_metadata: false,
         };
-        let (s, c) = (store.clone(), corridor.to_string());
-        let inline = store.local_reads();
-        let read = core
-            .feature_call(corridor, deadline, inline, move || s.get_online(&c, &request, now_ms()))
-            .await?;
+        let read = core.feature_read(corridor, deadline, request).await?;
         let reply = match read {
             Err(FeatureError::Store(why))
                 if manifest.inference.feature_fallback == Some(invariant_registry::FeatureFallback::Defaults) =>

@@ -195,6 +195,36 @@ impl RedisServer {
         s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
+    /// How many clients are connected to it now (`INFO clients`), not counting this query's
+    /// own connection.
+    pub fn connected_clients(&self) -> usize {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis-server");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+        s.write_all(b"INFO clients\r\n").expect("INFO clients");
+        // A bulk string: `$<length>\r\n<text>\r\n`.
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(head) = reply.windows(2).position(|w| w == b"\r\n") {
+                let length: usize = String::from_utf8_lossy(&reply[1..head]).parse().expect("a bulk reply");
+                if reply.len() >= head + 2 + length {
+                    break;
+                }
+            }
+            let n = s.read(&mut buf).expect("INFO reply");
+            assert!(n > 0, "redis-server closed the connection");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&reply);
+        let count: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("connected_clients in INFO clients");
+        count - 1
+    }
+
     /// Stops it with SIGSTOP: it keeps its socket and accepts connections, but never answers.
     pub fn pause(&self) {
         self.signal("-STOP");
@@ -226,6 +256,17 @@ impl Drop for RedisServer {
     }
 }
 
+/// A free port whose cluster bus port (the port + 10000, which a cluster node also binds) is
+/// free and valid too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= u16::MAX - 10000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A three-node Redis Cluster on free loopback ports (no replicas, no persistence).
 pub struct RedisCluster {
     /// The nodes.
@@ -239,7 +280,7 @@ impl RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let port = free_port();
+            let port = free_cluster_port();
             let extra = [
                 "--cluster-enabled".to_string(),
                 "yes".to_string(),

@@ -726,6 +726,54 @@ async fn a_hung_corridor_redis_never_takes_other_corridors_down() {
     s.assert_still_serving().await;
 }
 
+/// Reads of a corridor's Redis from many concurrent callers share one multiplexed connection
+/// (pipelined, no thread held while Redis answers), and each still gets its own row.
+#[tokio::test]
+async fn concurrent_redis_reads_share_one_connection_and_get_their_own_rows() {
+    let redis = RedisServer::start();
+    let s = Server::start_with(ServerOptions {
+        top: format!("feature_backend = \"redis\"\nfeature_redis_url = \"{}\"\n", redis.url()),
+        extra: "[pools]\nfeature_concurrency = 128\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let keys: Vec<String> = (0..64).map(|i| format!("m{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(
+            push(&s, "UK-NG", &push_body(k, unix_seconds(-60), i as f64)).await.0,
+            200
+        );
+    }
+    let before = redis.connected_clients();
+    let reads = keys.iter().enumerate().map(|(i, k)| {
+        let (client, url, k) = (s.client.clone(), format!("{}/v1/features/get-online", s.url), k.clone());
+        async move {
+            let r = client
+                .post(url)
+                .header("x-corridor", "UK-NG")
+                .body(read_body(&[&k]).to_string())
+                .send()
+                .await
+                .expect("read");
+            assert_eq!(r.status().as_u16(), 200);
+            let r: serde_json::Value = r.json().await.expect("json");
+            assert_eq!(r["results"][0]["values"][0], k.as_str(), "{r}");
+            assert_eq!(r["results"][1]["values"][0], i as f64, "{r}");
+            assert_eq!(r["results"][1]["statuses"][0], "PRESENT", "{r}");
+        }
+    });
+    for _ in 0..4 {
+        join_all(reads.clone()).await;
+    }
+    // The pushes used one blocking connection; the 256 reads (64 at a time) add one.
+    let after = redis.connected_clients();
+    assert!(
+        after <= before + 1,
+        "{before} connections before the reads, {after} after"
+    );
+    s.assert_still_serving().await;
+}
+
 #[tokio::test]
 async fn materialize_loads_into_a_running_server_through_its_api() {
     let s = Server::start_with(ServerOptions {
