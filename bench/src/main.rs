@@ -4,6 +4,11 @@
 //! served/floor, where the floor is `GET /v2/health/live` of the same server.
 
 use anyhow::{bail, Context, Result};
+
+/// The server's allocator (see `server/src/main.rs`), so the in-process sections (engines,
+/// portable kernels vs ONNX Runtime) allocate as they do when served.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use invariant_blackbox::free_port;
 use invariant_core::{DataType, Tensor, TensorData};

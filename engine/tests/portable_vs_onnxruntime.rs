@@ -570,6 +570,76 @@ fn tree_ensembles_match_onnx_runtime() {
     }
 }
 
+/// Forests whose branches are all `BRANCH_LEQ` take the fixed-depth walk (eight trees at a
+/// time): the peer benchmark's 100 gradient-boosted trees, and trees of unequal depths (a
+/// one-leaf tree, a lopsided one) in one ensemble, nine trees so the walk has a partial group.
+#[test]
+fn leq_forests_walked_together_match_onnx_runtime_exactly() {
+    let gbt = invariant_portable::build::gradient_boosted_trees(100, 3, 32, 9);
+    check(
+        "100 trees of depth 3",
+        gbt,
+        32,
+        vec![spec("y", DataType::Fp32, &[-1, 1])],
+        (0.0, 1.0),
+        0,
+    );
+    let (mut tree_ids, mut node_ids, mut features, mut values, mut modes, mut trues, mut falses) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut w_tree, mut w_node, mut w_val) = (vec![], vec![], vec![]);
+    for t in 0..9i64 {
+        // Even trees: root -> (node 1 -> leaves 2, 3), leaf 4. Odd trees: one leaf.
+        let nodes: Vec<(i64, f32, &str, i64, i64)> = if t % 2 == 0 {
+            vec![
+                (t % 4, 0.1 * t as f32 - 0.3, "BRANCH_LEQ", 1, 4),
+                ((t + 1) % 4, 0.25, "BRANCH_LEQ", 2, 3),
+                (0, 0.0, "LEAF", 0, 0),
+                (0, 0.0, "LEAF", 0, 0),
+                (0, 0.0, "LEAF", 0, 0),
+            ]
+        } else {
+            vec![(0, 0.0, "LEAF", 0, 0)]
+        };
+        for (i, (f, v, m, a, b)) in nodes.into_iter().enumerate() {
+            tree_ids.push(t);
+            node_ids.push(i as i64);
+            features.push(f);
+            values.push(v);
+            modes.push(m);
+            trues.push(a);
+            falses.push(b);
+            if m == "LEAF" {
+                w_tree.push(t);
+                w_node.push(i as i64);
+                w_val.push(0.125 * (t as f32 + 1.0) - 0.0625 * i as f32);
+            }
+        }
+    }
+    let attrs = vec![
+        attr_is("nodes_treeids", &tree_ids),
+        attr_is("nodes_nodeids", &node_ids),
+        attr_is("nodes_featureids", &features),
+        attr_fs("nodes_values", &values),
+        attr_ss("nodes_modes", &modes),
+        attr_is("nodes_truenodeids", &trues),
+        attr_is("nodes_falsenodeids", &falses),
+        attr_is("target_treeids", &w_tree),
+        attr_is("target_nodeids", &w_node),
+        attr_is("target_ids", &vec![0; w_tree.len()]),
+        attr_fs("target_weights", &w_val),
+        attr_i("n_targets", 1),
+    ];
+    single(
+        "unequal depths",
+        node("TreeEnsembleRegressor", "ai.onnx.ml", &["x"], &["y"], attrs),
+        vec![],
+        4,
+        1,
+        (-1.0, 1.0),
+        0,
+    );
+}
+
 #[test]
 fn shipped_onnx_models_run_on_the_portable_engine_within_tolerance() {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");

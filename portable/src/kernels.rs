@@ -155,10 +155,16 @@ fn tile<T: Num, const R: usize, const J: usize, const F: bool>(
     ys: &mut [T],
 ) {
     let mut acc = [[T::ZERO; J]; R];
-    for kk in 0..k {
-        let wr = &w[kk * n + j0..kk * n + j0 + J];
-        for (r, a) in acc.iter_mut().enumerate() {
-            let xv = xs[(r0 + r) * k + kk];
+    // Each row's `k` inputs and each step's `J` weights as slices of known length, so the
+    // loop runs without bounds checks.
+    let x: [&[T]; R] = std::array::from_fn(|r| &xs[(r0 + r) * k..(r0 + r + 1) * k]);
+    for (kk, wrow) in w.chunks_exact(n).take(k).enumerate() {
+        let wr: &[T; J] = match wrow[j0..j0 + J].try_into() {
+            Ok(wr) => wr,
+            Err(_) => unreachable!("a slice of J elements"),
+        };
+        for (a, xr) in acc.iter_mut().zip(&x) {
+            let xv = xr[kk];
             for (av, &wv) in a.iter_mut().zip(wr) {
                 *av = step::<T, F>(*av, xv, wv);
             }

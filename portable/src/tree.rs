@@ -44,6 +44,20 @@ struct Packed {
     b: u32,
 }
 
+/// A node of the fixed-depth walk (see [`Forest::walk`]): branches as in [`Packed`], a leaf
+/// pointing at itself on both sides, so `depth` steps of `x <= value ? a : b` from a root end
+/// on its leaf whatever the path, with no test for leaves.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    feature: u32,
+    value: f32,
+    a: u32,
+    b: u32,
+}
+
+/// Rows walked through each tree together (see [`Forest::scores`]).
+const ROWS_AT_ONCE: usize = 16;
+
 /// How scores are transformed after aggregation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PostTransform {
@@ -69,6 +83,12 @@ pub(crate) struct Forest {
     leaf_weights: Vec<(usize, f32)>,
     /// Every branch is `BRANCH_LEQ` (scikit-learn's trees): a loop without the mode switch.
     all_leq: bool,
+    /// For forests whose branches are all `BRANCH_LEQ` (and that read at least one feature):
+    /// the nodes as [`Step`]s and each tree's depth, for the fixed-depth walk.
+    walk: Option<(Vec<Step>, Vec<u32>)>,
+    /// Where every leaf has exactly one weight: per node, a leaf's `(target, weight)` (read
+    /// in one load instead of through its weight range).
+    single: Option<Vec<(usize, f32)>>,
     roots: Vec<usize>,
     /// Features read by any branch: the input needs at least `max + 1` columns.
     width: usize,
@@ -203,7 +223,7 @@ impl Forest {
             return Err(invalid(op, "too many nodes"));
         }
         let mut leaf_weights = Vec::new();
-        let packed = nodes
+        let packed: Vec<Packed> = nodes
             .iter()
             .map(|n| {
                 let (a, b) = if n.mode == Mode::Leaf {
@@ -226,17 +246,77 @@ impl Forest {
         let all_leq = nodes
             .iter()
             .all(|n| matches!(n.mode, Mode::Leq | Mode::Leaf) && !n.missing_true);
+        let roots: Vec<usize> = roots_by_tree.into_values().collect();
+        let walk = if all_leq && width > 0 {
+            Self::steps(&packed, &roots)
+        } else {
+            None
+        };
+        let single = nodes
+            .iter()
+            .all(|n| n.mode != Mode::Leaf || n.weights.len() == 1)
+            .then(|| {
+                nodes
+                    .iter()
+                    .map(|n| n.weights.first().copied().unwrap_or((0, 0.0)))
+                    .collect()
+            });
         Ok((
             Self {
                 nodes,
                 packed,
                 leaf_weights,
                 all_leq,
-                roots: roots_by_tree.into_values().collect(),
+                walk,
+                single,
+                roots,
                 width,
             },
             ids,
         ))
+    }
+
+    /// The fixed-depth walk of `packed` (all `BRANCH_LEQ`): leaves loop onto themselves, and
+    /// each tree's depth is its longest path. `None` when a tree loops (the ordinary walk then
+    /// reports it for the rows that reach the loop).
+    fn steps(packed: &[Packed], roots: &[usize]) -> Option<(Vec<Step>, Vec<u32>)> {
+        let steps = packed
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match n.mode {
+                Mode::Leaf => Step {
+                    feature: 0,
+                    value: 0.0,
+                    a: i as u32,
+                    b: i as u32,
+                },
+                _ => Step {
+                    feature: n.feature,
+                    value: n.value,
+                    a: n.a,
+                    b: n.b,
+                },
+            })
+            .collect();
+        let mut depths = Vec::with_capacity(roots.len());
+        for &root in roots {
+            // Depth-first over (node, depth); more levels than nodes means a loop.
+            let (mut deepest, mut stack) = (0u32, vec![(root, 0u32)]);
+            while let Some((at, depth)) = stack.pop() {
+                if depth as usize > packed.len() {
+                    return None;
+                }
+                let node = packed[at];
+                if node.mode == Mode::Leaf {
+                    deepest = deepest.max(depth);
+                } else {
+                    stack.push((node.a as usize, depth + 1));
+                    stack.push((node.b as usize, depth + 1));
+                }
+            }
+            depths.push(deepest);
+        }
+        Some((steps, depths))
     }
 
     /// The weights of the leaf a row reaches in the tree rooted at `root`. `row` has at least
@@ -262,12 +342,30 @@ impl Forest {
         Err(PortableError::Runtime("tree ensemble: a tree loops".into()))
     }
 
-    /// Per target, the aggregated leaf weights of one row and whether any leaf gave one,
-    /// written into `out` (`targets` entries).
-    fn scores(&self, row: &[f32], out: &mut [(f32, bool)], aggregate: Aggregate) -> Result<(), PortableError> {
-        out.fill((0.0, false));
-        for &root in &self.roots {
-            for &(t, w) in self.leaf(root, row)? {
+    /// The weights of leaf node `leaf`, in attribute order.
+    #[inline(always)]
+    fn weights(&self, leaf: u32) -> &[(usize, f32)] {
+        match &self.single {
+            Some(single) => std::slice::from_ref(&single[leaf as usize]),
+            None => {
+                let node = self.packed[leaf as usize];
+                &self.leaf_weights[node.a as usize..node.b as usize]
+            }
+        }
+    }
+
+    /// Per row and target (`rows.len() × targets`, row-major), the aggregated leaf weights
+    /// and whether any leaf gave one. Each row's weights are aggregated in tree order, each
+    /// leaf's in attribute order, whatever the batch. Where the forest has a fixed-depth walk,
+    /// [`ROWS_AT_ONCE`] rows go through each tree together: their walks and their sums are
+    /// independent of one another, so their latencies overlap.
+    fn scores(&self, rows: &[&[f32]], targets: usize, aggregate: Aggregate) -> Result<Vec<(f32, bool)>, PortableError> {
+        if targets == 0 {
+            return Err(PortableError::Runtime("tree ensemble: no targets".into()));
+        }
+        let mut out = vec![(0.0, false); rows.len() * targets];
+        let add = |out: &mut [(f32, bool)], weights: &[(usize, f32)]| {
+            for &(t, w) in weights {
                 let slot = &mut out[t];
                 slot.0 = match aggregate {
                     Aggregate::Sum | Aggregate::Average => slot.0 + w,
@@ -277,9 +375,61 @@ impl Forest {
                 };
                 slot.1 = true;
             }
+        };
+        let Some((steps, depths)) = &self.walk else {
+            for (row, o) in rows.iter().zip(out.chunks_exact_mut(targets)) {
+                for &root in &self.roots {
+                    add(o, self.leaf(root, row)?);
+                }
+            }
+            return Ok(out);
+        };
+        let full = rows.len() / ROWS_AT_ONCE * ROWS_AT_ONCE;
+        let (blocks, rest) = out.split_at_mut(full * targets);
+        for (block, o) in rows
+            .chunks_exact(ROWS_AT_ONCE)
+            .zip(blocks.chunks_exact_mut(ROWS_AT_ONCE * targets))
+        {
+            let block: &[&[f32]; ROWS_AT_ONCE] = match block.try_into() {
+                Ok(b) => b,
+                Err(_) => unreachable!("chunks of ROWS_AT_ONCE rows"),
+            };
+            for (&root, &depth) in self.roots.iter().zip(depths) {
+                let at = walk(steps, block, [root as u32; ROWS_AT_ONCE], depth);
+                for (&leaf, o) in at.iter().zip(o.chunks_exact_mut(targets)) {
+                    add(o, self.weights(leaf));
+                }
+            }
         }
-        Ok(())
+        // Fewer rows than a block: each row through ROWS_AT_ONCE trees at a time instead.
+        for (row, o) in rows[full..].iter().zip(rest.chunks_exact_mut(targets)) {
+            for (roots, depths) in self.roots.chunks(ROWS_AT_ONCE).zip(depths.chunks(ROWS_AT_ONCE)) {
+                let mut at = [0u32; ROWS_AT_ONCE];
+                for (a, &r) in at.iter_mut().zip(roots) {
+                    *a = r as u32;
+                }
+                let deepest = depths.iter().copied().max().unwrap_or(0);
+                let at = walk(steps, &[*row; ROWS_AT_ONCE], at, deepest);
+                for &leaf in at.iter().take(roots.len()) {
+                    add(o, self.weights(leaf));
+                }
+            }
+        }
+        Ok(out)
     }
+}
+
+/// `depth` steps of the fixed-depth walk from each of `at`, lane `i` reading `rows[i]`; the
+/// lanes are independent, so their loads and comparisons overlap.
+#[inline(always)]
+fn walk<const R: usize>(steps: &[Step], rows: &[&[f32]; R], mut at: [u32; R], depth: u32) -> [u32; R] {
+    for _ in 0..depth {
+        for (a, row) in at.iter_mut().zip(rows) {
+            let s = steps[*a as usize];
+            *a = if row[s.feature as usize] <= s.value { s.a } else { s.b };
+        }
+    }
+    at
 }
 
 fn post_transform(op: &str, a: &Attrs) -> Result<PostTransform, PortableError> {
@@ -400,10 +550,13 @@ impl Classifier {
         let classes = self.labels.len();
         let mut labels = Vec::with_capacity(n);
         let mut scores = Vec::with_capacity(n * classes.max(2));
-        let mut buf = vec![(0f32, false); classes];
-        for row in rows.take(n) {
-            self.forest.scores(row, &mut buf, Aggregate::Sum)?;
-            let mut p = buf.clone();
+        let rows: Vec<&[f32]> = rows.take(n).collect();
+        for buf in self
+            .forest
+            .scores(&rows, classes, Aggregate::Sum)?
+            .chunks_exact(classes)
+        {
+            let mut p = buf.to_vec();
             if classes > 2 {
                 for (k, &b) in self.base.iter().enumerate().take(classes) {
                     p[k] = if p[k].1 { (p[k].0 + b, true) } else { (b, true) };
@@ -550,9 +703,12 @@ impl Regressor {
         let (n, rows) = rows("TreeEnsembleRegressor", x, shape, self.forest.width)?;
         let trees = self.forest.roots.len() as f32;
         let mut out = Vec::with_capacity(n * self.targets);
-        let mut p = vec![(0f32, false); self.targets];
-        for row in rows.take(n) {
-            self.forest.scores(row, &mut p, self.aggregate)?;
+        let rows: Vec<&[f32]> = rows.take(n).collect();
+        for p in self
+            .forest
+            .scores(&rows, self.targets, self.aggregate)?
+            .chunks_exact(self.targets)
+        {
             if self.targets == 1 {
                 let origin = if self.base.len() == 1 { self.base[0] } else { 0.0 };
                 let (s, has) = p[0];
