@@ -200,9 +200,12 @@ fn grpc_failures(base: &str) -> Result<f64> {
 }
 
 /// Drives `ModelInfer` with `h2load` (Debian's nghttp2-client, a C load generator as cheap
-/// as wrk): `connections` connections with one stream each, for `seconds`. Latencies come
+/// as wrk): `c` calls in flight, for `seconds`, over `c` connections of one stream each, or
+/// (`multiplexed`) over at most 2 connections carrying the calls as concurrent streams, as
+/// a gRPC client's channel does. Latencies come
 /// from its per-request log; every answer must be HTTP 200, and the server must count no gRPC
 /// failure meanwhile.
+#[allow(clippy::too_many_arguments)]
 fn h2load_measured(
     server_pid: u32,
     base: &str,
@@ -211,8 +214,15 @@ fn h2load_measured(
     c: u32,
     seconds: u32,
     dir: &Path,
+    multiplexed: bool,
 ) -> Result<Measured> {
     use prost::Message;
+    let (connections, streams) = if multiplexed {
+        let connections = c.clamp(1, 2);
+        (connections, c.div_ceil(connections))
+    } else {
+        (c, 1)
+    };
     let body = dir.join("grpc-body.bin");
     let message = request.encode_to_vec();
     let mut framed = vec![0u8];
@@ -229,11 +239,11 @@ fn h2load_measured(
             "-D",
             &seconds.to_string(),
             "-c",
-            &c.to_string(),
+            &connections.to_string(),
             "-m",
-            "1",
+            &streams.to_string(),
             "-t",
-            &c.clamp(1, 2).to_string(),
+            &connections.clamp(1, 2).to_string(),
         ])
         .arg("-d")
         .arg(&body)
@@ -289,7 +299,8 @@ fn h2load_measured(
 
 /// Runs the section: for the server with the inference cache off (every answer computed)
 /// and with it on (every answer after the first a cache hit), at every concurrency, rounds
-/// of `floor, JSON, binary, gRPC (tonic client), gRPC (h2load), floor`; each row prints medians over the rounds, its ratio
+/// of `floor, JSON, binary, gRPC (tonic client), gRPC (h2load: a connection per call, then
+/// the calls multiplexed over 2 connections), floor`; each row prints medians over the rounds, its ratio
 /// to HTTP JSON of the same round and to the mean of that round's two floor runs.
 pub fn bench_transports(args: &Args, work: &Workload, dir: &Path) -> Result<()> {
     let (json, binary) = scripts(work, dir)?;
@@ -299,7 +310,8 @@ pub fn bench_transports(args: &Args, work: &Workload, dir: &Path) -> Result<()> 
         work.model, work.version
     );
     println!(
-        "# medians of {} rounds (floor, JSON, binary, gRPC with the tonic client, gRPC with h2load, floor); vs json / vs floor: ratio to \
+        "# medians of {} rounds (floor, JSON, binary, gRPC with the tonic client, gRPC with h2load: one connection per call, then \
+         mux: the calls as streams of at most 2 connections, floor); vs json / vs floor: ratio to \
          HTTP JSON and to the mean of the round's two floor runs; cpu = microseconds of CPU per \
          request, server / load generator",
         args.rounds
@@ -324,6 +336,7 @@ pub fn bench_transports(args: &Args, work: &Workload, dir: &Path) -> Result<()> 
             "HTTP binary",
             "gRPC (tonic)",
             "gRPC (h2load)",
+            "gRPC (h2load, mux)",
         ];
         for &c in &args.concurrency {
             let mut runs: Vec<Vec<Measured>> = names.iter().map(|_| Vec::new()).collect();
@@ -334,11 +347,12 @@ pub fn bench_transports(args: &Args, work: &Workload, dir: &Path) -> Result<()> 
                 let j = wrk_measured(pid, &infer, c, args.http_seconds, Some(&json))?;
                 let b = wrk_measured(pid, &infer, c, args.http_seconds, Some(&binary))?;
                 let g = grpc_measured(pid, server.grpc_port, &request, c, args.http_seconds)?;
-                let h = h2load_measured(pid, &base, server.grpc_port, &request, c, args.http_seconds, dir)?;
+                let h = h2load_measured(pid, &base, server.grpc_port, &request, c, args.http_seconds, dir, false)?;
+                let x = h2load_measured(pid, &base, server.grpc_port, &request, c, args.http_seconds, dir, true)?;
                 let after = wrk_measured(pid, &live, c, args.http_seconds, None)?;
                 let floor = (before.wrk.requests_per_s + after.wrk.requests_per_s) / 2.0;
                 let json_rps = j.wrk.requests_per_s;
-                for (i, m) in [(1, j), (2, b), (3, g), (4, h)] {
+                for (i, m) in [(1, j), (2, b), (3, g), (4, h), (5, x)] {
                     vs_json[i].push(m.wrk.requests_per_s / json_rps);
                     vs_floor[i].push(m.wrk.requests_per_s / floor);
                     runs[i].push(m);
