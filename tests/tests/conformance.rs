@@ -97,8 +97,28 @@ async fn tritonclient_with_api_keys_over_http_and_grpc() {
     let config = s.config_path().display().to_string();
     let (code, _, err) = invariant(&["keys", "revoke", "--config", &config, &revoked_id]);
     assert_eq!(code, 0, "{err}");
-    // Revoked within the refresh period.
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    // Refused once the server has picked up the change (its poll period is well under a
+    // second; a loaded test machine may take longer, so wait for it rather than a fixed time).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = s
+            .client
+            .get(format!("{}/v2/models/price-advisor", s.url))
+            .bearer_auth(&revoked)
+            .send()
+            .await
+            .expect("metadata with the revoked key")
+            .status()
+            .as_u16();
+        if status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked key was still accepted (HTTP {status}) 10 s after its revocation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let keys = serde_json::json!({ "uae": uae, "admin": admin, "revoked": revoked }).to_string();
     suite_with(&s, "triton-auth", &keys).await;
 }
