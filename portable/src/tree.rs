@@ -298,24 +298,41 @@ impl Forest {
                 },
             })
             .collect();
-        let mut depths = Vec::with_capacity(roots.len());
+        // Each node's height (longest path to a leaf), computed once per node (nodes may be
+        // shared, so paths are never enumerated); reaching a node still in progress is a loop.
+        const NEW: u32 = u32::MAX;
+        const OPEN: u32 = u32::MAX - 1;
+        let mut height = vec![NEW; packed.len()];
         for &root in roots {
-            // Depth-first over (node, depth); more levels than nodes means a loop.
-            let (mut deepest, mut stack) = (0u32, vec![(root, 0u32)]);
-            while let Some((at, depth)) = stack.pop() {
-                if depth as usize > packed.len() {
-                    return None;
-                }
+            let mut stack = vec![root];
+            while let Some(&at) = stack.last() {
                 let node = packed[at];
                 if node.mode == Mode::Leaf {
-                    deepest = deepest.max(depth);
-                } else {
-                    stack.push((node.a as usize, depth + 1));
-                    stack.push((node.b as usize, depth + 1));
+                    height[at] = 0;
+                    stack.pop();
+                    continue;
                 }
+                let (a, b) = (node.a as usize, node.b as usize);
+                if height[at] == NEW {
+                    height[at] = OPEN;
+                    for child in [a, b] {
+                        match height[child] {
+                            OPEN => return None,
+                            NEW => stack.push(child),
+                            _ => {}
+                        }
+                    }
+                    continue;
+                }
+                if height[a] >= OPEN || height[b] >= OPEN {
+                    // A child is not done: it is on the path above this node.
+                    return None;
+                }
+                height[at] = 1 + height[a].max(height[b]);
+                stack.pop();
             }
-            depths.push(deepest);
         }
+        let depths = roots.iter().map(|&r| height[r]).collect();
         Some((steps, depths))
     }
 
@@ -739,5 +756,48 @@ impl Regressor {
             out.extend(s);
         }
         Ok((out, self.targets))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn branch(a: u32, b: u32) -> Packed {
+        Packed {
+            feature: 0,
+            value: 0.5,
+            mode: Mode::Leq,
+            missing_true: false,
+            a,
+            b,
+        }
+    }
+
+    fn leaf() -> Packed {
+        Packed {
+            feature: 0,
+            value: 0.0,
+            mode: Mode::Leaf,
+            missing_true: false,
+            a: 0,
+            b: 0,
+        }
+    }
+
+    #[test]
+    fn depths_of_shared_nodes_are_computed_once_and_loops_are_found() {
+        // 200 branches, each with both children the next node: 2^200 paths, 200 levels.
+        let mut chain: Vec<Packed> = (0..200).map(|i| branch(i + 1, i + 1)).collect();
+        chain.push(leaf());
+        let started = std::time::Instant::now();
+        let (_, depths) = Forest::steps(&chain, &[0]).expect("no loop");
+        assert_eq!(depths, vec![200]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Unequal depths: 0 -> (1 -> leaves 3, 4), leaf 2; a second tree that is one leaf.
+        let tree = vec![branch(1, 2), branch(3, 4), leaf(), leaf(), leaf(), leaf()];
+        assert_eq!(Forest::steps(&tree, &[0, 5]).expect("no loop").1, vec![2, 0]);
+        // 0 -> 1 -> 0: a loop; no fixed-depth walk (the ordinary walk reports it per row).
+        assert!(Forest::steps(&[branch(1, 2), branch(0, 2), leaf()], &[0]).is_none());
     }
 }
