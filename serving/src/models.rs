@@ -37,6 +37,8 @@ pub struct ServingVersion {
     pub golden_path: PathBuf,
     /// Golden vectors checked.
     pub golden_vectors: usize,
+    /// What its engine runs have cost, to run the cheap ones where they are asked for.
+    pub run_cost: crate::pool::RunCost,
 }
 
 impl ServingVersion {
@@ -245,6 +247,7 @@ impl Loader<'_> {
             golden_hash,
             golden_vectors,
             golden_path,
+            run_cost: Default::default(),
         }))
     }
 
@@ -506,6 +509,7 @@ mod tests {
             golden_hash: String::new(),
             golden_vectors: 0,
             golden_path: PathBuf::new(),
+            run_cost: Default::default(),
         }
     }
 

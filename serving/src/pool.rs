@@ -12,6 +12,70 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
+/// Engine runs expected to take at most this long run on the task that asked for them, not
+/// on the blocking pool: the hand-off there and back (two thread wake-ups) costs more than
+/// they do. Longer runs keep off the async workers, so a slow model never stalls other
+/// corridors' requests.
+pub const INLINE_RUN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// A version's engine cost per row: a moving average of its runs (including the hand-off of
+/// those that went to the blocking pool), unknown until the first run.
+#[derive(Debug)]
+pub struct RunCost {
+    nanos_per_row: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RunCost {
+    fn default() -> Self {
+        Self {
+            nanos_per_row: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl RunCost {
+    /// Whether a run of `rows` rows is expected within [`INLINE_RUN`] (never before the first
+    /// run is measured).
+    pub fn cheap(&self, rows: usize) -> bool {
+        let per_row = self.nanos_per_row.load(Ordering::Relaxed);
+        per_row != u64::MAX && per_row.saturating_mul(rows.max(1) as u64) <= INLINE_RUN.as_nanos() as u64
+    }
+
+    /// Records a run of `rows` rows that took `took`.
+    pub fn record(&self, rows: usize, took: std::time::Duration) {
+        let sample = (took.as_nanos() / rows.max(1) as u128).min(u64::MAX as u128 - 1) as u64;
+        let old = self.nanos_per_row.load(Ordering::Relaxed);
+        let new = if old == u64::MAX {
+            sample
+        } else {
+            // An eighth of the way to the new sample (an exponential moving average).
+            (old - old / 8).saturating_add(sample / 8)
+        };
+        self.nanos_per_row.store(new, Ordering::Relaxed);
+    }
+}
+
+/// Runs `work`, an engine run of `rows` rows of `serving`, here when it is cheap (see
+/// [`INLINE_RUN`]), else on the blocking pool; records what it cost. A panic in the engine is
+/// answered as an internal error either way.
+async fn run_engine<T: Send + 'static>(
+    serving: &ServingVersion,
+    rows: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServeError> {
+    let started = std::time::Instant::now();
+    let result = if serving.run_cost.cheap(rows) {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+            .map_err(|_| ServeError::internal("inference task failed: the engine panicked"))
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ServeError::internal(format!("inference task failed: {e}")))
+    };
+    serving.run_cost.record(rows, started.elapsed());
+    result
+}
+
 /// Sizes of one corridor's pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSizes {
@@ -188,11 +252,12 @@ impl CorridorPool {
             .map_err(|_| deadline_error(deadline_ms))?
             .map_err(|_| ServeError::internal("worker pool closed"))?;
         let corridor = self.corridor.clone();
-        let task = tokio::task::spawn_blocking(move || {
+        let runner = serving.clone();
+        let task = run_engine(&serving, rows.unwrap_or(1), move || {
             let _permit = permit;
-            count_run(&serving, &corridor, 1);
+            count_run(&runner, &corridor, 1);
             let start = Instant::now();
-            let outputs = serving.infer(&corridor, inputs)?;
+            let outputs = runner.infer(&corridor, inputs)?;
             let timings = RunTimings {
                 queue: start.duration_since(queued),
                 compute: start.elapsed(),
@@ -202,7 +267,7 @@ impl CorridorPool {
         });
         match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(r)) => r.map_err(ServeError::from),
-            Ok(Err(e)) => Err(ServeError::internal(format!("inference task failed: {e}"))),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(deadline_error(deadline_ms)),
         }
     }
@@ -331,7 +396,8 @@ async fn batch_loop(
         let runner = serving.clone();
         let corridor = corridor.clone();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
+        let total: usize = counts.iter().sum();
+        let result = run_engine(&serving, total, move || {
             let _permit = permit;
             count_run(&runner, &corridor, parts.len());
             let inputs = (0..parts[0].len())
@@ -344,7 +410,7 @@ async fn batch_loop(
             split(&outputs, &counts)
         })
         .await
-        .unwrap_or_else(|e| Err(ServeError::internal(format!("inference task failed: {e}"))));
+        .and_then(|r| r);
         let compute = started.elapsed();
         let batch_requests = jobs.len();
         match result {
@@ -388,4 +454,25 @@ fn split(outputs: &[Tensor], counts: &[usize]) -> Result<Vec<Vec<Tensor>>, Serve
         }
     }
     Ok(per_job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn runs_are_inline_only_once_measured_cheap() {
+        let cost = RunCost::default();
+        assert!(!cost.cheap(1), "unknown cost: the first run goes to the blocking pool");
+        cost.record(1, Duration::from_micros(2));
+        assert!(cost.cheap(1));
+        assert!(cost.cheap(25), "25 rows of 2 µs fit in 50 µs");
+        assert!(!cost.cheap(26));
+        // A model that turns slow leaves the async workers after a few runs.
+        for _ in 0..8 {
+            cost.record(1, Duration::from_millis(5));
+        }
+        assert!(!cost.cheap(1));
+    }
 }
