@@ -75,6 +75,19 @@ async fn call(s: &Server, key: &str, method: reqwest::Method, path: &str, body: 
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// UAE-SA's review queue summary, as the API gives it.
+async fn review_summary(s: &Server, key: &str) -> Value {
+    call(
+        s,
+        key,
+        reqwest::Method::GET,
+        "/v1/corridors/UAE-SA/review/summary",
+        None,
+    )
+    .await
+    .1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_api_numbers_and_its_actions_take_effect() {
     let s = Arc::new(
@@ -200,14 +213,7 @@ async fn the_dashboard_shows_the_api_numbers_and_its_actions_take_effect() {
         "{gov}"
     );
     assert_eq!(text(&tab, &format!("{card} [data-field=killed]")), "off");
-    let (_, summary) = call(
-        &s,
-        &admin,
-        reqwest::Method::GET,
-        "/v1/corridors/UAE-SA/review/summary",
-        None,
-    )
-    .await;
+    let summary = review_summary(&s, &admin).await;
     for p in ["P0", "P1", "P4", "P5"] {
         let want = summary["depth"][p].as_u64().unwrap_or(0).to_string();
         assert_eq!(
@@ -218,27 +224,19 @@ async fn the_dashboard_shows_the_api_numbers_and_its_actions_take_effect() {
     }
     assert_eq!(text(&tab, &format!("{card} [data-field=depth-P1]")), "2");
     let (_, models) = call(&s, &admin, reqwest::Method::GET, "/admin/v1/models", None).await;
-    for m in models["models"].as_array().unwrap() {
-        for v in m["versions"].as_array().unwrap() {
-            let row = format!(
-                "#models tr[data-model=\"{}\"][data-version=\"{}\"]",
-                m["name"].as_str().unwrap(),
-                v["version"].as_str().unwrap()
-            );
-            assert_eq!(
-                text(&tab, &format!("{row} [data-field=lifecycle]")),
-                v["lifecycle"].as_str().unwrap(),
-                "{row}"
-            );
-        }
-    }
-    // Verification states, and each model's traffic split in the corridor: its active version.
+    // Lifecycle and verification state of every version, and each model's traffic split in
+    // the corridor: its active version.
     for m in models["models"].as_array().unwrap() {
         let name = m["name"].as_str().unwrap();
         for v in m["versions"].as_array().unwrap() {
             let row = format!(
                 "#models tr[data-model=\"{name}\"][data-version=\"{}\"]",
                 v["version"].as_str().unwrap()
+            );
+            assert_eq!(
+                text(&tab, &format!("{row} [data-field=lifecycle]")),
+                v["lifecycle"].as_str().unwrap(),
+                "{row}"
             );
             assert!(
                 text(&tab, &format!("{row} [data-field=state]")).starts_with(v["state"].as_str().unwrap()),
@@ -264,14 +262,7 @@ async fn the_dashboard_shows_the_api_numbers_and_its_actions_take_effect() {
         ),
         "the breached P5 item highlighted",
     );
-    let (_, summary) = call(
-        &s,
-        &admin,
-        reqwest::Method::GET,
-        "/v1/corridors/UAE-SA/review/summary",
-        None,
-    )
-    .await;
+    let summary = review_summary(&s, &admin).await;
     assert_eq!(summary["breached"]["P5"], 1, "{summary}");
     wait_for(
         &tab,
