@@ -237,25 +237,32 @@ impl Definitions {
         self.services.iter().find(|s| s.name == name)
     }
 
-    /// Resolves `view:feature` references, in order.
+    /// Resolves `view:feature` references, in order. References usually list a view's
+    /// features in declared order, so each is first tried as the one after the previous.
     pub fn resolve(&self, refs: &[String]) -> Result<Vec<FeatureRef>, FeatureError> {
-        refs.iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let (view, feature) = r
-                    .split_once(':')
-                    .ok_or_else(|| FeatureError::Request(format!("features[{i}]: '{r}' is not 'view:feature'")))?;
-                let (vi, v) = self
+        let mut out: Vec<FeatureRef> = Vec::with_capacity(refs.len());
+        for (i, r) in refs.iter().enumerate() {
+            let (view, feature) = r
+                .split_once(':')
+                .ok_or_else(|| FeatureError::Request(format!("features[{i}]: '{r}' is not 'view:feature'")))?;
+            let (vi, v) = match out.last() {
+                Some(prev) if self.views[prev.view].name == view => (prev.view, &self.views[prev.view]),
+                _ => self
                     .view(view)
-                    .ok_or_else(|| FeatureError::Request(format!("features[{i}]: unknown feature view '{view}'")))?;
-                let fi = v.features.iter().position(|f| f.name == feature).ok_or_else(|| {
+                    .ok_or_else(|| FeatureError::Request(format!("features[{i}]: unknown feature view '{view}'")))?,
+            };
+            let next = out.last().filter(|p| p.view == vi).map_or(0, |p| p.feature + 1);
+            let fi = match v.features.get(next) {
+                Some(f) if f.name == feature => next,
+                _ => v.features.iter().position(|f| f.name == feature).ok_or_else(|| {
                     FeatureError::Request(format!(
                         "features[{i}]: feature view '{view}' has no feature '{feature}'"
                     ))
-                })?;
-                Ok(FeatureRef { view: vi, feature: fi })
-            })
-            .collect()
+                })?,
+            };
+            out.push(FeatureRef { view: vi, feature: fi });
+        }
+        Ok(out)
     }
 }
 

@@ -65,8 +65,17 @@ pub struct FeatureColumn {
     pub values: Vec<Value>,
     /// `PRESENT`, `NOT_FOUND` or `OUTSIDE_MAX_AGE`.
     pub statuses: Vec<&'static str>,
-    /// RFC 3339 event times (`1970-01-01T00:00:00Z` where none).
-    pub event_timestamps: Vec<String>,
+    /// RFC 3339 event times (`1970-01-01T00:00:00Z` where none), each formatted once per
+    /// row and shared by the columns of its view.
+    #[serde(serialize_with = "texts")]
+    pub event_timestamps: Vec<Stamp>,
+}
+
+/// An event time as RFC 3339 text, shared by the columns that carry it.
+pub type Stamp = std::sync::Arc<str>;
+
+fn texts<S: serde::Serializer>(stamps: &[Stamp], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(stamps.iter().map(|t| &**t))
 }
 
 /// Reply metadata.
@@ -99,6 +108,16 @@ pub struct GetOnlineResponse {
     /// metrics; not part of the reply body).
     #[serde(skip)]
     pub oldest_served: Vec<(String, Option<i64>)>,
+}
+
+impl GetOnlineResponse {
+    /// The reply as JSON, written into a buffer sized for it up front.
+    pub fn to_json(&self) -> Result<Vec<u8>, FeatureError> {
+        let cells: usize = self.results.iter().map(|c| c.values.len()).sum();
+        let mut out = Vec::with_capacity(64 + self.results.len() * 64 + cells * 64);
+        serde_json::to_writer(&mut out, self).map_err(|e| FeatureError::Store(format!("the reply: {e}")))?;
+        Ok(out)
+    }
 }
 
 /// `POST /v1/features/push`: columns of rows for one feature view.
@@ -148,8 +167,8 @@ pub struct PushOutcome {
 }
 
 /// RFC 3339 of a stored time; the epoch for none or an out-of-range one.
-fn rfc3339(ms: i64) -> String {
-    time::rfc3339(ms).unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_string())
+fn rfc3339(ms: i64) -> Stamp {
+    time::rfc3339(ms).map_or_else(|| Stamp::from("1970-01-01T00:00:00.000Z"), Stamp::from)
 }
 
 fn event_ms(v: &Value, field: &str) -> Result<i64, FeatureError> {
@@ -429,7 +448,7 @@ impl FeatureStore {
             ..
         } = plan;
         // Each row's event time, formatted once for all the features of its view.
-        let stamps: BTreeMap<usize, Vec<String>> = rows
+        let stamps: BTreeMap<usize, Vec<Stamp>> = rows
             .iter()
             .map(|(&vi, rows)| {
                 (
@@ -440,12 +459,14 @@ impl FeatureStore {
                 )
             })
             .collect();
-        let mut names = vec![join_key.to_string()];
-        let mut results = vec![FeatureColumn {
+        let mut names = Vec::with_capacity(resolved.len() + 1);
+        names.push(join_key.to_string());
+        let mut results = Vec::with_capacity(resolved.len() + 1);
+        results.push(FeatureColumn {
             values: keys.clone(),
             statuses: vec!["PRESENT"; keys.len()],
             event_timestamps: vec![rfc3339(0); keys.len()],
-        }];
+        });
         for r in &resolved {
             let view = &self.defs.views[r.view];
             let feature = &view.features[r.feature];
@@ -684,7 +705,7 @@ mod tests {
             "no default on the wire"
         );
         assert_eq!(fs.service_defaults("trust_scorer_v1").unwrap().len(), 8);
-        assert_eq!(r.results[1].event_timestamps[0], "2026-11-17T00:00:00.000Z");
+        assert_eq!(&*r.results[1].event_timestamps[0], "2026-11-17T00:00:00.000Z");
         assert_eq!(
             r.oldest_served,
             vec![("account_stats".to_string(), Some(1_794_873_600_000))]
@@ -732,7 +753,10 @@ mod tests {
         let r = get(&fs, "UAE-SA", &["a1"], NOW);
         assert_eq!(r.results[1].statuses, ["INVALID"]);
         assert_eq!(r.results[1].values, [Value::Null]);
-        assert_eq!(r.results[1].event_timestamps, ["1970-01-01T00:00:00.000Z"]);
+        assert_eq!(
+            r.results[1].event_timestamps.iter().map(|t| &**t).collect::<Vec<_>>(),
+            ["1970-01-01T00:00:00.000Z"]
+        );
         assert_eq!(r.oldest_served, vec![("account_stats".to_string(), None)]);
         assert_eq!(push(&fs, "UAE-SA", "a1", "2026-11-17T00:00:00Z", 12.0).written, 1);
         assert_eq!(get(&fs, "UAE-SA", &["a1"], NOW).results[1].values, [json!(12.0)]);

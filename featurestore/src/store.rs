@@ -1,7 +1,8 @@
 //! The embedded online store: one redb file, every key in a corridor namespace.
 //!
-//! Key: `corridor \0 view \0 entity key`. Value: the row as JSON (event time, write time,
-//! schema version, values in the view's feature order). Writes commit with redb's default
+//! Key: `corridor \0 view \0 entity key`. Value: the row in its binary form ([`Row::encode`]:
+//! event time, write time, creation time, schema version, values in the view's feature order);
+//! rows written as JSON by earlier versions are still read. Writes commit with redb's default
 //! immediate durability, so an acknowledged write survives `kill -9`.
 
 use crate::FeatureError;
@@ -75,6 +76,141 @@ impl Row {
     }
 }
 
+/// The first byte of a row in its binary form; a row stored as JSON starts with `{`.
+const BINARY_ROW: u8 = 1;
+
+/// Tags of the values of a binary row.
+mod tag {
+    pub(super) const NULL: u8 = 0;
+    pub(super) const FALSE: u8 = 1;
+    pub(super) const TRUE: u8 = 2;
+    pub(super) const I64: u8 = 3;
+    pub(super) const U64: u8 = 4;
+    pub(super) const F64: u8 = 5;
+    pub(super) const STRING: u8 = 6;
+    /// An array or object, as JSON text.
+    pub(super) const JSON: u8 = 7;
+}
+
+impl Row {
+    /// The row in its stored binary form: [`BINARY_ROW`], event, write and creation times
+    /// (little-endian `i64`s; a flag byte before the creation time), the schema version
+    /// (`u32`), the number of values (`u32`), then each value as a tag byte and its bytes
+    /// (numbers keep their kind: `i64`, `u64` or the `f64`'s bits). Decoding gives back an equal
+    /// row, bit for bit.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(34 + self.values.len() * 9);
+        out.push(BINARY_ROW);
+        out.extend_from_slice(&self.event_ms.to_le_bytes());
+        out.extend_from_slice(&self.written_ms.to_le_bytes());
+        out.push(u8::from(self.created_ms.is_some()));
+        out.extend_from_slice(&self.created_ms.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&self.schema_version.to_le_bytes());
+        out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
+        let text = |out: &mut Vec<u8>, t: u8, bytes: &[u8]| {
+            out.push(t);
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        };
+        for v in &self.values {
+            match v {
+                serde_json::Value::Null => out.push(tag::NULL),
+                serde_json::Value::Bool(b) => out.push(if *b { tag::TRUE } else { tag::FALSE }),
+                serde_json::Value::Number(n) => {
+                    let (t, bits) = match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                        (Some(i), _, _) => (tag::I64, i.to_le_bytes()),
+                        (None, Some(u), _) => (tag::U64, u.to_le_bytes()),
+                        (None, None, f) => (tag::F64, f.unwrap_or(0.0).to_bits().to_le_bytes()),
+                    };
+                    out.push(t);
+                    out.extend_from_slice(&bits);
+                }
+                serde_json::Value::String(s) => text(&mut out, tag::STRING, s.as_bytes()),
+                other => text(&mut out, tag::JSON, other.to_string().as_bytes()),
+            }
+        }
+        out
+    }
+
+    /// A stored row: its binary form ([`Row::encode`]) or, as earlier versions wrote it, JSON.
+    pub fn decode(bytes: &[u8]) -> Result<Row, String> {
+        if bytes.first() != Some(&BINARY_ROW) {
+            return serde_json::from_slice(bytes).map_err(|e| format!("stored row: {e}"));
+        }
+        let mut r = Reader { rest: &bytes[1..] };
+        let event_ms = r.i64()?;
+        let written_ms = r.i64()?;
+        let has_created = r.take(1)?[0] != 0;
+        let created = r.i64()?;
+        let schema_version = u32::from_le_bytes(r.array()?);
+        let n = u32::from_le_bytes(r.array()?) as usize;
+        // Every value takes at least its tag byte: a count past that is corrupt, and nothing is
+        // allocated for it.
+        if n > r.rest.len() {
+            return Err(format!("stored row: {n} values in {} bytes", r.rest.len()));
+        }
+        let mut values = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = r.take(1)?[0];
+            values.push(match t {
+                tag::NULL => serde_json::Value::Null,
+                tag::FALSE => serde_json::Value::Bool(false),
+                tag::TRUE => serde_json::Value::Bool(true),
+                tag::I64 => serde_json::Value::from(r.i64()?),
+                tag::U64 => serde_json::Value::from(u64::from_le_bytes(r.array()?)),
+                tag::F64 => serde_json::Number::from_f64(f64::from_bits(u64::from_le_bytes(r.array()?)))
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number),
+                tag::STRING | tag::JSON => {
+                    let len = u32::from_le_bytes(r.array()?) as usize;
+                    let text = std::str::from_utf8(r.take(len)?).map_err(|e| format!("stored row: {e}"))?;
+                    if t == tag::STRING {
+                        serde_json::Value::String(text.to_string())
+                    } else {
+                        serde_json::from_str(text).map_err(|e| format!("stored row: {e}"))?
+                    }
+                }
+                other => return Err(format!("stored row: unknown value tag {other}")),
+            });
+        }
+        if !r.rest.is_empty() {
+            return Err(format!("stored row: {} bytes after the values", r.rest.len()));
+        }
+        Ok(Row {
+            event_ms,
+            written_ms,
+            created_ms: has_created.then_some(created),
+            schema_version,
+            values,
+        })
+    }
+}
+
+/// Reads the fields of a binary row in order.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.rest.len() < n {
+            return Err("stored row: truncated".to_string());
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -138,13 +274,12 @@ impl EmbeddedStore {
             for (entity, row) in rows {
                 let k = key(corridor, view, entity);
                 let existing: Option<Row> = match table.get(k.as_slice()).map_err(store_err)? {
-                    Some(v) => serde_json::from_slice(v.value()).ok(),
+                    Some(v) => Row::decode(v.value()).ok(),
                     None => None,
                 };
                 let newer = existing.as_ref().is_none_or(|old| row.replaces(old));
                 if newer {
-                    let bytes = serde_json::to_vec(row).map_err(store_err)?;
-                    table.insert(k.as_slice(), bytes.as_slice()).map_err(store_err)?;
+                    table.insert(k.as_slice(), row.encode().as_slice()).map_err(store_err)?;
                     outcomes.push(WriteOutcome::Written);
                 } else {
                     outcomes.push(WriteOutcome::Ignored);
@@ -163,7 +298,7 @@ impl EmbeddedStore {
             .iter()
             .map(
                 |e| match table.get(key(corridor, view, e).as_slice()).map_err(store_err)? {
-                    Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(store_err),
+                    Some(v) => Row::decode(v.value()).map(Some).map_err(store_err),
                     None => Ok(None),
                 },
             )
@@ -182,5 +317,107 @@ impl OnlineStore for EmbeddedStore {
 
     fn read(&self, corridor: &str, view: &str, entities: &[String]) -> Result<Vec<Option<Row>>, FeatureError> {
         self.read_rows(corridor, view, entities)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(values: Vec<serde_json::Value>, created_ms: Option<i64>) -> Row {
+        Row {
+            event_ms: 1_794_900_000_123,
+            written_ms: -5,
+            created_ms,
+            schema_version: 3,
+            values,
+        }
+    }
+
+    #[test]
+    fn binary_rows_decode_to_the_same_row_bit_for_bit() {
+        let values = vec![
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(-7),
+            json!(u64::MAX),
+            json!(0.1f32 as f64),
+            json!(-0.0),
+            json!(1.0),
+            json!(f64::MAX),
+            json!("naïve \"quoted\" \u{0}"),
+            json!([1, "a", {"b": null}]),
+            json!({"k": [2.5]}),
+        ];
+        for created in [None, Some(0), Some(i64::MIN)] {
+            let r = row(values.clone(), created);
+            let bytes = r.encode();
+            assert_eq!(bytes[0], BINARY_ROW);
+            let back = Row::decode(&bytes).unwrap();
+            assert_eq!(back, r);
+            // Numbers keep their kind and bits: 1.0 stays a float, -0.0 keeps its sign.
+            assert!(back.values[7].is_f64() && back.values[3].is_i64() && back.values[4].is_u64());
+            assert_eq!(back.values[6].as_f64().unwrap().to_bits(), (-0.0f64).to_bits());
+            assert!(!r.replaces(&back), "a decoded row is the same row");
+        }
+    }
+
+    #[test]
+    fn rows_stored_as_json_are_still_read() {
+        let r = row(vec![json!(1.5), json!(null), json!("x")], Some(9));
+        let legacy = serde_json::to_vec(&r).unwrap();
+        assert_eq!(Row::decode(&legacy).unwrap(), r);
+    }
+
+    #[test]
+    fn corrupt_binary_rows_are_errors_not_panics() {
+        let bytes = row(vec![json!("abc"), json!(2.0)], None).encode();
+        for cut in 1..bytes.len() {
+            assert!(Row::decode(&bytes[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(Row::decode(&extra).unwrap_err().contains("after the values"));
+        let mut huge = bytes[..34].to_vec();
+        huge[30..34].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Row::decode(&huge).unwrap_err().contains("values in"));
+        let mut bad_tag = row(vec![json!(null)], None).encode();
+        *bad_tag.last_mut().unwrap() = 99;
+        assert!(Row::decode(&bad_tag).unwrap_err().contains("unknown value tag 99"));
+    }
+
+    #[test]
+    fn the_embedded_store_round_trips_rows_and_reads_older_json_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("rows.redb")).unwrap();
+        let a = row(vec![json!(0.25), json!("s")], None);
+        store.write("C", "v", &[("a".into(), a.clone())]).unwrap();
+        // A row written as JSON by an earlier version, in place.
+        let b = row(vec![json!(7)], Some(1));
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(ROWS)
+            .unwrap()
+            .insert(
+                key("C", "v", "b").as_slice(),
+                serde_json::to_vec(&b).unwrap().as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+        let got = store.read("C", "v", &["a".into(), "b".into(), "c".into()]).unwrap();
+        assert_eq!(got, vec![Some(a), Some(b.clone()), None]);
+        // The JSON row is replaced by a newer one, which is then stored in the binary form.
+        let newer = Row {
+            event_ms: b.event_ms + 1,
+            ..b.clone()
+        };
+        assert_eq!(
+            store
+                .write("C", "v", &[("b".into(), newer.clone()), ("b".into(), b)])
+                .unwrap(),
+            vec![WriteOutcome::Written, WriteOutcome::Ignored]
+        );
+        assert_eq!(store.read("C", "v", &["b".into()]).unwrap(), vec![Some(newer)]);
     }
 }

@@ -220,10 +220,17 @@ fn too_late(corridor: &str) -> FeatureError {
 
 /// Freshness of reads: the age of the oldest value served as PRESENT, per view and corridor.
 fn observe_read(corridor: &str, reply: &GetOnlineResponse) {
+    // The handles, registered once per (view, corridor). The recorder is installed when the
+    // service is built (`metrics_handle`), before any read, so no handle here predates it.
+    static SERVED_AGE: std::sync::LazyLock<crate::telemetry::Family<metrics::Histogram>> =
+        std::sync::LazyLock::new(|| {
+            crate::telemetry::Family::new("invariant_feature_served_age_seconds", &["view", "corridor"])
+        });
     let now = now_ms();
     for (view, oldest) in &reply.oldest_served {
         if let Some(oldest) = oldest {
-            metrics::histogram!("invariant_feature_served_age_seconds", "view" => view.clone(), "corridor" => corridor.to_string())
+            SERVED_AGE
+                .get(&[view, corridor], crate::telemetry::histogram)
                 .record((now - oldest).max(0) as f64 / 1000.0);
         }
     }
@@ -253,7 +260,7 @@ fn defaults_reply(
     let mut results = vec![FeatureColumn {
         values: keys.clone(),
         statuses: vec!["PRESENT"; n],
-        event_timestamps: vec![String::new(); n],
+        event_timestamps: vec![invariant_featurestore::Stamp::from(""); n],
     }];
     for r in resolved {
         let feature = &store.defs.views[r.view].features[r.feature];
@@ -261,7 +268,7 @@ fn defaults_reply(
         results.push(FeatureColumn {
             values: vec![Value::Null; n],
             statuses: vec!["UNAVAILABLE"; n],
-            event_timestamps: vec![String::new(); n],
+            event_timestamps: vec![invariant_featurestore::Stamp::from(""); n],
         });
     }
     Ok(GetOnlineResponse {

@@ -144,7 +144,7 @@ type Bucket<M> = Vec<(Box<[String]>, M)>;
 
 /// Handles of one metric family by label values, registered once: a repeat costs a hash, a
 /// read lock and a comparison.
-struct Family<M> {
+pub(crate) struct Family<M> {
     name: &'static str,
     labels: &'static [&'static str],
     series: RwLock<hashbrown::HashMap<u64, Bucket<M>>>,
@@ -152,7 +152,7 @@ struct Family<M> {
 }
 
 impl<M: Clone> Family<M> {
-    fn new(name: &'static str, labels: &'static [&'static str]) -> Self {
+    pub(crate) fn new(name: &'static str, labels: &'static [&'static str]) -> Self {
         Self {
             name,
             labels,
@@ -161,7 +161,7 @@ impl<M: Clone> Family<M> {
         }
     }
 
-    fn get(&self, values: &[&str], make: impl FnOnce(&'static str, Vec<metrics::Label>) -> M) -> M {
+    pub(crate) fn get(&self, values: &[&str], make: impl FnOnce(&'static str, Vec<metrics::Label>) -> M) -> M {
         let hash = self.hasher.hash_one(values);
         let same = |k: &[String]| k.len() == values.len() && k.iter().zip(values).all(|(a, b)| a == b);
         if let Some((_, m)) = self
@@ -194,7 +194,7 @@ fn counter(name: &'static str, labels: Vec<metrics::Label>) -> metrics::Counter 
     metrics::counter!(name, labels)
 }
 
-fn histogram(name: &'static str, labels: Vec<metrics::Label>) -> metrics::Histogram {
+pub(crate) fn histogram(name: &'static str, labels: Vec<metrics::Label>) -> metrics::Histogram {
     metrics::histogram!(name, labels)
 }
 

@@ -101,7 +101,13 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ServeErro
 }
 
 /// Deserializes a whole JSON body (trailing text is an error), naming the field at fault.
+///
+/// A body that deserializes is read once, without tracking the path; only a body that fails
+/// is read again with the path tracked, for the message (the same error, found the same way).
 pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, ServeError> {
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
     de.end()

@@ -10,7 +10,7 @@
 //! See `docs/features.md`.
 
 use crate::http::error::{parse_json, ApiError, Path};
-use crate::http::{body_of, metadata_of, AppState};
+use crate::http::{body_of, json_reply, metadata_of, AppState};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -63,17 +63,14 @@ fn corridor(
 }
 
 /// An online read (serialised straight from the reply, never through a JSON value).
-async fn read(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-    in_path: Option<&str>,
-) -> Result<invariant_featurestore::GetOnlineResponse, ApiError> {
+async fn read(state: &AppState, headers: &HeaderMap, body: Body, in_path: Option<&str>) -> Result<Response, ApiError> {
     let (_, corridor) = corridor(state, headers, Role::FeaturesRead, in_path)?;
     state.feature_store()?;
     let body = body_of(state, headers, body).await?;
     let request: GetOnlineRequest = parse_json(&body)?;
-    Ok(state.get_online_features(&corridor, request).await?)
+    let reply = state.get_online_features(&corridor, request).await?;
+    let json = reply.to_json().map_err(invariant_serving::ServeError::from)?;
+    Ok(json_reply(json.into()))
 }
 
 /// Columns of rows, as every write path carries them.
@@ -127,7 +124,7 @@ async fn write(
     body: Body,
     in_path: Option<&str>,
     shape: WriteShape,
-) -> Result<Value, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let (caller, corridor) = corridor(state, headers, Role::FeaturesWrite, in_path)?;
     let store = state.feature_store()?;
     let body = body_of(state, headers, body).await?;
@@ -177,19 +174,19 @@ async fn write(
         written += outcome.written;
         ignored += outcome.ignored;
     }
-    Ok(json!({ "written": written, "ignored": ignored }))
+    Ok(Json(json!({ "written": written, "ignored": ignored })))
 }
 
-fn v2<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
+fn v2<T: IntoResponse>(result: Result<T, ApiError>) -> Response {
     match result {
-        Ok(v) => Json(v).into_response(),
+        Ok(v) => v.into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-fn feast<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
+fn feast<T: IntoResponse>(result: Result<T, ApiError>) -> Response {
     match result {
-        Ok(v) => Json(v).into_response(),
+        Ok(v) => v.into_response(),
         Err(e) => e.into_feast_response(),
     }
 }
@@ -259,7 +256,7 @@ pub(crate) async fn feast_health(State(state): State<AppState>) -> Response {
     feast(
         state
             .feature_store()
-            .map(|_| json!({ "status": "ok" }))
+            .map(|_| Json(json!({ "status": "ok" })))
             .map_err(ApiError::from),
     )
 }
