@@ -112,10 +112,10 @@ pub struct GetOnlineResponse {
 
 impl GetOnlineResponse {
     /// The reply as JSON, written into a buffer sized for it up front.
-    pub fn to_json(&self) -> Result<Vec<u8>, FeatureError> {
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         let cells: usize = self.results.iter().map(|c| c.values.len()).sum();
         let mut out = Vec::with_capacity(64 + self.results.len() * 64 + cells * 64);
-        serde_json::to_writer(&mut out, self).map_err(|e| FeatureError::Store(format!("the reply: {e}")))?;
+        serde_json::to_writer(&mut out, self)?;
         Ok(out)
     }
 }

@@ -69,7 +69,9 @@ async fn read(state: &AppState, headers: &HeaderMap, body: Body, in_path: Option
     let body = body_of(state, headers, body).await?;
     let request: GetOnlineRequest = parse_json(&body)?;
     let reply = state.get_online_features(&corridor, request).await?;
-    let json = reply.to_json().map_err(invariant_serving::ServeError::from)?;
+    let json = reply
+        .to_json()
+        .map_err(|e| invariant_serving::ServeError::internal(format!("the reply: {e}")))?;
     Ok(json_reply(json.into()))
 }
 
