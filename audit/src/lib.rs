@@ -206,7 +206,7 @@ pub struct Trail {
 }
 
 /// How many records may wait for the writer before appends block (back-pressure from a slow disk).
-const QUEUE: usize = 65_536;
+pub(crate) const QUEUE: usize = 65_536;
 
 impl Trail {
     /// Opens the trail in `settings.dir`: every existing chain's head is read (a torn last

@@ -377,6 +377,9 @@ pub(crate) fn run(settings: Settings, mut sink: Box<dyn Sink>, queue: Receiver<P
             }
         }
         let idle = batch.is_empty();
+        // Whether anyone waits for this batch (durable appends, synced admin records).
+        let awaited = batch.iter().any(|p| p.sync || !matches!(p.done, Done::None));
+        let drained = batch.len();
         let sync_all = closing || durable || last_sync.elapsed() >= tick;
         commit(sink.as_mut(), &mut batch, sync_all);
         if sync_all && sink.dirty() {
@@ -388,7 +391,11 @@ pub(crate) fn run(settings: Settings, mut sink: Box<dyn Sink>, queue: Receiver<P
         if closing {
             return;
         }
-        if idle {
+        // In buffered mode nobody waits for a record: a tick's records are gathered into one
+        // write instead of each few being written as they come (a busy writer would otherwise
+        // spin on small writes beside the requests). A record someone waits for unparks the
+        // writer; a queue filling up is drained without a pause.
+        if idle || (!durable && !awaited && drained < crate::QUEUE / 8) {
             std::thread::park_timeout(tick);
         }
     }

@@ -222,3 +222,62 @@ fn bad_chain_names_and_fields_are_refused() {
     drop(trail);
     assert_eq!(all(tmp.path(), "UAE-SA")[0]["event"], "bare");
 }
+
+#[test]
+fn a_busy_buffered_trail_writes_each_tick_and_synced_records_do_not_wait_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = settings(tmp.path(), Mode::Buffered, 1 << 24);
+    // A tick (half the flush window) of a second: long enough to tell "at once" from "at the
+    // next tick" on a loaded machine.
+    s.flush_ms = 2000;
+    let trail = std::sync::Arc::new(Trail::open(s).unwrap());
+    // A producer that keeps the queue busy (about 20 000 appends a second).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (trail, stop) = (trail.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let commit = trail.append("UAE-SA", "inference", &json!({ "i": n }));
+                assert!(!commit.is_pending(), "buffered appends resolve at once");
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // A record someone waits for is written and synced at once (with everything queued before
+    // it), not at the next tick.
+    let asked = std::time::Instant::now();
+    trail.append_synced("UAE-SA", "admin", &json!({ "what": "x" })).unwrap();
+    assert!(
+        asked.elapsed() < std::time::Duration::from_millis(600),
+        "a synced record waited {:?} for a buffered tick",
+        asked.elapsed()
+    );
+    let first = all(tmp.path(), "UAE-SA");
+    assert!(
+        first.len() > 1,
+        "the records queued before the synced one are written with it"
+    );
+    assert!(first.iter().any(|r| r["event"] == "admin"));
+    // While appends go on, each tick writes what came since.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let later = all(tmp.path(), "UAE-SA").len();
+    assert!(
+        later > first.len(),
+        "no records written in a tick while the producer kept the queue busy"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended = producer.join().unwrap();
+    trail.close();
+    let records = all(tmp.path(), "UAE-SA");
+    assert_eq!(
+        records.len() as u64,
+        appended + 1,
+        "every acknowledged record is written on close"
+    );
+    let report = read::verify(tmp.path(), "UAE-SA").unwrap();
+    assert!(report.ok(), "{report:?}");
+}

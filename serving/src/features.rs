@@ -229,9 +229,8 @@ fn observe_read(corridor: &str, reply: &GetOnlineResponse) {
     let now = now_ms();
     for (view, oldest) in &reply.oldest_served {
         if let Some(oldest) = oldest {
-            SERVED_AGE
-                .get(&[view, corridor], crate::telemetry::histogram)
-                .record((now - oldest).max(0) as f64 / 1000.0);
+            let age = (now - oldest).max(0) as f64 / 1000.0;
+            SERVED_AGE.with(&[view, corridor], crate::telemetry::histogram, |h| h.record(age));
         }
     }
 }

@@ -143,17 +143,36 @@ pub fn family_names() -> impl Iterator<Item = &'static str> {
 type Bucket<M> = Vec<(Box<[String]>, M)>;
 
 /// Handles of one metric family by label values, registered once: a repeat costs a hash, a
-/// read lock and a comparison.
+/// read lock and a comparison; a repeat on a thread that already used the series (through
+/// [`Family::with`]) costs a hash and a comparison, and touches no shared lock or reference
+/// count.
 pub(crate) struct Family<M> {
+    /// Tells families apart in each thread's copies (never reused, unlike an address).
+    id: u64,
     name: &'static str,
     labels: &'static [&'static str],
     series: RwLock<hashbrown::HashMap<u64, Bucket<M>>>,
     hasher: foldhash::fast::FixedState,
 }
 
-impl<M: Clone> Family<M> {
+/// The next [`Family`] id.
+static NEXT_FAMILY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A thread's copies of the handles it used: (label values, handle), by family id and label hash.
+type LocalSeries = hashbrown::HashMap<(u64, u64), Vec<(Box<[String]>, Box<dyn std::any::Any>)>>;
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<LocalSeries> = std::cell::RefCell::new(LocalSeries::new());
+}
+
+fn same(k: &[String], values: &[&str]) -> bool {
+    k.len() == values.len() && k.iter().zip(values).all(|(a, b)| a == b)
+}
+
+impl<M: Clone + 'static> Family<M> {
     pub(crate) fn new(name: &'static str, labels: &'static [&'static str]) -> Self {
         Self {
+            id: NEXT_FAMILY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             name,
             labels,
             series: RwLock::new(hashbrown::HashMap::new()),
@@ -161,15 +180,42 @@ impl<M: Clone> Family<M> {
         }
     }
 
-    pub(crate) fn get(&self, values: &[&str], make: impl FnOnce(&'static str, Vec<metrics::Label>) -> M) -> M {
+    /// Calls `use_it` with the handle of `values`, from this thread's copy when it has one.
+    pub(crate) fn with<R>(
+        &self,
+        values: &[&str],
+        make: impl FnOnce(&'static str, Vec<metrics::Label>) -> M,
+        mut use_it: impl FnMut(&M) -> R,
+    ) -> R {
         let hash = self.hasher.hash_one(values);
-        let same = |k: &[String]| k.len() == values.len() && k.iter().zip(values).all(|(a, b)| a == b);
+        let hit = LOCAL.try_with(|local| {
+            let local = local.try_borrow().ok()?;
+            let (_, m) = local.get(&(self.id, hash))?.iter().find(|(k, _)| same(k, values))?;
+            Some(use_it(m.downcast_ref::<M>()?))
+        });
+        if let Ok(Some(result)) = hit {
+            return result;
+        }
+        let m = self.shared(hash, values, make);
+        // Kept for this thread's next use (not while the thread is ending, nor if re-entered).
+        let _ = LOCAL.try_with(|local| {
+            if let Ok(mut local) = local.try_borrow_mut() {
+                local
+                    .entry((self.id, hash))
+                    .or_default()
+                    .push((values.iter().map(|v| v.to_string()).collect(), Box::new(m.clone())));
+            }
+        });
+        use_it(&m)
+    }
+
+    fn shared(&self, hash: u64, values: &[&str], make: impl FnOnce(&'static str, Vec<metrics::Label>) -> M) -> M {
         if let Some((_, m)) = self
             .series
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&hash)
-            .and_then(|bucket| bucket.iter().find(|(k, _)| same(k)))
+            .and_then(|bucket| bucket.iter().find(|(k, _)| same(k, values)))
         {
             return m.clone();
         }
@@ -182,7 +228,7 @@ impl<M: Clone> Family<M> {
         let m = make(self.name, labels);
         let mut series = self.series.write().unwrap_or_else(|p| p.into_inner());
         let bucket = series.entry(hash).or_default();
-        if let Some((_, existing)) = bucket.iter().find(|(k, _)| same(k)) {
+        if let Some((_, existing)) = bucket.iter().find(|(k, _)| same(k, values)) {
             return existing.clone();
         }
         bucket.push((values.iter().map(|v| v.to_string()).collect(), m.clone()));
@@ -278,35 +324,34 @@ impl Guard for MetricsGuard {
         let corridor = ctx.corridor.unwrap_or("");
         let version = ctx.version.unwrap_or("");
         let transport = ctx.transport.name();
-        self.requests
-            .get(
-                &[
-                    model,
-                    version,
-                    corridor,
-                    ctx.routing.map_or("", Routing::name),
-                    source,
-                    status,
-                    code,
-                    class,
-                    transport,
-                ],
-                counter,
-            )
-            .increment(1);
+        self.requests.with(
+            &[
+                model,
+                version,
+                corridor,
+                ctx.routing.map_or("", Routing::name),
+                source,
+                status,
+                code,
+                class,
+                transport,
+            ],
+            counter,
+            |c| c.increment(1),
+        );
+        let elapsed = outcome.elapsed.as_secs_f64();
         self.duration
-            .get(&[model, corridor, transport], histogram)
-            .record(outcome.elapsed.as_secs_f64());
+            .with(&[model, corridor, transport], histogram, |h| h.record(elapsed));
         if let Some(run) = outcome.run {
             self.queue
-                .get(&[model, corridor], histogram)
-                .record(run.queue.as_secs_f64());
-            self.compute
-                .get(&[model, version, corridor], histogram)
-                .record(run.compute.as_secs_f64());
+                .with(&[model, corridor], histogram, |h| h.record(run.queue.as_secs_f64()));
+            self.compute.with(&[model, version, corridor], histogram, |h| {
+                h.record(run.compute.as_secs_f64())
+            });
         }
         if let Some(fetch) = outcome.features {
-            self.features.get(&[corridor], histogram).record(fetch.as_secs_f64());
+            self.features
+                .with(&[corridor], histogram, |h| h.record(fetch.as_secs_f64()));
         }
     }
 }
@@ -375,5 +420,64 @@ impl InferenceService {
         crate::review::record_gauges(self);
         handle.run_upkeep();
         Some(handle.render())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Family;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// Every handle made, with its label value.
+    type Made = Arc<Mutex<Vec<(String, Arc<AtomicU64>)>>>;
+
+    #[test]
+    fn every_thread_counts_into_the_one_series_of_its_labels() {
+        let family: Arc<Family<metrics::Counter>> = Arc::new(Family::new("t", &["a"]));
+        let made: Made = Arc::default();
+        let make = |made: &Made| {
+            let made = made.clone();
+            move |_: &'static str, labels: Vec<metrics::Label>| {
+                let cell = Arc::new(AtomicU64::new(0));
+                made.lock().unwrap().push((labels[0].value().to_string(), cell.clone()));
+                metrics::Counter::from_arc(cell)
+            }
+        };
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (family, make) = (family.clone(), make(&made));
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        family.with(&["x"], make.clone(), |c| c.increment(1));
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..500 {
+            family.with(&["y"], make(&made), |c| c.increment(2));
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        let made = made.lock().unwrap();
+        let total = |label: &str| -> Vec<u64> {
+            made.iter()
+                .filter(|(l, _)| l == label)
+                .map(|(_, c)| c.load(Ordering::Relaxed))
+                .filter(|&n| n > 0)
+                .collect()
+        };
+        // One series per label value took every increment (a handle made in a race and
+        // dropped took none).
+        assert_eq!(total("x"), vec![4000]);
+        assert_eq!(total("y"), vec![1000]);
+        // Another family with the same labels is another series.
+        let other: Family<metrics::Counter> = Family::new("u", &["a"]);
+        let cell = Arc::new(AtomicU64::new(0));
+        let c2 = cell.clone();
+        other.with(&["x"], move |_, _| metrics::Counter::from_arc(c2), |c| c.increment(5));
+        assert_eq!(cell.load(Ordering::Relaxed), 5);
+        assert_eq!(total("x"), vec![4000]);
     }
 }
