@@ -33,6 +33,11 @@ if ! [ -x /usr/bin/chromium ]; then
 fi
 [ -x /usr/bin/chromium ] || { echo "test: /usr/bin/chromium is required and could not be installed" >&2; exit 1; }
 
+# Test processes that load ONNX Runtime themselves (the engine's tests, the Python clients'
+# servers) keep it from writing a device id under ~/.cache and sending usage events; the
+# server binary sets this for itself.
+export ORT_DISABLE_TELEMETRY=1
+
 echo "test: cargo fmt --check"
 cargo fmt --all --check
 echo "test: cargo clippy"

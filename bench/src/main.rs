@@ -844,6 +844,8 @@ fn run_engine_sections(args: &Args, config: &Config) -> Result<Vec<EngineResult>
 }
 
 fn main() -> Result<()> {
+    // The portable-kernel section loads ONNX Runtime in this process (see the server's main).
+    invariant_engine::onnx::opt_out_of_telemetry();
     let args = Args::parse();
     invariant_remote::install_tls_provider();
     if args.features_only {

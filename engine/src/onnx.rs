@@ -37,6 +37,18 @@ impl OnnxRuntime {
 
 static RUNTIME: OnceLock<Result<OnnxRuntime, String>> = OnceLock::new();
 
+/// The variable ONNX Runtime reads to stay silent: set, its builds neither keep a device id
+/// and an event store under `~/.cache/Microsoft/DeveloperTools/.onnxruntime` nor send usage
+/// events to `mobile.events.data.microsoft.com`, which they otherwise do from every process
+/// that creates an environment.
+pub const TELEMETRY_OPT_OUT: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Turns ONNX Runtime's own telemetry off for this process (see [`TELEMETRY_OPT_OUT`]). Call
+/// it first thing in `main`, while the process has one thread: it sets an environment variable.
+pub fn opt_out_of_telemetry() {
+    std::env::set_var(TELEMETRY_OPT_OUT, "1");
+}
+
 /// Loads the ONNX Runtime shared library at `dylib` (once per process; later calls return the
 /// first result whatever path they pass).
 pub fn init_runtime(dylib: &Path) -> Result<OnnxRuntime, EngineError> {
@@ -44,8 +56,11 @@ pub fn init_runtime(dylib: &Path) -> Result<OnnxRuntime, EngineError> {
         .get_or_init(|| {
             let builder =
                 ort::init_from(dylib).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", dylib.display()))?;
+            // As well as the process-wide opt-out (`opt_out_of_telemetry`), the environment's
+            // own switch: `ort` turns the runtime's telemetry events on unless told otherwise.
             let environment = builder
                 .with_name("invariant")
+                .with_telemetry(false)
                 .build()
                 .map_err(|e| format!("ONNX Runtime environment: {e}"))?;
             let version = version_from_path(dylib).unwrap_or_else(|| runtime_version(ort::info()));

@@ -101,6 +101,9 @@ fn is_loopback(addr: &str) -> bool {
 }
 
 fn main() -> Result<()> {
+    // Before any thread exists: the server, like every command, sends nothing to anyone its
+    // configuration does not name, and ONNX Runtime's builds would.
+    invariant_engine::onnx::opt_out_of_telemetry();
     let cli = Cli::parse();
     init_logging(&cli);
     // Every HTTPS client of this process (the object store, `--server` calls) uses ring.

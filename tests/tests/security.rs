@@ -677,3 +677,43 @@ async fn the_gate_sends_its_key_to_a_server_that_requires_one() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("401") || text.contains("missing API key"), "{text}");
 }
+
+/// ONNX Runtime's builds keep a device id and an event store under the user's cache directory
+/// and send usage events to Microsoft from any process that creates an environment, unless
+/// `ORT_DISABLE_TELEMETRY` is set. The server sets it for itself, whatever it was started with.
+#[tokio::test]
+async fn the_server_keeps_onnx_runtime_from_writing_a_device_id_or_sending_telemetry() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start_with(ServerOptions {
+        env: vec![
+            ("HOME".into(), home.path().display().to_string()),
+            ("XDG_CACHE_HOME".into(), home.path().join("cache").display().to_string()),
+            // As a user's environment might say: "0" leaves the runtime's telemetry on.
+            ("ORT_DISABLE_TELEMETRY".into(), "0".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // A version on ONNX Runtime is loaded, so the runtime's environment exists.
+    let (status, meta) = server.get("/v2/models/risk-assessor").await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["runtime"]["name"], "onnxruntime", "{meta}");
+    let (status, ready) = server.get("/v2/models/risk-assessor/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    let written = walk(home.path());
+    assert!(written.is_empty(), "ONNX Runtime wrote under HOME: {written:?}");
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
