@@ -81,6 +81,8 @@ struct StoredMeta {
     /// The inference key (hex) and output hash of the answer, for its audit record.
     key: String,
     output_hash: String,
+    /// See [`StoredReply::header_length`].
+    header_length: Option<usize>,
 }
 
 /// A reply a transport found for an exact repeat of a request.
@@ -88,6 +90,9 @@ struct StoredMeta {
 pub struct StoredReply {
     /// The stored bytes, as the transport encoded them.
     pub bytes: Bytes,
+    /// Where the encoding splits the reply into a JSON header and raw tensors (Triton's binary
+    /// tensor extension): the header's length, as the transport kept it.
+    pub header_length: Option<usize>,
 }
 
 impl InferenceService {
@@ -516,6 +521,7 @@ impl InferenceService {
             match self.guards.admit(&ctx).inspect_err(|_| refused = true)? {
                 Admit::Full => Ok(StoredReply {
                     bytes: hit.bytes.clone(),
+                    header_length: meta.header_length,
                 }),
                 // The corridor degraded between the two checks: refuse rather than answer
                 // unflagged.
@@ -540,7 +546,7 @@ impl InferenceService {
         Some(crate::guards::Pipeline::settle(result, pending).await)
     }
 
-    /// Keeps `bytes`, the transport's encoding of `response`, as the reply to the exact
+    /// Keeps `reply`, the transport's encoding of `response`, as the reply to the exact
     /// request `identity` under `key` in the response's corridor, for the response's
     /// `reply_ttl` (nothing is kept when it has none).
     pub async fn store_reply(
@@ -548,7 +554,7 @@ impl InferenceService {
         response: &InferResponse,
         key: invariant_cache::Key,
         identity: Bytes,
-        bytes: Bytes,
+        reply: StoredReply,
     ) {
         let (Some(ttl), Some(runtime)) = (response.reply_ttl, self.corridors.get(response.corridor.as_str())) else {
             return;
@@ -563,11 +569,12 @@ impl InferenceService {
             routing: response.routing,
             key: response.cache_key.clone(),
             output_hash: crate::audit::output_hash(&response.outputs),
+            header_length: reply.header_length,
         };
         let entry = invariant_cache::Entry {
             model: response.model.clone(),
             version: response.version.clone(),
-            bytes,
+            bytes: reply.bytes,
             request: identity,
             ttl,
             meta: Some(Arc::new(meta)),

@@ -170,7 +170,10 @@ async fn guards_admit_in_order_and_observe_every_outcome_including_stored_replie
             &r,
             key,
             bytes::Bytes::from_static(b"id"),
-            bytes::Bytes::from_static(b"reply"),
+            invariant_serving::service::StoredReply {
+                bytes: bytes::Bytes::from_static(b"reply"),
+                header_length: Some(3),
+            },
         )
         .await;
     let metadata = Default::default();
@@ -186,7 +189,7 @@ async fn guards_admit_in_order_and_observe_every_outcome_including_stored_replie
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(&hit.bytes[..], b"reply");
+    assert_eq!((&hit.bytes[..], hit.header_length), (&b"reply"[..], Some(3)));
     assert_eq!(
         std::mem::take(&mut *log.lock().unwrap()),
         [

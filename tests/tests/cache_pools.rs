@@ -476,3 +476,94 @@ async fn a_body_sent_in_chunks_is_read_whole_and_then_answered_from_the_reply_ca
     assert_error(&(status, cut), 400, &["malformed JSON"]);
     s.assert_still_serving().await;
 }
+
+/// One binary-tensor exchange (Triton's extension, tritonclient's default): status, headers,
+/// the reply's JSON header and its raw output bytes.
+async fn post_binary(s: &Server, body: &[u8], header_length: usize) -> (u16, String, serde_json::Value, Vec<u8>) {
+    let r = s
+        .client
+        .post(format!("{}{INFER}", s.url))
+        .header("content-type", "application/octet-stream")
+        .header("inference-header-content-length", header_length.to_string())
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let kind = r.headers()["content-type"].to_str().unwrap().to_string();
+    let split: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().await.unwrap();
+    let header = serde_json::from_slice(&bytes[..split]).unwrap();
+    (status, kind, header, bytes[split..].to_vec())
+}
+
+#[tokio::test]
+async fn binary_tensor_replies_are_kept_and_repeated_from_the_reply_cache() {
+    let s = Server::start().await;
+    let header = json!({
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8], "parameters": {"binary_data_size": 32}}],
+        "outputs": [{"name": "trust_score", "parameters": {"binary_data": true}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    for v in row(30) {
+        body.extend_from_slice(&(v as f32).to_le_bytes());
+    }
+    let (status, kind, first, first_raw) = post_binary(&s, &body, header.len()).await;
+    assert_eq!((status, kind.as_str()), (200, "application/octet-stream"), "{first}");
+    assert_eq!(first["parameters"]["cached"], false);
+    assert_eq!(first["outputs"][0]["parameters"]["binary_data_size"], 4);
+    let reply_hits = [
+        ("model", "trust-scorer"),
+        ("source", "reply"),
+        ("transport", "http_binary"),
+    ];
+    assert_eq!(
+        counter(&s, "invariant_inference_requests_total", &reply_hits).await,
+        0.0
+    );
+    // The identical request: the stored reply, framed as the first (its own header length).
+    let (status, kind, again, again_raw) = post_binary(&s, &body, header.len()).await;
+    assert_eq!((status, kind.as_str()), (200, "application/octet-stream"), "{again}");
+    assert_eq!(again["parameters"]["cached"], true);
+    assert_eq!(again["outputs"], first["outputs"]);
+    assert_eq!(again_raw, first_raw, "a stored reply carries the computed bits");
+    assert_eq!(
+        counter(&s, "invariant_inference_requests_total", &reply_hits).await,
+        1.0
+    );
+    // The same input as JSON is another request: answered in JSON, with the same bits.
+    let (status, json_reply) = s.post(INFER, &trust_request(&[row(30)])).await;
+    assert_eq!(status, 200, "{json_reply}");
+    assert_eq!(
+        f32_bits(output(&json_reply, "trust_score")),
+        vec![u32::from_le_bytes(first_raw[..4].try_into().unwrap())]
+    );
+    assert_eq!(
+        counter(&s, "invariant_inference_requests_total", &reply_hits).await,
+        1.0
+    );
+    // A body cut short under the same header length is a different request, refused by the
+    // full path, and the stored reply is still served after it.
+    let (status, cut) = s
+        .post_raw(
+            INFER,
+            body[..body.len() - 1].to_vec(),
+            &[("inference-header-content-length", &header.len().to_string())],
+        )
+        .await;
+    assert_eq!(status, 400, "{cut}");
+    let (_, _, third, third_raw) = post_binary(&s, &body, header.len()).await;
+    assert_eq!(
+        (third["parameters"]["cached"].clone(), third_raw),
+        (json!(true), first_raw)
+    );
+    assert_eq!(
+        counter(&s, "invariant_inference_requests_total", &reply_hits).await,
+        2.0
+    );
+}

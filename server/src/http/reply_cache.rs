@@ -1,12 +1,14 @@
 //! The reply cache: whole inference replies kept under the exact request that produced them,
 //! answered in front of the router.
 //!
-//! [`App`] wraps the HTTP router. A `POST` to an inference path (`/v2/models/…/infer`) with a
-//! plain body (no `Content-Encoding`, no binary tensors) has its body read and is looked up
-//! before any routing, path decoding or JSON parsing: a request that matches a stored one byte
-//! for byte (same corridor, path, routing-key header, body and serving generation) gets the
-//! stored reply, once the serving core's guard pipeline has admitted it (and it is observed
-//! like every other answer: [`InferenceService::stored_reply`]). Anything else goes to the
+//! [`App`] wraps the HTTP router. A `POST` to an inference path (`/v2/models/…/infer`) whose
+//! body is not compressed (no `Content-Encoding`) has its body read and is looked up before
+//! any routing, path decoding or parsing: a request that matches a stored one byte for byte
+//! (same corridor, path, routing-key header, `Inference-Header-Content-Length` header, body
+//! and serving generation) gets the stored reply, once the serving core's guard pipeline has
+//! admitted it (and it is observed like every other answer: [`InferenceService::stored_reply`]).
+//! Replies with binary tensors (Triton's extension, `tritonclient`'s default) are kept and
+//! answered the same way as JSON ones, with their header length. Anything else goes to the
 //! router unchanged (with the body already read), where [`crate::http::v2`] decodes and runs
 //! it and stores the reply for the next identical request.
 //!
@@ -15,7 +17,7 @@
 //! the stored request byte for byte, so a hash collision can never serve another request's
 //! reply.
 
-use crate::http::{json_reply, metadata_of, read_body, AppState, CORRIDOR_HEADER, ROUTING_KEY_HEADER};
+use crate::http::{metadata_of, read_body, AppState, CORRIDOR_HEADER, ROUTING_KEY_HEADER};
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, Method};
@@ -74,8 +76,7 @@ impl Service<Request> for App {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let plain = !request.headers().contains_key(axum::http::header::CONTENT_ENCODING)
-            && !request.headers().contains_key(crate::http::binary::HEADER_LENGTH);
+        let plain = !request.headers().contains_key(axum::http::header::CONTENT_ENCODING);
         if request.method() != Method::POST || !plain || !is_infer_path(request.uri().path()) {
             return Either::Left(self.router.call(request));
         }
@@ -109,18 +110,23 @@ async fn answer(state: &AppState, request: Request) -> Result<Response, Request>
     };
     if let Some((corridor, request)) = identify(state, parts.uri.path(), &parts.headers, &body) {
         let metadata = metadata_of(&parts.headers);
+        let transport = if request.framed[0] == 1 {
+            Transport::HttpBinary
+        } else {
+            Transport::HttpJson
+        };
         let stored = state
             .stored_reply(
                 corridor,
                 &request.key(),
                 |stored| request.matches(stored),
                 &metadata,
-                Transport::HttpJson,
+                transport,
                 started,
             )
             .await;
         match stored {
-            Some(Ok(reply)) => return Ok(json_reply(reply.bytes)),
+            Some(Ok(reply)) => return Ok(crate::http::v2::infer_reply(reply.bytes, reply.header_length)),
             Some(Err(e)) => return Ok(crate::http::error_response(e)),
             None => {}
         }
@@ -156,7 +162,8 @@ pub(crate) fn reply_slot<'a>(
 }
 
 /// A request as the reply cache tells requests apart: the serving generation, the corridor,
-/// the path (model and version), the routing-key header and the raw body. The corridor is the
+/// the path (model and version), the routing-key header, the binary header length (Triton's
+/// `Inference-Header-Content-Length`) and the raw body. The corridor is the
 /// `x-corridor` header's, else the default; `None` (not cacheable) when neither names a declared
 /// corridor. The server stores a reply only when the request resolved to that same corridor and
 /// used no feature-store values, so a body naming another corridor in `parameters.corridor`,
@@ -185,15 +192,24 @@ where
             .get_key_value(state.config.server.default_corridor.as_ref()?.as_str())?,
     };
     let routing = headers.get(&ROUTING_KEY_NAME).map(|v| v.as_bytes());
+    let header_length = headers.get(crate::http::binary::HEADER_LENGTH).map(|v| v.as_bytes());
     let identity = Identity {
         generation: state.generation().to_le_bytes(),
         corridor: corridor.as_bytes(),
         path: path.as_bytes(),
         routed: [u8::from(routing.is_some())],
         routing: routing.unwrap_or_default(),
+        framed: [u8::from(header_length.is_some())],
+        header_length: header_length.unwrap_or_default(),
         body,
-        lengths: [corridor.len(), path.len(), routing.map_or(0, <[u8]>::len), body.len()]
-            .map(|n| (n as u64).to_le_bytes()),
+        lengths: [
+            corridor.len(),
+            path.len(),
+            routing.map_or(0, <[u8]>::len),
+            header_length.map_or(0, <[u8]>::len),
+            body.len(),
+        ]
+        .map(|n| (n as u64).to_le_bytes()),
     };
     Some((corridor.as_str(), identity))
 }
@@ -206,13 +222,16 @@ struct Identity<'r> {
     path: &'r [u8],
     routed: [u8; 1],
     routing: &'r [u8],
+    /// Whether the request had an `Inference-Header-Content-Length` header, and its value.
+    framed: [u8; 1],
+    header_length: &'r [u8],
     body: &'r [u8],
-    lengths: [[u8; 8]; 4],
+    lengths: [[u8; 8]; 5],
 }
 
 impl Identity<'_> {
-    fn pieces(&self) -> [&[u8]; 10] {
-        let [corridor, path, routing, body] = &self.lengths;
+    fn pieces(&self) -> [&[u8]; 13] {
+        let [corridor, path, routing, header_length, body] = &self.lengths;
         [
             &self.generation,
             corridor,
@@ -222,6 +241,9 @@ impl Identity<'_> {
             &self.routed,
             routing,
             self.routing,
+            &self.framed,
+            header_length,
+            self.header_length,
             body,
             self.body,
         ]
@@ -263,16 +285,34 @@ impl Identity<'_> {
 mod tests {
     use super::*;
 
-    fn identity<'r>(path: &'r str, routing: Option<&'r [u8]>, body: &'r [u8]) -> Identity<'r> {
+    fn framed<'r>(
+        path: &'r str,
+        routing: Option<&'r [u8]>,
+        header_length: Option<&'r [u8]>,
+        body: &'r [u8],
+    ) -> Identity<'r> {
         Identity {
             generation: 7u64.to_le_bytes(),
             corridor: b"UK-NG",
             path: path.as_bytes(),
             routed: [u8::from(routing.is_some())],
             routing: routing.unwrap_or_default(),
+            framed: [u8::from(header_length.is_some())],
+            header_length: header_length.unwrap_or_default(),
             body,
-            lengths: [5, path.len(), routing.map_or(0, <[u8]>::len), body.len()].map(|n| (n as u64).to_le_bytes()),
+            lengths: [
+                5,
+                path.len(),
+                routing.map_or(0, <[u8]>::len),
+                header_length.map_or(0, <[u8]>::len),
+                body.len(),
+            ]
+            .map(|n| (n as u64).to_le_bytes()),
         }
+    }
+
+    fn identity<'r>(path: &'r str, routing: Option<&'r [u8]>, body: &'r [u8]) -> Identity<'r> {
+        framed(path, routing, None, body)
     }
 
     #[test]
@@ -288,6 +328,9 @@ mod tests {
             identity("/v2/models/m/infer", Some(b"user-1"), b"{\"x\":1}"),
             // The same bytes split differently between path and body.
             identity("/v2/models/m/infer{", None, b"\"x\":1}"),
+            // The same body read as a binary request (a JSON header of 7 bytes, or of 3).
+            framed("/v2/models/m/infer", None, Some(b"7"), b"{\"x\":1}"),
+            framed("/v2/models/m/infer", None, Some(b"3"), b"{\"x\":1}"),
         ] {
             assert!(!other.matches(&stored), "{:?} matched", other.to_bytes());
             assert_ne!(other.key(), a.key());

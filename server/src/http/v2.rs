@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use invariant_serving::auth::Need;
+use invariant_serving::service::StoredReply;
 use invariant_serving::{Target, Transport};
 use serde_json::{json, Value};
 
@@ -242,32 +244,37 @@ async fn serve_infer(state: &AppState, model: String, version: Option<String>, r
         Ok(e) => e,
         Err(e) => return error_response(e),
     };
-    let Some(n) = encoded.header_length else {
-        // A plain JSON exchange: kept for the identical request, when the core allows it and the
-        // request's reply-cache identity names the corridor that answered.
-        let plain = header_length.is_none()
-            && !parts.headers.contains_key(axum::http::header::CONTENT_ENCODING)
-            && !encoding.any_binary()
-            && response.reply_ttl.is_some();
-        if let Some(slot) = plain
-            .then(|| reply_slot(state, parts.uri.path(), &parts.headers, &body))
-            .flatten()
-            .filter(|s| s.corridor == response.corridor.as_str())
-        {
-            if let Ok(stored) = binary::encode(&response, &encoding, true) {
-                state.store_reply(&response, slot.key, slot.request, stored.body).await;
-            }
+    // Kept for the identical request, when the core allows it and the request's reply-cache
+    // identity names the corridor that answered (compressed bodies are not looked up).
+    let cacheable = !parts.headers.contains_key(axum::http::header::CONTENT_ENCODING) && response.reply_ttl.is_some();
+    if let Some(slot) = cacheable
+        .then(|| reply_slot(state, parts.uri.path(), &parts.headers, &body))
+        .flatten()
+        .filter(|s| s.corridor == response.corridor.as_str())
+    {
+        if let Ok(stored) = binary::encode(&response, &encoding, true) {
+            let reply = StoredReply {
+                bytes: stored.body,
+                header_length: stored.header_length,
+            };
+            state.store_reply(&response, slot.key, slot.request, reply).await;
         }
-        return json_reply(encoded.body);
+    }
+    infer_reply(encoded.body, encoded.header_length)
+}
+
+/// An inference reply: JSON, or a JSON header of `header_length` bytes followed by raw
+/// tensors (Triton's binary tensor extension).
+pub(crate) fn infer_reply(body: Bytes, header_length: Option<usize>) -> Response {
+    let Some(n) = header_length else {
+        return json_reply(body);
     };
-    let mut reply = Response::new(axum::body::Body::from(encoded.body));
+    let mut reply = Response::new(axum::body::Body::from(body));
     let headers = reply.headers_mut();
     headers.insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
-        headers.insert(HEADER_LENGTH, v);
-    }
+    headers.insert(HEADER_LENGTH, HeaderValue::from(n));
     reply
 }
