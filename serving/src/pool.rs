@@ -316,13 +316,21 @@ impl CorridorPool {
 }
 
 fn count_run(serving: &ServingVersion, corridor: &str, requests: usize) {
+    use crate::telemetry::{counter, histogram, Family};
+    use std::sync::LazyLock;
+    // Registered once per series, then used through each thread's own handles.
+    static RUNS: LazyLock<Family<metrics::Counter>> =
+        LazyLock::new(|| Family::new("invariant_engine_runs_total", &["model", "version", "corridor"]));
+    static REQUESTS: LazyLock<Family<metrics::Counter>> =
+        LazyLock::new(|| Family::new("invariant_engine_requests_total", &["model", "version", "corridor"]));
+    static SIZES: LazyLock<Family<metrics::Histogram>> =
+        LazyLock::new(|| Family::new("invariant_batch_size", &["model", "corridor"]));
     let m = serving.model.manifest();
-    metrics::counter!("invariant_engine_runs_total", "model" => m.name.clone(), "version" => m.version.to_string(), "corridor" => corridor.to_string())
-        .increment(1);
-    metrics::counter!("invariant_engine_requests_total", "model" => m.name.clone(), "version" => m.version.to_string(), "corridor" => corridor.to_string())
-        .increment(requests as u64);
-    metrics::histogram!("invariant_batch_size", "model" => m.name.clone(), "corridor" => corridor.to_string())
-        .record(requests as f64);
+    let version = m.version.to_string();
+    let series = [m.name.as_str(), version.as_str(), corridor];
+    RUNS.with(&series, counter, |c| c.increment(1));
+    REQUESTS.with(&series, counter, |c| c.increment(requests as u64));
+    SIZES.with(&[m.name.as_str(), corridor], histogram, |h| h.record(requests as f64));
 }
 
 /// Collects jobs until `max_batch_size` rows or `delay` after the first, runs them as one

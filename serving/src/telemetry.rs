@@ -236,7 +236,7 @@ impl<M: Clone + 'static> Family<M> {
     }
 }
 
-fn counter(name: &'static str, labels: Vec<metrics::Label>) -> metrics::Counter {
+pub(crate) fn counter(name: &'static str, labels: Vec<metrics::Label>) -> metrics::Counter {
     metrics::counter!(name, labels)
 }
 
