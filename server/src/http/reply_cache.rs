@@ -26,7 +26,7 @@ use axum::routing::future::RouteFuture;
 use axum::Router;
 use futures_util::future::{BoxFuture, Either};
 use futures_util::FutureExt;
-use invariant_serving::{InferenceService, Transport};
+use invariant_serving::InferenceService;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
@@ -110,11 +110,7 @@ async fn answer(state: &AppState, request: Request) -> Result<Response, Request>
     };
     if let Some((corridor, request)) = identify(state, parts.uri.path(), &parts.headers, &body) {
         let metadata = metadata_of(&parts.headers);
-        let transport = if request.framed[0] == 1 {
-            Transport::HttpBinary
-        } else {
-            Transport::HttpJson
-        };
+        let transport = crate::http::v2::transport_of(&parts.headers);
         let stored = state
             .stored_reply(
                 corridor,

@@ -221,11 +221,7 @@ async fn serve_infer(state: &AppState, model: String, version: Option<String>, r
         model,
         version,
         metadata: metadata_of(&parts.headers),
-        transport: if header_length.is_some() {
-            Transport::HttpBinary
-        } else {
-            Transport::HttpJson
-        },
+        transport: transport_of(&parts.headers),
         started,
     };
     let mut encoding = OutputEncoding::default();
@@ -261,6 +257,16 @@ async fn serve_infer(state: &AppState, model: String, version: Option<String>, r
         }
     }
     infer_reply(encoded.body, encoded.header_length)
+}
+
+/// The transport of an inference request: binary tensors when it names its JSON header's
+/// length (`Inference-Header-Content-Length`), else JSON (whatever its outputs ask for).
+pub(crate) fn transport_of(headers: &HeaderMap) -> Transport {
+    if headers.contains_key(HEADER_LENGTH) {
+        Transport::HttpBinary
+    } else {
+        Transport::HttpJson
+    }
 }
 
 /// An inference reply: JSON, or a JSON header of `header_length` bytes followed by raw
